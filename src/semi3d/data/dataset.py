@@ -1,0 +1,63 @@
+"""From a data config to preprocessed cases by split: reader -> splits -> preprocessing cache."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import DataConfig
+from ..errors import InputError
+from .case import Case
+from .preprocess import PreprocessedCache, Preprocessor
+from .readers import build_reader
+from .splits import resolve_splits
+
+
+def make_preprocessor(cfg: DataConfig) -> Preprocessor:
+    p = cfg.preprocess
+    return Preprocessor(target_spacing=p.target_spacing, scale=p.scale, normalisation=p.normalisation,
+                        ct_window=p.ct_window, ct_stats=p.ct_stats)
+
+
+@dataclass
+class DataBundle:
+    """Everything the trainer and the evaluator need to reach the cases."""
+
+    reader: object
+    splits: dict[str, list[str]]
+    cache: PreprocessedCache
+    num_classes: int
+    class_names: list[str]
+
+    def cases(self, split: str) -> list[Case]:
+        """Preprocessed cases of a split (unlabelled cases lose their label, if they had one)."""
+        out = []
+        for cid in self.splits[split]:
+            c = self.cache.get(cid)
+            if split == "unlabelled" and c.label is not None:
+                c = Case(c.id, c.image, None, c.spacing, c.affine, c.domain, c.source)
+            out.append(c)
+        return out
+
+    @property
+    def in_channels(self) -> int:
+        return len(getattr(self.reader, "channel_names", None) or [0])
+
+
+def prepare_data(cfg: DataConfig, splits: dict[str, list[str]] | None = None) -> DataBundle:
+    """Build the reader, resolve (or reuse) the splits and the preprocessing cache."""
+    reader = build_reader(cfg.format, cfg.root, **cfg.options)
+    ids = reader.case_ids()
+    test_ids = reader.test_case_ids() if hasattr(reader, "test_case_ids") else []
+    labelled = {i for i in list(ids) + list(test_ids) if reader.has_label(i)}
+    if splits is None:
+        splits = resolve_splits(cfg.splits, ids, labelled, test_ids)
+    num_classes = cfg.num_classes or reader.num_classes
+    if num_classes is None:
+        raise InputError("data.num_classes", "the dataset does not declare its classes: set data.num_classes")
+    if reader.num_classes is not None and cfg.num_classes is not None and reader.num_classes != cfg.num_classes:
+        raise InputError("data.num_classes", f"{cfg.num_classes} given but the dataset declares {reader.num_classes}")
+    names = cfg.class_names or getattr(reader, "class_names", None) or [f"class{i}" for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise InputError("data.class_names", f"{len(names)} names for {num_classes} classes")
+    cache = PreprocessedCache(make_preprocessor(cfg), reader.load, Path(cfg.cache_dir) if cfg.cache_dir else None)
+    return DataBundle(reader, splits, cache, num_classes, list(names))

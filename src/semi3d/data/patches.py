@@ -1,0 +1,99 @@
+"""Random patch crops from preprocessed volumes held in memory.
+
+All randomness comes from one ``torch.Generator`` owned by the sampler, whose state is
+checkpointed, so a resumed run draws exactly the patches an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .case import Case
+
+
+class _Volume:
+    """A case padded (once) to at least the patch size, with its foreground voxel coordinates."""
+
+    def __init__(self, case: Case, patch: tuple[int, int, int]):
+        img = torch.from_numpy(np.ascontiguousarray(case.image, dtype=np.float32))
+        lab = None if case.label is None else torch.from_numpy(case.label.astype(np.int64))
+        pad = [max(p - s, 0) for p, s in zip(patch, img.shape[1:])]
+        if any(pad):
+            spec = []
+            for p in reversed(pad):  # F.pad wants the last axis first
+                spec += [p // 2, p - p // 2]
+            fill = float(img.min())
+            img = F.pad(img, spec, value=fill)
+            lab = None if lab is None else F.pad(lab, spec, value=0)
+        self.id, self.image, self.label = case.id, img, lab
+        self.fg = None if lab is None else torch.nonzero(lab > 0).to(torch.int32)  # (M, 3)
+
+    def set_guide(self, mask: np.ndarray | None) -> None:
+        """Foreground coordinates for guided crops of an unlabelled case (mask (X, Y, Z), padded like
+        the image by the caller's preprocessing; None removes the guide)."""
+        if mask is None:
+            self.fg = None
+            return
+        m = torch.as_tensor(mask > 0)
+        pad = [s - m for s, m in zip(self.image.shape[1:], m.shape)]
+        if any(pad):
+            spec = []
+            for p in reversed(pad):
+                spec += [p // 2, p - p // 2]
+            m = F.pad(m, spec, value=False)
+        self.fg = torch.nonzero(m).to(torch.int32)
+
+
+class PatchSampler:
+    """Draws patches of ``patch_size`` (X, Y, Z) voxels.
+
+    Args:
+        cases: preprocessed cases (image (C, X, Y, Z), label (X, Y, Z) or None).
+        patch_size: crop size in voxels.
+        fg_oversample: probability that a crop is centred on a random foreground voxel (label > 0,
+            or the guide mask of an unlabelled case) rather than placed uniformly.
+        generator: the source of all randomness.
+
+    ``sample(n)`` returns ``(image (n, C, X, Y, Z) float32, label (n, X, Y, Z) int64 or None, ids)``.
+    """
+
+    def __init__(self, cases: list[Case], patch_size, fg_oversample: float, generator: torch.Generator):
+        self.patch = tuple(int(p) for p in patch_size)
+        self.vols = [_Volume(c, self.patch) for c in cases]
+        self.fg_oversample = fg_oversample
+        self.g = generator
+
+    def __len__(self) -> int:
+        return len(self.vols)
+
+    def set_guide(self, case_id: str, mask: np.ndarray | None) -> None:
+        for v in self.vols:
+            if v.id == case_id:
+                v.set_guide(mask)
+
+    def _rand(self, hi: int) -> int:
+        return int(torch.randint(0, max(hi, 1), (1,), generator=self.g))
+
+    def _corner(self, v: _Volume) -> tuple[int, ...]:
+        shape = v.image.shape[1:]
+        use_fg = v.fg is not None and len(v.fg) > 0 and torch.rand(1, generator=self.g).item() < self.fg_oversample
+        if use_fg:
+            centre = v.fg[self._rand(len(v.fg))].tolist()
+            return tuple(min(max(c - p // 2, 0), s - p) for c, p, s in zip(centre, self.patch, shape))
+        return tuple(self._rand(s - p + 1) for p, s in zip(self.patch, shape))
+
+    def sample(self, n: int):
+        if n == 0:
+            return None, None, []
+        imgs, labs, ids = [], [], []
+        for _ in range(n):
+            v = self.vols[self._rand(len(self.vols))]
+            x, y, z = self._corner(v)
+            px, py, pz = self.patch
+            imgs.append(v.image[:, x:x + px, y:y + py, z:z + pz])
+            if v.label is not None:
+                labs.append(v.label[x:x + px, y:y + py, z:z + pz])
+            ids.append(v.id)
+        label = torch.stack(labs) if len(labs) == n else None
+        return torch.stack(imgs), label, ids

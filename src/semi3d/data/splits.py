@@ -1,0 +1,117 @@
+"""Resolve labelled / unlabelled / validation / test splits and save them as ``splits.json``.
+
+The test split is sealed: a case in it can never be in a training or validation split, and the
+trainer refuses a config in which it would be.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..config import SplitSpec, SplitsConfig
+from ..errors import InputError
+
+SPLITS = ("labelled", "unlabelled", "validation", "test")
+
+
+def read_id_list(path: Path) -> list[str]:
+    """Ids from a text file, one per line (blank lines and ``#`` comments ignored)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        raise InputError(path, f"cannot read id list: {e.strerror}") from None
+    ids = [ln.split("#")[0].strip() for ln in lines]
+    ids = [i for i in ids if i]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise InputError(path, f"id {dup!r} listed twice")
+    return ids
+
+
+def _select(spec: SplitSpec, pool: list[str], known: set[str], what: str) -> list[str]:
+    if spec.ids is not None:
+        src, where = list(spec.ids), f"splits.{what}.ids"
+    elif spec.list is not None:
+        src, where = read_id_list(spec.list), str(spec.list)
+    else:
+        src, where = list(pool), f"splits.{what}"
+    missing = [i for i in src if i not in known]
+    if missing:
+        raise InputError(where, f"{len(missing)} id(s) not in the dataset, e.g. {missing[0]!r}")
+    n = spec.first if spec.first is not None else spec.last if spec.last is not None else spec.random
+    if n is not None and n > len(src):
+        raise InputError(where, f"asks for {n} cases but only {len(src)} are available")
+    if spec.first is not None:
+        return src[: spec.first]
+    if spec.last is not None:
+        return src[len(src) - spec.last:]
+    if spec.random is not None:
+        idx = np.random.default_rng(spec.seed).permutation(len(src))[: spec.random]
+        return [src[i] for i in sorted(idx)]
+    return src
+
+
+def _labelled_first(spec: SplitSpec, pool: list[str], labelled_ids: set[str]) -> list[str]:
+    """Without explicit ids, labelled and validation splits draw from the pool's labelled cases."""
+    if spec.ids is None and spec.list is None:
+        return [i for i in pool if i in labelled_ids]
+    return pool
+
+
+def resolve_splits(cfg: SplitsConfig, all_ids: list[str], labelled_ids: set[str],
+                   test_ids: list[str] = ()) -> dict[str, list[str]]:
+    """Return ``{"labelled": [...], "unlabelled": [...], "validation": [...], "test": [...]}``.
+
+    Args:
+        all_ids: every case of the dataset, in its natural order.
+        labelled_ids: the cases that have a label file.
+        test_ids: extra cases only usable as test (e.g. nnU-Net ``imagesTs``).
+    """
+    known = set(all_ids) | set(test_ids)
+    pool = _select(cfg.pool, all_ids, known, "pool") if cfg.pool else list(all_ids)
+    test = _select(cfg.test, list(test_ids) or pool, known, "test") if cfg.test else []
+    sealed = set(test)
+    open_pool = [i for i in pool if i not in sealed]
+    val = _select(cfg.validation, _labelled_first(cfg.validation, open_pool, labelled_ids), known,
+                  "validation") if cfg.validation else []
+    rest = [i for i in open_pool if i not in set(val)]
+    lab = _select(cfg.labelled, _labelled_first(cfg.labelled, rest, labelled_ids), known, "labelled")
+    if isinstance(cfg.unlabelled, SplitSpec):
+        unl = _select(cfg.unlabelled, [i for i in rest if i not in set(lab)], known, "unlabelled")
+    elif cfg.unlabelled == "rest":
+        unl = [i for i in rest if i not in set(lab)]
+    else:
+        unl = []
+    splits = {"labelled": lab, "unlabelled": unl, "validation": val, "test": test}
+    check_splits(splits, labelled_ids)
+    return splits
+
+
+def check_splits(splits: dict[str, list[str]], labelled_ids: set[str]) -> None:
+    """Refuse overlaps (above all with the sealed test split) and unusable splits."""
+    for a in SPLITS:
+        for b in SPLITS[SPLITS.index(a) + 1:]:
+            both = set(splits[a]) & set(splits[b])
+            if both:
+                extra = " (the test split can never be used for training or model selection)" if "test" in (a, b) else ""
+                raise InputError("splits", f"case {sorted(both)[0]!r} is in both {a} and {b}{extra}")
+    if not splits["labelled"]:
+        raise InputError("splits.labelled", "the labelled split is empty: at least one labelled case is needed")
+    for split in ("labelled", "validation"):
+        nolab = [i for i in splits[split] if i not in labelled_ids]
+        if nolab:
+            raise InputError(f"splits.{split}", f"case {nolab[0]!r} has no label file")
+
+
+def save_splits(path: Path, splits: dict[str, list[str]]) -> None:
+    Path(path).write_text(json.dumps(splits, indent=1))
+
+
+def load_splits(path: Path) -> dict[str, list[str]]:
+    try:
+        s = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(path, f"cannot read splits: {e}") from None
+    return {k: list(s.get(k, [])) for k in SPLITS}

@@ -1,0 +1,63 @@
+"""The run's metrics log: ``log.jsonl`` (one JSON object per logged step), mirrored to ``log.csv``
+at the end, and ``progress.png`` curves kept up to date."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+
+class RunLog:
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "log.jsonl"
+        self.run_dir = Path(run_dir)
+
+    def write(self, step: int, rec: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **rec}) + "\n")
+
+    def records(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
+
+    def truncate(self, step: int) -> None:
+        """Drop records after ``step`` (used on resume, so the log equals an uninterrupted run's)."""
+        keep = [r for r in self.records() if r["step"] <= step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+
+    def finish(self) -> None:
+        recs = self.records()
+        keys = ["step"] + sorted({k for r in recs for k in r} - {"step"})
+        with (self.run_dir / "log.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, keys)
+            w.writeheader()
+            w.writerows(recs)
+        self.plot()
+
+    def plot(self) -> None:
+        """Loss, learning-rate, validation-Dice and batch-composition curves in progress.png."""
+        recs = self.records()
+        if not recs:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 4, figsize=(18, 3.6))
+        panels = [("loss/", "loss"), ("lr/", "learning rate"), ("val/dice", "validation Dice"), ("n_u", "unlabelled per batch")]
+        for ax, (prefix, title) in zip(axes, panels):
+            keys = sorted({k for r in recs for k in r if k.startswith(prefix)})
+            for k in keys:
+                pts = [(r["step"], r[k]) for r in recs if k in r]
+                ax.plot(*zip(*pts), label=k.split("/", 1)[-1] if "/" in k else k)
+            ax.set_title(title)
+            ax.set_xlabel("iteration")
+            if keys and len(keys) > 1:
+                ax.legend(fontsize=7)
+        fig.tight_layout()
+        tmp = self.run_dir / "progress.tmp.png"
+        fig.savefig(tmp, dpi=80)
+        plt.close(fig)
+        tmp.replace(self.run_dir / "progress.png")

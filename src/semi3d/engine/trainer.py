@@ -1,0 +1,255 @@
+"""The one training loop shared by every method.
+
+Owns: run folder, data and samplers, optimisers and lr schedules per model group, precision,
+gradient clipping, validation with a declared selection policy, atomic checkpoints, exact resume,
+the JSONL/CSV log and the progress display. Everything method-specific lives in ``methods/``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..config import RunConfig, dump_config
+from ..data.augment import AugmentConfig, augment
+from ..data.dataset import DataBundle, prepare_data
+from ..data.patches import PatchSampler
+from ..data.splits import load_splits, save_splits
+from ..errors import InputError
+from ..inference.predictor import predict_probs
+from ..methods.base import Batch, MethodContext
+from ..registry import METHODS
+from . import checkpoint as ckpt
+from .precision import autocast, pick_device, resolve_precision
+from .schedules import LRSchedule
+from .runlog import RunLog
+
+console = Console(stderr=True)
+
+
+def make_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
+    name, lr, wd = cfg["name"], cfg["lr"], cfg["weight_decay"]
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    return torch.optim.SGD(params, lr=lr, momentum=cfg["momentum"], weight_decay=wd, nesterov=cfg["nesterov"])
+
+
+def prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    """Create the run folder (or check it for resume); refuse to overwrite a finished run silently."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if resume and not last.is_file():
+        raise InputError(last, "nothing to resume: no checkpoint in this run folder")
+    if not resume and last.is_file():
+        raise InputError(run_dir, "run folder already holds a checkpoint; pass --resume or choose another name")
+    try:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise InputError(run_dir, f"cannot write the run folder: {e.strerror}") from None
+
+
+class Trainer:
+    """Trains ``cfg.method`` on ``cfg.data``; ``fit()`` returns a summary dict."""
+
+    def __init__(self, cfg: RunConfig, resume: bool = False, data: DataBundle | None = None):
+        self.cfg, self.resume = cfg, resume
+        self.run_dir = cfg.run_dir
+        prepare_run_dir(self.run_dir, resume)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.device = pick_device(cfg.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+
+        splits = load_splits(self.run_dir / "splits.json") if resume else None
+        self.data = data or prepare_data(cfg.data, splits)
+        if resume and self.data.splits != splits:
+            raise InputError(self.run_dir / "splits.json", "differs from the splits of the data given")
+        if not resume:
+            (self.run_dir / "config.yaml").write_text(dump_config(cfg))
+            save_splits(self.run_dir / "splits.json", self.data.splits)
+
+        t = cfg.train
+        self.schedule = LRSchedule(t.schedule, t.iterations)
+        ctx = MethodContext(cfg, self.data.in_channels, self.data.num_classes, t.iterations,
+                            self.schedule.factor, self.schedule.cycle_position)
+        self.method = METHODS.get(cfg.method.name)(ctx, **cfg.method.options).to(self.device)
+        self.optimizers, self.base_lr = {}, {}
+        for g, net in self.method.groups.items():
+            ocfg = {**t.optimizer.model_dump(), **t.group_optimizers.get(g, {})}
+            self.optimizers[g] = make_optimizer([p for p in net.parameters() if p.requires_grad], ocfg)
+            self.base_lr[g] = ocfg["lr"]
+        unknown = set(t.group_optimizers) - set(self.optimizers)
+        if unknown:
+            raise InputError("train.group_optimizers", f"unknown group {sorted(unknown)[0]!r}; groups: {', '.join(self.optimizers)}")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        d = cfg.data
+        self.aug = AugmentConfig(**d.augment.model_dump())
+        console.print(f"[bold]semi3d[/] {cfg.method.name}: preprocessing {sum(map(len, self.data.splits.values()))} cases ...")
+        self.sampler_l = PatchSampler(self.data.cases("labelled"), d.patch_size, d.fg_oversample, self.gen)
+        unl = self.data.cases("unlabelled")
+        self.sampler_u = PatchSampler(unl, d.patch_size, d.fg_oversample, self.gen) if unl else None
+        self.val_cases = self.data.cases("validation")[: t.val_max_cases]
+        self.step, self.best, self.best_step = 0, -1.0, -1
+        self.log = RunLog(self.run_dir)
+        if resume:
+            self._load(ckpt.load(self.run_dir / "checkpoints" / "last.pt"))
+
+    # batches -------------------------------------------------------------------------------
+    def make_batch(self, n_l: int, n_u: int) -> Batch:
+        img_l, lab_l, ids_l = self.sampler_l.sample(n_l)
+        img_l, lab_l = augment(img_l, lab_l, self.aug, self.gen)
+        img_u, ids_u = None, []
+        if n_u:
+            if self.sampler_u is None:
+                raise InputError("splits.unlabelled", f"method {self.cfg.method.name!r} needs unlabelled cases but the split is empty")
+            img_u, _, ids_u = self.sampler_u.sample(n_u)
+            img_u, _ = augment(img_u, None, self.aug, self.gen)
+        dev = self.device
+        return Batch(img_l.to(dev), lab_l.to(dev), None if img_u is None else img_u.to(dev), ids_l, ids_u)
+
+    # one step ------------------------------------------------------------------------------
+    def train_step(self, step: int) -> dict[str, float]:
+        m, t = self.method, self.cfg.train
+        n_l, n_u = m.batch_plan(step)
+        batch = self.make_batch(n_l, n_u)
+        active = m.active_groups(step)
+        f = self.schedule.factor(step)
+        for g in active:
+            for pg in self.optimizers[g].param_groups:
+                pg["lr"] = self.base_lr[g] * f
+            self.optimizers[g].zero_grad(set_to_none=True)
+        m.train()
+        m.log = {}
+        with autocast(self.device, self.precision):
+            losses = m.training_step(batch, step)
+        missing = set(active) - set(losses)
+        if missing:
+            raise RuntimeError(f"method {self.cfg.method.name} returned no loss for active group(s) {missing}")
+        total = sum(losses[g] for g in active)
+        self.scaler.scale(total).backward()
+        for g in active:
+            opt = self.optimizers[g]
+            if t.grad_clip:
+                self.scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(m.groups[g].parameters(), t.grad_clip)
+            self.scaler.step(opt)
+        self.scaler.update()
+        m.after_step(step)
+        rec = {f"loss/{g}": float(v.detach()) for g, v in losses.items()}
+        rec.update({f"lr/{g}": self.base_lr[g] * f for g in active})
+        rec.update(n_l=n_l, n_u=n_u, **m.log)
+        return rec
+
+    # validation ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def validate(self) -> dict[str, float]:
+        """Mean foreground Dice per class over the validation cases, at training resolution."""
+        net = self.method.predictor()
+        was = net.training
+        net.eval()
+        k = self.data.num_classes
+        dices = torch.zeros(k - 1)
+        for c in self.val_cases:
+            probs = predict_probs(net, torch.from_numpy(c.image), self.cfg.data.patch_size, self.cfg.inference,
+                                  self.device, self.precision)
+            pred = probs.argmax(0)
+            ref = torch.from_numpy(c.label.astype("int64"))
+            for j in range(1, k):
+                p, r = pred == j, ref == j
+                den = p.sum() + r.sum()
+                dices[j - 1] += 1.0 if den == 0 else float(2 * (p & r).sum() / den)
+        net.train(was)
+        dices /= max(len(self.val_cases), 1)
+        out = {"val/dice": float(dices.mean())}
+        out.update({f"val/dice_{n}": float(d) for n, d in zip(self.data.class_names[1:], dices)})
+        return out
+
+    # checkpoints ---------------------------------------------------------------------------
+    def _state(self) -> dict:
+        return {
+            "step": self.step,
+            "method": self.method.state_dict(),
+            "optimizers": {g: o.state_dict() for g, o in self.optimizers.items()},
+            "scaler": self.scaler.state_dict(),
+            "rng": {"sampler": self.gen.get_state(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "best": self.best, "best_step": self.best_step,
+            "guides": getattr(self.method, "guide_state", lambda: None)(),
+        }
+
+    def _load(self, s: dict) -> None:
+        self.step = s["step"]
+        self.method.load_state_dict(s["method"])
+        for g, o in self.optimizers.items():
+            o.load_state_dict(s["optimizers"][g])
+        self.scaler.load_state_dict(s["scaler"])
+        self.gen.set_state(s["rng"]["sampler"])
+        torch.set_rng_state(s["rng"]["torch"])
+        if s["rng"]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(s["rng"]["cuda"])
+        self.best, self.best_step = s["best"], s["best_step"]
+        if s.get("guides") is not None and hasattr(self.method, "load_guide_state"):
+            self.method.load_guide_state(s["guides"], self)
+        self.log.truncate(self.step)
+
+    def save_model(self, name: str) -> None:
+        """The inference model alone (predictor weights + what is needed to rebuild and feed it)."""
+        net = self.method.predictor()
+        spec = getattr(self.method, "predictor_spec", lambda: self.cfg.model.net3d)()
+        ckpt.save_atomic({
+            "net": spec.model_dump(), "state_dict": net.state_dict(), "step": self.step,
+            "in_channels": self.data.in_channels, "num_classes": self.data.num_classes,
+            "class_names": self.data.class_names, "config": self.cfg.model_dump(mode="json"),
+        }, self.run_dir / "checkpoints" / name)
+
+    # the loop ------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        t = self.cfg.train
+        start_step, t0 = self.step, time.time()
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
+        with Progress(*columns, console=console, disable=not t.progress_bar) as bar:
+            task = bar.add_task(self.cfg.name, total=t.iterations, completed=self.step, info="")
+            while self.step < t.iterations:
+                step = self.step
+                rec = self.train_step(step)
+                self.step = step + 1
+                self.method.periodic(step, self)
+                if self.step % t.log_every == 0 or self.step == t.iterations:
+                    rec["time"] = time.time() - t0
+                    rec["sec_per_it"] = rec["time"] / (self.step - start_step)
+                    self.log.write(self.step, rec)
+                    bar.update(task, info=" ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in rec.items() if k.startswith("loss/")))
+                if self.val_cases and (self.step % t.val_every == 0 or self.step == t.iterations):
+                    v = self.validate()
+                    self.log.write(self.step, v)
+                    bar.console.print(f"step {self.step}: validation Dice {100 * v['val/dice']:.2f}")
+                    if v["val/dice"] > self.best:
+                        self.best, self.best_step = v["val/dice"], self.step
+                        self.save_model("model_best.pt")
+                if self.step % t.checkpoint_every == 0 or self.step == t.iterations:
+                    ckpt.save_atomic(self._state(), self.run_dir / "checkpoints" / "last.pt")
+                    self.log.plot()
+                bar.update(task, completed=self.step)
+        self.save_model("model_final.pt")
+        self.log.finish()
+        summary = {"iterations": self.step, "wall_time_s": time.time() - t0, "best_val_dice": self.best,
+                   "best_step": self.best_step, "selection": t.selection}
+        (self.run_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
+        return summary
+
+
+def train(cfg: RunConfig, resume: bool = False) -> dict:
+    """Train a run described by ``cfg`` (see ``semi3d train``)."""
+    return Trainer(cfg, resume=resume).fit()

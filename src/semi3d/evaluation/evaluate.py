@@ -1,0 +1,67 @@
+"""Evaluate a trained run on one of its splits or on another id list, on the original grid."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..config import load_config
+from ..data.readers import build_reader, write_volume
+from ..data.splits import load_splits, read_id_list
+from ..errors import InputError
+from ..inference.predictor import Predictor, model_file
+from .metrics import case_metrics
+from .report import summarise, write_metrics
+
+
+def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None = None,
+                 data_root: Path | None = None, overrides: list[str] = (), which: str = "auto",
+                 save_predictions: bool = False, out: Path | None = None, progress=None) -> dict:
+    """Predict every case of ``split`` (or of ``ids_list``) with the run's selected model and write
+    ``metrics.json`` / ``metrics.csv`` into ``out`` (default ``run_dir/eval_<split or list name>``).
+
+    Cases of an external id list must not have been used by the run (labelled, unlabelled or
+    validation): the command refuses them, so a test evaluation can never touch training data.
+    Returns the summary (mean per class and metric).
+    """
+    run_dir = Path(run_dir)
+    ov = list(overrides) + ([f"data.root={data_root}"] if data_root else [])
+    cfg = load_config(run_dir / "config.yaml", ov)
+    run_splits = load_splits(run_dir / "splits.json")
+    options = dict(cfg.data.options)
+    if ids_list is not None:
+        ids = read_id_list(ids_list)
+        if "list_file" in options:
+            options["list_file"] = str(ids_list)
+        used = {i for s in ("labelled", "unlabelled", "validation") for i in run_splits[s]}
+        clash = [i for i in ids if i in used]
+        if clash:
+            raise InputError(ids_list, f"case {clash[0]!r} was used by the run (training or validation); "
+                             "a test list must be disjoint from them")
+        name = Path(ids_list).stem
+    else:
+        if split not in run_splits:
+            raise InputError("--split", f"unknown split {split!r}")
+        ids, name = run_splits[split], split
+        if not ids:
+            raise InputError(run_dir / "splits.json", f"the {split} split is empty")
+    out = Path(out) if out else run_dir / f"eval_{name}"
+    reader = build_reader(cfg.data.format, cfg.data.root, **options)
+    predictor = Predictor(model_file(run_dir, which), cfg.device, cfg.precision)
+    k = predictor.num_classes
+    per_case, t0 = {}, time.time()
+    for i, cid in enumerate(ids):
+        case = reader.load(cid)
+        if case.label is None:
+            raise InputError(case.source or cid, "has no label to evaluate against")
+        pred = predictor(case).argmax(0).numpy().astype(np.uint8)
+        per_case[cid] = case_metrics(pred, case.label, k, case.spacing, predictor.class_names[1:])
+        if save_predictions:
+            write_volume(out / "predictions" / f"{cid}.nii.gz", pred, affine=case.affine)
+        if progress:
+            progress(i + 1, len(ids), cid, per_case[cid])
+    extra = {"run": str(run_dir), "split": name, "model_step": predictor.step, "n_cases": len(ids),
+             "eval_time_s": time.time() - t0}
+    write_metrics(out, per_case, extra)
+    return summarise(per_case)

@@ -1,0 +1,130 @@
+"""Sliding-window prediction at the training resolution, then back to the original grid.
+
+``predict_probs`` works on a preprocessed (C, X, Y, Z) volume; ``Predictor`` wraps a trained model
+file (``checkpoints/model_*.pt``) with its preprocessing, and ``predict_files`` is the CLI verb.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import InferenceConfig, RunConfig
+from ..data.case import Case
+from ..engine.precision import autocast, pick_device, resolve_precision
+from ..errors import InputError
+
+
+@torch.inference_mode()
+def predict_probs(net: nn.Module, image: torch.Tensor, patch_size, cfg: InferenceConfig,
+                  device: torch.device, precision: str = "fp32") -> torch.Tensor:
+    """Softmax probabilities (K, X, Y, Z) float32 on CPU for a preprocessed image (C, X, Y, Z).
+
+    Uses MONAI ``sliding_window_inference`` with windows of ``patch_size`` voxels (volumes smaller
+    than a window are padded by MONAI and cropped back), ``cfg.overlap`` and ``cfg.mode`` blending.
+    """
+    from monai.inferers import sliding_window_inference
+
+    x = image[None].to(device, torch.float32)
+    with autocast(device, precision):
+        logits = sliding_window_inference(x, tuple(patch_size), cfg.sw_batch_size, net, overlap=cfg.overlap,
+                                          mode=cfg.mode, sw_device=device, device=device)
+    return torch.softmax(logits.float(), 1)[0].cpu()
+
+
+class Predictor:
+    """A trained model file plus the preprocessing and patch size it was trained with."""
+
+    def __init__(self, model_path: Path, device: str = "auto", precision: str = "auto"):
+        from ..data.dataset import make_preprocessor
+        from ..engine import checkpoint as ckpt
+        from ..registry import NETS3D
+
+        m = ckpt.load(model_path)
+        self.cfg = RunConfig.model_validate(m["config"])
+        self.device = pick_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.net = NETS3D.build(m["net"]["name"], in_channels=m["in_channels"], num_classes=m["num_classes"],
+                                **m["net"]["options"])
+        self.net.load_state_dict(m["state_dict"])
+        self.net.to(self.device).eval()
+        self.num_classes, self.class_names = m["num_classes"], m["class_names"]
+        self.in_channels = m["in_channels"]
+        self.preprocessor = make_preprocessor(self.cfg.data)
+        self.step = m["step"]
+
+    def __call__(self, case: Case) -> torch.Tensor:
+        """Probabilities (K, X, Y, Z) on the case's original grid."""
+        from ..data.preprocess import resample_probabilities
+
+        if case.image.shape[0] != self.in_channels:
+            raise InputError(case.source or case.id, f"image has {case.image.shape[0]} channel(s), the model expects {self.in_channels}")
+        pre = self.preprocessor(Case(case.id, case.image, None, case.spacing, case.affine, case.domain, case.source))
+        probs = predict_probs(self.net, torch.from_numpy(pre.image), self.cfg.data.patch_size, self.cfg.inference,
+                              self.device, self.precision)
+        if tuple(probs.shape[1:]) != tuple(case.shape):
+            probs = resample_probabilities(probs, tuple(case.shape))
+        return probs
+
+
+def model_file(run_dir: Path, which: str = "auto") -> Path:
+    """The model a run's selection policy designates: ``model_best.pt`` for ``best_validation``,
+    else ``model_final.pt``; ``which`` = "best" / "final" / a file path overrides."""
+    run_dir = Path(run_dir)
+    if which not in ("auto", "best", "final"):
+        return Path(which)
+    if which == "auto":
+        try:
+            import yaml
+
+            sel = yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["selection"]
+        except (OSError, KeyError, TypeError):
+            raise InputError(run_dir, "not a semi3d run folder (no readable config.yaml)") from None
+        which = "best" if sel == "best_validation" else "final"
+    return run_dir / "checkpoints" / f"model_{which}.pt"
+
+
+def _expand_inputs(inputs: list[Path]) -> list[Path]:
+    from ..data.readers import SUFFIXES, split_suffix
+
+    files = []
+    for p in map(Path, inputs):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if split_suffix(f, SUFFIXES)[1])
+            if not found:
+                raise InputError(p, f"no image files ({' '.join(SUFFIXES)}) in this folder")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise InputError(p, "no such file or folder")
+    return files
+
+
+def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: bool = False,
+                  which: str = "auto") -> list[Path]:
+    """Segment each input image; writes ``<out>/<case>.nii.gz`` with the input's affine (``.h5`` /
+    ``.npy`` for h5 / npy input) and, with ``probabilities``, ``<case>_prob`` (K, X, Y, Z) float32.
+    Every input is read and checked before anything is written."""
+    from ..data.readers import assemble_case, h5_keys, read_volume, split_suffix, write_volume
+
+    model = Path(model)
+    pred = Predictor(model_file(model, which) if model.is_dir() else model)
+    spacing = pred.cfg.data.options.get("spacing")
+    files = _expand_inputs(inputs)
+
+    def key(f: Path) -> str | None:  # UA-MT style h5 files hold "image" (and "label")
+        return "image" if split_suffix(f)[1] in (".h5", ".hdf5") and "image" in h5_keys(f) else None
+
+    cases = [assemble_case(split_suffix(f)[0], [read_volume(f, key(f))], None, spacing=spacing) for f in files]
+    written = []
+    for f, case in zip(files, cases):
+        ext = {".h5": ".h5", ".hdf5": ".h5", ".npy": ".npy"}.get(split_suffix(f)[1], ".nii.gz")
+        probs = pred(case)
+        written.append(write_volume(Path(out) / f"{case.id}{ext}", probs.argmax(0).numpy().astype(np.uint8),
+                                    affine=case.affine))
+        if probabilities:
+            written.append(write_volume(Path(out) / f"{case.id}_prob{ext}", probs.numpy(), affine=case.affine))
+    return written

@@ -1,0 +1,43 @@
+"""Segmentation losses on logits (N, K, *spatial). Computed in float32 whatever the autocast dtype."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def one_hot(label: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(N, *spatial) int -> (N, K, *spatial) float32."""
+    return F.one_hot(label.long(), num_classes).movedim(-1, 1).float()
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, squared: bool = True,
+                   include_background: bool = True, eps: float = 1e-5) -> torch.Tensor:
+    """1 - mean over classes of the soft Dice computed over the whole batch.
+
+    Args:
+        logits: (N, K, *spatial).
+        target: (N, K, *spatial) probabilities (one-hot or soft), same shape.
+        squared: squared terms in the denominator (V-Net style), as M&N uses.
+    """
+    p = torch.softmax(logits.float(), 1)
+    t = target.float()
+    dims = [0] + list(range(2, p.ndim))
+    inter = (p * t).sum(dims)
+    den = (p * p).sum(dims) + (t * t).sum(dims) if squared else p.sum(dims) + t.sum(dims)
+    dice = (2 * inter + eps) / (den + eps)
+    if not include_background:
+        dice = dice[1:]
+    return 1 - dice.mean()
+
+
+def kl_soft(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """KL(target || softmax(logits)) averaged over all elements (N*K*voxels), as
+    ``F.kl_div(log_softmax(logits), target, reduction="mean")``."""
+    return F.kl_div(torch.log_softmax(logits.float(), 1), target.float().clamp_min(0), reduction="mean")
+
+
+def dice_ce_loss(logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Soft Dice (plain denominator, foreground classes) + cross-entropy; label (N, *spatial) int."""
+    k = logits.shape[1]
+    ce = F.cross_entropy(logits.float(), label.long(), weight=weight)
+    return ce + soft_dice_loss(logits, one_hot(label, k), squared=False, include_background=k == 1)

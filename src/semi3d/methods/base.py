@@ -1,0 +1,101 @@
+"""The interface between one semi-supervised method and the shared trainer.
+
+A method is an ``nn.Module`` that owns its networks (so ``state_dict`` covers teachers and EMA
+copies too) and declares:
+- ``groups``: the trainable networks by name, each with its own optimiser and lr schedule;
+- ``active_groups(step)``: which groups are stepped at ``step`` (default: all);
+- ``batch_plan(step)``: how many labelled and unlabelled patches it wants at ``step``;
+- ``training_step(batch, step) -> {group: loss}`` where everything method-specific happens;
+- ``after_step(step)``: e.g. EMA updates, after the optimiser steps;
+- ``predictor()``: the network used for inference, mapping (N, C, X, Y, Z) -> (N, K, X, Y, Z) logits.
+Optional: ``periodic(step, trainer)`` for method work on whole volumes (e.g. pseudo-mask passes),
+``log``: a dict of scalars the method wants logged at this step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..config import RunConfig
+from ..errors import InputError
+from ..registry import NETS2D, NETS3D
+
+
+@dataclass
+class Batch:
+    """Patches for one step. image_l (n_l, C, X, Y, Z) float; label_l (n_l, X, Y, Z) int64;
+    image_u (n_u, C, X, Y, Z) or None when n_u == 0."""
+
+    image_l: torch.Tensor
+    label_l: torch.Tensor
+    image_u: torch.Tensor | None = None
+    ids_l: list[str] = field(default_factory=list)
+    ids_u: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MethodContext:
+    """What a method may know about the run when it is built."""
+
+    cfg: RunConfig
+    in_channels: int
+    num_classes: int
+    total_iterations: int
+    lr_factor: Callable[[int], float] = lambda step: 1.0
+    cycle_position: Callable[[int], tuple[int, float]] = lambda step: (0, step / 1.0)
+
+
+class Method(nn.Module):
+    """Base class. Subclasses set ``self.groups`` (an ``nn.ModuleDict``) in ``__init__``."""
+
+    groups: nn.ModuleDict
+
+    def __init__(self, ctx: MethodContext):
+        super().__init__()
+        self.ctx = ctx
+        self.num_classes = ctx.num_classes
+        self.log: dict[str, float] = {}
+
+    # networks -----------------------------------------------------------------------------
+    def build_net3d(self, **override: Any) -> nn.Module:
+        spec = self.ctx.cfg.model.net3d
+        return NETS3D.build(spec.name, in_channels=self.ctx.in_channels, num_classes=self.num_classes,
+                            **{**spec.options, **override})
+
+    def build_net2d(self) -> nn.Module:
+        spec = self.ctx.cfg.model.net2d
+        if spec is None:
+            raise InputError("model.net2d", f"method {self.ctx.cfg.method.name!r} needs a 2D network")
+        return NETS2D.build(spec.name, in_channels=self.ctx.in_channels, num_classes=self.num_classes,
+                            **spec.options)
+
+    # schedule hooks -----------------------------------------------------------------------
+    def active_groups(self, step: int) -> list[str]:
+        return list(self.groups)
+
+    def batch_plan(self, step: int) -> tuple[int, int]:
+        """(n_labelled, n_unlabelled) patches for this step."""
+        return self.ctx.cfg.train.batch_size, 0
+
+    def training_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def after_step(self, step: int) -> None:
+        pass
+
+    def periodic(self, step: int, trainer: Any) -> None:
+        pass
+
+    def predictor(self) -> nn.Module:
+        raise NotImplementedError
+
+
+def method_options(name: str, options: dict, allowed: dict[str, Any]) -> dict[str, Any]:
+    """Merge user options over defaults; an unknown key is an error naming it."""
+    bad = set(options) - set(allowed)
+    if bad:
+        raise InputError(f"method.options ({name})", f"unknown option {sorted(bad)[0]!r}; valid: {', '.join(sorted(allowed))}")
+    return {**allowed, **options}

@@ -1,0 +1,419 @@
+"""3D segmentation networks, registered in :data:`semi3d.registry.NETS3D`.
+
+Every builder has the signature ``builder(in_channels, num_classes, **options) -> nn.Module``; the
+returned module maps a float tensor of shape ``(N, C, X, Y, Z)`` (batch, channel, then the three
+spatial axes in array order) to logits of shape ``(N, K, X, Y, Z)``. Each module carries
+``divisor: tuple[int, int, int]``: every spatial size of the input must be a multiple of it, and
+``forward`` raises ``ValueError`` otherwise. An unknown option raises
+:class:`semi3d.errors.InputError` naming the network and the key.
+
+Registered names:
+
+- ``"unet3d"``: :class:`UNet3D`, an nnU-Net-style plain-convolution U-Net.
+- ``"vnet"``: :class:`VNet`, the V-Net of the UA-MT / SASSNet / DTC left-atrium literature.
+- ``"monai_unet"``, ``"swinunetr"``, ``"dynunet"``: MONAI networks, imported on first build.
+"""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..registry import NETS3D
+
+__all__ = ["UNet3D", "VNet", "count_parameters", "list_nets3d"]
+
+Triple = tuple[int, int, int]
+
+
+# ----------------------------------------------------------------------------------------- helpers
+def list_nets3d() -> list[str]:
+    """Names of all registered 3D networks, sorted."""
+    return NETS3D.names()
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of ``model`` (only those with ``requires_grad`` if ``trainable_only``)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _triple(value: int | Sequence[int], where: str) -> Triple:
+    t = (value,) * 3 if isinstance(value, int) else tuple(value)
+    if len(t) != 3 or not all(isinstance(v, int) and v >= 1 for v in t):
+        raise InputError(where, f"expected a positive int or 3 positive ints, got {value!r}")
+    return t  # type: ignore[return-value]
+
+
+def _divisor_of(strides: Iterable[int | Sequence[int]], where: str) -> Triple:
+    out = [1, 1, 1]
+    for s in strides:
+        out = [a * b for a, b in zip(out, _triple(s, where))]
+    return tuple(out)  # type: ignore[return-value]
+
+
+def check_input(x: torch.Tensor, divisor: Sequence[int], name: str) -> None:
+    """Raise ``ValueError`` unless ``x`` is ``(N, C, X, Y, Z)`` with ``X, Y, Z`` multiples of ``divisor``."""
+    if x.ndim != 5:
+        raise ValueError(f"{name}: expected a 5D input (N, C, X, Y, Z), got shape {tuple(x.shape)}")
+    if any(s % d for s, d in zip(x.shape[2:], divisor)):
+        raise ValueError(
+            f"{name}: input spatial shape {tuple(x.shape[2:])} (full shape {tuple(x.shape)}) "
+            f"is not divisible by the network divisor {tuple(divisor)} per axis"
+        )
+
+
+def _divisor_hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+    check_input(args[0], module.divisor, type(module).__name__)
+
+
+def _with_divisor(net: nn.Module, divisor: Triple) -> nn.Module:
+    """Attach ``divisor`` and an input-shape check to a third-party module."""
+    net.divisor = divisor
+    net.register_forward_pre_hook(_divisor_hook)
+    return net
+
+
+def _check_options(name: str, options: dict[str, Any], valid: Iterable[str]) -> None:
+    valid = sorted(set(valid))
+    for key in options:
+        if key not in valid:
+            raise InputError(f"model {name}", f"unknown option {key!r}; valid: {', '.join(valid)}")
+
+
+def _check_io(name: str, in_channels: Any, num_classes: Any) -> None:
+    for key, v in (("in_channels", in_channels), ("num_classes", num_classes)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise InputError(f"model {name}", f"{key} must be a positive int, got {v!r}")
+
+
+def _register_class(name: str, cls: type[nn.Module]) -> Callable[..., nn.Module]:
+    """Register a builder for ``cls`` that rejects options ``cls.__init__`` does not accept."""
+    valid = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "in_channels", "num_classes")]
+
+    def build(in_channels: int, num_classes: int, **options: Any) -> nn.Module:
+        _check_io(name, in_channels, num_classes)
+        _check_options(name, options, valid)
+        return cls(in_channels, num_classes, **options)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = f"Build :class:`{cls.__name__}` (options: {', '.join(valid)})."
+    return NETS3D.register(name)(build)
+
+
+# ------------------------------------------------------------------------------------------ UNet3D
+_NORMS = ("instance", "batch", "group", "none")
+
+
+def _norm3d(kind: str, ch: int) -> nn.Module:
+    if kind == "instance":
+        return nn.InstanceNorm3d(ch, affine=True)
+    if kind == "batch":
+        return nn.BatchNorm3d(ch)
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(ch, 8), ch)
+    return nn.Identity()
+
+
+class _ConvNormAct(nn.Sequential):
+    def __init__(self, cin: int, cout: int, norm: str, stride: Triple = (1, 1, 1)):
+        super().__init__(
+            nn.Conv3d(cin, cout, 3, stride=stride, padding=1),
+            _norm3d(norm, cout),
+            nn.LeakyReLU(0.01, inplace=True),
+        )
+
+
+class UNet3D(nn.Module):
+    """Plain-convolution 3D U-Net in the style of nnU-Net.
+
+    Level ``i`` (0 = full resolution) has ``min(base * 2**i, max_channels)`` channels and two
+    ``conv3x3x3 -> norm -> LeakyReLU(0.01)`` blocks. Going down one level uses ``strides[i]``
+    (a strided first conv for ``pool="conv"``, a max-pool for ``pool="max"``); the decoder
+    upsamples with ``ConvTranspose3d(kernel=stride, stride=stride)``, concatenates the skip and
+    applies two conv blocks; a ``1x1x1`` conv gives the logits.
+
+    Args:
+        in_channels: number of input channels ``C``.
+        num_classes: number of output channels ``K``.
+        levels: number of resolution levels (default 5; taken from ``strides`` when only it is given).
+        base: channels at full resolution.
+        max_channels: cap on the channels of any level.
+        norm: ``"instance"`` (affine), ``"batch"``, ``"group"`` (``gcd(ch, 8)`` groups) or ``"none"``.
+        dropout: ``Dropout3d`` probability on the bottleneck and every decoder level (0 disables);
+            stays active in training mode only, so MC dropout needs ``model.train()``.
+        pool: ``"conv"`` or ``"max"``.
+        strides: per-level downsampling strides (``levels - 1`` entries, each an int or an
+            ``(sx, sy, sz)`` triple), e.g. ``[(2, 2, 1), (2, 2, 2), ...]`` for anisotropic data.
+            Defaults to ``(2, 2, 2)`` everywhere.
+        deep_supervision: in training mode ``forward`` returns a list of logits, one per decoder
+            level, full resolution first, each ``(N, K, X / s_x, Y / s_y, Z / s_z)``.
+
+    Attributes:
+        divisor: per-axis product of the strides; input spatial sizes must be multiples of it.
+        channels: the channel count of each level.
+
+    Shapes:
+        input ``(N, C, X, Y, Z)`` -> output ``(N, K, X, Y, Z)`` (or a list, see ``deep_supervision``).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        levels: int | None = None,
+        base: int = 32,
+        max_channels: int = 320,
+        norm: str = "instance",
+        dropout: float = 0.0,
+        pool: str = "conv",
+        strides: Sequence[int | Sequence[int]] | None = None,
+        deep_supervision: bool = False,
+    ):
+        super().__init__()
+        where = "model unet3d"
+        if levels is None:
+            levels = 5 if strides is None else len(strides) + 1
+        if not isinstance(levels, int) or levels < 2:
+            raise InputError(where, f"levels must be an int >= 2, got {levels!r}")
+        if strides is None:
+            strides = [(2, 2, 2)] * (levels - 1)
+        if len(strides) != levels - 1:
+            raise InputError(where, f"strides needs levels - 1 = {levels - 1} entries, got {len(strides)}")
+        if norm not in _NORMS:
+            raise InputError(where, f"norm must be one of {', '.join(_NORMS)}, got {norm!r}")
+        if pool not in ("conv", "max"):
+            raise InputError(where, f"pool must be 'conv' or 'max', got {pool!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise InputError(where, f"dropout must be in [0, 1), got {dropout!r}")
+        if base < 1 or max_channels < 1:
+            raise InputError(where, "base and max_channels must be positive")
+        self.strides: list[Triple] = [_triple(s, f"{where} strides") for s in strides]
+        self.divisor: Triple = _divisor_of(self.strides, f"{where} strides")
+        self.channels: tuple[int, ...] = tuple(min(base * 2**i, max_channels) for i in range(levels))
+        self.deep_supervision = deep_supervision
+        ch = self.channels
+
+        self.encoder = nn.ModuleList()
+        for i in range(levels):
+            cin = in_channels if i == 0 else ch[i - 1]
+            stride = (1, 1, 1) if i == 0 else self.strides[i - 1]
+            if i > 0 and pool == "max":
+                first: nn.Module = nn.Sequential(nn.MaxPool3d(stride, stride), _ConvNormAct(cin, ch[i], norm))
+            else:
+                first = _ConvNormAct(cin, ch[i], norm, stride)
+            self.encoder.append(nn.Sequential(first, _ConvNormAct(ch[i], ch[i], norm)))
+
+        self.up = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        for i in reversed(range(levels - 1)):  # decoder level i, from the bottom up
+            s = self.strides[i]
+            self.up.append(nn.ConvTranspose3d(ch[i + 1], ch[i], s, stride=s))
+            self.decoder.append(nn.Sequential(_ConvNormAct(2 * ch[i], ch[i], norm), _ConvNormAct(ch[i], ch[i], norm)))
+        self.dropout = nn.Dropout3d(dropout) if dropout > 0 else nn.Identity()
+        self.head = nn.Conv3d(ch[0], num_classes, 1)
+        # deep-supervision heads for decoder levels 1 .. levels-2 (full resolution uses self.head)
+        self.aux_heads = nn.ModuleList(
+            nn.Conv3d(ch[i], num_classes, 1) for i in range(1, levels - 1)
+        ) if deep_supervision else nn.ModuleList()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """Map ``(N, C, X, Y, Z)`` to logits ``(N, K, X, Y, Z)``; a list with deep supervision in training."""
+        check_input(x, self.divisor, "UNet3D")
+        skips = []
+        for stage in self.encoder:
+            x = stage(x)
+            skips.append(x)
+        x = self.dropout(skips.pop())
+        decoded = []
+        for up, stage in zip(self.up, self.decoder):
+            x = self.dropout(stage(torch.cat([up(x), skips.pop()], dim=1)))
+            decoded.append(x)
+        out = self.head(x)
+        if not (self.deep_supervision and self.training):
+            return out
+        # decoded[-1] is full resolution; decoded[-2] is one level down, etc.
+        return [out] + [h(f) for h, f in zip(self.aux_heads, decoded[-2::-1])]
+
+
+# -------------------------------------------------------------------------------------------- VNet
+_VNET_NORMS = ("batchnorm", "instancenorm", "groupnorm", "none")
+
+
+def _vnet_norm(kind: str, ch: int) -> list[nn.Module]:
+    if kind == "batchnorm":
+        return [nn.BatchNorm3d(ch)]
+    if kind == "instancenorm":
+        return [nn.InstanceNorm3d(ch)]  # affine=False, as in the original
+    if kind == "groupnorm":
+        return [nn.GroupNorm(16, ch)]
+    return []
+
+
+def _vnet_stage(n_convs: int, cin: int, cout: int, norm: str) -> nn.Sequential:
+    ops: list[nn.Module] = []
+    for i in range(n_convs):
+        ops += [nn.Conv3d(cin if i == 0 else cout, cout, 3, padding=1), *_vnet_norm(norm, cout), nn.ReLU(inplace=True)]
+    return nn.Sequential(*ops)
+
+
+def _vnet_resample(cin: int, cout: int, norm: str, up: bool) -> nn.Sequential:
+    conv = (nn.ConvTranspose3d if up else nn.Conv3d)(cin, cout, 2, stride=2)
+    return nn.Sequential(conv, *_vnet_norm(norm, cout), nn.ReLU(inplace=True))
+
+
+class VNet(nn.Module):
+    """V-Net of the semi-supervised left-atrium literature (UA-MT, SASSNet, DTC, MC-Net).
+
+    Same layers as those repositories' ``VNet(n_channels, n_classes, n_filters, normalization,
+    has_dropout)``: encoder stages of 1, 2, 3, 3, 3 ``conv3x3x3 -> norm -> ReLU`` blocks with
+    ``n_filters * (1, 2, 4, 8, 16)`` channels, ``2x2x2`` stride-2 conv downsampling, ``2x2x2``
+    stride-2 transposed-conv upsampling, additive skips (``up + skip``), decoder stages of 3, 3, 2, 1
+    blocks and a ``1x1x1`` output conv. Parameter names differ from the original checkpoints.
+
+    Args:
+        in_channels: number of input channels ``C``.
+        num_classes: number of output channels ``K``.
+        n_filters: channels of the first stage (``groupnorm`` needs a multiple of 16).
+        normalization: ``"batchnorm"``, ``"instancenorm"`` (non-affine), ``"groupnorm"`` (16 groups)
+            or ``"none"``.
+        has_dropout: ``Dropout3d(p=0.5)`` on the bottleneck and on the last decoder features
+            (active in training mode only).
+
+    Attributes:
+        divisor: ``(16, 16, 16)``.
+
+    Shapes:
+        input ``(N, C, X, Y, Z)`` -> output ``(N, K, X, Y, Z)``.
+    """
+
+    divisor: Triple = (16, 16, 16)
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        n_filters: int = 16,
+        normalization: str = "batchnorm",
+        has_dropout: bool = False,
+    ):
+        super().__init__()
+        where = "model vnet"
+        if normalization not in _VNET_NORMS:
+            raise InputError(where, f"normalization must be one of {', '.join(_VNET_NORMS)}, got {normalization!r}")
+        if not isinstance(n_filters, int) or n_filters < 1 or (normalization == "groupnorm" and n_filters % 16):
+            raise InputError(
+                where, f"n_filters must be a positive int (a multiple of 16 for groupnorm), got {n_filters!r}"
+            )
+        f = [n_filters * 2**i for i in range(5)]
+        norm = normalization
+        self.has_dropout = has_dropout
+        self.encoder = nn.ModuleList(
+            _vnet_stage(n, in_channels if i == 0 else f[i], f[i], norm) for i, n in enumerate((1, 2, 3, 3, 3))
+        )
+        self.down = nn.ModuleList(_vnet_resample(f[i], f[i + 1], norm, up=False) for i in range(4))
+        self.up = nn.ModuleList(_vnet_resample(f[i + 1], f[i], norm, up=True) for i in (3, 2, 1, 0))
+        self.decoder = nn.ModuleList(_vnet_stage(n, f[i], f[i], norm) for i, n in zip((3, 2, 1, 0), (3, 3, 2, 1)))
+        self.out_conv = nn.Conv3d(f[0], num_classes, 1)
+        self.dropout = nn.Dropout3d(p=0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``(N, C, X, Y, Z)`` to logits ``(N, K, X, Y, Z)``."""
+        check_input(x, self.divisor, "VNet")
+        skips = []
+        for i, stage in enumerate(self.encoder):
+            x = stage(x)
+            if i < 4:
+                skips.append(x)
+                x = self.down[i](x)
+        if self.has_dropout:
+            x = self.dropout(x)
+        for up, stage in zip(self.up, self.decoder):
+            x = stage(up(x) + skips.pop())
+        if self.has_dropout:
+            x = self.dropout(x)
+        return self.out_conv(x)
+
+
+_register_class("unet3d", UNet3D)
+_register_class("vnet", VNet)
+
+
+# ---------------------------------------------------------------------------------- MONAI networks
+def _monai_options(
+    name: str, cls: type, options: dict[str, Any], fixed: Iterable[str], extra: Iterable[str] = ()
+) -> None:
+    valid = set(inspect.signature(cls.__init__).parameters) - {"self", *fixed}
+    _check_options(name, options, valid | set(extra))
+
+
+@NETS3D.register("monai_unet")
+def monai_unet(in_channels: int, num_classes: int, **options: Any) -> nn.Module:
+    """MONAI ``UNet`` (``spatial_dims=3``); defaults ``channels=(16, 32, 64, 128, 256)``,
+    ``strides=(2, 2, 2, 2)``, ``num_res_units=2``. Other options pass through to MONAI.
+
+    ``divisor`` is the per-axis product of ``strides`` (16 by default).
+    Shapes: ``(N, C, X, Y, Z)`` -> ``(N, K, X, Y, Z)``.
+    """
+    from monai.networks.nets import UNet
+
+    _check_io("monai_unet", in_channels, num_classes)
+    _monai_options("monai_unet", UNet, options, ("spatial_dims", "in_channels", "out_channels"))
+    kw: dict[str, Any] = {"channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2), "num_res_units": 2, **options}
+    divisor = _divisor_of(kw["strides"], "model monai_unet strides")
+    net = UNet(spatial_dims=3, in_channels=in_channels, out_channels=num_classes, **kw)
+    return _with_divisor(net, divisor)
+
+
+@NETS3D.register("swinunetr")
+def swinunetr(in_channels: int, num_classes: int, **options: Any) -> nn.Module:
+    """MONAI ``SwinUNETR`` (``spatial_dims=3``, default ``feature_size=24``).
+
+    ``img_size`` is accepted for every MONAI version: MONAI < 1.5 needs it (default
+    ``(96, 96, 96)``; it does not change the weights), newer MONAI has dropped it and it is
+    ignored. ``divisor`` is ``32 * patch_size / 2`` per axis (32 by default). Needs ``einops``
+    (MONAI imports it only at the first forward; this builder checks for it up front).
+    Shapes: ``(N, C, X, Y, Z)`` -> ``(N, K, X, Y, Z)``.
+    """
+    from monai.networks.nets import SwinUNETR
+
+    _check_io("swinunetr", in_channels, num_classes)
+    _monai_options("swinunetr", SwinUNETR, options, ("spatial_dims", "in_channels", "out_channels"), ("img_size",))
+    if importlib.util.find_spec("einops") is None:
+        raise ImportError("model swinunetr needs the 'einops' package (pip install einops)")
+    kw: dict[str, Any] = {"feature_size": 24, **options}
+    img_size = kw.pop("img_size", (96, 96, 96))
+    if "img_size" in inspect.signature(SwinUNETR.__init__).parameters:
+        kw["img_size"] = img_size
+    patch = _triple(kw.get("patch_size", 2), "model swinunetr patch_size")
+    net = SwinUNETR(in_channels=in_channels, out_channels=num_classes, spatial_dims=3, **kw)
+    return _with_divisor(net, tuple(p * 16 for p in patch))  # type: ignore[arg-type]
+
+
+@NETS3D.register("dynunet")
+def dynunet(in_channels: int, num_classes: int, **options: Any) -> nn.Module:
+    """MONAI ``DynUNet`` (``spatial_dims=3``), by default 5 levels: ``kernel_size=[3] * 5``,
+    ``strides=[1, 2, 2, 2, 2]``, ``upsample_kernel_size=strides[1:]`` (derived from ``strides``
+    when only those are given), filters 32..320 (MONAI's default), instance norm, LeakyReLU.
+
+    ``divisor`` is the per-axis product of ``strides`` (16 by default). With
+    ``deep_supervision=True`` MONAI returns, in training mode, a stacked tensor
+    ``(N, 1 + deep_supr_num, K, X, Y, Z)``.
+    Shapes: ``(N, C, X, Y, Z)`` -> ``(N, K, X, Y, Z)``.
+    """
+    from monai.networks.nets import DynUNet
+
+    _check_io("dynunet", in_channels, num_classes)
+    _monai_options("dynunet", DynUNet, options, ("spatial_dims", "in_channels", "out_channels"))
+    kw: dict[str, Any] = dict(options)
+    kw.setdefault("strides", [1, 2, 2, 2, 2])
+    kw.setdefault("kernel_size", [3] * len(kw["strides"]))
+    kw.setdefault("upsample_kernel_size", list(kw["strides"])[1:])
+    divisor = _divisor_of(kw["strides"], "model dynunet strides")
+    net = DynUNet(spatial_dims=3, in_channels=in_channels, out_channels=num_classes, **kw)
+    return _with_divisor(net, divisor)
