@@ -24,7 +24,7 @@ from ..inference.predictor import predict_probs
 from ..methods.base import Batch, MethodContext
 from ..registry import METHODS
 from . import checkpoint as ckpt
-from .precision import autocast, pick_device, resolve_precision
+from .precision import autocast, channels_last_3d, pick_device, resolve_precision
 from .schedules import LRSchedule
 from .runlog import RunLog
 
@@ -82,6 +82,8 @@ class Trainer:
         ctx = MethodContext(cfg, self.data.in_channels, self.data.num_classes, t.iterations,
                             self.schedule.factor, self.schedule.cycle_position)
         self.method = METHODS.get(cfg.method.name)(ctx, **cfg.method.options).to(self.device)
+        if t.channels_last:
+            channels_last_3d(self.method)
         self.optimizers, self.base_lr = {}, {}
         for g, net in self.method.groups.items():
             ocfg = {**t.optimizer.model_dump(), **t.group_optimizers.get(g, {})}
