@@ -1,3 +1,4 @@
+import copy
 import os
 
 import pytest
@@ -5,7 +6,43 @@ import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "data": {
+        "format": "nnunet",
+        "root": "PLACEHOLDER",
+        "splits": {"labelled": {"first": 3}, "validation": {"last": 1}, "test": {}},
+        "patch_size": [16, 16, 16],
+        "fg_oversample": 0.5,
+    },
+    "model": {"net3d": {"name": "unet3d", "options": {"levels": 3, "base": 4}}},
+    "method": {"name": "supervised"},
+    "train": {"iterations": 6, "batch_size": 2, "optimizer": {"lr": 0.01}, "val_every": 3,
+              "log_every": 1, "checkpoint_every": 3, "progress_bar": False},
+    "inference": {"overlap": 0.25},
+}
+
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory):
+    """A tiny synthetic nnU-Net raw dataset: 5 labelled, 3 unlabelled, 2 test cases, 3 classes."""
+    from semi3d.data.synthetic import write_dataset
+
+    root = tmp_path_factory.mktemp("synth") / "Dataset001_Synth"
+    write_dataset(root, n_labelled=5, n_unlabelled=3, n_test=2, seed=0, shape=(24, 24, 16), num_classes=3)
+    return root
+
+
+@pytest.fixture
+def tiny_tree(synth_root, tmp_path):
+    """A config dict for a few-second training on the synthetic dataset (run folder in tmp_path)."""
+    tree = copy.deepcopy(TINY)
+    tree["data"]["root"] = str(synth_root)
+    tree["output_dir"] = str(tmp_path / "runs")
+    return tree

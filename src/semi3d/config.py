@@ -11,6 +11,7 @@ from typing import Any, List, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .data.augment import AugmentConfig
 from .errors import InputError
 
 
@@ -55,23 +56,6 @@ class PreprocessConfig(_Strict):
     ct_stats: tuple[float, float] | None = None
 
 
-class AugmentSection(_Strict):
-    flip_axes: tuple[int, ...] = (0, 1, 2)
-    p_flip: float = 0.5
-    rot90_axes: tuple[tuple[int, int], ...] = ((0, 1),)
-    p_rot90: float = 0.5
-    scale_range: tuple[float, float] = (0.9, 1.1)
-    p_scale: float = 0.3
-    gamma_range: tuple[float, float] = (0.7, 1.5)
-    p_gamma: float = 0.3
-    contrast_range: tuple[float, float] = (0.75, 1.25)
-    p_contrast: float = 0.15
-    brightness_range: tuple[float, float] = (0.9, 1.1)
-    p_brightness: float = 0.0
-    noise_std: float = 0.0
-    p_noise: float = 0.0
-
-
 class DataConfig(_Strict):
     format: Literal["nnunet", "uamt_h5", "folder"] = "nnunet"
     root: Path
@@ -83,7 +67,7 @@ class DataConfig(_Strict):
     cache_dir: Path | None = None
     patch_size: tuple[int, int, int] = (64, 64, 48)
     fg_oversample: float = Field(0.33, ge=0, le=1)
-    augment: AugmentSection = AugmentSection()
+    augment: AugmentConfig = AugmentConfig()  # see data/augment.py
 
 
 class NetSpec(_Strict):

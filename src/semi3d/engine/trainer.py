@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..config import RunConfig, dump_config
-from ..data.augment import AugmentConfig, augment
+from ..data.augment import augment
 from ..data.dataset import DataBundle, prepare_data
 from ..data.patches import PatchSampler
 from ..data.splits import load_splits, save_splits
@@ -96,11 +96,13 @@ class Trainer:
 
         self.gen = torch.Generator().manual_seed(cfg.seed)
         d = cfg.data
-        self.aug = AugmentConfig(**d.augment.model_dump())
+        self.aug = d.augment
         console.print(f"[bold]semi3d[/] {cfg.method.name}: preprocessing {sum(map(len, self.data.splits.values()))} cases ...")
         self.sampler_l = PatchSampler(self.data.cases("labelled"), d.patch_size, d.fg_oversample, self.gen)
         unl = self.data.cases("unlabelled")
         self.sampler_u = PatchSampler(unl, d.patch_size, d.fg_oversample, self.gen) if unl else None
+        if self.sampler_u is None and getattr(self.method, "needs_unlabelled", False):  # fail now, not mid-run
+            raise InputError("splits.unlabelled", f"method {cfg.method.name!r} needs unlabelled cases but the split is empty")
         self.val_cases = self.data.cases("validation")[: t.val_max_cases]
         self.step, self.best, self.best_step = 0, -1.0, -1
         self.log = RunLog(self.run_dir)
@@ -216,14 +218,16 @@ class Trainer:
         }, self.run_dir / "checkpoints" / name)
 
     # the loop ------------------------------------------------------------------------------
-    def fit(self) -> dict:
+    def fit(self, stop_at: int | None = None) -> dict:
+        """Train until ``train.iterations`` (or until ``stop_at``, leaving a resumable checkpoint)."""
         t = self.cfg.train
+        end = min(stop_at or t.iterations, t.iterations)
         start_step, t0 = self.step, time.time()
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
         with Progress(*columns, console=console, disable=not t.progress_bar) as bar:
             task = bar.add_task(self.cfg.name, total=t.iterations, completed=self.step, info="")
-            while self.step < t.iterations:
+            while self.step < end:
                 step = self.step
                 rec = self.train_step(step)
                 self.step = step + 1
@@ -240,10 +244,12 @@ class Trainer:
                     if v["val/dice"] > self.best:
                         self.best, self.best_step = v["val/dice"], self.step
                         self.save_model("model_best.pt")
-                if self.step % t.checkpoint_every == 0 or self.step == t.iterations:
+                if self.step % t.checkpoint_every == 0 or self.step in (end, t.iterations):
                     ckpt.save_atomic(self._state(), self.run_dir / "checkpoints" / "last.pt")
                     self.log.plot()
                 bar.update(task, completed=self.step)
+        if self.step < t.iterations:
+            return {"iterations": self.step, "stopped": True}
         self.save_model("model_final.pt")
         self.log.finish()
         summary = {"iterations": self.step, "wall_time_s": time.time() - t0, "best_val_dice": self.best,

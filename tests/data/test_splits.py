@@ -1,0 +1,57 @@
+import pytest
+
+from semi3d.config import SplitsConfig
+from semi3d.data.splits import read_id_list, resolve_splits
+from semi3d.errors import InputError
+
+IDS = [f"c{i:02d}" for i in range(20)]
+
+
+def S(**kw):
+    return SplitsConfig.model_validate(kw)
+
+
+def test_first_last_rest():
+    s = resolve_splits(S(labelled={"first": 4}, validation={"last": 5}), IDS, set(IDS))
+    assert s["labelled"] == IDS[:4] and s["validation"] == IDS[-5:]
+    assert s["unlabelled"] == IDS[4:15] and s["test"] == []
+
+
+def test_list_file_and_missing_id(tmp_path):
+    f = tmp_path / "l.list"
+    f.write_text("c03\nc01\n\n# comment\n")
+    assert read_id_list(f) == ["c03", "c01"]
+    s = resolve_splits(S(labelled={"list": str(f)}), IDS, set(IDS))
+    assert s["labelled"] == ["c03", "c01"]
+    f.write_text("c03\nnope\n")
+    with pytest.raises(InputError, match="nope"):
+        resolve_splits(S(labelled={"list": str(f)}), IDS, set(IDS))
+
+
+def test_random_is_seeded():
+    a = resolve_splits(S(labelled={"random": 5, "seed": 1}), IDS, set(IDS))
+    b = resolve_splits(S(labelled={"random": 5, "seed": 1}), IDS, set(IDS))
+    c = resolve_splits(S(labelled={"random": 5, "seed": 2}), IDS, set(IDS))
+    assert a == b and a["labelled"] != c["labelled"] and len(a["labelled"]) == 5
+
+
+def test_test_split_is_sealed():
+    with pytest.raises(InputError, match="test split can never"):
+        resolve_splits(S(labelled={"ids": ["c00", "c01"]}, test={"ids": ["c01"]}), IDS, set(IDS))
+    s = resolve_splits(S(labelled={"first": 2}, test={"last": 3}), IDS, set(IDS))
+    assert s["test"] == IDS[-3:] and not set(s["test"]) & set(s["unlabelled"])
+
+
+def test_unlabelled_cases_not_usable_as_labelled():
+    labelled = set(IDS[:10])
+    s = resolve_splits(S(labelled={"first": 3}, validation={"last": 2}), IDS, labelled)
+    assert s["validation"] == IDS[8:10]  # last labelled cases, not the unlabelled tail
+    with pytest.raises(InputError, match="no label"):
+        resolve_splits(S(labelled={"ids": ["c15"]}), IDS, labelled)
+
+
+def test_empty_labelled_and_too_many():
+    with pytest.raises(InputError, match="empty"):
+        resolve_splits(S(labelled={"first": 0}), IDS, set(IDS))
+    with pytest.raises(InputError, match="asks for 30"):
+        resolve_splits(S(labelled={"first": 30}), IDS, set(IDS))

@@ -1,0 +1,94 @@
+import json
+
+import pytest
+import torch
+
+from semi3d.config import load_config
+from semi3d.engine.trainer import Trainer, train
+from semi3d.errors import InputError
+
+
+def _params(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["method"]
+
+
+def test_short_training_lowers_loss(tiny_tree):
+    tiny_tree["train"].update(iterations=40, val_every=40, checkpoint_every=40)
+    cfg = load_config(tree=tiny_tree)
+    train(cfg)
+    losses = [r["loss/net"] for r in map(json.loads, (cfg.run_dir / "log.jsonl").read_text().splitlines()) if "loss/net" in r]
+    assert len(losses) == 40
+    assert sum(losses[-8:]) / 8 < 0.8 * sum(losses[:8]) / 8
+
+
+def test_run_folder_contents(tiny_tree):
+    cfg = load_config(tree=tiny_tree)
+    train(cfg)
+    d = cfg.run_dir
+    for f in ("config.yaml", "splits.json", "log.jsonl", "log.csv", "progress.png", "train_summary.json",
+              "checkpoints/last.pt", "checkpoints/model_final.pt", "checkpoints/model_best.pt"):
+        assert (d / f).is_file(), f
+    splits = json.loads((d / "splits.json").read_text())
+    assert len(splits["labelled"]) == 3 and len(splits["validation"]) == 1 and len(splits["test"]) == 2
+    assert not set(splits["test"]) & set(splits["labelled"] + splits["unlabelled"] + splits["validation"])
+    # the resolved config is complete and reloads to the same config
+    again = load_config(d / "config.yaml")
+    assert again == cfg
+    assert any("val/dice" in json.loads(x) for x in (d / "log.jsonl").read_text().splitlines())
+
+
+def test_resume_equals_uninterrupted(tiny_tree, tmp_path):
+    tiny_tree["train"].update(iterations=6, checkpoint_every=3)
+    full = load_config(tree={**tiny_tree, "name": "full"})
+    train(full)
+
+    resumed = load_config(tree={**tiny_tree, "name": "part"})
+    assert Trainer(resumed).fit(stop_at=4)["stopped"]  # interrupted after step 4 (not a checkpoint_every multiple)
+    Trainer(resumed, resume=True).fit()
+
+    a, b = _params(full.run_dir), _params(resumed.run_dir)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    la = [json.loads(x) for x in (full.run_dir / "log.jsonl").read_text().splitlines()]
+    lb = [json.loads(x) for x in (resumed.run_dir / "log.jsonl").read_text().splitlines()]
+    strip = lambda recs: [{k: v for k, v in r.items() if k not in ("time", "sec_per_it")} for r in recs]
+    assert strip(la) == strip(lb)
+
+
+def test_refuses_to_overwrite_and_to_resume_nothing(tiny_tree):
+    tiny_tree["train"]["iterations"] = 1
+    cfg = load_config(tree=tiny_tree)
+    with pytest.raises(InputError, match="nothing to resume"):
+        Trainer(cfg, resume=True)
+    train(cfg)
+    with pytest.raises(InputError, match="already holds a checkpoint"):
+        Trainer(cfg)
+
+
+def test_unwritable_run_folder(tiny_tree, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    tiny_tree["output_dir"] = str(blocker)
+    with pytest.raises(InputError, match="cannot write the run folder"):
+        Trainer(load_config(tree=tiny_tree))
+
+
+def test_empty_labelled_split_is_refused(tiny_tree):
+    tiny_tree["data"]["splits"]["labelled"] = {"ids": []}
+    with pytest.raises(InputError, match="labelled split is empty"):
+        Trainer(load_config(tree=tiny_tree))
+
+
+def test_test_split_can_never_be_trained_on(tiny_tree, synth_root):
+    test_ids = sorted(p.name.split("_0000")[0] for p in (synth_root / "imagesTs").iterdir())
+    tiny_tree["data"]["splits"]["labelled"] = {"ids": test_ids[:1] + []}
+    tiny_tree["data"]["splits"]["test"] = {"ids": test_ids}
+    with pytest.raises(InputError, match="test split can never be used"):
+        Trainer(load_config(tree=tiny_tree))
+
+
+def test_unknown_group_optimizer_named(tiny_tree):
+    tiny_tree["train"]["group_optimizers"] = {"net2d": {"lr": 1e-3}}
+    with pytest.raises(InputError, match="net2d"):
+        Trainer(load_config(tree=tiny_tree))

@@ -1,0 +1,82 @@
+"""The CLI end to end on a tiny synthetic dataset: train -> predict -> evaluate, and clean errors."""
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from semi3d.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def trained(tiny_tree, tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_tree))
+    r = runner.invoke(app, ["train", str(cfg), "--set", "train.iterations=4", "--set", "name=cli"])
+    assert r.exit_code == 0, r.output
+    return tmp_path / "runs" / "cli"
+
+
+def test_train_predict_evaluate(trained, synth_root, tmp_path):
+    images = sorted((synth_root / "imagesTs").iterdir())
+    out = tmp_path / "pred"
+    r = runner.invoke(app, ["predict", str(trained), str(images[0]), "-o", str(out), "--probabilities"])
+    assert r.exit_code == 0, r.output
+    case = images[0].name.replace("_0000.nii.gz", "")
+    src, seg = nib.load(images[0]), nib.load(out / f"{case}_0000.nii.gz")
+    assert seg.shape == src.shape and np.allclose(seg.affine, src.affine)
+    assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2}
+    prob = nib.load(out / f"{case}_0000_prob.nii.gz")
+    assert prob.shape == (*src.shape, 3)
+
+    r = runner.invoke(app, ["evaluate", str(trained), "--split", "test"])
+    assert r.exit_code == 0, r.output
+    m = json.loads((trained / "eval_test" / "metrics.json").read_text())
+    assert len(m["per_case"]) == 2 and "organ" in m["mean"]
+    assert (trained / "eval_test" / "metrics.csv").read_text().count("\n") == 1 + 2 * 2
+
+
+def test_evaluate_refuses_ids_the_run_used(trained, tmp_path):
+    splits = json.loads((trained / "splits.json").read_text())
+    lst = tmp_path / "test.list"
+    lst.write_text(splits["labelled"][0] + "\n")
+    r = runner.invoke(app, ["evaluate", str(trained), "--ids-list", str(lst)])
+    assert r.exit_code == 2 and "was used by the run" in r.output
+
+
+def test_bad_input_gives_one_clean_line(tmp_path, tiny_tree):
+    cfg = tmp_path / "bad.yaml"
+    tiny_tree["train"]["bogus"] = 1
+    cfg.write_text(yaml.safe_dump(tiny_tree))
+    r = runner.invoke(app, ["train", str(cfg)])
+    assert r.exit_code == 2
+    assert "train.bogus" in r.output and "Traceback" not in r.output
+
+
+def test_predict_into_unwritable_folder(trained, synth_root, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    img = sorted((synth_root / "imagesTs").iterdir())[0]
+    before = img.read_bytes()
+    r = runner.invoke(app, ["predict", str(trained), str(img), "-o", str(blocker / "out")])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert img.read_bytes() == before
+
+
+def test_predict_rejects_nan_image(trained, tmp_path):
+    bad = tmp_path / "nan.nii.gz"
+    arr = np.zeros((24, 24, 16), np.float32)
+    arr[3, 3, 3] = np.nan
+    nib.save(nib.Nifti1Image(arr, np.eye(4)), bad)
+    out = tmp_path / "pred"
+    r = runner.invoke(app, ["predict", str(trained), str(bad), "-o", str(out)])
+    assert r.exit_code == 2 and "nan.nii.gz" in r.output and not out.exists()
+
+
+def test_list():
+    r = runner.invoke(app, ["list"])
+    assert r.exit_code == 0 and "supervised" in r.output and "unet3d" in r.output and "vnet" in r.output
