@@ -52,6 +52,7 @@ class Method(nn.Module):
     """Base class. Subclasses set ``self.groups`` (an ``nn.ModuleDict``) in ``__init__``."""
 
     groups: nn.ModuleDict
+    needs_unlabelled: bool = False  # True: the trainer refuses an empty unlabelled split up front
 
     def __init__(self, ctx: MethodContext):
         super().__init__()
