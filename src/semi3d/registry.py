@@ -55,5 +55,11 @@ METHODS = Registry(
     "method",
     (
         "semi3d.methods.supervised",
+        "semi3d.methods.mn",
+        "semi3d.methods.mean_teacher",
+        "semi3d.methods.ua_mt",
+        "semi3d.methods.cps",
+        "semi3d.methods.bcp",
+        "semi3d.methods.urpc",
     ),
 )

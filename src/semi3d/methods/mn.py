@@ -1,0 +1,297 @@
+"""M&N: co-training a 2D model pretrained on natural images with a 3D model trained from scratch.
+
+Yeung et al., "Semi-Supervised 3D Medical Segmentation from 2D Natural Images Pretrained Model",
+MLMI 2025 (arXiv 2509.15167). Two networks: ``net2d`` segments every slice of a volume (along the
+``views`` axes), ``net3d`` segments the volume; only ``net3d`` is used at test time.
+
+Schedule (``step`` counts iterations from 0; ``W`` = ``warmup_iterations``, ``R`` = ``epoch_length``):
+
+- Stage 1, ``step < W`` (the first lr cycle: ``W`` must equal ``train.schedule.cycles[0]``): both
+  networks train on the same labelled batch, loss = soft Dice + KL against the one-hot label.
+- Stage 2, alternating epochs of ``R`` iterations: epoch ``e = (step - W) // R``; even ``e`` trains
+  ``net2d`` with ``net3d`` as a frozen teacher, odd ``e`` trains ``net3d`` with ``net2d`` as the
+  teacher. Only the student's group is active (optimised). The teacher runs in eval mode without
+  autograd on the *same* augmented unlabelled patches and its softmax is the student's soft target
+  (the 2D teacher's slice-wise softmax is stacked back into a volume, averaged over ``views``). The
+  student's loss is ``w_dice * soft Dice + w_kl * KL`` on the concatenated labelled (one-hot target)
+  + unlabelled (teacher softmax target) batch. No confidence threshold, no EMA.
+- Batch composition (:class:`semi3d.engine.sampling.BatchComposer`): ``n_u`` of the
+  ``train.batch_size`` patches are unlabelled; with ``sampling="lrg"`` (the paper's learning-rate
+  guided sampling) ``n_u = min(floor(p * B), B - 1)`` with ``p`` the position in the second lr cycle.
+- Pseudo-mask guided crops: at the end of stage 1 and then every ``guide_every`` iterations (and
+  after each iteration listed in ``guide_at``) ``net3d`` predicts every unlabelled volume with a
+  sliding window; the hard foreground masks steer the unlabelled crops (``data.fg_oversample`` of
+  them are centred on predicted foreground). The masks live in the checkpoint (packed bits) and,
+  for a person to look at, in ``<run>/pseudo/guide_masks.npz`` (uint8 (X, Y, Z) per case on the
+  padded, preprocessed training grid) with ``guides.json``. Nothing is written beside the dataset.
+
+The 2D model sees a volume batch ``(N, C, X, Y, Z)`` as ``N * S`` slices along each view axis
+(:mod:`semi3d.models.slicing`); its loss is computed on the slices (averaged over views).
+
+Options (``method.options``), defaults in brackets:
+
+- ``warmup_iterations`` [None = ``train.schedule.cycles[0]``]: length of stage 1.
+- ``epoch_length`` [8]: iterations per alternating epoch ``R``.
+- ``sampling`` ["lrg"]: ``"lrg"``, ``"lrg_lr"``, ``"fixed"`` or ``"labelled_only"``.
+- ``fixed_unlabelled`` [0]: ``n_u`` in stage 2 for ``sampling="fixed"``.
+- ``views`` [[2]]: axes the 2D model slices along (0 = X, 1 = Y, 2 = Z); ``[0, 1, 2]`` fuses three
+  views by the mean of their probabilities.
+- ``guide_every`` [0]: iterations between pseudo-mask passes for guided crops (0 = off).
+- ``guide_at`` [[]]: further iteration counts (>= ``warmup_iterations``) after which a pass runs.
+- ``loss_weights`` [[1, 1]]: weights of the soft Dice and the KL terms.
+
+Logged per step (``self.log``): ``stage`` (1 or 2), ``student`` ("both", "net2d" or "net3d"),
+``dice/<group>`` and ``kl/<group>`` of the trained group(s); ``n_u`` is logged by the trainer.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..engine.sampling import KINDS, BatchComposer
+from ..errors import InputError
+from ..losses import kl_soft, one_hot, soft_dice_loss
+from ..models.slicing import predict_2d_volume, volume_to_slices
+from ..registry import METHODS
+from .base import Batch, Method, MethodContext, method_options
+
+__all__ = ["MN", "soft_target_loss"]
+
+DEFAULTS: dict[str, Any] = dict(warmup_iterations=None, epoch_length=8, sampling="lrg", fixed_unlabelled=0,
+                                views=[2], guide_every=0, guide_at=[], loss_weights=[1.0, 1.0])
+
+
+def soft_target_loss(logits: torch.Tensor, target: torch.Tensor, w_dice: float = 1.0,
+                     w_kl: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """M&N's loss for logits ``(N, K, *spatial)`` and a probability target of the same shape
+    (one-hot labels or a teacher's softmax).
+
+    Soft Dice on the softmax with squared terms in the denominator, computed over the whole batch,
+    background included (``1 - mean_k 2 sum(p t) / (sum p^2 + sum t^2)``), plus
+    ``KL(target || softmax)`` averaged over every element (``N * K * voxels``).
+
+    Returns ``(w_dice * dice + w_kl * kl, dice, kl)``.
+    """
+    dice = soft_dice_loss(logits, target, squared=True, include_background=True)
+    kl = kl_soft(logits, target)
+    return w_dice * dice + w_kl * kl, dice, kl
+
+
+@contextmanager
+def _frozen(net: nn.Module):
+    """Eval mode and no autograd for a teacher; its previous mode is restored afterwards."""
+    was = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        net.train(was)
+
+
+def _main_output(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, (list, tuple)) else out  # deep supervision: full resolution first
+
+
+def _int(where: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise InputError(where, f"expected an integer >= {low}, got {value!r}")
+    return value
+
+
+@METHODS.register("mn")
+class MN(Method):
+    """M&N co-training (see the module docstring for the schedule and the options)."""
+
+    def __init__(self, ctx: MethodContext, **options):
+        super().__init__(ctx)
+        o = method_options("mn", options, DEFAULTS)
+        cfg = ctx.cfg
+        where = "method.options (mn)"
+        total = ctx.total_iterations
+        cycles = list(cfg.train.schedule.cycles)
+        w = o["warmup_iterations"]
+        if w is not None:
+            w = _int(f"{where} warmup_iterations", w, 1)
+        if not cycles:
+            raise InputError("train.schedule.cycles",
+                             "M&N's stage 1 ends at the first lr cycle boundary: set train.schedule.cycles to "
+                             f"[{w if w is not None else 'warmup_iterations'}] (the lr restarts when stage 2 begins)")
+        if w is None:
+            w = cycles[0]
+        elif w != cycles[0]:
+            raise InputError(f"{where} warmup_iterations",
+                             f"warmup_iterations={w} differs from train.schedule.cycles[0]={cycles[0]}: "
+                             "stage 1 must end where the first lr cycle ends")
+        if not 0 < w < total:
+            raise InputError("train.schedule.cycles",
+                             f"stage 1 ends at iteration {w}, which must lie inside the run's {total} iterations "
+                             "(train.iterations), or stage 2 never starts")
+        self.warmup = w
+        self.epoch_length = _int(f"{where} epoch_length", o["epoch_length"], 1)
+        if o["sampling"] not in KINDS:
+            raise InputError(f"{where} sampling", f"{o['sampling']!r}: choose one of {', '.join(KINDS)}")
+        self.composer = BatchComposer(o["sampling"], cfg.train.batch_size, o["fixed_unlabelled"], warmup_iterations=w)
+
+        views = o["views"]
+        views = [views] if isinstance(views, int) and not isinstance(views, bool) else views
+        if (not isinstance(views, (list, tuple)) or not views or len(set(views)) != len(views)
+                or any(isinstance(v, bool) or v not in (0, 1, 2) for v in views)):
+            raise InputError(f"{where} views", f"expected distinct spatial axes among 0, 1, 2 (e.g. [2] or [0, 1, 2]), got {views!r}")
+        self.views = tuple(int(v) for v in views)
+
+        self.guide_every = _int(f"{where} guide_every", o["guide_every"], 0)
+        guide_at = o["guide_at"]
+        if not isinstance(guide_at, (list, tuple)):
+            raise InputError(f"{where} guide_at", f"expected a list of iteration counts, got {guide_at!r}")
+        for g in guide_at:
+            _int(f"{where} guide_at", g, w)
+        self.guide_at = frozenset(int(g) for g in guide_at)
+
+        lw = o["loss_weights"]
+        if (not isinstance(lw, (list, tuple)) or len(lw) != 2
+                or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0 for x in lw)
+                or sum(lw) <= 0):
+            raise InputError(f"{where} loss_weights", f"expected two non-negative weights (dice, kl), not both 0, got {lw!r}")
+        self.w_dice, self.w_kl = float(lw[0]), float(lw[1])
+
+        net2d = self.build_net2d()
+        if cfg.train.channels_last:  # 2D convolutions NHWC too (the trainer converts the 3D ones)
+            net2d.to(memory_format=torch.channels_last)
+        self.groups = nn.ModuleDict({"net2d": net2d, "net3d": self.build_net3d()})
+        self._guides: dict | None = None
+
+    # schedule ---------------------------------------------------------------------------------
+    def stage(self, step: int) -> int:
+        return 1 if step < self.warmup else 2
+
+    def student(self, step: int) -> str:
+        """The group trained at ``step`` in stage 2 ("net2d" in even epochs, "net3d" in odd ones)."""
+        return "net2d" if ((step - self.warmup) // self.epoch_length) % 2 == 0 else "net3d"
+
+    def active_groups(self, step: int) -> list[str]:
+        return ["net2d", "net3d"] if self.stage(step) == 1 else [self.student(step)]
+
+    def batch_plan(self, step: int) -> tuple[int, int]:
+        return self.composer.plan(step, self.ctx.cycle_position(step), self.ctx.lr_factor(step))
+
+    # losses -----------------------------------------------------------------------------------
+    def _loss3d(self, x: torch.Tensor, target: torch.Tensor):
+        return soft_target_loss(_main_output(self.groups["net3d"](x)), target, self.w_dice, self.w_kl)
+
+    def _loss2d(self, x: torch.Tensor, target: torch.Tensor):
+        """The 2D model's loss on the slices of ``x`` along each view, averaged over views."""
+        parts = [soft_target_loss(self.groups["net2d"](volume_to_slices(x, a)), volume_to_slices(target, a),
+                                  self.w_dice, self.w_kl) for a in self.views]
+        return tuple(sum(p[i] for p in parts) / len(parts) for i in range(3))
+
+    def teacher_probs(self, student: str, x: torch.Tensor) -> torch.Tensor:
+        """Soft targets (N, K, X, Y, Z) for ``x`` from the group that is not ``student``, frozen."""
+        teacher = self.groups["net3d" if student == "net2d" else "net2d"]
+        with _frozen(teacher):
+            if student == "net2d":
+                probs = torch.softmax(_main_output(teacher(x)).float(), 1)
+            else:
+                probs = predict_2d_volume(teacher, x, self.views)
+        return probs.detach()
+
+    def training_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        y_l = one_hot(batch.label_l, self.num_classes).to(batch.image_l.device)
+        if self.stage(step) == 1:
+            l3, d3, k3 = self._loss3d(batch.image_l, y_l)
+            l2, d2, k2 = self._loss2d(batch.image_l, y_l)
+            self.log = {"stage": 1, "student": "both", "dice/net2d": float(d2.detach()), "kl/net2d": float(k2.detach()),
+                        "dice/net3d": float(d3.detach()), "kl/net3d": float(k3.detach())}
+            return {"net2d": l2, "net3d": l3}
+        student = self.student(step)
+        x, y = batch.image_l, y_l
+        if batch.image_u is not None and batch.image_u.shape[0]:
+            y_u = self.teacher_probs(student, batch.image_u).to(y_l.dtype)
+            x, y = torch.cat([x, batch.image_u]), torch.cat([y, y_u])
+        loss, dice, kl = (self._loss2d if student == "net2d" else self._loss3d)(x, y)
+        self.log = {"stage": 2, "student": student, f"dice/{student}": float(dice.detach()),
+                    f"kl/{student}": float(kl.detach())}
+        return {student: loss}
+
+    def predictor(self) -> nn.Module:
+        return self.groups["net3d"]
+
+    # pseudo-mask guided crops -----------------------------------------------------------------
+    def guide_due(self, done: int) -> bool:
+        """Whether a pseudo-mask pass runs after ``done`` completed iterations."""
+        if not (self.guide_every or self.guide_at) or done < self.warmup or done >= self.ctx.total_iterations:
+            return False
+        return (done == self.warmup or done in self.guide_at
+                or (self.guide_every > 0 and (done - self.warmup) % self.guide_every == 0))
+
+    def periodic(self, step: int, trainer: Any) -> None:
+        if getattr(trainer, "sampler_u", None) is not None and self.guide_due(step + 1):
+            self.guide_pass(trainer, step + 1)
+
+    def guide_pass(self, trainer: Any, done: int) -> None:
+        """Predict every unlabelled volume with ``net3d`` (sliding window over the padded volume the
+        sampler holds, so the mask's voxels are the crops' voxels) and guide the crops by it."""
+        from ..inference.predictor import predict_probs
+
+        net = self.groups["net3d"]
+        was = net.training
+        net.eval()
+        masks = {}
+        try:
+            for v in trainer.sampler_u.vols:
+                probs = predict_probs(net, v.image, trainer.cfg.data.patch_size, trainer.cfg.inference,
+                                      trainer.device, trainer.precision)
+                fg = (probs.argmax(0) > 0).numpy()
+                trainer.sampler_u.set_guide(v.id, fg)
+                masks[v.id] = {"shape": tuple(fg.shape), "bits": np.packbits(fg.ravel())}
+        finally:
+            net.train(was)
+        self._guides = {"iteration": done, "masks": masks}
+        self._write_guides(Path(trainer.run_dir))
+
+    def guide_state(self) -> dict | None:
+        """The current guide masks (``{"iteration", "masks": {case: {"shape", "bits"}}}``, bits packed
+        with ``np.packbits`` over the C-order raveled mask), or None before the first pass."""
+        return self._guides
+
+    def load_guide_state(self, state: dict, trainer: Any) -> None:
+        """Restore the guide masks of a checkpoint into the method and the unlabelled sampler."""
+        sampler = getattr(trainer, "sampler_u", None)
+        if sampler is not None:
+            shapes = {v.id: tuple(v.image.shape[1:]) for v in sampler.vols}
+            for cid, entry in state["masks"].items():
+                shape = tuple(entry["shape"])
+                if shapes.get(cid) != shape:
+                    raise InputError("checkpoint guides", f"case {cid!r}: guide mask {shape} does not match the "
+                                                          f"unlabelled volume {shapes.get(cid)} of this data")
+                sampler.set_guide(cid, _unpack(entry))
+        self._guides = state
+
+    def _write_guides(self, run_dir: Path) -> None:
+        """``pseudo/guide_masks.npz`` (uint8 masks) and ``pseudo/guides.json``, written atomically."""
+        out = run_dir / "pseudo"
+        out.mkdir(parents=True, exist_ok=True)
+        g = self._guides
+        arrays = {cid: _unpack(e).astype(np.uint8) for cid, e in g["masks"].items()}
+        tmp = out / "guide_masks.tmp.npz"
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, out / "guide_masks.npz")
+        info = {"iteration": g["iteration"],
+                "grid": "preprocessed training grid, padded to at least the patch size like the sampler's volumes",
+                "cases": {cid: {"shape": list(a.shape), "foreground_fraction": float(a.mean())} for cid, a in arrays.items()}}
+        tmp = out / "guides.tmp.json"
+        tmp.write_text(json.dumps(info, indent=1))
+        os.replace(tmp, out / "guides.json")
+
+
+def _unpack(entry: dict) -> np.ndarray:
+    shape = tuple(entry["shape"])
+    return np.unpackbits(entry["bits"], count=int(np.prod(shape))).reshape(shape).astype(bool)
