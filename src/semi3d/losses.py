@@ -33,7 +33,8 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, squared: bool = T
 def kl_soft(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """KL(target || softmax(logits)) averaged over all elements (N*K*voxels), as
     ``F.kl_div(log_softmax(logits), target, reduction="mean")``."""
-    return F.kl_div(torch.log_softmax(logits.float(), 1), target.float().clamp_min(0), reduction="mean")
+    t = target.float().clamp_min(0)
+    return (torch.special.xlogy(t, t) - t * torch.log_softmax(logits.float(), 1)).mean()
 
 
 def dice_ce_loss(logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
