@@ -112,7 +112,7 @@ class TrainConfig(_Strict):
     group_optimizers: dict[str, dict[str, Any]] = {}
     schedule: ScheduleConfig = ScheduleConfig()
     grad_clip: float | None = 12.0
-    channels_last: bool = False
+    channels_last: bool | None = None  # None = auto: on for CPU (see engine/precision.py)
     val_every: int = Field(200, ge=1)
     val_max_cases: int | None = None
     selection: Literal["final", "best_validation"] = "final"

@@ -24,7 +24,7 @@ from ..inference.predictor import predict_probs
 from ..methods.base import Batch, MethodContext
 from ..registry import METHODS
 from . import checkpoint as ckpt
-from .precision import autocast, channels_last_3d, pick_device, resolve_precision
+from .precision import autocast, channels_last_3d, pick_device, resolve_precision, use_channels_last
 from .schedules import LRSchedule
 from .runlog import RunLog
 
@@ -79,10 +79,11 @@ class Trainer:
 
         t = cfg.train
         self.schedule = LRSchedule(t.schedule, t.iterations)
+        self.channels_last = use_channels_last(t.channels_last, self.device)
         ctx = MethodContext(cfg, self.data.in_channels, self.data.num_classes, t.iterations,
-                            self.schedule.factor, self.schedule.cycle_position)
+                            self.schedule.factor, self.schedule.cycle_position, self.channels_last)
         self.method = METHODS.get(cfg.method.name)(ctx, **cfg.method.options).to(self.device)
-        if t.channels_last:
+        if self.channels_last:
             channels_last_3d(self.method)
         self.optimizers, self.base_lr = {}, {}
         for g, net in self.method.groups.items():
@@ -119,8 +120,10 @@ class Trainer:
                 raise InputError("splits.unlabelled", f"method {self.cfg.method.name!r} needs unlabelled cases but the split is empty")
             img_u, _, ids_u = self.sampler_u.sample(n_u)
             img_u, _ = augment(img_u, None, self.aug, self.gen)
-        dev = self.device
-        return Batch(img_l.to(dev), lab_l.to(dev), None if img_u is None else img_u.to(dev), ids_l, ids_u)
+        fmt = torch.channels_last_3d if self.channels_last else torch.contiguous_format
+        img_l = img_l.to(self.device, memory_format=fmt)
+        img_u = None if img_u is None else img_u.to(self.device, memory_format=fmt)
+        return Batch(img_l, lab_l.to(self.device), img_u, ids_l, ids_u)
 
     # one step ------------------------------------------------------------------------------
     def train_step(self, step: int) -> dict[str, float]:

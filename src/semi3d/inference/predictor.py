@@ -13,7 +13,7 @@ from torch import nn
 
 from ..config import InferenceConfig, RunConfig
 from ..data.case import Case
-from ..engine.precision import autocast, channels_last_3d, pick_device, resolve_precision
+from ..engine.precision import autocast, channels_last_3d, pick_device, resolve_precision, use_channels_last
 from ..errors import InputError
 
 
@@ -50,7 +50,7 @@ class Predictor:
                                 **m["net"]["options"])
         self.net.load_state_dict(m["state_dict"])
         self.net.to(self.device).eval()
-        if self.cfg.train.channels_last:
+        if use_channels_last(self.cfg.train.channels_last, self.device):
             channels_last_3d(self.net)
         self.num_classes, self.class_names = m["num_classes"], m["class_names"]
         self.in_channels = m["in_channels"]

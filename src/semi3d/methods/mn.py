@@ -164,7 +164,7 @@ class MN(Method):
         self.w_dice, self.w_kl = float(lw[0]), float(lw[1])
 
         net2d = self.build_net2d()
-        if cfg.train.channels_last:  # 2D convolutions NHWC too (the trainer converts the 3D ones)
+        if ctx.channels_last:  # 2D convolutions NHWC too (the trainer converts the 3D ones)
             net2d.to(memory_format=torch.channels_last)
         self.groups = nn.ModuleDict({"net2d": net2d, "net3d": self.build_net3d()})
         self._guides: dict | None = None
