@@ -310,3 +310,18 @@ def test_cpu_config_trains_at_tiny_scale(h5_root, tmp_path):
     summary = Trainer(cfg).fit()
     assert summary["iterations"] == 5
     assert (cfg.run_dir / "pseudo" / "guide_masks.npz").is_file()
+
+
+def test_slices_per_step_subsamples_the_2d_students_slices(data_root, tmp_path):
+    m = build_method(tiny_tree(data_root, tmp_path, options={"slices_per_step": 5}))
+    seen = []
+    m.groups["net2d"].register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
+    x = torch.randn(2, 1, 16, 16, 16)
+    y = torch.softmax(torch.randn(2, 2, 16, 16, 16), 1)
+    loss, _, _ = m._loss2d(x, y)
+    assert seen == [5] and torch.isfinite(loss)
+    seen.clear()
+    probs = m.teacher_probs("net3d", x)  # the 2D teacher still segments every slice
+    assert sum(seen) == 2 * 16 and probs.shape == (2, 2, 16, 16, 16)
+    with pytest.raises(InputError, match="slices_per_step"):
+        build_method(tiny_tree(data_root, tmp_path, options={"slices_per_step": -1}))

@@ -39,6 +39,10 @@ Options (``method.options``), defaults in brackets:
 - ``guide_every`` [0]: iterations between pseudo-mask passes for guided crops (0 = off).
 - ``guide_at`` [[]]: further iteration counts (>= ``warmup_iterations``) after which a pass runs.
 - ``loss_weights`` [[1, 1]]: weights of the soft Dice and the KL terms.
+- ``slices_per_step`` [0 = all]: the 2D student's loss (stages 1 and 2) uses this many randomly
+  drawn slices of the batch per view instead of all ``N * S``; the 2D teacher always sees every
+  slice. Beyond the paper, for CPU budgets: on LA at batch 4 x 48 slices, a 2D-student iteration
+  cost ~3 s vs ~1.5 s for a 3D-student one.
 
 Logged per step (``self.log``): ``stage`` (1 or 2), ``student`` ("both", "net2d" or "net3d"),
 ``dice/<group>`` and ``kl/<group>`` of the trained group(s); ``n_u`` is logged by the trainer.
@@ -66,7 +70,8 @@ from .base import Batch, Method, MethodContext, method_options
 __all__ = ["MN", "soft_target_loss"]
 
 DEFAULTS: dict[str, Any] = dict(warmup_iterations=None, epoch_length=8, sampling="lrg", fixed_unlabelled=0,
-                                views=[2], guide_every=0, guide_at=[], loss_weights=[1.0, 1.0])
+                                views=[2], guide_every=0, guide_at=[], loss_weights=[1.0, 1.0],
+                                slices_per_step=0)
 
 
 def soft_target_loss(logits: torch.Tensor, target: torch.Tensor, w_dice: float = 1.0,
@@ -148,6 +153,7 @@ class MN(Method):
             raise InputError(f"{where} views", f"expected distinct spatial axes among 0, 1, 2 (e.g. [2] or [0, 1, 2]), got {views!r}")
         self.views = tuple(int(v) for v in views)
 
+        self.slices_per_step = _int(f"{where} slices_per_step", o["slices_per_step"], 0)
         self.guide_every = _int(f"{where} guide_every", o["guide_every"], 0)
         guide_at = o["guide_at"]
         if not isinstance(guide_at, (list, tuple)):
@@ -188,9 +194,15 @@ class MN(Method):
         return soft_target_loss(_main_output(self.groups["net3d"](x)), target, self.w_dice, self.w_kl)
 
     def _loss2d(self, x: torch.Tensor, target: torch.Tensor):
-        """The 2D model's loss on the slices of ``x`` along each view, averaged over views."""
-        parts = [soft_target_loss(self.groups["net2d"](volume_to_slices(x, a)), volume_to_slices(target, a),
-                                  self.w_dice, self.w_kl) for a in self.views]
+        """The 2D model's loss on the slices of ``x`` along each view, averaged over views; with
+        ``slices_per_step`` > 0, on that many slices drawn at random (global torch RNG) per view."""
+        parts = []
+        for a in self.views:
+            xs, ts = volume_to_slices(x, a), volume_to_slices(target, a)
+            if 0 < self.slices_per_step < xs.shape[0]:
+                idx = torch.randperm(xs.shape[0], device=xs.device)[: self.slices_per_step]
+                xs, ts = xs[idx], ts[idx]
+            parts.append(soft_target_loss(self.groups["net2d"](xs), ts, self.w_dice, self.w_kl))
         return tuple(sum(p[i] for p in parts) / len(parts) for i in range(3))
 
     def teacher_probs(self, student: str, x: torch.Tensor) -> torch.Tensor:
