@@ -4,7 +4,8 @@ import os
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+if "OMP_NUM_THREADS" not in os.environ:  # helpers / parallel jobs set it to share the cores
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 TINY = {
     "name": "tiny",

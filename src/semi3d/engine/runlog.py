@@ -8,11 +8,14 @@ from pathlib import Path
 
 
 class RunLog:
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, enabled: bool = True):
         self.path = Path(run_dir) / "log.jsonl"
         self.run_dir = Path(run_dir)
+        self.enabled = enabled  # False on distributed ranks > 0: only rank 0 writes
 
     def write(self, step: int, rec: dict) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps({"step": step, **rec}) + "\n")
 
@@ -23,10 +26,14 @@ class RunLog:
 
     def truncate(self, step: int) -> None:
         """Drop records after ``step`` (used on resume, so the log equals an uninterrupted run's)."""
+        if not self.enabled:
+            return
         keep = [r for r in self.records() if r["step"] <= step]
         self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
     def finish(self) -> None:
+        if not self.enabled:
+            return
         recs = self.records()
         keys = ["step"] + sorted({k for r in recs for k in r} - {"step"})
         with (self.run_dir / "log.csv").open("w", newline="") as f:
@@ -37,6 +44,8 @@ class RunLog:
 
     def plot(self) -> None:
         """Loss, learning-rate, validation-Dice and batch-composition curves in progress.png."""
+        if not self.enabled:
+            return
         recs = self.records()
         if not recs:
             return

@@ -24,6 +24,7 @@ from ..inference.predictor import predict_probs
 from ..methods.base import Batch, MethodContext
 from ..registry import METHODS
 from . import checkpoint as ckpt
+from . import distributed as D
 from .precision import autocast, channels_last_3d, pick_device, resolve_precision, use_channels_last
 from .schedules import LRSchedule
 from .runlog import RunLog
@@ -62,18 +63,28 @@ class Trainer:
     def __init__(self, cfg: RunConfig, resume: bool = False, data: DataBundle | None = None):
         self.cfg, self.resume = cfg, resume
         self.run_dir = cfg.run_dir
-        prepare_run_dir(self.run_dir, resume)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.device = pick_device(cfg.device)
+        self.dist = D.init_distributed(self.device)
+        self.main = self.dist.is_main
+        if self.device.type == "cuda" and self.dist.enabled:
+            self.device = torch.device("cuda", self.dist.local_rank)
         self.precision = resolve_precision(cfg.precision, self.device)
+        if self.main:
+            prepare_run_dir(self.run_dir, resume)
+        D.barrier()  # ranks > 0 read what rank 0 checked / created (a shared file system across nodes)
 
         splits = load_splits(self.run_dir / "splits.json") if resume else None
+        if not self.main:
+            D.barrier()  # rank 0 fills the preprocessing cache first
         self.data = data or prepare_data(cfg.data, splits)
+        if self.main and self.dist.enabled:
+            D.barrier()
         if resume and self.data.splits != splits:
             raise InputError(self.run_dir / "splits.json", "differs from the splits of the data given")
-        if not resume:
+        if not resume and self.main:
             (self.run_dir / "config.yaml").write_text(dump_config(cfg))
             save_splits(self.run_dir / "splits.json", self.data.splits)
 
@@ -85,6 +96,10 @@ class Trainer:
         self.method = METHODS.get(cfg.method.name)(ctx, **cfg.method.options).to(self.device)
         if self.channels_last:
             channels_last_3d(self.method)
+        if self.dist.enabled:
+            D.broadcast_parameters(self.method)  # identical start on every rank
+            if D.rank_seed(cfg.seed, self.dist.rank) != cfg.seed:
+                torch.manual_seed(D.rank_seed(cfg.seed, self.dist.rank))  # per-rank noise / dropout
         self.optimizers, self.base_lr = {}, {}
         for g, net in self.method.groups.items():
             ocfg = {**t.optimizer.model_dump(), **t.group_optimizers.get(g, {})}
@@ -95,10 +110,11 @@ class Trainer:
             raise InputError("train.group_optimizers", f"unknown group {sorted(unknown)[0]!r}; groups: {', '.join(self.optimizers)}")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
 
-        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.gen = torch.Generator().manual_seed(D.rank_seed(cfg.seed, self.dist.rank))
         d = cfg.data
         self.aug = d.augment
-        console.print(f"[bold]semi3d[/] {cfg.method.name}: preprocessing {sum(map(len, self.data.splits.values()))} cases ...")
+        if self.main:
+            console.print(f"[bold]semi3d[/] {cfg.method.name} ({self.dist.world_size} process(es)): preprocessing {sum(map(len, self.data.splits.values()))} cases ...")
         self.sampler_l = PatchSampler(self.data.cases("labelled"), d.patch_size, d.fg_oversample, self.gen)
         unl = self.data.cases("unlabelled")
         self.sampler_u = PatchSampler(unl, d.patch_size, d.fg_oversample, self.gen) if unl else None
@@ -106,7 +122,7 @@ class Trainer:
             raise InputError("splits.unlabelled", f"method {cfg.method.name!r} needs unlabelled cases but the split is empty")
         self.val_cases = self.data.cases("validation")[: t.val_max_cases]
         self.step, self.best, self.best_step = 0, -1.0, -1
-        self.log = RunLog(self.run_dir)
+        self.log = RunLog(self.run_dir, enabled=self.main)
         if resume:
             self._load(ckpt.load(self.run_dir / "checkpoints" / "last.pt"))
 
@@ -145,6 +161,8 @@ class Trainer:
             raise RuntimeError(f"method {self.cfg.method.name} returned no loss for active group(s) {missing}")
         total = sum(losses[g] for g in active)
         self.scaler.scale(total).backward()
+        if self.dist.enabled:
+            D.average_gradients([m.groups[g] for g in active], self.dist.world_size)
         for g in active:
             opt = self.optimizers[g]
             if t.grad_clip:
@@ -153,21 +171,28 @@ class Trainer:
             self.scaler.step(opt)
         self.scaler.update()
         m.after_step(step)
+        if self.dist.enabled:
+            D.broadcast_buffers(m)
         rec = {f"loss/{g}": float(v.detach()) for g, v in losses.items()}
         rec.update({f"lr/{g}": self.base_lr[g] * f for g in active})
         rec.update(n_l=n_l, n_u=n_u, **m.log)
+        if self.dist.enabled:  # losses and float diagnostics: the mean over ranks, in one all-reduce
+            keys = [k for k, v in rec.items() if isinstance(v, float) and not k.startswith("lr/")]
+            vals = D.all_reduce_sum(torch.tensor([rec[k] for k in keys], dtype=torch.float64)) / self.dist.world_size
+            rec.update({k: float(v) for k, v in zip(keys, vals)})
         return rec
 
     # validation ----------------------------------------------------------------------------
     @torch.inference_mode()
     def validate(self) -> dict[str, float]:
-        """Mean foreground Dice per class over the validation cases, at training resolution."""
+        """Mean foreground Dice per class over the validation cases, at training resolution
+        (cases sharded over ranks, sums gathered)."""
         net = self.method.predictor()
         was = net.training
         net.eval()
         k = self.data.num_classes
         dices = torch.zeros(k - 1)
-        for c in self.val_cases:
+        for c in D.shard(self.val_cases):
             probs = predict_probs(net, torch.from_numpy(c.image), self.cfg.data.patch_size, self.cfg.inference,
                                   self.device, self.precision)
             pred = probs.argmax(0)
@@ -177,20 +202,22 @@ class Trainer:
                 den = p.sum() + r.sum()
                 dices[j - 1] += 1.0 if den == 0 else float(2 * (p & r).sum() / den)
         net.train(was)
-        dices /= max(len(self.val_cases), 1)
+        dices = D.all_reduce_sum(dices) / max(len(self.val_cases), 1)
         out = {"val/dice": float(dices.mean())}
         out.update({f"val/dice_{n}": float(d) for n, d in zip(self.data.class_names[1:], dices)})
         return out
 
     # checkpoints ---------------------------------------------------------------------------
     def _state(self) -> dict:
+        """The resumable state (a collective call when distributed: every rank's RNG is gathered)."""
+        rng = {"sampler": self.gen.get_state(), "torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
         return {
             "step": self.step,
             "method": self.method.state_dict(),
             "optimizers": {g: o.state_dict() for g, o in self.optimizers.items()},
             "scaler": self.scaler.state_dict(),
-            "rng": {"sampler": self.gen.get_state(), "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "rng": rng, "rng_ranks": D.all_gather_objects(rng) if self.dist.enabled else None,
             "best": self.best, "best_step": self.best_step,
             "guides": getattr(self.method, "guide_state", lambda: None)(),
         }
@@ -201,6 +228,16 @@ class Trainer:
         for g, o in self.optimizers.items():
             o.load_state_dict(s["optimizers"][g])
         self.scaler.load_state_dict(s["scaler"])
+        ranks = s.get("rng_ranks")
+        if self.dist.enabled:
+            if not ranks or len(ranks) != self.dist.world_size:
+                raise InputError(self.run_dir / "checkpoints" / "last.pt",
+                                 f"saved by {len(ranks or [0])} process(es); resume it with the same number "
+                                 f"({self.dist.world_size} now)")
+            s = {**s, "rng": ranks[self.dist.rank]}
+        elif ranks and len(ranks) > 1:
+            raise InputError(self.run_dir / "checkpoints" / "last.pt",
+                             f"saved by {len(ranks)} processes; resume it with torchrun --nproc-per-node {len(ranks)}")
         self.gen.set_state(s["rng"]["sampler"])
         torch.set_rng_state(s["rng"]["torch"])
         if s["rng"]["cuda"] is not None and torch.cuda.is_available():
@@ -211,7 +248,10 @@ class Trainer:
         self.log.truncate(self.step)
 
     def save_model(self, name: str) -> None:
-        """The inference model alone (predictor weights + what is needed to rebuild and feed it)."""
+        """The inference model alone (predictor weights + what is needed to rebuild and feed it);
+        written by rank 0 only."""
+        if not self.main:
+            return
         net = self.method.predictor()
         spec = getattr(self.method, "predictor_spec", lambda: self.cfg.model.net3d)()
         ckpt.save_atomic({
@@ -228,7 +268,7 @@ class Trainer:
         start_step, t0 = self.step, time.time()
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
-        with Progress(*columns, console=console, disable=not t.progress_bar) as bar:
+        with Progress(*columns, console=console, disable=not (t.progress_bar and self.main)) as bar:
             task = bar.add_task(self.cfg.name, total=t.iterations, completed=self.step, info="")
             while self.step < end:
                 step = self.step
@@ -243,21 +283,27 @@ class Trainer:
                 if self.val_cases and (self.step % t.val_every == 0 or self.step == t.iterations):
                     v = self.validate()
                     self.log.write(self.step, v)
-                    bar.console.print(f"step {self.step}: validation Dice {100 * v['val/dice']:.2f}")
+                    if self.main:
+                        bar.console.print(f"step {self.step}: validation Dice {100 * v['val/dice']:.2f}")
                     if v["val/dice"] > self.best:
                         self.best, self.best_step = v["val/dice"], self.step
                         self.save_model("model_best.pt")
                 if self.step % t.checkpoint_every == 0 or self.step in (end, t.iterations):
-                    ckpt.save_atomic(self._state(), self.run_dir / "checkpoints" / "last.pt")
-                    self.log.plot()
+                    state = self._state()
+                    if self.main:
+                        ckpt.save_atomic(state, self.run_dir / "checkpoints" / "last.pt")
+                        self.log.plot()
+                    D.barrier()  # a resumed run finds every rank's checkpoint complete
                 bar.update(task, completed=self.step)
         if self.step < t.iterations:
             return {"iterations": self.step, "stopped": True}
         self.save_model("model_final.pt")
         self.log.finish()
         summary = {"iterations": self.step, "wall_time_s": time.time() - t0, "best_val_dice": self.best,
-                   "best_step": self.best_step, "selection": t.selection}
-        (self.run_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
+                   "best_step": self.best_step, "selection": t.selection, "world_size": self.dist.world_size}
+        if self.main:
+            (self.run_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
+        D.barrier()
         return summary
 
 

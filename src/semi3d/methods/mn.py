@@ -92,11 +92,11 @@ def soft_target_loss(logits: torch.Tensor, target: torch.Tensor, w_dice: float =
 
 @contextmanager
 def _frozen(net: nn.Module):
-    """Eval mode and no autograd for a teacher; its previous mode is restored afterwards."""
+    """Eval mode and ``torch.inference_mode`` for a teacher; its previous mode is restored afterwards."""
     was = net.training
     net.eval()
     try:
-        with torch.no_grad():
+        with torch.inference_mode():
             yield
     finally:
         net.train(was)
@@ -213,7 +213,7 @@ class MN(Method):
                 probs = torch.softmax(_main_output(teacher(x)).float(), 1)
             else:
                 probs = predict_2d_volume(teacher, x, self.views)
-        return probs.detach()
+        return probs.clone()  # a normal tensor again: inference tensors cannot be saved for backward
 
     def training_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         y_l = one_hot(batch.label_l, self.num_classes).to(batch.image_l.device)
@@ -251,6 +251,7 @@ class MN(Method):
     def guide_pass(self, trainer: Any, done: int) -> None:
         """Predict every unlabelled volume with ``net3d`` (sliding window over the padded volume the
         sampler holds, so the mask's voxels are the crops' voxels) and guide the crops by it."""
+        from ..engine import distributed as D
         from ..inference.predictor import predict_probs
 
         net = self.groups["net3d"]
@@ -258,16 +259,20 @@ class MN(Method):
         net.eval()
         masks = {}
         try:
-            for v in trainer.sampler_u.vols:
+            for v in D.shard(trainer.sampler_u.vols):  # distributed: each rank predicts its share
                 probs = predict_probs(net, v.image, trainer.cfg.data.patch_size, trainer.cfg.inference,
                                       trainer.device, trainer.precision)
                 fg = (probs.argmax(0) > 0).numpy()
-                trainer.sampler_u.set_guide(v.id, fg)
                 masks[v.id] = {"shape": tuple(fg.shape), "bits": np.packbits(fg.ravel())}
         finally:
             net.train(was)
+        gathered = {cid: e for part in D.all_gather_objects(masks) for cid, e in part.items()}
+        masks = {v.id: gathered[v.id] for v in trainer.sampler_u.vols}  # the sampler's order on every rank
+        for cid, e in masks.items():
+            trainer.sampler_u.set_guide(cid, _unpack(e))
         self._guides = {"iteration": done, "masks": masks}
-        self._write_guides(Path(trainer.run_dir))
+        if D.current().is_main:
+            self._write_guides(Path(trainer.run_dir))
 
     def guide_state(self) -> dict | None:
         """The current guide masks (``{"iteration", "masks": {case: {"shape", "bits"}}}``, bits packed
