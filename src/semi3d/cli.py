@@ -1,5 +1,6 @@
-"""Command line: ``semi3d train | predict | evaluate | demo | list``. Each verb is a thin wrapper
-over an importable function; bad input ends with one ``error:`` line and exit code 2."""
+"""Command line: ``semi3d train | predict | evaluate | report | suggest | export | compare | demo |
+list``. Each verb is a thin wrapper over an importable function; bad input ends with one ``error:``
+line and exit code 2."""
 from __future__ import annotations
 
 import functools
@@ -43,7 +44,7 @@ def train(config: Path, set: list[str] = typer.Option([], "--set", help="overrid
 
 @app.command()
 @_clean_errors
-def predict(model: Path = typer.Argument(..., help="a run folder or a checkpoints/model_*.pt file"),
+def predict(model: Path = typer.Argument(..., help="a run folder, a checkpoints/model_*.pt file or a bundle folder (semi3d export)"),
             inputs: list[Path] = typer.Argument(..., help="image files (.nii.gz .nii .nrrd .mha .h5 .npy) or folders"),
             out: Path = typer.Option(..., "--out", "-o", help="output folder"),
             probabilities: bool = typer.Option(False, help="also write the class probability maps"),
@@ -72,6 +73,62 @@ def evaluate(run: Path, split: str = typer.Option("validation", help="a split of
     summary = evaluate_run(run, split, ids_list, data_root, set, which, save_predictions, out,
                            progress=lambda i, n, cid, m: console.print(f"[{i}/{n}] {cid}", highlight=False))
     console.print(format_table(summary, title=f"{run} ({ids_list or split})"))
+
+
+@app.command()
+@_clean_errors
+def report(run: Path, out: Optional[Path] = typer.Option(None, help="output folder (default RUN/report)"),
+           eval_dir: Optional[str] = typer.Option(None, help="evaluation folder to show (default RUN/eval_validation)"),
+           evaluate: bool = typer.Option(False, help="evaluate the validation split first when no evaluation exists"),
+           data_root: Optional[Path] = typer.Option(None, help="override data.root (for the overlays)")):
+    """HTML (self-contained) and markdown report of a run: curves, per-case metrics worst first,
+    overlays of the best, median and worst case, split and config."""
+    from .reporting.report import build_report
+
+    paths = build_report(run, out, eval_dir, evaluate, data_root)
+    console.print(f"{paths['html']}\n{paths['markdown']}", highlight=False)
+
+
+@app.command()
+@_clean_errors
+def suggest(run: Path, k: int = typer.Option(5, "--k", help="number of cases to suggest"),
+            out: Optional[Path] = typer.Option(None, help="output folder (default RUN/suggest)"),
+            data_root: Optional[Path] = typer.Option(None, help="override data.root"),
+            margin: int = typer.Option(2, help="entropy criterion: dilation of the candidate region in voxels")):
+    """Rank the run's unlabelled cases by how useful a label would be (M&N: 2D/3D disagreement;
+    other methods: predictive entropy) -> suggestions.json/csv and an overlay per suggested case."""
+    from .reporting.suggest import suggest_cases
+
+    res = suggest_cases(run, k, out, data_root, margin,
+                        progress=lambda i, n, cid, s: console.print(f"[{i}/{n}] {cid}: {s:.4f}", highlight=False))
+    console.print(f"criterion: {res['criterion']}", highlight=False)
+    for r in res["ranking"][:k]:
+        console.print(f"{r['rank']:>3}  {r['case']}  {r['score']:.4f}", highlight=False)
+
+
+@app.command()
+@_clean_errors
+def export(run: Path, out: Path = typer.Option(..., "--out", "-o", help="bundle folder to write"),
+           format: str = typer.Option("torchscript", "--format", help="torchscript | onnx (needs the onnx package)"),
+           which: str = typer.Option("auto", help="auto (the run's selection policy) | best | final")):
+    """Export the run's inference model as TorchScript in a MONAI-bundle-style folder that
+    `semi3d predict` accepts (configs/metadata.json, models/model.ts, models/model.pt)."""
+    from .reporting.export import export_run
+
+    for p in export_run(run, out, format, which).values():
+        console.print(str(p), highlight=False)
+
+
+@app.command()
+@_clean_errors
+def compare(runs: list[Path] = typer.Argument(..., help="evaluated run folders"),
+            out: Path = typer.Option(..., "--out", "-o", help="output folder"),
+            eval_name: Optional[str] = typer.Option(None, "--eval", help="evaluation folder name (default eval_validation)")):
+    """Methods table (markdown + JSON) and a per-case Dice box plot across evaluated runs."""
+    from .reporting.compare import compare_runs
+
+    compare_runs(runs, out, eval_name)
+    console.print((Path(out) / "compare.md").read_text(), highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()

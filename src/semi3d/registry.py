@@ -49,7 +49,7 @@ class Registry:
         return self.get(name)(**kwargs)
 
 
-NETS3D = Registry("3D network", ("semi3d.models.nets3d",))
+NETS3D = Registry("3D network", ("semi3d.models.nets3d", "semi3d.models.ad_net"))
 NETS2D = Registry("2D network", ("semi3d.models.seg2d",))
 METHODS = Registry(
     "method",
@@ -61,5 +61,6 @@ METHODS = Registry(
         "semi3d.methods.cps",
         "semi3d.methods.bcp",
         "semi3d.methods.urpc",
+        "semi3d.methods.ad",
     ),
 )

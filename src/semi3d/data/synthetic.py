@@ -40,7 +40,8 @@ def _ellipsoid(coords: np.ndarray, centre: np.ndarray, semi: np.ndarray, rot: np
 
 
 def make_case(seed: int, shape: Sequence[int] = (64, 64, 40), num_classes: int = 3,
-              spacing: Sequence[float] = (1.0, 1.0, 1.5), noise: float = 0.1, bias: bool = True) -> Case:
+              spacing: Sequence[float] = (1.0, 1.0, 1.5), noise: float = 0.1, bias: bool = True,
+              class_scale: Sequence[float] | None = None) -> Case:
     """Generate one synthetic case.
 
     Args:
@@ -50,6 +51,11 @@ def make_case(seed: int, shape: Sequence[int] = (64, 64, 40), num_classes: int =
         spacing: voxel size in mm along (X, Y, Z); structures are round in mm, not in voxels.
         noise: standard deviation of the additive Gaussian noise (class means lie in 0.1..1.0).
         bias: multiply by a smooth random bias field (up to about +-30 %).
+        class_scale: K factors (index = class; index 0 unused) multiplying the linear size of each
+            structure: the organ's semi-axes (class 1), the lesion's radius (class 2), the blobs'
+            semi-axes (classes 3..K-1). None (default) = all 1, the unchanged dataset; small factors
+            make rare classes (see :func:`imbalanced_class_scale`). The random draws do not depend
+            on it, so only the sizes change.
 
     Returns:
         a :class:`Case` with id ``syn_<seed>``, image float32 (1, X, Y, Z), label uint8 (X, Y, Z)
@@ -60,6 +66,12 @@ def make_case(seed: int, shape: Sequence[int] = (64, 64, 40), num_classes: int =
         raise InputError("shape", f"expected three sizes >= 8, got {shape}")
     if num_classes < 2:
         raise InputError("num_classes", f"needs at least 2 classes, got {num_classes}")
+    if class_scale is None:
+        scale = np.ones(num_classes)
+    else:
+        scale = np.asarray(class_scale, dtype=float)
+        if scale.shape != (num_classes,) or not (scale[1:] > 0).all():
+            raise InputError("class_scale", f"expected {num_classes} positive factors, got {list(class_scale)}")
     rng = np.random.default_rng(seed)
     sp = np.asarray(spacing, dtype=float)
     extent = np.asarray(shape) * sp
@@ -69,7 +81,7 @@ def make_case(seed: int, shape: Sequence[int] = (64, 64, 40), num_classes: int =
 
     # class 1: a large rotated ellipsoid
     centre = extent * rng.uniform(0.4, 0.6, 3)
-    semi = extent * rng.uniform(0.2, 0.3, 3)
+    semi = extent * rng.uniform(0.2, 0.3, 3) * scale[1]
     rot = _rotation(rng)
     label[_ellipsoid(coords, centre, semi, rot)] = 1
     centres.append(centre)
@@ -77,12 +89,13 @@ def make_case(seed: int, shape: Sequence[int] = (64, 64, 40), num_classes: int =
     if num_classes > 2:
         direction = rng.normal(size=3)
         offset = rot @ (direction / np.linalg.norm(direction) * semi * rng.uniform(0.2, 0.45))
-        radius = max(semi.min() * rng.uniform(0.4, 0.6), 1.5 * sp.max())
+        radius = max(semi.min() / scale[1] * rng.uniform(0.4, 0.6) * scale[2], min(1.5, 1.5 * scale[2]) * sp.max())
         label[_ellipsoid(coords, centre + offset, np.full(3, radius), np.eye(3))] = 2
         centres.append(centre + offset)
     # classes 3..K-1: blobs away from the organ (best of a few random positions)
     for k in range(3, num_classes):
-        semi_k = np.maximum(extent.min() * rng.uniform(0.07, 0.11) * rng.uniform(0.8, 1.2, 3), 1.5 * sp)
+        semi_k = np.maximum(extent.min() * rng.uniform(0.07, 0.11) * rng.uniform(0.8, 1.2, 3) * scale[k],
+                            min(1.5, 1.5 * scale[k]) * sp)
         best = None
         for _ in range(20):
             c = rng.uniform(semi_k, np.maximum(extent - semi_k, semi_k + 1e-3))
@@ -111,6 +124,16 @@ def make_case(seed: int, shape: Sequence[int] = (64, 64, 40), num_classes: int =
                 affine, "default", f"synthetic(seed={seed})")
 
 
+def imbalanced_class_scale(num_classes: int, smallest: float = 0.35) -> list[float]:
+    """Size factors for a class-imbalanced dataset: 1 for the organ (class 1), then decreasing
+    geometrically to ``smallest`` for the last class (the rarest; its volume shrinks by about
+    ``smallest ** 3``). For ``make_case(class_scale=...)`` / ``write_dataset(class_scale=...)``."""
+    if num_classes < 2 or not 0 < smallest <= 1:
+        raise InputError("imbalanced_class_scale", f"needs num_classes >= 2 and 0 < smallest <= 1, got {num_classes}, {smallest}")
+    n = num_classes - 2
+    return [1.0, 1.0] + [float(smallest ** ((i + 1) / n)) for i in range(n)]
+
+
 def make_cases(n: int, seed: int = 0, **kwargs) -> list[Case]:
     """``n`` cases with ids ``syn_000``, ``syn_001``...; case i uses a seed derived from (seed, i).
 
@@ -127,7 +150,8 @@ def make_cases(n: int, seed: int = 0, **kwargs) -> list[Case]:
 
 def write_dataset(root: PathLike, n_labelled: int = 6, n_unlabelled: int = 6, n_test: int = 0, seed: int = 0,
                   shape: Sequence[int] = (64, 64, 40), num_classes: int = 3, format: str = "nnunet",
-                  spacing: Sequence[float] = (1.0, 1.0, 1.5), noise: float = 0.1) -> Path:
+                  spacing: Sequence[float] = (1.0, 1.0, 1.5), noise: float = 0.1,
+                  class_scale: Sequence[float] | None = None) -> Path:
     """Write a synthetic dataset on disk.
 
     Cases ``syn_000``... are the :func:`make_cases` of ``seed``: first the labelled, then the
@@ -136,7 +160,8 @@ def write_dataset(root: PathLike, n_labelled: int = 6, n_unlabelled: int = 6, n_
     Args:
         root: dataset folder (created if needed; existing files of the same names are replaced).
         n_labelled, n_unlabelled, n_test: number of cases of each role.
-        seed, shape, num_classes, spacing, noise: see :func:`make_case`.
+        seed, shape, num_classes, spacing, noise, class_scale: see :func:`make_case` (a
+            ``class_scale`` from :func:`imbalanced_class_scale` gives the class-imbalanced dataset).
         format: ``"nnunet"``: nnU-Net v2 raw layout (``dataset.json``, ``imagesTr`` with all
             training images, ``labelsTr`` for labelled ones only, ``imagesTs``/``labelsTs``) as
             ``.nii.gz`` with the case affine; ``"uamt_h5"``: ``2018LA_Seg_Training Set/<id>/mri_norm2.h5``
@@ -152,7 +177,9 @@ def write_dataset(root: PathLike, n_labelled: int = 6, n_unlabelled: int = 6, n_
         raise InputError("write_dataset", "case counts must be >= 0")
     root = Path(root)
     n_train = n_labelled + n_unlabelled
-    cases = make_cases(n_train + n_test, seed, shape=shape, num_classes=num_classes, spacing=spacing, noise=noise)
+    extra = {} if class_scale is None else {"class_scale": class_scale}
+    cases = make_cases(n_train + n_test, seed, shape=shape, num_classes=num_classes, spacing=spacing, noise=noise,
+                       **extra)
     for i, case in enumerate(cases):
         labelled = i < n_labelled or i >= n_train
         if format == "nnunet":

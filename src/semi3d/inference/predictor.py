@@ -1,10 +1,13 @@
 """Sliding-window prediction at the training resolution, then back to the original grid.
 
 ``predict_probs`` works on a preprocessed (C, X, Y, Z) volume; ``Predictor`` wraps a trained model
-file (``checkpoints/model_*.pt``) with its preprocessing, and ``predict_files`` is the CLI verb.
+file (``checkpoints/model_*.pt``) or an exported bundle folder (``semi3d export``: TorchScript
+``models/model.ts`` + ``configs/metadata.json``) with its preprocessing, and ``predict_files`` is
+the CLI verb.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,14 @@ from ..config import InferenceConfig, RunConfig
 from ..data.case import Case
 from ..engine.precision import autocast, channels_last_3d, pick_device, resolve_precision, use_channels_last
 from ..errors import InputError
+
+BUNDLE_METADATA = Path("configs") / "metadata.json"
+BUNDLE_TORCHSCRIPT = Path("models") / "model.ts"
+
+
+def is_bundle(path: Path) -> bool:
+    """True for a model bundle folder written by ``semi3d export`` (holds configs/metadata.json)."""
+    return Path(path).is_dir() and (Path(path) / BUNDLE_METADATA).is_file()
 
 
 @torch.inference_mode()
@@ -35,27 +46,62 @@ def predict_probs(net: nn.Module, image: torch.Tensor, patch_size, cfg: Inferenc
 
 
 class Predictor:
-    """A trained model file plus the preprocessing and patch size it was trained with."""
+    """A trained model plus the preprocessing and patch size it was trained with.
+
+    ``model_path``: a model file (``checkpoints/model_*.pt``) or a bundle folder from ``semi3d
+    export`` (the TorchScript ``models/model.ts`` with the run config kept in
+    ``configs/metadata.json``); both predict the same.
+    """
 
     def __init__(self, model_path: Path, device: str = "auto", precision: str = "auto"):
         from ..data.dataset import make_preprocessor
-        from ..engine import checkpoint as ckpt
-        from ..registry import NETS3D
 
-        m = ckpt.load(model_path)
-        self.cfg = RunConfig.model_validate(m["config"])
         self.device = pick_device(device)
         self.precision = resolve_precision(precision, self.device)
-        self.net = NETS3D.build(m["net"]["name"], in_channels=m["in_channels"], num_classes=m["num_classes"],
-                                **m["net"]["options"])
-        self.net.load_state_dict(m["state_dict"])
-        self.net.to(self.device).eval()
-        if use_channels_last(self.cfg.train.channels_last, self.device):
-            channels_last_3d(self.net)
+        if is_bundle(model_path):
+            m = self._load_bundle(Path(model_path))
+        else:
+            m = self._load_checkpoint(Path(model_path))
+        self.net.eval()
         self.num_classes, self.class_names = m["num_classes"], m["class_names"]
         self.in_channels = m["in_channels"]
         self.preprocessor = make_preprocessor(self.cfg.data)
         self.step = m["step"]
+
+    def _load_checkpoint(self, path: Path) -> dict:
+        from ..engine import checkpoint as ckpt
+        from ..registry import NETS3D
+
+        m = ckpt.load(path)
+        self.cfg = RunConfig.model_validate(m["config"])
+        self.net = NETS3D.build(m["net"]["name"], in_channels=m["in_channels"], num_classes=m["num_classes"],
+                                **m["net"]["options"])
+        self.net.load_state_dict(m["state_dict"])
+        self.net.to(self.device)
+        if use_channels_last(self.cfg.train.channels_last, self.device):
+            channels_last_3d(self.net)
+        return m
+
+    def _load_bundle(self, folder: Path) -> dict:
+        import json
+
+        meta_path = folder / BUNDLE_METADATA
+        try:
+            meta = json.loads(meta_path.read_text())
+            m = meta["semi3d"]
+            self.cfg = RunConfig.model_validate(m["config"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise InputError(meta_path, f"not a semi3d bundle metadata file ({type(e).__name__}: {e})") from None
+        ts = folder / BUNDLE_TORCHSCRIPT
+        if not ts.is_file():
+            raise InputError(ts, "missing: the bundle has no TorchScript model")
+        try:
+            with warnings.catch_warnings():  # recent torch marks TorchScript deprecated; it still works
+                warnings.filterwarnings("ignore", r".*torch\.jit.*deprecated", DeprecationWarning)
+                self.net = torch.jit.load(str(ts), map_location=self.device)
+        except Exception as e:  # truncated / not a TorchScript archive
+            raise InputError(ts, f"cannot load the TorchScript model ({type(e).__name__})") from None
+        return m
 
     def __call__(self, case: Case) -> torch.Tensor:
         """Probabilities (K, X, Y, Z) on the case's original grid."""
@@ -73,8 +119,11 @@ class Predictor:
 
 def model_file(run_dir: Path, which: str = "auto") -> Path:
     """The model a run's selection policy designates: ``model_best.pt`` for ``best_validation``,
-    else ``model_final.pt``; ``which`` = "best" / "final" / a file path overrides."""
+    else ``model_final.pt``; ``which`` = "best" / "final" / a file path overrides. A bundle folder
+    (``semi3d export``) is its own model."""
     run_dir = Path(run_dir)
+    if is_bundle(run_dir):
+        return run_dir
     if which not in ("auto", "best", "final"):
         return Path(which)
     if which == "auto":
@@ -113,6 +162,8 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
     from ..data.readers import assemble_case, h5_keys, read_volume, split_suffix, write_volume
 
     model = Path(model)
+    if not model.exists():
+        raise InputError(model, "no such run folder, bundle folder or model file")
     pred = Predictor(model_file(model, which) if model.is_dir() else model)
     spacing = pred.cfg.data.options.get("spacing")
     files = _expand_inputs(inputs)

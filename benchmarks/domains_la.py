@@ -1,0 +1,167 @@
+"""A&D vs supervised under domain shift on LA: UDA and SemiDG on simulated scanner domains.
+
+1. Writes the simulated-domain copy of LA (``semi3d.data.domain_shift``; skipped when it exists
+   with the same plan): the ids of ``train.list`` but the last ``--n-dev`` are rendered, round-robin,
+   in the source domains A, B, C; the ``--n-dev`` dev ids are rendered in B (the UDA target's test
+   cases) and in D (SemiDG's unseen domain). Lists: ``<D>.list``, ``<D>_train.list``,
+   ``<D>_test.list``, ``semidg_train.list`` (A, B, C training ids interleaved), ``all.list``.
+2. For each setting (``configs/la_ad_<setting>_cpu.yaml``) and method trains one resumable run
+   and evaluates it on the sealed test split (UDA: target domain B; SemiDG: unseen domain D).
+   ``supervised`` runs the same config with ``method.name=supervised`` (the config's ``model.net3d``,
+   the V-Net backbone of A&D's student), no unlabelled split and the trainer's augmentation set to
+   about A&D's strength (scale, gamma, contrast, brightness each with p 0.35; no blur or rotation
+   there).
+3. Writes ``benchmarks/results/domains_la_<setting>_<method>.json`` and ``domains_la.md``.
+
+    PYTHONPATH=src python benchmarks/domains_la.py                          # both settings, both methods
+    PYTHONPATH=src python benchmarks/domains_la.py --settings uda --methods ad
+    PYTHONPATH=src python benchmarks/domains_la.py --set train.iterations=400   # any override, every run
+
+Rerun the same command after an interruption: finished runs are skipped, unfinished ones resume.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from semi3d.config import load_config
+from semi3d.data.domain_shift import DOMAINS, interleave, write_domain_dataset
+from semi3d.data.splits import read_id_list
+from semi3d.engine.trainer import train
+from semi3d.evaluation.evaluate import evaluate_run
+from semi3d.evaluation.report import table_markdown
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SETTINGS = {"uda": "UDA: labelled source A -> unlabelled target B, tested on B",
+            "semidg": "SemiDG: labelled + unlabelled from A, B, C, tested on unseen D"}
+SUPERVISED_SETS = ["method.name=supervised", "method.options={}", "data.splits.unlabelled=none",
+                   "data.augment.p_scale=0.35", "data.augment.scale_range=[1.0,1.43]",
+                   "data.augment.p_gamma=0.35", "data.augment.gamma_range=[0.7,1.3]",
+                   "data.augment.p_contrast=0.35", "data.augment.contrast_range=[0.7,1.3]",
+                   "data.augment.p_brightness=0.35", "data.augment.brightness_range=[0.7,1.3]"]
+
+
+def domain_plan(ids: list[str], n_dev: int) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """``({domain: source ids}, {domain: n_test})``: training ids round-robin in A, B, C; the last
+    ``n_dev`` ids in B (held out as B's test cases) and in D (all test)."""
+    if not 0 < n_dev < len(ids) - 2:
+        raise SystemExit(f"--n-dev must leave at least 3 training ids (have {len(ids)} ids)")
+    train_ids, dev = ids[: len(ids) - n_dev], ids[len(ids) - n_dev:]
+    plan = {"A": train_ids[0::3], "B": train_ids[1::3] + dev, "C": train_ids[2::3], "D": dev}
+    return plan, {"B": n_dev, "D": n_dev}
+
+
+def make_domains(la_root: Path, list_file: Path, out: Path, n_dev: int, seed: int) -> Path:
+    ids = read_id_list(list_file)
+    plan, n_test = domain_plan(ids, n_dev)
+    info = out / "domains.json"
+    if info.is_file():
+        old = json.loads(info.read_text())
+        have = {d: [c["source_id"] for c in old["cases"].values() if c["domain"] == d] for d in plan}
+        if have == plan and old.get("seed") == seed:
+            print(f"domains: {out} exists with this plan", flush=True)
+            return out
+    print(f"domains: writing {sum(map(len, plan.values()))} volumes to {out} ...", flush=True)
+    semidg = interleave(*[[f"{d}_{i}" for i in plan[d][: len(plan[d]) - n_test.get(d, 0)]] for d in "ABC"])
+    return write_domain_dataset(la_root, out, plan, src_options={"list_file": str(list_file)}, domains=DOMAINS,
+                                seed=seed, n_test=n_test, lists={"semidg_train": semidg})
+
+
+def run_name(setting: str, method: str, tag: str) -> str:
+    return f"domains_la_{setting}_{method}{tag}"
+
+
+def run_one(setting: str, method: str, a, domains_root: Path) -> dict:
+    name = run_name(setting, method, a.tag)
+    config = ROOT / "configs" / f"la_ad_{setting}_cpu.yaml"
+    r = str(domains_root)
+    sets = [f"name={name}", f"output_dir={a.runs}", f"data.root={r}", f"data.options.list_file={r}/all.list"]
+    if setting == "uda":
+        sets += [f"data.splits.labelled.list={r}/A_train.list", f"data.splits.unlabelled.list={r}/B_train.list",
+                 f"data.splits.test.list={r}/B_test.list"]
+    else:
+        n_train = len(read_id_list(domains_root / "semidg_train.list"))
+        if not 0 < a.labelled < n_train:
+            raise SystemExit(f"--labelled must be in 1..{n_train - 1}")
+        sets += [f"data.splits.labelled.list={r}/semidg_train.list", f"data.splits.labelled.first={a.labelled}",
+                 f"data.splits.unlabelled.list={r}/semidg_train.list",
+                 f"data.splits.unlabelled.last={n_train - a.labelled}", f"data.splits.test.list={r}/D_test.list"]
+    sets += a.set
+    if method == "supervised":  # no unlabelled split: drop its selectors
+        sets = [s for s in sets if not s.startswith("data.splits.unlabelled.")] + SUPERVISED_SETS
+    elif method != "ad":  # another semi-supervised method on the same data, with its default options
+        sets += [f"method.name={method}", "method.options={}"]
+    cfg = load_config(config, sets)
+    resume = (cfg.run_dir / "checkpoints" / "last.pt").is_file()
+    t0 = time.time()
+    summary = train(cfg, resume=resume)
+    t_train = time.time() - t0
+    t0 = time.time()
+    metrics = evaluate_run(cfg.run_dir, split="test")
+    t_eval = time.time() - t0
+    fg = metrics.get("mean") or metrics[cfg.data.class_names[1] if cfg.data.class_names else "class1"]
+    splits = json.loads((cfg.run_dir / "splits.json").read_text())
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    return {
+        "name": name, "setting": setting, "setting_description": SETTINGS[setting], "method": cfg.method.name,
+        "command": "python " + " ".join(shlex.quote(x) for x in sys.argv), "config": str(config.relative_to(ROOT)),
+        "overrides": sets, "commit": commit, "labelled": len(splits["labelled"]), "unlabelled": len(splits["unlabelled"]),
+        "test_cases": len(splits["test"]), "eval_split": "test",
+        "dice": fg["dice"], "jaccard": fg["jaccard"], "hd95": fg["hd95"], "asd": fg["asd"],
+        "dice_std": fg.get("dice_std"), "iterations": summary["iterations"],
+        "train_wall_s_this_invocation": t_train, "eval_wall_s": t_eval, "resumed": resume,
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                    "torch": torch.__version__},
+    }
+
+
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--la-root", default="../shared/data/LA", help="UA-MT h5 LA folder")
+    ap.add_argument("--list-file", default=None, help="id list (default <la-root>/train.list)")
+    ap.add_argument("--domains-root", default="runs/data/LA_domains", help="where the simulated domains go")
+    ap.add_argument("--n-dev", type=int, default=16, help="last ids of the list: the test cases")
+    ap.add_argument("--domain-seed", type=int, default=0)
+    ap.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["uda", "semidg"])
+    ap.add_argument("--methods", nargs="+", default=["ad", "supervised"])
+    ap.add_argument("--labelled", type=int, default=8, help="SemiDG: labelled cases (first of the interleaved list)")
+    ap.add_argument("--set", action="append", default=[], help="config override for every run")
+    ap.add_argument("--runs", default="runs/bench")
+    ap.add_argument("--results", default=str(HERE / "results"))
+    ap.add_argument("--tag", default="", help="suffix of run and result names")
+    a = ap.parse_args(argv)
+    la_root = Path(a.la_root)
+    domains_root = make_domains(la_root, Path(a.list_file) if a.list_file else la_root / "train.list",
+                                Path(a.domains_root), a.n_dev, a.domain_seed)
+    out = Path(a.results)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for setting in a.settings:
+        for method in a.methods:
+            path = out / f"{run_name(setting, method, a.tag)}.json"
+            if path.is_file():
+                rows.append(json.loads(path.read_text()))
+                continue
+            res = run_one(setting, method, a, domains_root)
+            path.write_text(json.dumps(res, indent=1))
+            rows.append(res)
+            print(json.dumps({k: res[k] for k in ("name", "dice", "hd95", "iterations")}), flush=True)
+    cols = ["setting", "method", "labelled", "unlabelled", "test_cases", "dice", "jaccard", "hd95", "asd", "iterations"]
+    (out / f"domains_la{a.tag}.md").write_text(
+        "# A&D vs supervised on simulated LA scanner domains\n\n"
+        + "".join(f"- {k}: {v}\n" for k, v in SETTINGS.items())
+        + f"\n`{'python ' + ' '.join(shlex.quote(x) for x in sys.argv)}`\n\n" + table_markdown(rows, cols) + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

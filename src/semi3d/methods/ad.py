@@ -1,0 +1,535 @@
+"""A&D: Aggregating & Decoupling (Wang & Li, NeurIPS 2023, "Towards Generic Semi-Supervised
+Framework for Volumetric Medical Image Segmentation"), after the authors' ``train_diffusion.py``.
+
+One network (:class:`~semi3d.models.ad_net.ADNet`, group ``"net"``, one optimiser): a V-Net encoder
+shared by three decoders.
+
+- **Diffusion decoder** xi (labelled data): labels are one-hot, mapped to [-1, 1] (``x_0``),
+  noised at a uniformly drawn step ``t`` of a 1000-step linear schedule (betas 1e-4 .. 0.02),
+  ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``; the diffusion path (image and ``x_t`` into the
+  diffusion stem, time embedding in every stage) predicts ``x_0`` directly, and that output,
+  read as logits, gets Dice + CE against the label: ``L_diffusion``.
+- **Difficulty-aware decoder** psi (labelled data, plain path): Dice + CE with per-class weights
+  ``w`` from :class:`DifficultyWeights` (DHC-style learning / unlearning momentum of each class's
+  Dice, tracked on the diffusion decoder's labelled predictions as the authors' code does):
+  ``L_difficulty``.
+- **Student decoder** theta (unlabelled data only, plain path): Dice + CE against the pseudo-label
+  ``argmax(smooth(gumbel_softmax(x0_ddim)) + softmax(psi))``, computed without gradients, where
+  ``x0_ddim`` is a 10-step deterministic DDIM sample (eta 0, from pure noise, conditioned on the
+  unlabelled image; the last step's clipped ``x_0`` prediction) and ``smooth`` a 3x3x3 Gaussian
+  (sigma 1) per class: ``L_student``. After every step the student decoder's parameters are pulled
+  toward the mean of the other two decoders' (same names): ``theta <- a theta + (1 - a) (xi + psi) / 2``
+  with ``a = ema`` (0.99).
+
+Loss ``L_diffusion + L_difficulty + mu(t) L_student`` with ``mu(t) = mu * exp(-5 (1 - t/T)^2)``
+(sigmoid ramp-up over ``mu_rampup`` iterations, default the whole run). Only the student
+(plain stem + encoder + student decoder) predicts; it is saved as the ``ad_student`` network.
+
+Strong augmentation (A&D's ``get_StrongAug``), applied here, in torch, to both streams: per
+sample, ``select`` (3) of six transforms — in-plane rotation (+-15 deg), scaling, Gaussian blur,
+multiplicative brightness, contrast, gamma (each range 0.7 .. 1.3; scaling samples the patch on a
+grid scaled by 0.7 .. 1.0, i.e. zooms in by up to 1/0.7) — each applied with probability ``p``
+(0.7). Leave ``data.augment`` at no-op for A&D runs (the configs do), or the two add up.
+
+Task modes are data/split configuration only (see ``configs/la_ad_*.yaml`` and
+``semi3d.data.domain_shift``): SSL (labelled / unlabelled from one domain), class-imbalanced SSL
+(multi-class data with rare classes), UDA (labelled = source domain, unlabelled = target domain,
+test = target domain) and SemiDG (labelled + unlabelled from several domains, test = an unseen one).
+
+Differences from the authors' code: the EMA pull runs after each optimiser step (theirs: before
+each forward, i.e. the same sequence shifted by one); the random subset of augmentations is
+applied in a fixed order; rotation is in the (X, Y) plane.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import NetSpec
+from ..errors import InputError
+from ..losses import dice_ce_loss, one_hot
+from ..models.ad_net import ADNet
+from ..registry import METHODS
+from .base import Batch, Method, MethodContext, method_options
+from .common import check_number, rampup_length, sigmoid_rampup, unlabelled_batch
+
+
+# ------------------------------------------------------------------------------------ diffusion
+def space_timesteps(num_timesteps: int, count: int) -> list[int]:
+    """``count`` evenly spaced steps of ``0 .. num_timesteps - 1`` (guided-diffusion's
+    ``space_timesteps(T, [count])``: ``round(i * (T - 1) / (count - 1))``), ascending."""
+    if not 1 <= count <= num_timesteps:
+        raise ValueError(f"cannot take {count} steps out of {num_timesteps}")
+    if count == 1:
+        return [0]
+    stride = (num_timesteps - 1) / (count - 1)
+    return [round(i * stride) for i in range(count)]
+
+
+class GaussianDiffusion(nn.Module):
+    """Linear beta schedule (``beta_start .. beta_end`` scaled by ``1000 / steps``, as
+    guided-diffusion's ``get_named_beta_schedule("linear")``), ``x_0``-predicting model, and
+    deterministic DDIM sampling over ``sample_steps`` spaced steps.
+
+    Holds no state worth saving: the schedule buffers are not part of ``state_dict``."""
+
+    def __init__(self, steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, sample_steps: int = 10):
+        super().__init__()
+        scale = 1000.0 / steps
+        betas = torch.linspace(scale * beta_start, scale * beta_end, steps, dtype=torch.float64)
+        abar = torch.cumprod(1.0 - betas, 0)
+        self.steps = steps
+        self.sample_timesteps = space_timesteps(steps, sample_steps)
+        self.register_buffer("betas", betas.float(), persistent=False)
+        self.register_buffer("alphas_cumprod", abar.float(), persistent=False)
+
+    def sample_t(self, n: int, device: torch.device) -> torch.Tensor:
+        """``n`` steps drawn uniformly from ``0 .. steps - 1`` (guided-diffusion's UniformSampler)."""
+        return torch.randint(0, self.steps, (n,), device=device)
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """``sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise``, per sample."""
+        a = self.alphas_cumprod.to(x0.device)[t].view(-1, *([1] * (x0.ndim - 1)))
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+    @torch.no_grad()
+    def ddim_sample(self, predict_x0: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                    shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """DDIM (eta 0) from ``x_T ~ N(0, I)`` over ``sample_timesteps`` (descending).
+
+        At each step ``x_0 = clamp(predict_x0(x_t, t), -1, 1)``, ``eps = (x_t - sqrt(abar_t) x_0) /
+        sqrt(1 - abar_t)`` and ``x_prev = sqrt(abar_prev) x_0 + sqrt(1 - abar_prev) eps``
+        (``abar_prev`` of the previous spaced step, 1 after the last). Returns the last ``x_0``
+        prediction, float32 (what A&D uses as the diffusion pseudo-label).
+        """
+        abar = self.alphas_cumprod.to(device)
+        ts = self.sample_timesteps
+        x = torch.randn(shape, device=device)
+        x0 = x
+        for i in reversed(range(len(ts))):
+            t = torch.full((shape[0],), ts[i], device=device, dtype=torch.long)
+            x0 = predict_x0(x, t).float().clamp(-1, 1)
+            a, a_prev = abar[ts[i]], (abar[ts[i - 1]] if i > 0 else abar.new_tensor(1.0))
+            eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+            x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+        return x0
+
+
+def gaussian_smooth(x: torch.Tensor, kernel_size: int = 3, sigma: float = 1.0) -> torch.Tensor:
+    """Per-channel Gaussian filter of (N, K, X, Y, Z) with a normalised ``kernel_size``^3 kernel and
+    zero padding ("same" size), as A&D's ``GaussianSmoothing(K, 3, 1)``."""
+    r = torch.arange(kernel_size, dtype=torch.float32, device=x.device) - (kernel_size - 1) / 2
+    g = torch.exp(-(r**2) / (2 * sigma**2))
+    k = g[:, None, None] * g[None, :, None] * g[None, None, :]
+    k = (k / k.sum()).to(x.dtype)
+    c = x.shape[1]
+    return F.conv3d(x, k.expand(c, 1, *k.shape).contiguous(), padding=kernel_size // 2, groups=c)
+
+
+# ------------------------------------------------------------------------ difficulty awareness
+def hard_class_dice(logits: torch.Tensor, label: torch.Tensor, smooth: float = 1e-8) -> torch.Tensor:
+    """Per-class Dice (K,) of ``argmax(logits)`` against ``label`` over the whole batch,
+    background included: ``(2 TP + s) / (2 TP + FP + FN + s + 1e-8)`` (A&D's ``SoftDiceLoss(smooth=1e-8,
+    do_bg=True)`` on one-hot maps), float64."""
+    k = logits.shape[1]
+    p = one_hot(logits.argmax(1), k).double()
+    t = one_hot(label, k).double()
+    dims = [0] + list(range(2, p.ndim))
+    tp = (p * t).sum(dims)
+    fp = (p * (1 - t)).sum(dims)
+    fn = ((1 - p) * t).sum(dims)
+    return (2 * tp + smooth) / (2 * tp + fp + fn + smooth + 1e-8)
+
+
+class DifficultyWeights(nn.Module):
+    """Class weights from the learning / unlearning momentum of each class's Dice (DHC, A&D).
+
+    At every update with the current per-class Dice ``d`` (previous ``d'``, initially 1e-8):
+
+        learn_now   = max(d - d', 0) * log(d / d')        (>= 0, large for fast rises)
+        unlearn_now = min(d - d', 0) * log(d / d')        (>= 0, large for falls)
+        learn   <- m learn   + (1 - m) learn_now          with m = (window - 1) / window
+        unlearn <- m unlearn + (1 - m) unlearn_now
+        difficulty = ((unlearn + 1e-8) / (learn + 1e-8)) ** power
+        hardness   <- m hardness + (1 - m) (1 - d)        (initially 1)
+        weights = K * difficulty * hardness
+
+    So a class whose Dice falls, or rises only slowly, or stays low, gets a larger weight than one
+    whose Dice rises fast and is high. ``window`` = 50 and ``power`` = 1/5 as A&D. The state is
+    kept in buffers (saved with the method, so resume is exact).
+    """
+
+    def __init__(self, num_classes: int, window: float = 50, power: float = 0.2):
+        super().__init__()
+        self.num_classes, self.window, self.power = num_classes, float(window), float(power)
+        self.register_buffer("last_dice", torch.full((num_classes,), 1e-8))
+        self.register_buffer("learn", torch.zeros(num_classes))
+        self.register_buffer("unlearn", torch.zeros(num_classes))
+        self.register_buffer("hardness", torch.ones(num_classes))
+        self.register_buffer("weights", torch.ones(num_classes))
+
+    @torch.no_grad()
+    def update_from_dice(self, dice: torch.Tensor) -> torch.Tensor:
+        """One update with the current per-class Dice ``dice`` (K,); returns the weights (K,)."""
+        d = dice.double().to(self.learn.device)
+        last = self.last_dice.double()
+        delta, ratio = d - last, torch.log(d / last)
+        learn_now = torch.nan_to_num(torch.where(delta > 0, delta, 0.0) * ratio, nan=0.0, posinf=1e8)
+        unlearn_now = torch.nan_to_num(torch.where(delta <= 0, delta, 0.0) * ratio, nan=0.0, posinf=1e8)
+        m = (self.window - 1) / self.window
+        learn = m * self.learn.double() + (1 - m) * learn_now
+        unlearn = m * self.unlearn.double() + (1 - m) * unlearn_now
+        hardness = m * self.hardness.double() + (1 - m) * (1 - d)
+        w = self.num_classes * ((unlearn + 1e-8) / (learn + 1e-8)) ** self.power * hardness
+        for buf, v in ((self.last_dice, d), (self.learn, learn), (self.unlearn, unlearn),
+                       (self.hardness, hardness), (self.weights, w)):
+            buf.copy_(v.to(buf.dtype))
+        return self.weights.clone()
+
+    def update(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """Update from a labelled prediction (logits (N, K, ...), label (N, ...)); returns weights."""
+        return self.update_from_dice(hard_class_dice(logits.detach(), label))
+
+
+def weighted_dice_ce(logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None = None,
+                     eps: float = 1e-5) -> torch.Tensor:
+    """Class-weighted Dice + CE: ``CE(weight) + mean_c w_c (1 - Dice_c)`` over the foreground
+    classes (all classes when K = 1), soft Dice over the batch with a plain denominator.
+
+    With ``weight=None`` this equals :func:`semi3d.losses.dice_ce_loss`; with weights its gradient
+    equals that of A&D's ``DC_and_CE_loss(w_dc=w, w_ce=w)`` (``-mean(w Dice)``, up to the smoothing).
+    """
+    k = logits.shape[1]
+    lf = logits.float()
+    w = None if weight is None else weight.to(lf.device, lf.dtype)
+    ce = F.cross_entropy(lf, label.long(), weight=w)
+    p = torch.softmax(lf, 1)
+    t = one_hot(label, k)
+    dims = [0] + list(range(2, p.ndim))
+    dice = (2 * (p * t).sum(dims) + eps) / (p.sum(dims) + t.sum(dims) + eps)
+    fg = slice(1, None) if k > 1 else slice(None)
+    loss = 1 - dice[fg]
+    if w is not None:
+        loss = loss * w[fg]
+    return ce + loss.mean()
+
+
+def pseudo_label(x0_sample: torch.Tensor, difficulty_logits: torch.Tensor, gumbel: bool = True,
+                 smoothing: bool = True) -> torch.Tensor:
+    """A&D's pseudo-label ``argmax(smooth(gumbel_softmax(x0)) + softmax(psi))`` (N, X, Y, Z)."""
+    x0 = x0_sample.float()
+    a = F.gumbel_softmax(x0, tau=1.0, dim=1) if gumbel else torch.softmax(x0, 1)
+    if smoothing:
+        a = gaussian_smooth(a)
+    return (a + torch.softmax(difficulty_logits.float(), 1)).argmax(1)
+
+
+# -------------------------------------------------------------------------- strong augmentation
+@dataclass
+class StrongAugment:
+    """A&D's strong augmentation (``get_StrongAug(patch, 3, 0.7)``): per sample ``select`` of the six
+    transforms, each applied with probability ``p``. Ranges are (low, high), drawn uniformly.
+
+    Attributes:
+        rotation: max absolute angle in degrees of a rotation in the (X, Y) plane.
+        scale: sampling-grid scale (< 1 zooms in; batchgenerators' convention as A&D's 0.7 .. 1.0).
+        blur_sigma: Gaussian blur sigma in voxels.
+        brightness: multiplicative factor.
+        contrast: factor around the sample mean, clipped to the sample's range.
+        gamma: gamma on the [0, 1]-rescaled sample, mean and std restored (``retain_stats``).
+    """
+
+    select: int = 3
+    p: float = 0.7
+    rotation: float = 15.0
+    scale: tuple[float, float] = (0.7, 1.0)
+    blur_sigma: tuple[float, float] = (0.7, 1.3)
+    brightness: tuple[float, float] = (0.7, 1.3)
+    contrast: tuple[float, float] = (0.7, 1.3)
+    gamma: tuple[float, float] = (0.7, 1.3)
+
+    TRANSFORMS = ("rotation", "scale", "blur", "brightness", "contrast", "gamma")
+
+    def __post_init__(self) -> None:
+        where = "method.options.strong_augment"
+        if not isinstance(self.select, int) or not 0 <= self.select <= 6:
+            raise InputError(f"{where}.select", f"expected an int in 0..6, got {self.select!r}")
+        if not 0.0 <= float(self.p) <= 1.0:
+            raise InputError(f"{where}.p", f"expected a probability, got {self.p!r}")
+        if float(self.rotation) < 0:
+            raise InputError(f"{where}.rotation", f"expected an angle >= 0, got {self.rotation!r}")
+        for name in ("scale", "blur_sigma", "brightness", "contrast", "gamma"):
+            v = getattr(self, name)
+            try:
+                lo, hi = (float(x) for x in v)
+            except (TypeError, ValueError):
+                raise InputError(f"{where}.{name}", f"expected [low, high], got {v!r}") from None
+            if not 0 < lo <= hi:
+                raise InputError(f"{where}.{name}", f"expected 0 < low <= high, got {v!r}")
+            setattr(self, name, (lo, hi))
+
+    @classmethod
+    def from_option(cls, value: Any) -> "StrongAugment | None":
+        if value is False or value is None:
+            return None
+        if value is True:
+            return cls()
+        if not isinstance(value, dict):
+            raise InputError("method.options.strong_augment", f"expected true, false or a mapping, got {value!r}")
+        valid = {f.name for f in fields(cls)}
+        bad = set(value) - valid
+        if bad:
+            raise InputError("method.options.strong_augment", f"unknown key {sorted(bad)[0]!r}; valid: {', '.join(sorted(valid))}")
+        return cls(**value)
+
+
+def _uniform(lo_hi: tuple[float, float], device) -> float:
+    lo, hi = lo_hi
+    return float(lo + (hi - lo) * torch.rand((), device=device))
+
+
+def _spatial(img: torch.Tensor, lab: torch.Tensor | None, angle: float, scale: float):
+    """Rotate by ``angle`` (radians) in the (X, Y) plane and sample on a grid scaled by ``scale``,
+    about the patch centre, in voxel units. img (C, X, Y, Z); lab (X, Y, Z) or None."""
+    size = torch.tensor(img.shape[1:], dtype=torch.float32, device=img.device)
+    c, s = math.cos(angle), math.sin(angle)
+    a = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], device=img.device) * scale
+    a = torch.diag(2 / size) @ a @ torch.diag(size / 2)  # voxel offsets -> normalised coordinates
+    rev = [2, 1, 0]  # affine_grid's (x, y, z) index the last, middle, first spatial axes
+    theta = torch.zeros(1, 3, 4, device=img.device)
+    theta[0, :, :3] = a[rev][:, rev]
+    grid = F.affine_grid(theta, [1, img.shape[0], *img.shape[1:]], align_corners=False)
+    out = F.grid_sample(img[None].float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+    if lab is not None:
+        lab = F.grid_sample(lab[None, None].float(), grid, mode="nearest", padding_mode="zeros",
+                            align_corners=False)[0, 0].round().to(lab.dtype)
+    return out.to(img.dtype), lab
+
+
+def _blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (C, X, Y, Z), radius ``ceil(3 sigma)``, replicate padding."""
+    r = max(1, math.ceil(3 * sigma))
+    x = torch.arange(-r, r + 1, dtype=torch.float32, device=img.device)
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    out = img[None].float()
+    c = img.shape[0]
+    for axis in range(3):
+        shape = [1, 1, 1]
+        shape[axis] = 2 * r + 1
+        pad = [0, 0, 0, 0, 0, 0]
+        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = r
+        out = F.conv3d(F.pad(out, pad, mode="replicate"), g.view(1, 1, *shape).expand(c, 1, *shape).contiguous(),
+                       groups=c)
+    return out[0].to(img.dtype)
+
+
+def _gamma_retain(img: torch.Tensor, gamma: float) -> torch.Tensor:
+    """batchgenerators' ``augment_gamma(retain_stats=True)`` per channel of (C, X, Y, Z)."""
+    dims = (1, 2, 3)
+    mean, std = img.mean(dims, keepdim=True), img.std(dims, keepdim=True)
+    lo = img.amin(dims, keepdim=True)
+    rng = img.amax(dims, keepdim=True) - lo
+    out = ((img - lo) / (rng + 1e-7)).clamp_min(0).pow(gamma) * rng + lo
+    out = out - out.mean(dims, keepdim=True)
+    return out / (out.std(dims, keepdim=True) + 1e-8) * std + mean
+
+
+def strong_augment(image: torch.Tensor, label: torch.Tensor | None,
+                   cfg: StrongAugment) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Apply :class:`StrongAugment` to a batch: image (N, C, X, Y, Z), label (N, X, Y, Z) or None.
+
+    Randomness from the global torch RNG (on the image's device), which the trainer checkpoints.
+    Spatial transforms move image (bilinear, zero padding) and label (nearest, background padding)
+    alike; intensity transforms touch the image only.
+    """
+    dev = image.device
+    images, labels = [], []
+    for i in range(image.shape[0]):
+        img, lab = image[i], None if label is None else label[i]
+        chosen = set(torch.randperm(6, device=dev)[: cfg.select].tolist())
+        on = {name: (k in chosen) and bool(torch.rand((), device=dev) < cfg.p)
+              for k, name in enumerate(StrongAugment.TRANSFORMS)}
+        angle = math.radians(_uniform((-cfg.rotation, cfg.rotation), dev)) if on["rotation"] else 0.0
+        scale = _uniform(cfg.scale, dev) if on["scale"] else 1.0
+        if angle != 0.0 or scale != 1.0:
+            img, lab = _spatial(img, lab, angle, scale)
+        if on["blur"]:
+            img = _blur(img, _uniform(cfg.blur_sigma, dev))
+        if on["brightness"]:
+            img = img * _uniform(cfg.brightness, dev)
+        if on["contrast"]:
+            f = _uniform(cfg.contrast, dev)
+            dims = (1, 2, 3)
+            mean = img.mean(dims, keepdim=True)
+            img = ((img - mean) * f + mean).clamp(img.amin(dims, keepdim=True), img.amax(dims, keepdim=True))
+        if on["gamma"]:
+            img = _gamma_retain(img, _uniform(cfg.gamma, dev))
+        images.append(img)
+        labels.append(lab)
+    out = torch.stack(images)
+    if image.is_contiguous(memory_format=torch.channels_last_3d):
+        out = out.contiguous(memory_format=torch.channels_last_3d)
+    return out, (None if label is None else torch.stack(labels))  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------- method
+@torch.no_grad()
+def pull_student(net: ADNet, ema: float) -> int:
+    """``theta <- ema * theta + (1 - ema) * (xi + psi) / 2`` for every student-decoder parameter
+    whose name and shape the diffusion (xi) and difficulty (psi) decoders share (all of them, in
+    :class:`ADNet`). Returns how many parameter tensors were pulled."""
+    xi = dict(net.decoder_diffusion.named_parameters())
+    psi = dict(net.decoder_difficulty.named_parameters())
+    n = 0
+    for name, p in net.decoder_student.named_parameters():
+        a, b = xi.get(name), psi.get(name)
+        if a is None or b is None or a.shape != p.shape or b.shape != p.shape:
+            continue
+        p.mul_(ema).add_((a.detach() + b.detach()).to(p.dtype) / 2, alpha=1 - ema)
+        n += 1
+    return n
+
+
+@METHODS.register("ad")
+class AD(Method):
+    """Options:
+        width: channels of the first level (default 32, A&D's; LA V-Net baselines use 16).
+        depth: resolution levels (default 5, the V-Net's); patches must be multiples of 2^(depth-1).
+        normalization: ``batchnorm`` (default, A&D), ``instancenorm``, ``groupnorm``, ``none``.
+        dropout: bottleneck / last-features ``Dropout3d`` (default 0.5, A&D's ``has_dropout``).
+        conv_dropout: ``Dropout3d`` after every conv block (default 0.1, A&D's).
+        temb_dim: sinusoidal time-embedding size (default 128; its MLP has 4x as many features).
+        unlabelled_batch: unlabelled patches per step (default ``train.batch_size``).
+        timesteps: diffusion steps (default 1000); beta_start, beta_end: linear schedule (1e-4, 0.02).
+        ddim_steps: DDIM steps of the pseudo-label sampling (default 10).
+        mu: weight of the student loss (default 10, the authors' command line ``-w 10``).
+        mu_rampup: iterations of its sigmoid ramp-up (default: the whole run).
+        ema: student pull ``theta <- ema theta + (1 - ema)(xi + psi)/2`` (default 0.99).
+        difficulty_window: iterations of the Dice momentum averages (default 50).
+        difficulty_power: exponent of the unlearn/learn ratio (default 0.2).
+        difficulty_source: ``diffusion`` (default, as the authors' code: the diffusion decoder's
+            labelled predictions) or ``difficulty`` (the difficulty-aware decoder's own).
+        gumbel: Gumbel-softmax on the DDIM sample (default true; false: plain softmax).
+        smoothing: Gaussian smoothing of it (default true).
+        strong_augment: true (default), false, or a mapping overriding :class:`StrongAugment`
+            fields (select, p, rotation, scale, blur_sigma, brightness, contrast, gamma).
+
+    ``model.net3d`` is not used: the network is built from these options, and the saved inference
+    model is ``ad_student`` with the same width / depth / normalization / dropouts.
+
+    Logged: ``loss/diffusion``, ``loss/difficulty`` (class-weighted), ``loss/supervised`` (the
+    difficulty-aware decoder's unweighted Dice + CE), ``loss/student``, ``weight/mu``,
+    ``ad/pseudo_fg`` (foreground fraction of the pseudo-labels), ``ad/agreement`` (fraction of
+    voxels where the DDIM and difficulty-aware predictions agree), ``ad/difficulty_w<k>``.
+    """
+
+    needs_unlabelled = True
+    DEFAULTS: dict = {"width": 32, "depth": 5, "normalization": "batchnorm", "dropout": 0.5, "conv_dropout": 0.1,
+                      "temb_dim": 128, "unlabelled_batch": None, "timesteps": 1000, "beta_start": 1e-4,
+                      "beta_end": 0.02, "ddim_steps": 10, "mu": 10.0, "mu_rampup": None, "ema": 0.99,
+                      "difficulty_window": 50, "difficulty_power": 0.2, "difficulty_source": "diffusion",
+                      "gumbel": True, "smoothing": True, "strong_augment": True}
+
+    def __init__(self, ctx: MethodContext, **options):
+        super().__init__(ctx)
+        name = ctx.cfg.method.name
+        o = method_options(name, options, self.DEFAULTS)
+        self.n_u = unlabelled_batch(name, ctx, o["unlabelled_batch"])
+        steps = check_number(name, "timesteps", o["timesteps"], lo=1, integer=True)
+        b0 = float(check_number(name, "beta_start", o["beta_start"], lo=0, hi=1, lo_open=True))
+        b1 = float(check_number(name, "beta_end", o["beta_end"], lo=b0, hi=1))
+        if b1 * 1000.0 / steps >= 1:
+            raise InputError(f"method.options.beta_end ({name})", f"beta_end * 1000 / timesteps must be < 1, got {b1 * 1000.0 / steps}")
+        ddim = check_number(name, "ddim_steps", o["ddim_steps"], lo=1, hi=steps, integer=True)
+        self.mu = float(check_number(name, "mu", o["mu"], lo=0))
+        self.rampup = rampup_length(name, ctx, o["mu_rampup"], key="mu_rampup")
+        self.ema = float(check_number(name, "ema", o["ema"], lo=0, hi=1))
+        window = check_number(name, "difficulty_window", o["difficulty_window"], lo=1)
+        power = check_number(name, "difficulty_power", o["difficulty_power"], lo=0)
+        if o["difficulty_source"] not in ("diffusion", "difficulty"):
+            raise InputError(f"method.options.difficulty_source ({name})",
+                             f"expected 'diffusion' or 'difficulty', got {o['difficulty_source']!r}")
+        self.difficulty_source = o["difficulty_source"]
+        self.gumbel, self.smoothing = bool(o["gumbel"]), bool(o["smoothing"])
+        self.augment = StrongAugment.from_option(o["strong_augment"])
+        self.net_options = {k: o[k] for k in ("width", "depth", "normalization", "dropout", "conv_dropout")}
+        try:
+            net = ADNet(ctx.in_channels, self.num_classes, temb_dim=o["temb_dim"], **self.net_options)
+        except InputError as e:
+            raise InputError(f"method.options ({name})", e.problem) from None
+        self.groups = nn.ModuleDict({"net": net})
+        self.diffusion = GaussianDiffusion(steps, b0, b1, ddim)
+        self.difficulty = DifficultyWeights(self.num_classes, window, power)
+        self.options = o
+
+    @property
+    def net(self) -> ADNet:
+        return self.groups["net"]  # type: ignore[return-value]
+
+    # method interface -----------------------------------------------------------------------
+    def batch_plan(self, step: int) -> tuple[int, int]:
+        return self.ctx.cfg.train.batch_size, self.n_u
+
+    def mu_at(self, step: int) -> float:
+        return self.mu * sigmoid_rampup(step, self.rampup)
+
+    @torch.no_grad()
+    def sample_x0(self, image: torch.Tensor) -> torch.Tensor:
+        """DDIM ``x_0`` sample (N, K, X, Y, Z) in [-1, 1] conditioned on ``image``."""
+        shape = (image.shape[0], self.num_classes, *image.shape[2:])
+        return self.diffusion.ddim_sample(lambda x, t: self.net.denoise(x, t, image), shape, image.device)
+
+    def training_step(self, batch: Batch, step: int):
+        net, k = self.net, self.num_classes
+        img_l, lab_l, img_u = batch.image_l, batch.label_l, batch.image_u
+        if img_u is None:
+            raise RuntimeError("ad needs unlabelled patches at every step")
+        if self.augment is not None:
+            img_l, lab_l = strong_augment(img_l, lab_l, self.augment)
+            img_u, _ = strong_augment(img_u, None, self.augment)
+
+        # diffusion decoder (xi) on labelled data: predict x_0 from x_t
+        x0 = one_hot(lab_l, k) * 2 - 1
+        t = self.diffusion.sample_t(x0.shape[0], x0.device)
+        x_t = self.diffusion.q_sample(x0, t, torch.randn_like(x0))
+        p_xi = net.denoise(x_t, t, img_l)
+        l_diffusion = dice_ce_loss(p_xi, lab_l)
+
+        # difficulty-aware decoder (psi) on labelled data, class-weighted
+        p_psi = net.decoder_difficulty(net.features(img_l))
+        w = self.difficulty.update(p_xi if self.difficulty_source == "diffusion" else p_psi, lab_l)
+        l_difficulty = weighted_dice_ce(p_psi, lab_l, w)
+        with torch.no_grad():
+            l_plain = dice_ce_loss(p_psi, lab_l)  # unweighted, comparable with other methods' loss/supervised
+
+        # student decoder (theta) on unlabelled data, pseudo-labels without gradients
+        x0_u = self.sample_x0(img_u)
+        feats_u = net.features(img_u)
+        with torch.no_grad():
+            psi_u = net.decoder_difficulty(feats_u)
+            plab = pseudo_label(x0_u, psi_u, self.gumbel, self.smoothing)
+        l_student = dice_ce_loss(net.decoder_student(feats_u), plab)
+
+        mu = self.mu_at(step)
+        self.log.update({"loss/diffusion": float(l_diffusion.detach()), "loss/difficulty": float(l_difficulty.detach()),
+                         "loss/student": float(l_student.detach()), "loss/supervised": float(l_plain), "weight/mu": mu,
+                         "ad/pseudo_fg": float((plab > 0).float().mean()),
+                         "ad/agreement": float((x0_u.argmax(1) == psi_u.argmax(1)).float().mean())})
+        self.log.update({f"ad/difficulty_w{c}": float(v) for c, v in enumerate(w.tolist())})
+        return {"net": l_diffusion + l_difficulty + mu * l_student}
+
+    def after_step(self, step: int) -> None:
+        pull_student(self.net, self.ema)
+
+    def predictor(self) -> nn.Module:
+        return self.net.student
+
+    def predictor_spec(self) -> NetSpec:
+        """The saved model is the student alone, rebuilt as the ``ad_student`` network."""
+        return NetSpec(name="ad_student", options=dict(self.net_options))

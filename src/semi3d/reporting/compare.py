@@ -1,0 +1,95 @@
+"""``semi3d compare RUN... --out DIR``: the methods table of several evaluated runs
+(``compare.md`` / ``compare.json``: method, labelled count, mean Dice / Jaccard / HD95 / ASD) and a
+box plot of per-case Dice across runs (``dice_boxplot.png``).
+
+Each run's evaluation is its ``eval_validation/metrics.json`` (or ``--eval NAME``, see
+:func:`semi3d.reporting.common.find_metrics`); means are over the foreground classes (the
+summary's ``"mean"`` row when there are several). Runs evaluated on different cases are flagged.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import InputError
+from ..evaluation.report import table_markdown
+from .common import (case_means, find_metrics, foreground_mean, load_metrics, pyplot, require_run, run_config,
+                     run_splits, save_figure)
+
+__all__ = ["compare_runs", "COLUMNS"]
+
+COLUMNS = ["run", "method", "labelled", "unlabelled", "cases", "dice", "dice_std", "jaccard", "hd95", "asd",
+           "hd95_mm", "asd_mm"]
+
+
+def _run_row(run_dir: Path, eval_name: str | None) -> tuple[dict, dict[str, float]]:
+    run_dir = require_run(run_dir)
+    path = find_metrics(run_dir, eval_name)
+    if path is None:
+        raise InputError(run_dir, f"no evaluation metrics (looked for {run_dir / 'eval_validation' / 'metrics.json'}); "
+                                  f"run `semi3d evaluate {run_dir}` first")
+    metrics = load_metrics(path)
+    cfg = run_config(run_dir)
+    splits = run_splits(run_dir)
+    fg = foreground_mean(metrics["mean"])
+    row = {"run": cfg.name, "path": str(run_dir), "evaluation": str(path.parent.name), "method": cfg.method.name,
+           "labelled": len(splits["labelled"]), "unlabelled": len(splits["unlabelled"]),
+           "cases": len(metrics["per_case"]), **{m: fg.get(m) for m in COLUMNS[5:]}}
+    dice = {cid: v["dice"] for cid, v in case_means(metrics["per_case"]).items() if "dice" in v}
+    return row, dice
+
+
+def compare_runs(runs: list[Path], out: Path, eval_name: str | None = None) -> dict:
+    """Write ``compare.md``, ``compare.json`` and ``dice_boxplot.png`` into ``out``; returns the
+    JSON payload ``{"rows": [...], "per_case_dice": {run: {case: dice}}, "same_cases": bool}``."""
+    if not runs:
+        raise InputError("compare", "give at least one run folder")
+    rows, per_case = [], {}
+    for r in runs:
+        row, dice = _run_row(Path(r), eval_name)
+        label = row["run"]
+        n = 2
+        while label in per_case:  # two runs of the same name (different output folders)
+            label = f"{row['run']} ({n})"
+            n += 1
+        row["run"] = label
+        rows.append(row)
+        per_case[label] = dice
+    case_sets = {frozenset(d) for d in per_case.values()}
+    same = len(case_sets) == 1
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(out, f"cannot create the output folder: {e.strerror}") from None
+    out = Path(out)
+    plot = _boxplot(per_case, out / "dice_boxplot.png")
+    payload = {"rows": rows, "per_case_dice": per_case, "same_cases": same, "boxplot": plot.name}
+    (out / "compare.json").write_text(json.dumps(payload, indent=1))
+    note = "" if same else ("\n> Note: the runs were evaluated on different cases; their means are not "
+                            "directly comparable.\n")
+    md = ("# Methods comparison\n\nMeans over the evaluated cases and the foreground classes (Dice, Jaccard in "
+          "[0, 1]; HD95, ASD in voxels and mm).\n\n" + table_markdown(rows, COLUMNS) + note
+          + f"\n![per-case Dice]({plot.name})\n")
+    (out / "compare.md").write_text(md)
+    return payload
+
+
+def _boxplot(per_case: dict[str, dict[str, float]], path: Path) -> Path:
+    """Box plot of per-case Dice, one box per run, the cases drawn as points on top."""
+    import numpy as np
+
+    plt = pyplot()
+    names = list(per_case)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(names) + 2), 4.0))
+    data = [list(per_case[n].values()) for n in names]
+    ax.boxplot(data, showmeans=True)
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=20 if len(names) > 3 else 0, ha="right" if len(names) > 3 else "center")
+    rng = np.random.default_rng(0)
+    for i, d in enumerate(data, 1):
+        ax.scatter(i + rng.uniform(-0.12, 0.12, len(d)), d, s=10, alpha=0.6, color="#4363d8", zorder=3)
+    ax.set_ylabel("Dice per case (mean over foreground classes)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("per-case Dice")
+    fig.tight_layout()
+    return save_figure(fig, path)

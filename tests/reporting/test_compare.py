@@ -1,0 +1,46 @@
+"""Methods comparison across evaluated runs."""
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from semi3d.cli import app
+from semi3d.errors import InputError
+from semi3d.reporting.compare import compare_runs
+
+
+def test_compare_two_runs(sup_run, mn_run, tmp_path):
+    out = tmp_path / "cmp"
+    res = compare_runs([sup_run, mn_run], out)
+    rows = {r["method"]: r for r in res["rows"]}
+    assert set(rows) == {"supervised", "mn"}
+    for run, row in ((sup_run, rows["supervised"]), (mn_run, rows["mn"])):
+        m = json.loads((run / "eval_validation" / "metrics.json").read_text())
+        assert row["dice"] == pytest.approx(m["mean"]["mean"]["dice"])
+        assert row["hd95"] == pytest.approx(m["mean"]["mean"]["hd95"])
+        assert row["labelled"] == 3 and row["cases"] == len(m["per_case"])
+        assert set(res["per_case_dice"][row["run"]]) == set(m["per_case"])
+    assert res["same_cases"]
+    md = (out / "compare.md").read_text()
+    assert "| run | method | labelled |" in md and "tiny_mn" in md and "![per-case Dice](dice_boxplot.png)" in md
+    assert json.loads((out / "compare.json").read_text())["rows"][0]["method"] == "supervised"
+    assert (out / "dice_boxplot.png").stat().st_size > 5000
+
+
+def test_compare_bad_input(sup_run, copy_run, tmp_path):
+    run = copy_run(sup_run, "noeval")
+    shutil.rmtree(run / "eval_validation")
+    with pytest.raises(InputError, match="no evaluation metrics"):
+        compare_runs([sup_run, run], tmp_path / "c")
+    with pytest.raises(InputError, match="no such run folder"):
+        compare_runs([tmp_path / "missing"], tmp_path / "c")
+    r = CliRunner().invoke(app, ["compare", str(run), "--out", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "semi3d evaluate" in r.output and "Traceback" not in r.output
+
+
+def test_cli_compare_same_run_twice(sup_run, tmp_path):
+    r = CliRunner().invoke(app, ["compare", str(sup_run), str(sup_run), "--out", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    rows = json.loads((tmp_path / "c" / "compare.json").read_text())["rows"]
+    assert [x["run"] for x in rows] == ["tiny", "tiny (2)"]
