@@ -37,9 +37,12 @@ def train(config: Path, set: list[str] = typer.Option([], "--set", help="overrid
     from .config import load_config
     from .engine.trainer import train as run_train
 
+    from .engine.distributed import current
+
     cfg = load_config(config, set)
     summary = run_train(cfg, resume=resume)
-    console.print(f"done: {summary['iterations']} iterations in {summary['wall_time_s']:.0f} s -> {cfg.run_dir}")
+    if current().is_main:  # under torchrun every rank returns here; one line is enough
+        console.print(f"done: {summary['iterations']} iterations in {summary['wall_time_s']:.0f} s -> {cfg.run_dir}")
 
 
 @app.command()
