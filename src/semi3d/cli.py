@@ -147,6 +147,20 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="folder for the synthe
     console.print(format_table(summary, title="demo: held-out synthetic test cases"))
 
 
+@app.command()
+@_clean_errors
+def mine(config: Path, set: list[str] = typer.Option([], "--set", help="override: key=value (YAML value)")):
+    """Knowledge mining: small 2D model -> prompts -> promptable refiner (random walker or SAM) ->
+    selected pseudo-labels -> fine-tuning, for several rounds (see semi3d.mining.loop)."""
+    from .mining.loop import run_mining_file
+
+    summary = run_mining_file(config, set)
+    for r in summary["rounds"]:
+        kept = f", kept {r['n_kept']}/{r['n_candidates']}" if "n_kept" in r else ""
+        console.print(f"round {r['round']}: dev Dice {100 * r['dev_dice']:.2f}{kept}")
+    console.print(f"-> {summary['run_dir']}")
+
+
 @app.command("list")
 def list_components():
     """Registered methods and networks."""

@@ -50,7 +50,7 @@ class Registry:
 
 
 NETS3D = Registry("3D network", ("semi3d.models.nets3d", "semi3d.models.ad_net"))
-NETS2D = Registry("2D network", ("semi3d.models.seg2d",))
+NETS2D = Registry("2D network", ("semi3d.models.seg2d", "semi3d.models.unetpp2d"))
 METHODS = Registry(
     "method",
     (

@@ -1,0 +1,205 @@
+"""The mining loop end to end on tiny synthetic data (3D volumes and a 2D image folder)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from semi3d.data.case import Case
+from semi3d.data.readers import read_volume
+from semi3d.data.synthetic import write_dataset
+from semi3d.errors import InputError
+from semi3d.mining.export import write_pseudo_volumes
+from semi3d.mining.loop import load_mining_config, load_mining_data, run_mining
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_TRAIN = {"iterations": 25, "finetune_iterations": 5, "batch_size": 4, "patch": [24, 24]}
+
+
+@pytest.fixture(scope="module")
+def la_like(tmp_path_factory):
+    """UA-MT h5 layout, every case labelled (the splits hide the unlabelled ones' labels)."""
+    root = tmp_path_factory.mktemp("la") / "LA"
+    return write_dataset(root, n_labelled=6, n_unlabelled=0, seed=1, shape=(24, 24, 8), num_classes=2,
+                         format="uamt_h5", noise=0.2)
+
+
+def _tree(root, out, **extra):
+    tree = {"name": "m", "output_dir": str(out), "device": "cpu",
+            "data": {"format": "uamt_h5", "root": str(root), "options": {"list_file": str(root / "train.list")},
+                     "num_classes": 2, "splits": {"labelled": {"first": 2}, "validation": {"last": 2}}},
+            "model": {"name": "unetpp2d", "options": {"widths": [4, 8]}},
+            "train": TINY_TRAIN, "rounds": 2}
+    tree.update(extra)
+    return tree
+
+
+def test_volumes_run_logs_and_writes_pseudo_volumes(la_like, tmp_path):
+    tree = _tree(la_like, tmp_path, eval={"hd95": True})
+    cfg = load_mining_config(tree=tree)
+    data = load_mining_data(cfg)
+    assert all(s.label is None for s in data.unlabelled)  # hidden from training ...
+    assert len(data.truth) == len(data.unlabelled) == 2 * 8  # ... kept to score the pseudo-labels
+    assert data.splits["unlabelled"] == ["syn_002", "syn_003"]
+
+    summary = run_mining(tree)
+    run = Path(summary["run_dir"])
+    rounds = summary["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert summary["splits"] == {"labelled": 2, "unlabelled": 2, "validation": 2, "test": 0}
+    for r in rounds:
+        assert 0.0 <= r["dev_dice"] <= 1.0 and set(r["dev_cases"]) == {"syn_004", "syn_005"}
+        assert r["dev_hd95"] >= 0
+    for r in rounds[1:]:
+        assert r["n_candidates"] == 16 and 0 <= r["n_kept"] <= 16
+        assert sum(r["reasons"].values()) == 16
+        for key in ("pseudo_dice_all", "model_dice_all", "pseudo_case_dice"):
+            assert 0.0 <= r[key] <= 1.0
+        assert r["pseudo_dice_kept"] is None or 0.0 <= r["pseudo_dice_kept"] <= 1.0
+    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [x["round"] for x in log] == [0, 1, 2]
+    assert json.loads((run / "summary.json").read_text())["rounds"][2]["n_kept"] == rounds[2]["n_kept"]
+    assert (run / "checkpoints" / "small_round2.pt").is_file() and (run / "config.yaml").is_file()
+    index = json.loads((run / "pseudo" / "round1" / "index.json").read_text())
+    assert index["axis"] == 2 and set(index["cases"]) == {"syn_002", "syn_003"}
+    vol = read_volume(run / "pseudo" / "round1" / "labels" / "syn_002.nii.gz")
+    assert vol.array.shape == (24, 24, 8) and set(np.unique(vol.array)) <= {0, 1}
+    kept = np.load(run / "pseudo" / "round1" / "kept" / "syn_002.npy")
+    assert kept.shape == (8,)
+    assert sum(int(np.load(run / "pseudo" / "round1" / "kept" / f"{c}.npy").sum()) for c in index["cases"]) \
+        == rounds[1]["n_kept"]
+
+
+def test_multiclass_nnunet_without_hidden_truth(synth_root, tmp_path):
+    """3 classes, nnU-Net layout whose unlabelled cases have no label: no pseudo-label Dice is reported."""
+    tree = {"name": "mc", "output_dir": str(tmp_path), "device": "cpu",
+            "data": {"format": "nnunet", "root": str(synth_root),
+                     "splits": {"labelled": {"first": 2}, "validation": {"last": 1},
+                                "unlabelled": {"ids": ["syn_005", "syn_006", "syn_007"]}}},
+            "axis": 0, "unlabelled_max": 2, "slice_step": 4, "save_pseudo": "npy",
+            "model": {"name": "unetpp2d", "options": {"widths": [4, 8], "deep_supervision": True}},
+            "train": {**TINY_TRAIN, "patch": None}, "rounds": 1, "eval": {"original_grid": False}}
+    summary = run_mining(tree)
+    r = summary["rounds"][1]
+    assert summary["num_classes"] == 3 and r["n_candidates"] == 2 * 6  # 24 slices along X, every 4th
+    assert "pseudo_dice_kept" not in r
+    labels = sorted((Path(summary["run_dir"]) / "pseudo" / "round1" / "labels").iterdir())
+    assert [p.name for p in labels] == ["syn_005.npy", "syn_006.npy"]
+    assert np.load(labels[0]).shape == (24, 24, 16)
+
+
+def test_other_registered_2d_model_and_reinit(la_like, tmp_path):
+    tree = _tree(la_like, tmp_path, rounds=1, save_pseudo="none", save_checkpoints=False,
+                 model={"name": "unet2d_mobilenet_v2", "options": {"decoder_channels": [16, 8, 8, 8, 8]}},
+                 train={**TINY_TRAIN, "iterations": 3, "finetune_iterations": 2, "reinit": True, "patch": [32, 32]})
+    summary = run_mining(tree)
+    assert summary["model"] == "unet2d_mobilenet_v2" and len(summary["rounds"]) == 2
+    assert summary["rounds"][1]["train_iterations"] == 3  # reinit: the full budget again
+    assert not (Path(summary["run_dir"]) / "pseudo").exists()
+
+
+def test_sam_refiner_in_the_loop(la_like, tmp_path, tiny_sam_config):
+    pytest.importorskip("transformers")
+    tree = _tree(la_like, tmp_path, rounds=1, unlabelled_max=1, save_pseudo="none",
+                 refiner={"name": "sam", "options": {"config": tiny_sam_config, "multimask_output": False}},
+                 iterate={"rounds": 2, "tol": 0.0})
+    summary = run_mining(tree)
+    assert summary["refiner"] == "sam" and summary["rounds"][1]["n_candidates"] == 8
+
+
+def _write_kvasir(root, n=8):
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        rr, cc = np.indices((32, 32))
+        disc = (rr - 12 - i) ** 2 + (cc - 16) ** 2 <= (6 + i % 3) ** 2
+        img = np.clip(60 + 120 * disc[..., None] + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(root / "images" / f"img{i}.jpg", quality=95)
+        Image.fromarray((disc * 255).astype(np.uint8)).save(root / "masks" / f"img{i}.jpg", quality=95)
+    return root
+
+
+def test_image_folder_run(tmp_path):
+    root = _write_kvasir(tmp_path / "kvasir")
+    tree = {"name": "k", "output_dir": str(tmp_path / "runs"), "device": "cpu",
+            "images": {"root": str(root), "max_size": None,
+                       "splits": {"labelled": {"first": 2}, "validation": {"last": 2}}},
+            "model": {"name": "unetpp2d", "options": {"widths": [4, 8]}},
+            "train": {**TINY_TRAIN, "patch": None}, "rounds": 1,
+            "select": {"min_score": 0.0, "min_agreement": 0.0, "keep_empty": True, "empty_max_prob": 1.0}}
+    summary = run_mining(tree)
+    r = summary["rounds"][1]
+    assert summary["splits"]["unlabelled"] == 4 and r["n_candidates"] == 4 and r["n_kept"] == 4
+    assert 0.0 <= r["pseudo_dice_all"] <= 1.0 and set(summary["rounds"][0]["dev_cases"]) == {"img6", "img7"}
+    pngs = sorted(p.name for p in (Path(summary["run_dir"]) / "pseudo" / "round1").iterdir())
+    assert pngs == [f"img{i}.png" for i in range(2, 6)]
+
+
+def test_write_pseudo_volumes_fills_missing_slices(tmp_path):
+    case = Case("a/b", np.zeros((1, 4, 5, 3), np.float32), None, affine=np.diag([2.0, 2.0, 3.0, 1.0]))
+    lab = np.ones((4, 3), np.uint8)
+    index = write_pseudo_volumes(tmp_path, {"a/b": case}, {"a/b": {2: lab}}, {"a/b": {2: True, 0: False}}, axis=1)
+    entry = index["a/b"]
+    assert entry["slices"] == 5 and entry["kept_slices"] == 1
+    vol = read_volume(tmp_path / entry["label"])
+    assert vol.array.shape == (4, 5, 3) and vol.array[:, 2].all() and vol.array.sum() == 12
+    np.testing.assert_allclose(vol.affine, case.affine)
+    np.testing.assert_array_equal(np.load(tmp_path / entry["kept"]), [0, 0, 1, 0, 0])
+    with pytest.raises(InputError, match="suffix"):
+        write_pseudo_volumes(tmp_path, {}, {}, {}, suffix=".h5")
+
+
+def test_config_errors(la_like, tmp_path):
+    with pytest.raises(InputError, match="exactly one of data"):
+        load_mining_config(tree={"name": "x"})
+    with pytest.raises(InputError, match="select.min_scor"):
+        load_mining_config(tree=_tree(la_like, tmp_path, select={"min_scor": 0.5}))
+    with pytest.raises(InputError, match="rounds"):
+        load_mining_config(tree=_tree(la_like, tmp_path), overrides=["rounds=-1"])
+    cfg = load_mining_config(tree=_tree(la_like, tmp_path), overrides=["select.unit=case", "train.batch_size=2"])
+    assert cfg.select.unit == "case" and cfg.train.batch_size == 2
+    with pytest.raises(InputError, match="beta"):
+        run_mining(_tree(la_like, tmp_path, refiner={"name": "random_walker", "options": {"beta": -1}}))
+    path = tmp_path / "mine.yaml"
+    path.write_text("name: y\nimages: {root: /nonexistent}\n")
+    with pytest.raises(InputError, match="no such folder"):
+        run_mining(str(path))
+
+
+def test_benchmark_script_smoke(tmp_path):
+    spec = importlib.util.spec_from_file_location("mine_la", ROOT / "benchmarks" / "mine_la.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    [result] = mod.main(["--smoke", "--labelled", "2", "--results", str(tmp_path / "res"),
+                         "--runs", str(tmp_path / "runs"), "--set", "rounds=1"])
+    assert result["labelled"] == 2 and result["dev"] == 2 and result["unlabelled"] == 3
+    assert [r["round"] for r in result["rounds"]] == [0, 1]
+    assert (tmp_path / "res" / "mine_la_l2.json").is_file()
+    md = (tmp_path / "res" / "mine_la_l2.md").read_text()
+    assert "| round | dev_dice" in md and "Synthetic smoke data" in md
+    # the real benchmark budget is a valid config
+    assert mod.BUDGET["data"]["splits"]["validation"] == {"last": 16}
+    from semi3d.mining.loop import MiningConfig
+
+    MiningConfig.model_validate({**mod.BUDGET, "name": "x"})
+
+
+def test_cli_mine(la_like, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from semi3d.cli import app
+
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(_tree(la_like, tmp_path / "runs", rounds=1)))
+    res = CliRunner().invoke(app, ["mine", str(path), "--set", "name=cli"])
+    assert res.exit_code == 0, res.output
+    assert "round 1: dev Dice" in res.output and (tmp_path / "runs" / "cli" / "summary.json").is_file()
+    bad = CliRunner().invoke(app, ["mine", str(path), "--set", "select.min_scor=1"])
+    assert bad.exit_code == 2 and "min_scor" in bad.output
