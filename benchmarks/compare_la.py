@@ -18,11 +18,18 @@ import numpy as np
 from semi3d.evaluation.report import table_markdown
 
 HERE = Path(__file__).resolve().parent
-CONFIGS = {"mn": "configs/la_mn_cpu.yaml"}  # methods with their own config; the rest share the base
+CONFIGS = {"mn": "configs/la_mn_cpu.yaml", "ad": "configs/la_ad_cpu.yaml"}  # own configs; the rest share the base
 
 
 def run_name(method: str, labelled: int, seed: int) -> str:
     return f"la_{method}_l{labelled}_s{seed}"
+
+
+def result_file(results: Path, method: str, labelled: int, seed: int) -> Path | None:
+    """The result of (method, labelled, seed); for seed 0 also ``la_<method>_l<N>.json``, the name
+    ``run_la.py`` runs of the same config (default seed 0) were given."""
+    names = [run_name(method, labelled, seed)] + ([f"la_{method}_l{labelled}"] if seed == 0 else [])
+    return next((p for n in names if (p := results / f"{n}.json").is_file()), None)
 
 
 def main(argv=None) -> None:
@@ -43,7 +50,7 @@ def main(argv=None) -> None:
             for n in a.labelled:
                 for s in a.seeds:
                     name = run_name(m, n, s)
-                    if (results / f"{name}.json").is_file():
+                    if result_file(results, m, n, s):
                         continue
                     sets = [f"method.name={m}", f"data.splits.labelled.first={n}", f"seed={s}", *a.set]
                     if m != "supervised":
@@ -52,7 +59,7 @@ def main(argv=None) -> None:
     rows = []
     for m in a.methods:
         for n in a.labelled:
-            rs = [json.loads(p.read_text()) for s in a.seeds if (p := results / f"{run_name(m, n, s)}.json").is_file()]
+            rs = [json.loads(p.read_text()) for s in a.seeds if (p := result_file(results, m, n, s))]
             if not rs:
                 continue
             row = {"method": m, "labelled": n, "seeds": len(rs)}
