@@ -25,6 +25,16 @@ TINY = {
 }
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny convolutions on a shared 2-core machine run ~10x faster single-threaded; the thread
+    count is restored afterwards (also when a trainer set it from ``threads:``)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -5,6 +5,7 @@ given (relative to the working directory); the resolved config is written into e
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, List, Literal
 
@@ -177,18 +178,23 @@ def validate(tree: dict, source: str = "config") -> RunConfig:
         raise InputError(source, "invalid config: " + "; ".join(msgs)) from None
 
 
+def read_yaml_tree(path: str | Path) -> dict:
+    """The mapping in a YAML file; an unreadable file or a non-mapping is an ``InputError``."""
+    p = Path(path)
+    try:
+        tree = yaml.safe_load(p.read_text()) or {}
+    except OSError as e:
+        raise InputError(p, f"cannot read config: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise InputError(p, f"not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(tree, dict):
+        raise InputError(p, "config must be a mapping")
+    return tree
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = (), tree: dict | None = None) -> RunConfig:
-    """Load a YAML file (or a dict), apply ``key=value`` overrides, validate."""
-    if tree is None:
-        p = Path(path)
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except OSError as e:
-            raise InputError(p, f"cannot read config: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise InputError(p, f"not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(tree, dict):
-            raise InputError(p, "config must be a mapping")
+    """Load a YAML file (or a dict, left unmodified), apply ``key=value`` overrides, validate."""
+    tree = read_yaml_tree(path) if tree is None else copy.deepcopy(tree)
     for k, v in parse_overrides(list(overrides)):
         set_dotted(tree, k, v)
     return validate(tree, str(path or "config"))

@@ -34,12 +34,7 @@ K = 3
 TINY_AD = {"width": 4, "depth": 3, "temb_dim": 16, "dropout": 0.0, "conv_dropout": 0.0}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(options=None, iterations=100, batch_size=2) -> AD:

@@ -29,13 +29,7 @@ K = 3
 NO_AUG = {k: 0.0 for k in ("p_flip", "p_rot90", "p_scale", "p_gamma", "p_contrast")}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny convolutions on a shared 2-core machine run ~10x faster single-threaded
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ session from the ``tiny_tree`` config of tests/conftest.py; tests that change a 
 import shutil
 
 import pytest
-import torch
 
 from semi3d.config import load_config
 from semi3d.engine.trainer import train
@@ -15,11 +14,8 @@ _RUNS: dict = {}
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _single_threaded(one_thread):  # (pytestmark does not apply from a conftest)
     yield
-    torch.set_num_threads(n)
 
 
 def _train_once(key, tree, tmp_path_factory, evaluate=True):

@@ -36,7 +36,7 @@ import torch
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from ..config import DataConfig, NetSpec, parse_overrides, set_dotted
+from ..config import DataConfig, NetSpec, parse_overrides, read_yaml_tree, set_dotted
 from ..data.case import Case
 from ..errors import InputError
 from ..models.slicing import _spatial_dim
@@ -108,15 +108,7 @@ def load_mining_config(path: str | Path | None = None, overrides: list[str] | tu
                        tree: dict | None = None) -> MiningConfig:
     """Load a mining YAML file (or a dict), apply ``key=value`` overrides, validate."""
     if tree is None:
-        p = Path(path)  # type: ignore[arg-type]
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except OSError as e:
-            raise InputError(p, f"cannot read config: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise InputError(p, f"not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(tree, dict):
-            raise InputError(p, "config must be a mapping")
+        tree = read_yaml_tree(path)  # type: ignore[arg-type]
     else:
         tree = json.loads(json.dumps(tree, default=str))  # a copy; Paths as strings
     for k, v in parse_overrides(list(overrides)):
