@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -58,6 +59,17 @@ def peak_memory_mb(device: torch.device) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def cpu_steal() -> float:
+    """CPU seconds per core stolen by the hypervisor since boot (``steal`` of /proc/stat, USER_HZ
+    100); NaN where unavailable. Its increase over a measurement is how long, per core, this
+    virtual machine was runnable but not running: timings of that stretch are inflated."""
+    try:
+        f = Path("/proc/stat").read_text().split("\n")[0].split()
+        return int(f[8]) / 100 / (os.cpu_count() or 1)
+    except (OSError, IndexError, ValueError):
+        return float("nan")
 
 
 class Recorder:
@@ -139,11 +151,6 @@ def bench_config(name: str, cfg, repeats: int, warmup: int) -> dict:
     nets = top_networks(tr.method)
     for phase, step in phases(tr).items():
         n_l, n_u = tr.method.batch_plan(step)
-        for _ in range(warmup):
-            tr.train_step(step)
-        peak_rss_reset()
-        t_step = timed(lambda: tr.train_step(step), repeats, dev)
-        mem = peak_memory_mb(dev)
         rec = Recorder(nets)
         tr.train_step(step)
         rec.remove()
@@ -155,17 +162,26 @@ def bench_config(name: str, cfg, repeats: int, warmup: int) -> dict:
             replay(calls, dev, prec)
 
         for _ in range(warmup):
+            tr.train_step(step)
             raw()
-        t_raw = timed(raw, repeats, dev)
+        peak_rss_reset()
+        steal0 = cpu_steal()
+        t_step, t_raw = [], []
+        for _ in range(repeats):  # interleaved, so drifts of the (shared) machine hit both alike
+            t_step += timed(lambda: tr.train_step(step), 1, dev)
+            t_raw += timed(raw, 1, dev)
+        steal = cpu_steal() - steal0
+        mem = peak_memory_mb(dev)
         t_data = timed(lambda: tr.make_batch(n_l, n_u), repeats * 3, dev)
         s, r, d = statistics.median(t_step), statistics.median(t_raw), statistics.median(t_data)
         res["phases"][phase] = {
             "step_index": step, "n_labelled": n_l, "n_unlabelled": n_u,
             "active": tr.method.active_groups(step),
             "net_calls": [f"{type(c[0]).__name__}{'(grad)' if c[2] else '(no grad)'}{tuple(c[1][0].shape)}" for c in calls],
-            "step_s": s, "raw_s": r, "overhead": s / r, "data_s": d, "data_speedup": s / d,
-            "samples_per_s": (n_l + n_u) / s, "peak_mem_mb": mem,
-            "step_s_all": t_step, "raw_s_all": t_raw,
+            "step_s": s, "raw_s": r, "overhead": s / r,
+            "overhead_pairs_median": statistics.median(a / b for a, b in zip(t_step, t_raw)),
+            "data_s": d, "data_speedup": s / d, "samples_per_s": (n_l + n_u) / s, "peak_mem_mb": mem,
+            "cpu_steal_fraction": steal, "step_s_all": t_step, "raw_s_all": t_raw,
         }
         print(name, phase, json.dumps({k: v for k, v in res["phases"][phase].items() if not k.endswith("_all")}), flush=True)
     # inference on one volume of the original grid (preprocess -> windows -> back)
@@ -186,7 +202,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), help="names in CONFIGS or YAML paths")
     ap.add_argument("--set", action="append", default=[], help="override applied to every config")
-    ap.add_argument("--repeats", type=int, default=6)
+    ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--precisions", nargs="+", default=["auto"], help="auto | fp32 | bf16 (each measured)")
     ap.add_argument("--synthetic", action="store_true", help="tiny synthetic data instead of LA (smoke test)")
@@ -229,13 +245,14 @@ def main(argv=None) -> dict:
 def to_markdown(out: dict) -> str:
     lines = [f"# Training-step speed\n\n`{out['command']}` (commit {out['commit']}, torch {out['machine']['torch']}, "
              f"{out['machine']['threads']} threads)\n",
-             "| config | phase | batch (l+u) | step s | raw fwd+bwd s | overhead | data s | data x faster | samples/s | peak MB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| config | phase | batch (l+u) | step s | raw fwd+bwd s | overhead | overhead (pairs) | data s | data x faster | samples/s | peak MB | CPU steal s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in out["results"]:
         for ph, v in r["phases"].items():
             lines.append(f"| {r['config']} | {ph} | {v['n_labelled']}+{v['n_unlabelled']} | {v['step_s']:.3f} | "
-                         f"{v['raw_s']:.3f} | {v['overhead']:.3f} | {v['data_s']:.4f} | {v['data_speedup']:.1f} | "
-                         f"{v['samples_per_s']:.2f} | {v['peak_mem_mb']:.0f} |")
+                         f"{v['raw_s']:.3f} | {v['overhead']:.3f} | {v['overhead_pairs_median']:.3f} | {v['data_s']:.4f} | "
+                         f"{v['data_speedup']:.1f} | {v['samples_per_s']:.2f} | {v['peak_mem_mb']:.0f} | "
+                         f"{v['cpu_steal_fraction']:.1f} |")
     lines.append("\n| config | inference: case | shape | seconds |\n|---|---|---|---|")
     for r in out["results"]:
         i = r["inference"]

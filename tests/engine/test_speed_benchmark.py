@@ -1,0 +1,35 @@
+"""benchmarks/speed.py on tiny synthetic data: the replayed network calls are the step's calls, and
+the result file has every column."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def speed():
+    spec = importlib.util.spec_from_file_location("speed", ROOT / "benchmarks" / "speed.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_speed_benchmark_smoke(speed, tmp_path, one_thread):
+    out = speed.main(["--synthetic", "--repeats", "1", "--warmup", "0", "--name", "smoke",
+                      "--results", str(tmp_path)])
+    saved = json.loads((tmp_path / "smoke.json").read_text())
+    assert saved["results"] == json.loads(json.dumps(out["results"]))
+    mn, sup = out["results"]
+    assert set(mn["phases"]) == {"stage1", "stage2_net2d", "stage2_net3d"} and set(sup["phases"]) == {"train"}
+    # stage 1 trains both models on labelled patches; a 2D-student step runs the 3D teacher without grad
+    assert [c.split("(")[0] for c in mn["phases"]["stage1"]["net_calls"]] == ["UNet3D", "UNet2D"]
+    assert mn["phases"]["stage2_net2d"]["net_calls"][0].startswith("UNet3D(no grad)")
+    assert mn["phases"]["stage2_net2d"]["n_unlabelled"] > 0
+    for r in (mn, sup):
+        for v in r["phases"].values():
+            assert v["step_s"] > 0 and v["raw_s"] > 0 and v["data_s"] > 0 and v["peak_mem_mb"] > 0
+        assert r["inference"]["seconds"] > 0
+    assert "| overhead |" in (tmp_path / "smoke.md").read_text()
