@@ -80,3 +80,23 @@ def test_predict_rejects_nan_image(trained, tmp_path):
 def test_list():
     r = runner.invoke(app, ["list"])
     assert r.exit_code == 0 and "supervised" in r.output and "unet3d" in r.output and "vnet" in r.output
+
+
+def test_predict_names_uamt_style_inputs_by_folder(trained, synth_root, tmp_path):
+    """Inputs that share a file name (UA-MT: <id>/mri_norm2.h5) are named by their folders; two
+    inputs that would still write one output are refused before anything is written."""
+    import shutil
+
+    images = sorted((synth_root / "imagesTs").iterdir())
+    for cid, img in zip(("caseA", "caseB"), images):
+        (tmp_path / "in" / cid).mkdir(parents=True)
+        shutil.copy(img, tmp_path / "in" / cid / "image.nii.gz")
+    r = runner.invoke(app, ["predict", str(trained), str(tmp_path / "in/caseA/image.nii.gz"),
+                            str(tmp_path / "in/caseB/image.nii.gz"), "-o", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["caseA.nii.gz", "caseB.nii.gz"]
+    (tmp_path / "in2" / "caseA").mkdir(parents=True)
+    shutil.copy(images[0], tmp_path / "in2" / "caseA" / "image.nii.gz")
+    r = runner.invoke(app, ["predict", str(trained), str(tmp_path / "in/caseA/image.nii.gz"),
+                            str(tmp_path / "in2/caseA/image.nii.gz"), "-o", str(tmp_path / "out2")])
+    assert r.exit_code == 2 and "same output name" in r.output and not (tmp_path / "out2").exists()

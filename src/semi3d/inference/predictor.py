@@ -154,6 +154,24 @@ def _expand_inputs(inputs: list[Path]) -> list[Path]:
     return files
 
 
+def _case_names(files: list[Path]) -> list[str]:
+    """Output names: the file stems; where stems repeat (UA-MT's ``<id>/mri_norm2.h5``) the parent
+    folder names. Two inputs that would still write the same output are an error, not an overwrite."""
+    from collections import Counter
+
+    from ..data.readers import split_suffix
+
+    stems = [split_suffix(f)[0] for f in files]
+    counts = Counter(stems)
+    names = [f.parent.name if counts[s] > 1 else s for s, f in zip(stems, files)]
+    seen: dict[str, Path] = {}
+    for n, f in zip(names, files):
+        if n in seen:
+            raise InputError(f, f"would write the same output name {n!r} as {seen[n]}; predict them into separate folders")
+        seen[n] = f
+    return names
+
+
 def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: bool = False,
                   which: str = "auto") -> list[Path]:
     """Segment each input image; writes ``<out>/<case>.nii.gz`` with the input's affine (``.h5`` /
@@ -171,7 +189,8 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
     def key(f: Path) -> str | None:  # UA-MT style h5 files hold "image" (and "label")
         return "image" if split_suffix(f)[1] in (".h5", ".hdf5") and "image" in h5_keys(f) else None
 
-    cases = [assemble_case(split_suffix(f)[0], [read_volume(f, key(f))], None, spacing=spacing) for f in files]
+    names = _case_names(files)
+    cases = [assemble_case(n, [read_volume(f, key(f))], None, spacing=spacing) for n, f in zip(names, files)]
     written = []
     for f, case in zip(files, cases):
         ext = {".h5": ".h5", ".hdf5": ".h5", ".npy": ".npy"}.get(split_suffix(f)[1], ".nii.gz")
