@@ -148,13 +148,13 @@ class BCP(Method):
     def cuboid_mask(self, spatial, device) -> torch.Tensor:
         return cuboid_mask(tuple(spatial), self.mask_ratio, self.cuboid, device=device)
 
-    @torch.no_grad()
     def pseudo_labels(self, image_u: torch.Tensor) -> torch.Tensor:
-        """Teacher hard labels (N, X, Y, Z) for unlabelled patches."""
-        plab = self.teacher(image_u).argmax(1)
-        if self.largest_component:
-            plab = largest_component_per_class(plab, self.num_classes)
-        return plab
+        """Teacher hard labels (N, X, Y, Z) for unlabelled patches (teacher under inference mode)."""
+        with torch.inference_mode():
+            plab = self.teacher(image_u).argmax(1)
+            if self.largest_component:
+                plab = largest_component_per_class(plab, self.num_classes)
+        return plab.clone()
 
     def training_step(self, batch: Batch, step: int):
         net = self.groups["net"]

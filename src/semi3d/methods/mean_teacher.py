@@ -61,9 +61,9 @@ class MeanTeacher(Method):
 
     def consistency_loss(self, student_logits: torch.Tensor, x: torch.Tensor, step: int) -> torch.Tensor:
         """MSE between student and noisy-teacher softmax, averaged over all elements."""
-        with torch.no_grad():
+        with torch.inference_mode():
             target = softmax32(self.teacher(teacher_noise(x, self.noise_std, self.noise_clip)))
-        return ((softmax32(student_logits) - target) ** 2).mean()
+        return ((softmax32(student_logits) - target.clone()) ** 2).mean()  # clone: a normal tensor again
 
     # method interface -----------------------------------------------------------------------
     def batch_plan(self, step: int) -> tuple[int, int]:

@@ -75,7 +75,7 @@ class UAMT(MeanTeacher):
     def threshold(self, step: int) -> float:
         return uncertainty_threshold(step, self.ctx.total_iterations, self.num_classes)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def uncertainty(self, x: torch.Tensor) -> torch.Tensor:
         """Predictive entropy (N, 1, X, Y, Z) of the mean teacher softmax over ``mc_passes`` noisy passes."""
         mean = torch.zeros((), device=x.device)
@@ -84,9 +84,10 @@ class UAMT(MeanTeacher):
         return predictive_entropy(mean / self.mc_passes)
 
     def consistency_loss(self, student_logits: torch.Tensor, x: torch.Tensor, step: int) -> torch.Tensor:
-        with torch.no_grad():
+        with torch.inference_mode():
             target = softmax32(self.teacher(teacher_noise(x, self.noise_std, self.noise_clip)))
             thr = self.threshold(step)
             mask = (self.uncertainty(x) < thr).float()
+        target, mask = target.clone(), mask.clone()  # normal tensors: autograd may save them
         self.log.update({"uamt/threshold": thr, "uamt/certain_fraction": float(mask.mean())})
         return masked_consistency(softmax32(student_logits), target, mask)
