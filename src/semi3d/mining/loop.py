@@ -18,7 +18,9 @@ kept, their Dice against the hidden ground truth of the unlabelled cases when th
 per case over all slices), and the small model's Dice on the dev (validation) split: per case on
 the stacked slice predictions, on the original voxel grid by default (``eval.original_grid``).
 For volumes the pseudo-labels of every round are also written as 3D volumes
-(:mod:`~semi3d.mining.export`), the extra targets of a 3D model.
+(:mod:`~semi3d.mining.export`), the extra targets of a 3D model; with ``dataset_3d: {enabled:
+true}`` also as a 3D training dataset (real labels + accepted pseudo-labels, in the source's
+layout, ``<run>/pseudo/round<r>/dataset/``) that ``semi3d train`` reads with any 3D method.
 
 Entry points: :func:`run_mining` (a :class:`MiningConfig`, a dict or a YAML path) and
 :func:`run_mining_file` (YAML path + ``key=value`` overrides, for a ``semi3d mine CONFIG`` command).
@@ -43,7 +45,8 @@ from ..models.slicing import _spatial_dim
 from ..registry import NETS2D
 from .base import PromptableSegmenter, Strict
 from .data2d import ImageFolderConfig, Slice2D, read_image_folder, volume_slices
-from .export import write_pseudo_masks_png, write_pseudo_volumes
+from .export import (DATASET_FORMATS, Dataset3DOptions, write_pseudo_dataset, write_pseudo_masks_png,
+                     write_pseudo_volumes)
 from .iterative import IterateOptions, label_dice, refine_iteratively
 from .prompts import PromptOptions
 from .select import Candidate, SelectOptions, select_pseudo_labels
@@ -91,12 +94,19 @@ class MiningConfig(Strict):
     select: SelectOptions = SelectOptions()
     eval: EvalOptions = EvalOptions()
     save_pseudo: Literal["none", "nii.gz", "npy"] = "nii.gz"
+    dataset_3d: Dataset3DOptions = Dataset3DOptions()  # real + pseudo-labelled 3D dataset (mining/export.py)
     save_checkpoints: bool = True
 
     @model_validator(mode="after")
     def _one_source(self) -> "MiningConfig":
         if (self.data is None) == (self.images is None):
             raise ValueError("give exactly one of data (3D volumes) or images (a 2D image folder)")
+        if self.dataset_3d.enabled:
+            if self.data is None or self.data.format not in DATASET_FORMATS:
+                raise ValueError("dataset_3d needs 3D volumes in one of the formats "
+                                 f"{', '.join(DATASET_FORMATS)} (data.format)")
+            if self.rounds < 1:
+                raise ValueError("dataset_3d needs at least one mining round (rounds >= 1)")
         return self
 
     @property
@@ -286,18 +296,33 @@ def mine_round(net: torch.nn.Module, refiner: PromptableSegmenter, data: MiningD
     return cands, keep, stats
 
 
-def _export(cands: list[Candidate], keep: list[bool], data: MiningData, cfg: MiningConfig, out: Path) -> None:
-    if cfg.save_pseudo == "none":
-        return
+def _by_case(cands: list[Candidate], keep: list[bool], data: MiningData
+             ) -> tuple[dict[str, dict[int, np.ndarray]], dict[str, dict[int, bool]]]:
+    labels: dict[str, dict[int, np.ndarray]] = {}
+    kept: dict[str, dict[int, bool]] = {}
+    for s, c, f in zip(data.unlabelled, cands, keep):
+        labels.setdefault(s.group, {})[s.index] = c.refined.label
+        kept.setdefault(s.group, {})[s.index] = f
+    return labels, kept
+
+
+def _export(cands: list[Candidate], keep: list[bool], data: MiningData, cfg: MiningConfig, out: Path,
+            round_index: int) -> dict | None:
+    """Write the round's pseudo-labels; returns a summary of the 3D dataset when one was written."""
     if data.volumes:
-        labels: dict[str, dict[int, np.ndarray]] = {}
-        kept: dict[str, dict[int, bool]] = {}
-        for s, c, f in zip(data.unlabelled, cands, keep):
-            labels.setdefault(s.group, {})[s.index] = c.refined.label
-            kept.setdefault(s.group, {})[s.index] = f
-        write_pseudo_volumes(out, data.unlabelled_cases, labels, kept, cfg.axis % 3, "." + cfg.save_pseudo)
-    else:
+        labels, kept = _by_case(cands, keep, data)
+        if cfg.save_pseudo != "none":
+            write_pseudo_volumes(out, data.unlabelled_cases, labels, kept, cfg.axis % 3, "." + cfg.save_pseudo)
+        d3 = cfg.dataset_3d
+        if d3.enabled and (d3.every_round or round_index == cfg.rounds):
+            rec = write_pseudo_dataset(out / "dataset", data.reader, data.splits, data.unlabelled_cases, labels, kept,
+                                       data.num_classes, cfg.axis % 3, d3.min_kept_fraction,
+                                       info={"mining_run": str(cfg.run_dir), "round": round_index})
+            return {"path": rec["path"], "n_real": len(rec["real"]), "n_pseudo": len(rec["pseudo"]),
+                    "n_rejected": len(rec["rejected"]), "n_validation": len(rec["validation"])}
+    elif cfg.save_pseudo != "none":
         write_pseudo_masks_png(out, [(c.id, c.refined.label) for c, f in zip(cands, keep) if f])
+    return None
 
 
 def _build_net(cfg: MiningConfig, data: MiningData) -> torch.nn.Module:
@@ -310,7 +335,8 @@ def run_mining(cfg: MiningConfig | dict | str | Path) -> dict:
 
     Writes into ``<output_dir>/<name>/``: ``config.yaml``, ``splits.json``, ``log.jsonl`` (one
     record per round), ``summary.json``, ``checkpoints/small_round<r>.pt`` and
-    ``pseudo/round<r>/`` (pseudo-labels, see :mod:`~semi3d.mining.export`).
+    ``pseudo/round<r>/`` (pseudo-labels, and with ``dataset_3d.enabled`` the 3D training dataset
+    ``pseudo/round<r>/dataset/``, see :mod:`~semi3d.mining.export`).
 
     Returns:
         ``{"name", "run_dir", "refiner", "model", "num_classes", "splits": {split: count},
@@ -319,7 +345,8 @@ def run_mining(cfg: MiningConfig | dict | str | Path) -> dict:
         ``dev_cases`` and, for mining rounds, the selection report (``n_candidates``, ``n_kept``,
         ``reasons``, ...), ``pseudo_dice_kept`` / ``model_dice_kept`` / ``pseudo_dice_all`` /
         ``model_dice_all`` (and ``pseudo_case_dice`` for volumes) when the hidden truth is known,
-        and ``mine_s``.
+        ``mine_s`` and, when a 3D dataset was written that round, ``dataset_3d`` (``path``,
+        ``n_real``, ``n_pseudo``, ``n_rejected``, ``n_validation``).
     """
     if not isinstance(cfg, MiningConfig):
         cfg = load_mining_config(tree=cfg) if isinstance(cfg, dict) else load_mining_config(cfg)
@@ -363,7 +390,9 @@ def run_mining(cfg: MiningConfig | dict | str | Path) -> dict:
     for r in range(1, cfg.rounds + 1):
         t0 = time.time()
         cands, keep, stats = mine_round(net, refiner, data, cfg, r, device)
-        _export(cands, keep, data, cfg, run_dir / "pseudo" / f"round{r}")
+        dataset_3d = _export(cands, keep, data, cfg, run_dir / "pseudo" / f"round{r}", r)
+        if dataset_3d is not None:
+            stats["dataset_3d"] = dataset_3d
         pseudo = [Slice2D(s.id, s.image, c.refined.label, s.group, s.index)
                   for s, c, f in zip(data.unlabelled, cands, keep) if f]
         mine_s = time.time() - t0

@@ -1,0 +1,178 @@
+"""The 3D route: mined slice pseudo-labels written as a 3D training dataset (real + pseudo labels)
+in the source's layout, then a normal 3D training on it."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from semi3d.data.preprocess import Preprocessor
+from semi3d.data.readers import FolderReader, NnUNetRawReader, read_volume
+from semi3d.data.synthetic import write_dataset
+from semi3d.errors import InputError
+from semi3d.mining.export import label_to_original_grid, write_pseudo_dataset
+from semi3d.mining.loop import load_mining_config, run_mining
+
+H5 = "2018LA_Seg_Training Set"
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _h5(path: Path) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        return {k: f[k][()] for k in f}
+
+
+def _upsample(label: np.ndarray, shape, k: int) -> np.ndarray:
+    """Independent reference: one-hot, trilinear (align_corners=False) to ``shape``, argmax."""
+    onehot = np.stack([(label == c) for c in range(k)]).astype(np.float32)
+    up = F.interpolate(torch.from_numpy(onehot)[None], size=tuple(shape), mode="trilinear", align_corners=False)
+    return up[0].argmax(0).numpy()
+
+
+@pytest.fixture(scope="module")
+def la_like(tmp_path_factory):
+    """UA-MT h5 layout, every case labelled (the mining splits hide the unlabelled ones' labels)."""
+    root = tmp_path_factory.mktemp("la3d") / "LA"
+    return write_dataset(root, n_labelled=6, n_unlabelled=0, seed=1, shape=(24, 24, 8), num_classes=2,
+                         format="uamt_h5", noise=0.2)
+
+
+def test_mining_writes_a_3d_dataset_that_trains(la_like, tmp_path):
+    before = _hashes(la_like)
+    tree = {"name": "m3d", "output_dir": str(tmp_path / "runs"), "device": "cpu",
+            "data": {"format": "uamt_h5", "root": str(la_like), "options": {"list_file": str(la_like / "train.list")},
+                     "num_classes": 2, "splits": {"labelled": {"first": 2}, "validation": {"last": 2}},
+                     "preprocess": {"scale": [1.0, 1.0, 0.5]}},  # mined on 24x24x4, written back on 24x24x8
+            "model": {"name": "unetpp2d", "options": {"widths": [4, 8]}},
+            "train": {"iterations": 25, "finetune_iterations": 2, "batch_size": 4, "patch": [24, 24], "lr": 0.01},
+            "rounds": 1, "save_checkpoints": False,
+            "select": {"unit": "case", "min_score": 0.0, "min_agreement": 0.0, "keep_empty": True,
+                       "empty_max_prob": 1.0},
+            "dataset_3d": {"enabled": True, "min_kept_fraction": 1.0}}
+    summary = run_mining(tree)
+    run = Path(summary["run_dir"])
+    ds = run / "pseudo" / "round1" / "dataset"
+    assert summary["rounds"][1]["dataset_3d"] == {"path": str(ds.resolve()), "n_real": 2, "n_pseudo": 2,
+                                                  "n_rejected": 0, "n_validation": 2}
+    rec = json.loads((ds / "pseudo_cases.json").read_text())
+    real, pseudo, dev = ["syn_000", "syn_001"], ["syn_002", "syn_003"], ["syn_004", "syn_005"]
+    assert (rec["real"], rec["pseudo"], rec["validation"], rec["rejected"]) == (real, pseudo, dev, [])
+    assert rec["round"] == 1 and rec["kept_fraction"] == {"syn_002": 1.0, "syn_003": 1.0}
+    lists = {p: (ds / p).read_text().split() for p in
+             ("train.list", "labelled_real.list", "pseudo.list", "labelled.list", "dev.list")}
+    assert lists == {"train.list": real + pseudo + dev, "labelled_real.list": real, "pseudo.list": pseudo,
+                     "labelled.list": real + pseudo, "dev.list": dev}
+    assert sorted(p.name for p in (ds / H5).iterdir()) == sorted(real + pseudo + dev)
+
+    for cid in real + pseudo + dev:
+        src, new = _h5(la_like / H5 / cid / "mri_norm2.h5"), _h5(ds / H5 / cid / "mri_norm2.h5")
+        assert set(new) == {"image", "label"}
+        assert new["image"].dtype == src["image"].dtype and np.array_equal(new["image"], src["image"])
+        if cid in pseudo:  # mined on the preprocessed grid, resampled back to the original one
+            mined = read_volume(run / "pseudo" / "round1" / "labels" / f"{cid}.nii.gz").array
+            assert mined.shape == (24, 24, 4) and new["label"].shape == src["image"].shape == (24, 24, 8)
+            np.testing.assert_array_equal(new["label"], _upsample(mined, (24, 24, 8), 2))
+            assert 0 < new["label"].sum() < new["label"].size  # a real mask, not a trivial volume
+        else:  # real labels: the source file, byte for byte
+            assert (ds / H5 / cid / "mri_norm2.h5").read_bytes() == (la_like / H5 / cid / "mri_norm2.h5").read_bytes()
+            np.testing.assert_array_equal(new["label"], src["label"])
+    assert _hashes(la_like) == before  # the source is only read
+
+    # a normal 3D training (any method; here supervised) on real + pseudo labels, validated on the dev cases
+    from semi3d.config import DataConfig, load_config
+    from semi3d.data.dataset import prepare_data
+    from semi3d.engine.trainer import train
+
+    run3d = {"name": "sup3d", "output_dir": str(tmp_path / "runs"), "seed": 0, "device": "cpu", "precision": "fp32",
+             "data": {"format": "uamt_h5", "root": str(ds), "options": {"list_file": str(ds / "train.list")},
+                      "num_classes": 2, "splits": {"labelled": {"ids": real + pseudo}, "validation": {"ids": dev},
+                                                   "unlabelled": "none"},
+                      "patch_size": [16, 16, 16], "fg_oversample": 0.5},
+             "model": {"net3d": {"name": "unet3d", "options": {"levels": 3, "base": 4}}},
+             "method": {"name": "supervised"},
+             "train": {"iterations": 4, "batch_size": 2, "optimizer": {"lr": 0.01}, "val_every": 2,
+                       "log_every": 1, "checkpoint_every": 4, "progress_bar": False}}
+    out = train(load_config(tree=run3d))
+    assert out["iterations"] == 4 and 0.0 <= out["best_val_dice"] <= 1.0
+    splits = json.loads((tmp_path / "runs" / "sup3d" / "splits.json").read_text())
+    assert splits["labelled"] == real + pseudo and splits["validation"] == dev and splits["unlabelled"] == []
+    assert (tmp_path / "runs" / "sup3d" / "checkpoints" / "model_final.pt").is_file()
+    # the data block written beside the dataset reads the same splits
+    hint = prepare_data(DataConfig.model_validate(rec["data"]))
+    assert {k: hint.splits[k] for k in ("labelled", "validation")} == {"labelled": real + pseudo, "validation": dev}
+    assert _hashes(la_like) == before
+
+
+def test_nnunet_dataset_inclusion_rule_and_errors(synth_root, tmp_path):
+    """nnU-Net raw source (3 classes), slicing axis 0, preprocessed at half resolution: a mined case
+    is included when its kept fraction reaches the threshold; rejected and test cases stay out."""
+    before = _hashes(synth_root)
+    reader = NnUNetRawReader(synth_root)
+    pre = Preprocessor(scale=0.5)
+    splits = {"labelled": ["syn_000", "syn_001"], "validation": ["syn_004"],
+              "unlabelled": ["syn_005", "syn_006", "syn_007"], "test": []}
+    cases = {cid: pre(reader.load(cid)) for cid in splits["unlabelled"]}
+    n = cases["syn_005"].shape[0]  # slices along X
+    rng = np.random.default_rng(0)
+    labels = {cid: {i: rng.integers(0, 3, c.shape[1:]).astype(np.uint8) for i in range(n)} for cid, c in cases.items()}
+    kept = {"syn_005": {i: True for i in range(n)},
+            "syn_006": {i: i < n // 2 for i in range(n)},    # half of the slices kept
+            "syn_007": {i: False for i in range(n)}}
+    out = tmp_path / "run" / "dataset"
+    rec = write_pseudo_dataset(out, reader, splits, cases, labels, kept, 3, axis=0, min_kept_fraction=0.5)
+    assert rec["pseudo"] == ["syn_005", "syn_006"] and rec["rejected"] == ["syn_007"]
+    assert rec["kept_fraction"] == {"syn_005": 1.0, "syn_006": 0.5, "syn_007": 0.0}
+    new = NnUNetRawReader(out)  # a valid nnU-Net raw folder: labels on the image grids (affine checked)
+    assert new.case_ids() == ["syn_000", "syn_001", "syn_004", "syn_005", "syn_006"]
+    assert new.labelled_ids() == new.case_ids() and new.test_case_ids() == []
+    assert json.loads((out / "dataset.json").read_text())["numTraining"] == 5
+    assert (out / "dev.list").read_text().split() == ["syn_004"]
+    assert (out / "pseudo.list").read_text().split() == rec["pseudo"]
+    for cid in new.case_ids():
+        img = f"imagesTr/{cid}_0000.nii.gz"
+        assert (out / img).read_bytes() == (synth_root / img).read_bytes()
+        case = new.load(cid)
+        if cid in rec["pseudo"]:
+            stacked = np.stack([labels[cid][i] for i in range(n)], axis=0)  # slices along X
+            np.testing.assert_array_equal(case.label, _upsample(stacked, case.shape, 3))
+            np.testing.assert_array_equal(case.label, label_to_original_grid(stacked, case.shape, 3))
+            assert case.shape == reader.load(cid).shape == (24, 24, 16)
+        else:
+            assert (out / f"labelsTr/{cid}.nii.gz").read_bytes() == (synth_root / f"labelsTr/{cid}.nii.gz").read_bytes()
+    # written again with a stricter threshold: the folder is replaced, syn_006 is gone
+    rec = write_pseudo_dataset(out, reader, splits, cases, labels, kept, 3, axis=0, min_kept_fraction=1.0)
+    assert rec["pseudo"] == ["syn_005"] and not (out / "labelsTr" / "syn_006.nii.gz").exists()
+    assert not any(p.name.startswith(".") for p in out.parent.iterdir())  # no temp folder left
+    assert _hashes(synth_root) == before
+
+    with pytest.raises(InputError, match="outside the source"):
+        write_pseudo_dataset(synth_root / "pseudo", reader, splits, cases, labels, kept, 3, axis=0)
+    with pytest.raises(InputError, match="uamt_h5 and nnunet"):
+        write_pseudo_dataset(tmp_path / "x", FolderReader(synth_root / "imagesTr"), splits, {}, {}, {}, 3)
+    assert _hashes(synth_root) == before
+
+
+def test_dataset_3d_config(tmp_path):
+    base = {"name": "x", "output_dir": str(tmp_path), "rounds": 1}
+    data = {"format": "folder", "root": str(tmp_path)}
+    assert load_mining_config(tree={**base, "data": {**data, "format": "nnunet"}}).dataset_3d.enabled is False
+    with pytest.raises(InputError, match="dataset_3d needs 3D volumes"):
+        load_mining_config(tree={**base, "data": data, "dataset_3d": {"enabled": True}})
+    with pytest.raises(InputError, match="dataset_3d needs 3D volumes"):
+        load_mining_config(tree={**base, "images": {"root": str(tmp_path)}, "dataset_3d": {"enabled": True}})
+    with pytest.raises(InputError, match="rounds >= 1"):
+        load_mining_config(tree={**base, "rounds": 0, "data": {**data, "format": "uamt_h5"},
+                                 "dataset_3d": {"enabled": True}})
+    with pytest.raises(InputError, match="min_kept_fraction"):
+        load_mining_config(tree={**base, "data": {**data, "format": "uamt_h5"},
+                                 "dataset_3d": {"enabled": True, "min_kept_fraction": 1.5}})
