@@ -25,10 +25,10 @@ TINY = {
 }
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
     """Tiny convolutions on a shared 2-core machine run ~10x faster single-threaded; the thread
-    count is restored afterwards (also when a trainer set it from ``threads:``)."""
+    count is restored after the module (also when a trainer set it from ``threads:``)."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

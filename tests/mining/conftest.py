@@ -1,14 +1,9 @@
 import pytest
-import torch
 
 
-@pytest.fixture(autouse=True, scope="package")
-def _single_thread():
-    """Tiny CPU work: one thread is as fast, and much faster when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread(one_thread):  # tests/conftest.py's one_thread for every mining test module
     yield
-    torch.set_num_threads(threads)
 
 
 TINY_SAM = {  # a random SamConfig small enough for CPU tests: 64 px input, 8x8 embeddings

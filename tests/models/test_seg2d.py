@@ -27,13 +27,7 @@ ENCODERS = {  # encoder class, weight file, classifier key prefix, ImageNet clas
 SMALL_DECODER = (32, 16, 16, 8, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny CPU convolutions: one thread is as fast, and much faster when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _file_state(path: Path, classifier: str) -> dict[str, torch.Tensor]:

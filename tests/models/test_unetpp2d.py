@@ -12,12 +12,7 @@ from semi3d.registry import NETS2D
 SMALL = (4, 8, 16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_registered_and_shapes_with_gradients():
