@@ -1,76 +1,165 @@
-"""Run a list of methods on LA under one config/budget and seed list, then write one table.
+"""Run a list of methods on LA under one CPU budget and seed list, then write one table.
 
-Each (method, labelled, seed) run is resumable and skipped when its result file exists, so a long
-table can be built in parts (run the same command again).
+The budget is wall time per run (``--minutes``), turned into an iteration count per method: just
+before a method's first run its training step is timed on this machine (a few steps at the
+representative points of its schedule, weighted by how much of the run each takes), and
+``iterations = (minutes * 60 - fixed costs) / seconds_per_step`` (fixed costs: validations, M&N's
+pseudo-mask passes). Schedule settings counted in iterations (validation
+interval, lr warm-up and cycles, M&N's stage 1 and pseudo-mask passes) are scaled with it, so every
+method runs its whole schedule in the budget. The counts are saved in ``results/<table>_budget.json``
+and reused, so every run of the table is resumable and skipped when its result exists: a long table
+(more labelled settings, seeds) can be built in parts by running the same command again.
 
-    python benchmarks/compare_la.py --methods supervised mean_teacher ua_mt cps bcp urpc \
-        --labelled 4 8 --seeds 0 --table la_table
+    python benchmarks/compare_la.py                                   # the default table, ~2 h
+    python benchmarks/compare_la.py --labelled 4 --table la_table     # add the 4-labelled rows
     python benchmarks/compare_la.py --table la_table --only-table     # rebuild the table from results
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
+from semi3d.config import load_config
 from semi3d.evaluation.report import table_markdown
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = {"mn": "configs/la_mn_cpu.yaml", "ad": "configs/la_ad_cpu.yaml"}  # own configs; the rest share the base
+METHODS = ["supervised", "mean_teacher", "ua_mt", "cps", "bcp", "urpc", "mn", "ad"]
+SCALED = ("train.val_every", "train.schedule.warmup", "train.schedule.cycles",
+          "method.options.warmup_iterations", "method.options.guide_every")
 
 
-def run_name(method: str, labelled: int, seed: int) -> str:
-    return f"la_{method}_l{labelled}_s{seed}"
+def run_name(method: str, labelled: int, seed: int, minutes: float) -> str:
+    return f"la_{method}_l{labelled}_s{seed}_{minutes:g}min"
 
 
-def result_file(results: Path, method: str, labelled: int, seed: int) -> Path | None:
-    """The result of (method, labelled, seed); for seed 0 also ``la_<method>_l<N>.json``, the name
-    ``run_la.py`` runs of the same config (default seed 0) were given."""
-    names = [run_name(method, labelled, seed)] + ([f"la_{method}_l{labelled}"] if seed == 0 else [])
-    return next((p for n in names if (p := results / f"{n}.json").is_file()), None)
+def method_sets(method: str, labelled: int, seed: int) -> list[str]:
+    sets = [f"method.name={method}", f"data.splits.labelled.first={labelled}", f"seed={seed}"]
+    return sets + ([] if method == "supervised" else ["data.splits.unlabelled=rest"])
+
+
+def _get(tree: dict, key: str):
+    for p in key.split("."):
+        tree = tree.get(p) if isinstance(tree, dict) else None
+    return tree
+
+
+def budget_sets(tree: dict, iterations: int) -> list[str]:
+    """Overrides that run the config's schedule in ``iterations`` steps: ``train.iterations`` and
+    every iteration-valued schedule setting in ``SCALED`` present in ``tree``, scaled alike."""
+    ratio = iterations / tree["train"]["iterations"]
+    out = [f"train.iterations={iterations}"]
+    for key in SCALED:
+        v = _get(tree, key)
+        if isinstance(v, list):
+            out.append(f"{key}={json.dumps([max(1, round(x * ratio)) for x in v])}")
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
+            out.append(f"{key}={max(1, round(v * ratio))}")
+    return out
+
+
+def step_seconds(config: str, sets: list[str], steps: int = 3) -> dict:
+    """Seconds per training step of ``config`` on this machine (median of ``steps``), averaged over
+    the phases of its schedule weighted by their share of the run (M&N: stage 1, 2D- and 3D-student
+    epochs of stage 2 at mid-cycle; other methods: the middle of the run, past any pre-training
+    stage), and the fixed costs of the run: its validations and M&N's pseudo-mask passes, whose
+    counts do not change when the schedule is scaled."""
+    from speed import phases  # benchmarks/speed.py
+    from semi3d.engine.trainer import Trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(config, [*sets, f"output_dir={tmp}", "name=calibrate"])
+        tr = Trainer(cfg)
+        n = cfg.train.iterations
+        if cfg.method.name == "mn":
+            w = tr.method.warmup
+            at = phases(tr)
+            share = {"stage1": w / n, **{k: (1 - w / n) / 2 for k in at if k != "stage1"}}
+        else:
+            at, share = {"train": n // 2}, {"train": 1.0}
+        per = {}
+        for k, s in at.items():
+            tr.train_step(s)  # warm-up
+            per[k] = statistics.median(_timed(lambda: tr.train_step(s)) for _ in range(steps))
+        fixed = {}
+        if cfg.train.val_every:
+            fixed["validation"] = (n // cfg.train.val_every, _timed(tr.validate))
+        g = getattr(tr.method, "guide_every", 0)
+        if g and getattr(tr, "sampler_u", None) is not None:
+            fixed["guide_pass"] = (1 + (n - tr.method.warmup - 1) // g,
+                                  _timed(lambda: tr.method.guide_pass(tr, tr.method.warmup)))
+    return {"step_s": sum(per[k] * share[k] for k in per), "phases_s": per, "shares": share,
+            "fixed": fixed, "fixed_s": sum(c * t for c, t in fixed.values())}
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def budget(path: Path, method: str, config: str, sets: list[str], minutes: float) -> int:
+    """The iteration count of ``method`` for ``minutes`` per run, measured once and kept in ``path``:
+    (budget - fixed costs) / seconds per step."""
+    book, key = (json.loads(path.read_text()) if path.is_file() else {}), f"{method}_{minutes:g}min"
+    if key not in book:
+        m = step_seconds(config, sets)
+        iters = max(1, int((minutes * 60 - m["fixed_s"]) / m["step_s"]))
+        book[key] = {**m, "minutes": minutes, "iterations": iters, "measured": time.strftime("%Y-%m-%d %H:%M")}
+        path.write_text(json.dumps(book, indent=1))
+        print(f"budget {method}: {m['step_s']:.2f} s/step + {m['fixed_s']:.0f} s fixed -> {iters} iterations", flush=True)
+    return book[key]["iterations"]
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--methods", nargs="+", default=["supervised", "mean_teacher", "ua_mt", "cps", "bcp", "urpc", "mn"])
-    ap.add_argument("--labelled", nargs="+", type=int, default=[4, 8])
+    ap.add_argument("--methods", nargs="+", default=METHODS)
+    ap.add_argument("--labelled", nargs="+", type=int, default=[8])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--minutes", type=float, default=14.0, help="training wall time per run (the CPU budget)")
     ap.add_argument("--base-config", default="configs/la_supervised_cpu.yaml")
-    ap.add_argument("--set", action="append", default=[], help="override for every run (e.g. the budget)")
+    ap.add_argument("--set", action="append", default=[], help="override for every run")
     ap.add_argument("--table", default="la_table")
     ap.add_argument("--only-table", action="store_true")
     a = ap.parse_args(argv)
     results = HERE / "results"
+    book = results / f"{a.table}_budget.json"
     if not a.only_table:
         from run_la import main as run_one
 
         for m in a.methods:
+            config = CONFIGS.get(m, a.base_config)
             for n in a.labelled:
                 for s in a.seeds:
-                    name = run_name(m, n, s)
-                    if result_file(results, m, n, s):
+                    name = run_name(m, n, s, a.minutes)
+                    if (results / f"{name}.json").is_file():
                         continue
-                    sets = [f"method.name={m}", f"data.splits.labelled.first={n}", f"seed={s}", *a.set]
-                    if m != "supervised":
-                        sets.append("data.splits.unlabelled=rest")
-                    run_one([CONFIGS.get(m, a.base_config), "--name", name, *sum((["--set", x] for x in sets), [])])
+                    sets = method_sets(m, n, s) + a.set
+                    iters = budget(book, m, config, sets, a.minutes)
+                    sets += budget_sets(load_config(config, sets).model_dump(mode="json"), iters)
+                    run_one([config, "--name", name, *sum((["--set", x] for x in sets), [])])
     rows = []
     for m in a.methods:
         for n in a.labelled:
-            rs = [json.loads(p.read_text()) for s in a.seeds if (p := result_file(results, m, n, s))]
-            if not rs:
-                continue
-            row = {"method": m, "labelled": n, "seeds": len(rs)}
-            for k in ("dice", "jaccard", "hd95", "asd", "iterations", "train_wall_s_total"):
-                row[k] = float(np.mean([r[k] for r in rs]))
-            rows.append(row)
+            rs = [json.loads(p.read_text()) for s in a.seeds
+                  if (p := results / f"{run_name(m, n, s, a.minutes)}.json").is_file()]
+            if rs:
+                row = {"method": m, "labelled": n, "seeds": len(rs)}
+                for k in ("dice", "jaccard", "hd95", "asd", "iterations", "train_wall_s_total"):
+                    row[k] = float(np.mean([r[k] for r in rs]))
+                rows.append(row)
     cols = ["method", "labelled", "seeds", "dice", "jaccard", "hd95", "asd", "iterations", "train_wall_s_total"]
     (results / f"{a.table}.json").write_text(json.dumps(rows, indent=1))
     (results / f"{a.table}.md").write_text(
-        "# LA dev split (last 16 ids of train.list), CPU budget\n\n"
-        "Dice/Jaccard as fractions, HD95/ASD in voxels of the original grid (medpy convention).\n\n"
+        f"# LA dev split (last 16 ids of train.list), {a.minutes:g} CPU minutes of training per run\n\n"
+        "Dice/Jaccard as fractions, HD95/ASD in voxels of the original grid (medpy convention); "
+        f"iteration counts per method from `{book.name}` (its step time measured on this machine).\n\n"
         + table_markdown(rows, cols) + "\n")
     print(table_markdown(rows, cols))
 
