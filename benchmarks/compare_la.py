@@ -133,17 +133,15 @@ def main(argv=None) -> None:
     if not a.only_table:
         from run_la import main as run_one
 
-        for m in a.methods:
-            config = CONFIGS.get(m, a.base_config)
-            for n in a.labelled:
-                for s in a.seeds:
-                    name = run_name(m, n, s, a.minutes)
-                    if (results / f"{name}.json").is_file():
-                        continue
-                    sets = method_sets(m, n, s) + a.set
-                    iters = budget(book, m, config, sets, a.minutes)
-                    sets += budget_sets(load_config(config, sets).model_dump(mode="json"), iters)
-                    run_one([config, "--name", name, *sum((["--set", x] for x in sets), [])])
+        todo = [(m, n, s) for m in a.methods for n in a.labelled for s in a.seeds
+                if not (results / f"{run_name(m, n, s, a.minutes)}.json").is_file()]
+        iters = {}  # every budget measured first, so the runs' own load never skews a measurement
+        for m, n, s in todo:
+            iters[m] = budget(book, m, CONFIGS.get(m, a.base_config), method_sets(m, n, s) + a.set, a.minutes)
+        for m, n, s in todo:
+            config, sets = CONFIGS.get(m, a.base_config), method_sets(m, n, s) + a.set
+            sets += budget_sets(load_config(config, sets).model_dump(mode="json"), iters[m])
+            run_one([config, "--name", run_name(m, n, s, a.minutes), *sum((["--set", x] for x in sets), [])])
     rows = []
     for m in a.methods:
         for n in a.labelled:
