@@ -1,21 +1,33 @@
-"""A&D vs supervised under domain shift on LA: UDA and SemiDG on simulated scanner domains.
+"""A&D vs supervised and M&N under domain shift on LA: UDA and SemiDG on simulated scanner domains.
 
 1. Writes the simulated-domain copy of LA (``semi3d.data.domain_shift``; skipped when it exists
    with the same plan): the ids of ``train.list`` but the last ``--n-dev`` are rendered, round-robin,
    in the source domains A, B, C; the ``--n-dev`` dev ids are rendered in B (the UDA target's test
    cases) and in D (SemiDG's unseen domain). Lists: ``<D>.list``, ``<D>_train.list``,
-   ``<D>_test.list``, ``semidg_train.list`` (A, B, C training ids interleaved), ``all.list``.
-2. For each setting (``configs/la_ad_<setting>_cpu.yaml``) and method trains one resumable run
-   and evaluates it on the sealed test split (UDA: target domain B; SemiDG: unseen domain D).
-   ``supervised`` runs the same config with ``method.name=supervised`` (the config's ``model.net3d``,
-   the V-Net backbone of A&D's student), no unlabelled split and the trainer's augmentation set to
-   about A&D's strength (scale, gamma, contrast, brightness each with p 0.35; no blur or rotation
-   there).
+   ``<D>_test.list``, ``semidg_train.list`` (A, B, C training ids interleaved), ``all.list``, and
+   ``domains.json`` (every case's domain tag: the runs' ``domain`` split selectors read it and
+   each run records the tags in its ``splits.json``).
+2. For each setting and method trains one resumable run and evaluates it on the sealed test split.
+   Every method of a setting gets the same data and splits (:func:`split_sets`):
+   UDA: labelled = domain A (all of it), unlabelled = domain B but its test cases, test = B_test.list;
+   SemiDG: labelled = the first ``--labelled`` ids of semidg_train.list, unlabelled = the others,
+   test = domain D (all of it, unseen).
+   ``ad`` runs ``configs/la_ad_<setting>_cpu.yaml``. ``supervised`` runs the same config with
+   ``method.name=supervised`` (the config's ``model.net3d``, the V-Net backbone of A&D's student),
+   no unlabelled split and the trainer's augmentation set to about A&D's strength (scale, gamma,
+   contrast, brightness each with p 0.35; no blur or rotation there). ``mn`` runs
+   ``configs/la_mn_cpu.yaml`` (its 3D U-Net + ImageNet-pretrained 2D slice model, schedule,
+   augmentation and options; its validation split dropped). Any other method name runs the A&D
+   config with ``method.name=<name>`` and that method's default options.
 3. Writes ``benchmarks/results/domains_la_<setting>_<method>.json`` and ``domains_la.md``.
 
-    PYTHONPATH=src python benchmarks/domains_la.py                          # both settings, both methods
+``--set`` overrides go to every run, ``--set-for METHOD KEY=VALUE`` to that method's runs only
+(e.g. network sizes: the methods' configs differ there).
+
+    PYTHONPATH=src python benchmarks/domains_la.py                          # both settings, ad supervised mn
     PYTHONPATH=src python benchmarks/domains_la.py --settings uda --methods ad
-    PYTHONPATH=src python benchmarks/domains_la.py --set train.iterations=400   # any override, every run
+    PYTHONPATH=src python benchmarks/domains_la.py --set seed=1 --tag _s1    # any override, every run
+    PYTHONPATH=src python benchmarks/domains_la.py --set-for ad train.iterations=400  # one method's runs
 
 Rerun the same command after an interruption: finished runs are skipped, unfinished ones resume.
 """
@@ -80,26 +92,37 @@ def run_name(setting: str, method: str, tag: str) -> str:
     return f"domains_la_{setting}_{method}{tag}"
 
 
+def split_sets(setting: str, a, domains_root: Path) -> list[str]:
+    """The data and split overrides every method of ``setting`` shares (whole split specs, so they
+    replace whatever the method's config selects). ``domain`` selectors where they equal the id
+    lists: A has no test cases, B's test cases are sealed before the other splits are taken, D is
+    all test."""
+    r = str(domains_root)
+
+    def spec(split: str, **sel) -> str:
+        return f"data.splits.{split}={json.dumps(sel)}"
+
+    sets = [f"data.root={r}", f"data.options.list_file={r}/all.list", "data.splits.validation=null"]
+    if setting == "uda":
+        return sets + [spec("labelled", domain="A"), spec("unlabelled", domain="B"),
+                       spec("test", list=f"{r}/B_test.list")]
+    n_train = len(read_id_list(domains_root / "semidg_train.list"))
+    if not 0 < a.labelled < n_train:
+        raise SystemExit(f"--labelled must be in 1..{n_train - 1}")
+    return sets + [spec("labelled", list=f"{r}/semidg_train.list", first=a.labelled),
+                   spec("unlabelled", list=f"{r}/semidg_train.list", last=n_train - a.labelled),
+                   spec("test", domain="D")]
+
+
 def run_one(setting: str, method: str, a, domains_root: Path) -> dict:
     name = run_name(setting, method, a.tag)
-    config = ROOT / "configs" / f"la_ad_{setting}_cpu.yaml"
-    r = str(domains_root)
-    sets = [f"name={name}", f"output_dir={a.runs}", f"data.root={r}", f"data.options.list_file={r}/all.list"]
-    if setting == "uda":
-        sets += [f"data.splits.labelled.list={r}/A_train.list", f"data.splits.unlabelled.list={r}/B_train.list",
-                 f"data.splits.test.list={r}/B_test.list"]
-    else:
-        n_train = len(read_id_list(domains_root / "semidg_train.list"))
-        if not 0 < a.labelled < n_train:
-            raise SystemExit(f"--labelled must be in 1..{n_train - 1}")
-        sets += [f"data.splits.labelled.list={r}/semidg_train.list", f"data.splits.labelled.first={a.labelled}",
-                 f"data.splits.unlabelled.list={r}/semidg_train.list",
-                 f"data.splits.unlabelled.last={n_train - a.labelled}", f"data.splits.test.list={r}/D_test.list"]
-    sets += a.set
+    config = ROOT / "configs" / ("la_mn_cpu.yaml" if method == "mn" else f"la_ad_{setting}_cpu.yaml")
+    sets = [f"name={name}", f"output_dir={a.runs}"] + split_sets(setting, a, domains_root) + a.set
     if method == "supervised":  # no unlabelled split: drop its selectors
-        sets = [s for s in sets if not s.startswith("data.splits.unlabelled.")] + SUPERVISED_SETS
-    elif method != "ad":  # another semi-supervised method on the same data, with its default options
+        sets = [s for s in sets if not s.startswith("data.splits.unlabelled")] + SUPERVISED_SETS
+    elif method not in ("ad", "mn"):  # another semi-supervised method on the same data, with its default options
         sets += [f"method.name={method}", "method.options={}"]
+    sets += [kv for m, kv in a.set_for if m == method]
     cfg = load_config(config, sets)
     resume = (cfg.run_dir / "checkpoints" / "last.pt").is_file()
     t0 = time.time()
@@ -110,12 +133,15 @@ def run_one(setting: str, method: str, a, domains_root: Path) -> dict:
     t_eval = time.time() - t0
     fg = metrics.get("mean") or metrics[cfg.data.class_names[1] if cfg.data.class_names else "class1"]
     splits = json.loads((cfg.run_dir / "splits.json").read_text())
+    tags = splits.get("domains", {})
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     return {
         "name": name, "setting": setting, "setting_description": SETTINGS[setting], "method": cfg.method.name,
+        "net2d": cfg.model.net2d.name if cfg.model.net2d else None,
         "command": "python " + " ".join(shlex.quote(x) for x in sys.argv), "config": str(config.relative_to(ROOT)),
         "overrides": sets, "commit": commit, "labelled": len(splits["labelled"]), "unlabelled": len(splits["unlabelled"]),
         "test_cases": len(splits["test"]), "eval_split": "test",
+        "split_domains": {k: sorted({tags.get(i, "default") for i in splits[k]}) for k in ("labelled", "unlabelled", "test")},
         "dice": fg["dice"], "jaccard": fg["jaccard"], "hd95": fg["hd95"], "asd": fg["asd"],
         "dice_std": fg.get("dice_std"), "iterations": summary["iterations"],
         "train_wall_s_this_invocation": t_train, "eval_wall_s": t_eval, "resumed": resume,
@@ -132,9 +158,11 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--n-dev", type=int, default=16, help="last ids of the list: the test cases")
     ap.add_argument("--domain-seed", type=int, default=0)
     ap.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["uda", "semidg"])
-    ap.add_argument("--methods", nargs="+", default=["ad", "supervised"])
+    ap.add_argument("--methods", nargs="+", default=["ad", "supervised", "mn"])
     ap.add_argument("--labelled", type=int, default=8, help="SemiDG: labelled cases (first of the interleaved list)")
     ap.add_argument("--set", action="append", default=[], help="config override for every run")
+    ap.add_argument("--set-for", nargs=2, action="append", default=[], metavar=("METHOD", "KEY=VALUE"),
+                    help="config override for that method's runs only (after --set)")
     ap.add_argument("--runs", default="runs/bench")
     ap.add_argument("--results", default=str(HERE / "results"))
     ap.add_argument("--tag", default="", help="suffix of run and result names")
@@ -157,7 +185,7 @@ def main(argv=None) -> list[dict]:
             print(json.dumps({k: res[k] for k in ("name", "dice", "hd95", "iterations")}), flush=True)
     cols = ["setting", "method", "labelled", "unlabelled", "test_cases", "dice", "jaccard", "hd95", "asd", "iterations"]
     (out / f"domains_la{a.tag}.md").write_text(
-        "# A&D vs supervised on simulated LA scanner domains\n\n"
+        "# A&D vs supervised and M&N on simulated LA scanner domains\n\n"
         + "".join(f"- {k}: {v}\n" for k, v in SETTINGS.items())
         + f"\n`{'python ' + ' '.join(shlex.quote(x) for x in sys.argv)}`\n\n" + table_markdown(rows, cols) + "\n")
     return rows

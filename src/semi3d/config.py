@@ -22,10 +22,12 @@ class _Strict(BaseModel):
 
 class SplitSpec(_Strict):
     """Which cases form one split. The source is ``ids``, else the ids in ``list`` (one per line),
-    else the dataset pool; then ``first``/``last`` N of that order or ``random`` N (seeded)."""
+    else the dataset pool; ``domain`` keeps only the cases of that domain tag (or tags, see
+    ``data.domains``); then ``first``/``last`` N of that order or ``random`` N (seeded)."""
 
     ids: List[str] | None = None
     list: Path | None = None  # noqa: A003 (the YAML key users write)
+    domain: str | List[str] | None = None
     first: int | None = Field(None, ge=0)
     last: int | None = Field(None, ge=0)
     random: int | None = Field(None, ge=0)
@@ -66,6 +68,7 @@ class DataConfig(_Strict):
     splits: SplitsConfig = SplitsConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
     cache_dir: Path | None = None
+    domains: Path | None = None  # JSON {id: tag} or write_domain_dataset's domains.json; default <root>/domains.json
     patch_size: tuple[int, int, int] = (64, 64, 48)
     fg_oversample: float = Field(0.33, ge=0, le=1)
     augment: AugmentConfig = AugmentConfig()  # see data/augment.py

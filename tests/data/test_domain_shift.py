@@ -142,6 +142,20 @@ def test_write_domain_dataset(src, tmp_path):
     # the same patient in two domains: same anatomy, different images
     assert not np.allclose(reader.load("B_syn_004").image, reader.load("D_syn_004").image)
 
+    # a run on the new dataset selects by domain tag (read from its domains.json) and records the tags
+    from semi3d.config import DataConfig
+    from semi3d.data.dataset import prepare_data
+    from semi3d.data.splits import load_domains, save_splits
+
+    cfg = DataConfig.model_validate({"format": "uamt_h5", "root": str(out), "options": {"list_file": "all.list"},
+                                     "num_classes": 2, "splits": {"labelled": {"domain": "A"},
+                                                                  "unlabelled": {"domain": ["B", "D"]}}})
+    data = prepare_data(cfg)
+    assert data.splits["labelled"] == lst("A") and data.splits["unlabelled"] == lst("B") + lst("D")
+    assert [c.domain for c in data.cases("unlabelled")] == ["B"] * 3 + ["D"] * 2
+    save_splits(tmp_path / "splits.json", data.splits, data.domains)
+    assert load_domains(tmp_path / "splits.json")["D_syn_005"] == "D"
+
 
 def test_write_domain_dataset_refuses_bad_plans(src, tmp_path):
     with pytest.raises(InputError, match="unknown domain"):

@@ -55,3 +55,28 @@ def test_empty_labelled_and_too_many():
         resolve_splits(S(labelled={"first": 0}), IDS, set(IDS))
     with pytest.raises(InputError, match="asks for 30"):
         resolve_splits(S(labelled={"first": 30}), IDS, set(IDS))
+
+
+def test_domain_selector_and_tags(tmp_path):
+    from semi3d.data.splits import load_domains, read_domains, save_splits
+
+    tags = {i: ("A" if int(i[1:]) < 8 else "B") for i in IDS}
+    s = resolve_splits(S(labelled={"domain": "A", "first": 3}, validation={"domain": "B", "last": 2},
+                         unlabelled={"domain": ["B"]}), IDS, set(IDS), domains=tags)
+    assert s["labelled"] == IDS[:3] and s["validation"] == IDS[18:] and s["unlabelled"] == IDS[8:18]
+    with pytest.raises(InputError, match="splits.labelled.domain.*'C'.*tags: A, B"):
+        resolve_splits(S(labelled={"domain": "C"}), IDS, set(IDS), domains=tags)
+    with pytest.raises(InputError, match="no domain tags"):
+        resolve_splits(S(labelled={"domain": "A"}), IDS, set(IDS))
+    # both file layouts; a case without a tag is refused with the file named
+    (tmp_path / "flat.json").write_text('{"c00": "A", "c01": "B"}')
+    (tmp_path / "dd.json").write_text('{"cases": {"c00": {"domain": "A", "source_id": "x"}}, "domains": {}}')
+    (tmp_path / "bad.json").write_text('{"c00": 3}')
+    assert read_domains(tmp_path / "flat.json") == {"c00": "A", "c01": "B"}
+    assert read_domains(tmp_path / "dd.json") == {"c00": "A"}
+    with pytest.raises(InputError, match="bad.json.*'c00' has no tag"):
+        read_domains(tmp_path / "bad.json")
+    # splits.json carries every split case's tag
+    save_splits(tmp_path / "splits.json", s, {"c00": "A"})
+    got = load_domains(tmp_path / "splits.json")
+    assert got["c00"] == "A" and got["c01"] == "default" and set(got) == {i for v in s.values() for i in v}

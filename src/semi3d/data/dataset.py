@@ -9,7 +9,7 @@ from ..errors import InputError
 from .case import Case
 from .preprocess import PreprocessedCache, Preprocessor
 from .readers import build_reader
-from .splits import resolve_splits
+from .splits import read_domains, resolve_splits
 
 
 def make_preprocessor(cfg: DataConfig) -> Preprocessor:
@@ -27,14 +27,17 @@ class DataBundle:
     cache: PreprocessedCache
     num_classes: int
     class_names: list[str]
+    domains: dict[str, str] = None  # type: ignore[assignment]  # domain tag per case id ({} = none)
 
     def cases(self, split: str) -> list[Case]:
         """Preprocessed cases of a split (unlabelled cases lose their label, if they had one)."""
         out = []
         for cid in self.splits[split]:
             c = self.cache.get(cid)
-            if split == "unlabelled" and c.label is not None:
-                c = Case(c.id, c.image, None, c.spacing, c.affine, c.domain, c.source)
+            domain = (self.domains or {}).get(cid, c.domain)
+            if (split == "unlabelled" and c.label is not None) or domain != c.domain:
+                c = Case(c.id, c.image, None if split == "unlabelled" else c.label, c.spacing, c.affine,
+                         domain, c.source)
             out.append(c)
         return out
 
@@ -49,8 +52,10 @@ def prepare_data(cfg: DataConfig, splits: dict[str, list[str]] | None = None) ->
     ids = reader.case_ids()
     test_ids = reader.test_case_ids() if hasattr(reader, "test_case_ids") else []
     labelled = {i for i in list(ids) + list(test_ids) if reader.has_label(i)}
+    dom_file = cfg.domains or (Path(cfg.root) / "domains.json")
+    domains = read_domains(dom_file) if cfg.domains or dom_file.is_file() else {}
     if splits is None:
-        splits = resolve_splits(cfg.splits, ids, labelled, test_ids)
+        splits = resolve_splits(cfg.splits, ids, labelled, test_ids, domains)
     num_classes = cfg.num_classes or reader.num_classes
     if num_classes is None:
         raise InputError("data.num_classes", "the dataset does not declare its classes: set data.num_classes")
@@ -60,4 +65,4 @@ def prepare_data(cfg: DataConfig, splits: dict[str, list[str]] | None = None) ->
     if len(names) != num_classes:
         raise InputError("data.class_names", f"{len(names)} names for {num_classes} classes")
     cache = PreprocessedCache(make_preprocessor(cfg), reader.load, Path(cfg.cache_dir) if cfg.cache_dir else None)
-    return DataBundle(reader, splits, cache, num_classes, list(names))
+    return DataBundle(reader, splits, cache, num_classes, list(names), domains)

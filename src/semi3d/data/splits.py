@@ -30,7 +30,24 @@ def read_id_list(path: Path) -> list[str]:
     return ids
 
 
-def _select(spec: SplitSpec, pool: list[str], known: set[str], what: str) -> list[str]:
+def read_domains(path: Path) -> dict[str, str]:
+    """Domain tag per case id from a JSON file: ``{id: tag}`` or the ``domains.json`` written by
+    :func:`semi3d.data.domain_shift.write_domain_dataset` (``{"cases": {id: {"domain": tag}}}``)."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(path, f"cannot read domain tags: {e}") from None
+    if isinstance(d, dict) and isinstance(d.get("cases"), dict):
+        d = {k: v.get("domain") if isinstance(v, dict) else None for k, v in d["cases"].items()}
+    bad = next((k for k, v in d.items() if not isinstance(v, str) or not v), None) if isinstance(d, dict) else ""
+    if bad is not None:
+        raise InputError(path, "expected {case id: domain tag} or {\"cases\": {id: {\"domain\": tag}}}"
+                         + (f"; case {bad!r} has no tag" if bad else ""))
+    return d
+
+
+def _select(spec: SplitSpec, pool: list[str], known: set[str], what: str,
+            domains: dict[str, str] | None = None) -> list[str]:
     if spec.ids is not None:
         src, where = list(spec.ids), f"splits.{what}.ids"
     elif spec.list is not None:
@@ -40,6 +57,14 @@ def _select(spec: SplitSpec, pool: list[str], known: set[str], what: str) -> lis
     missing = [i for i in src if i not in known]
     if missing:
         raise InputError(where, f"{len(missing)} id(s) not in the dataset, e.g. {missing[0]!r}")
+    if spec.domain is not None:
+        want = [spec.domain] if isinstance(spec.domain, str) else list(spec.domain)
+        tags = set((domains or {}).values())
+        absent = [t for t in want if t not in tags]
+        if absent:
+            raise InputError(f"splits.{what}.domain", f"no case has the domain tag {absent[0]!r} "
+                             + (f"(tags: {', '.join(sorted(tags))})" if tags else "(the dataset has no domain tags: set data.domains)"))
+        src = [i for i in src if (domains or {}).get(i) in want]
     n = spec.first if spec.first is not None else spec.last if spec.last is not None else spec.random
     if n is not None and n > len(src):
         raise InputError(where, f"asks for {n} cases but only {len(src)} are available")
@@ -61,25 +86,26 @@ def _labelled_first(spec: SplitSpec, pool: list[str], labelled_ids: set[str]) ->
 
 
 def resolve_splits(cfg: SplitsConfig, all_ids: list[str], labelled_ids: set[str],
-                   test_ids: list[str] = ()) -> dict[str, list[str]]:
+                   test_ids: list[str] = (), domains: dict[str, str] | None = None) -> dict[str, list[str]]:
     """Return ``{"labelled": [...], "unlabelled": [...], "validation": [...], "test": [...]}``.
 
     Args:
         all_ids: every case of the dataset, in its natural order.
         labelled_ids: the cases that have a label file.
         test_ids: extra cases only usable as test (e.g. nnU-Net ``imagesTs``).
+        domains: domain tag per case id, for the ``domain`` selectors.
     """
     known = set(all_ids) | set(test_ids)
-    pool = _select(cfg.pool, all_ids, known, "pool") if cfg.pool else list(all_ids)
-    test = _select(cfg.test, list(test_ids) or pool, known, "test") if cfg.test else []
+    pool = _select(cfg.pool, all_ids, known, "pool", domains) if cfg.pool else list(all_ids)
+    test = _select(cfg.test, list(test_ids) or pool, known, "test", domains) if cfg.test else []
     sealed = set(test)
     open_pool = [i for i in pool if i not in sealed]
     val = _select(cfg.validation, _labelled_first(cfg.validation, open_pool, labelled_ids), known,
-                  "validation") if cfg.validation else []
+                  "validation", domains) if cfg.validation else []
     rest = [i for i in open_pool if i not in set(val)]
-    lab = _select(cfg.labelled, _labelled_first(cfg.labelled, rest, labelled_ids), known, "labelled")
+    lab = _select(cfg.labelled, _labelled_first(cfg.labelled, rest, labelled_ids), known, "labelled", domains)
     if isinstance(cfg.unlabelled, SplitSpec):
-        unl = _select(cfg.unlabelled, [i for i in rest if i not in set(lab)], known, "unlabelled")
+        unl = _select(cfg.unlabelled, [i for i in rest if i not in set(lab)], known, "unlabelled", domains)
     elif cfg.unlabelled == "rest":
         unl = [i for i in rest if i not in set(lab)]
     else:
@@ -105,8 +131,19 @@ def check_splits(splits: dict[str, list[str]], labelled_ids: set[str]) -> None:
             raise InputError(f"splits.{split}", f"case {nolab[0]!r} has no label file")
 
 
-def save_splits(path: Path, splits: dict[str, list[str]]) -> None:
-    Path(path).write_text(json.dumps(splits, indent=1))
+def save_splits(path: Path, splits: dict[str, list[str]], domains: dict[str, str] | None = None) -> None:
+    """Write the splits and, under ``"domains"``, the domain tag of every case in them
+    (``"default"`` for a case without one)."""
+    tags = {i: (domains or {}).get(i, "default") for k in SPLITS for i in splits.get(k, [])}
+    Path(path).write_text(json.dumps({**{k: list(splits.get(k, [])) for k in SPLITS}, "domains": tags}, indent=1))
+
+
+def load_domains(path: Path) -> dict[str, str]:
+    """The domain tags a ``splits.json`` records (empty for one written before they were kept)."""
+    try:
+        return dict(json.loads(Path(path).read_text()).get("domains", {}))
+    except (OSError, ValueError) as e:
+        raise InputError(path, f"cannot read splits: {e}") from None
 
 
 def load_splits(path: Path) -> dict[str, list[str]]:

@@ -86,7 +86,7 @@ class Trainer:
             raise InputError(self.run_dir / "splits.json", "differs from the splits of the data given")
         if not resume and self.main:
             (self.run_dir / "config.yaml").write_text(dump_config(cfg))
-            save_splits(self.run_dir / "splits.json", self.data.splits)
+            save_splits(self.run_dir / "splits.json", self.data.splits, self.data.domains)
 
         t = cfg.train
         self.schedule = LRSchedule(t.schedule, t.iterations)
