@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,14 +30,16 @@ from semi3d.config import load_config
 from semi3d.evaluation.report import table_markdown
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # run_la.py and speed.py beside this file, also when imported
+    sys.path.insert(0, str(HERE))
 CONFIGS = {"mn": "configs/la_mn_cpu.yaml", "ad": "configs/la_ad_cpu.yaml"}  # own configs; the rest share the base
 METHODS = ["supervised", "mean_teacher", "ua_mt", "cps", "bcp", "urpc", "mn", "ad"]
 SCALED = ("train.val_every", "train.schedule.warmup", "train.schedule.cycles",
           "method.options.warmup_iterations", "method.options.guide_every")
 
 
-def run_name(method: str, labelled: int, seed: int, minutes: float) -> str:
-    return f"la_{method}_l{labelled}_s{seed}_{minutes:g}min"
+def run_name(method: str, labelled: int, seed: int, minutes: float, tag: str = "") -> str:
+    return f"la_{method}{tag}_l{labelled}_s{seed}_{minutes:g}min"
 
 
 def method_sets(method: str, labelled: int, seed: int) -> list[str]:
@@ -104,10 +107,10 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def budget(path: Path, method: str, config: str, sets: list[str], minutes: float) -> int:
+def budget(path: Path, method: str, config: str, sets: list[str], minutes: float, tag: str = "") -> int:
     """The iteration count of ``method`` for ``minutes`` per run, measured once and kept in ``path``:
     (budget - fixed costs) / seconds per step."""
-    book, key = (json.loads(path.read_text()) if path.is_file() else {}), f"{method}_{minutes:g}min"
+    book, key = (json.loads(path.read_text()) if path.is_file() else {}), f"{method}{tag}_{minutes:g}min"
     if key not in book:
         m = step_seconds(config, sets)
         iters = max(1, int((minutes * 60 - m["fixed_s"]) / m["step_s"]))
@@ -125,6 +128,8 @@ def main(argv=None) -> None:
     ap.add_argument("--minutes", type=float, default=14.0, help="training wall time per run (the CPU budget)")
     ap.add_argument("--base-config", default="configs/la_supervised_cpu.yaml")
     ap.add_argument("--set", action="append", default=[], help="override for every run")
+    ap.add_argument("--tag", default="", help="variant suffix of run names and budget keys (ablations: "
+                    "e.g. --methods mn --tag _fixed --set method.options.sampling=fixed)")
     ap.add_argument("--table", default="la_table")
     ap.add_argument("--only-table", action="store_true")
     a = ap.parse_args(argv)
@@ -134,21 +139,21 @@ def main(argv=None) -> None:
         from run_la import main as run_one
 
         todo = [(m, n, s) for m in a.methods for n in a.labelled for s in a.seeds
-                if not (results / f"{run_name(m, n, s, a.minutes)}.json").is_file()]
+                if not (results / f"{run_name(m, n, s, a.minutes, a.tag)}.json").is_file()]
         iters = {}  # every budget measured first, so the runs' own load never skews a measurement
         for m, n, s in todo:
-            iters[m] = budget(book, m, CONFIGS.get(m, a.base_config), method_sets(m, n, s) + a.set, a.minutes)
+            iters[m] = budget(book, m, CONFIGS.get(m, a.base_config), method_sets(m, n, s) + a.set, a.minutes, a.tag)
         for m, n, s in todo:
             config, sets = CONFIGS.get(m, a.base_config), method_sets(m, n, s) + a.set
             sets += budget_sets(load_config(config, sets).model_dump(mode="json"), iters[m])
-            run_one([config, "--name", run_name(m, n, s, a.minutes), *sum((["--set", x] for x in sets), [])])
+            run_one([config, "--name", run_name(m, n, s, a.minutes, a.tag), *sum((["--set", x] for x in sets), [])])
     rows = []
     for m in a.methods:
         for n in a.labelled:
             rs = [json.loads(p.read_text()) for s in a.seeds
-                  if (p := results / f"{run_name(m, n, s, a.minutes)}.json").is_file()]
+                  if (p := results / f"{run_name(m, n, s, a.minutes, a.tag)}.json").is_file()]
             if rs:
-                row = {"method": m, "labelled": n, "seeds": len(rs)}
+                row = {"method": m + a.tag, "labelled": n, "seeds": len(rs)}
                 for k in ("dice", "jaccard", "hd95", "asd", "iterations", "train_wall_s_total"):
                     row[k] = float(np.mean([r[k] for r in rs]))
                 rows.append(row)

@@ -1,0 +1,53 @@
+"""benchmarks/compare_la.py's CPU budget: a wall-time budget becomes an iteration count measured on
+this machine, iteration-valued schedule settings scale with it, and the count is kept for reruns."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from semi3d.config import load_config
+from semi3d.data.synthetic import write_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def compare_la():
+    spec = importlib.util.spec_from_file_location("compare_la", ROOT / "benchmarks" / "compare_la.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # puts benchmarks/ on sys.path for its run_la / speed imports
+    return mod
+
+
+def test_budget_sets_scale_the_schedule(compare_la):
+    mn = load_config(ROOT / "configs/la_mn_cpu.yaml", compare_la.method_sets("mn", 8, 0)).model_dump(mode="json")
+    sets = dict(s.split("=", 1) for s in compare_la.budget_sets(mn, 460))  # a quarter of the 1840 iterations
+    assert sets == {"train.iterations": "460", "train.val_every": "115", "train.schedule.warmup": "10",
+                    "train.schedule.cycles": "[100]", "method.options.warmup_iterations": "100",
+                    "method.options.guide_every": "120"}
+    scaled = load_config(ROOT / "configs/la_mn_cpu.yaml", [f"{k}={v}" for k, v in sets.items()])
+    assert scaled.method.options["warmup_iterations"] == scaled.train.schedule.cycles[0]  # M&N's stage 1 = cycle 1
+    sup = load_config(ROOT / "configs/la_supervised_cpu.yaml").model_dump(mode="json")
+    assert compare_la.budget_sets(sup, 600) == ["train.iterations=600", "train.val_every=100", "train.schedule.cycles=[]"]
+    assert compare_la.run_name("mn", 4, 1, 14.0, "_fixed") == "la_mn_fixed_l4_s1_14min"
+
+
+def test_budget_is_measured_once_and_kept(compare_la, tmp_path, monkeypatch):
+    root = write_dataset(tmp_path / "LA", 3, 2, 0, seed=0, shape=(24, 24, 16), num_classes=2, format="uamt_h5")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({
+        "name": "x", "seed": 0, "device": "cpu",
+        "data": {"format": "uamt_h5", "root": str(root), "options": {"list_file": str(root / "train.list")},
+                 "num_classes": 2, "patch_size": [16, 16, 16],
+                 "splits": {"labelled": {"first": 2}, "validation": {"last": 1}, "unlabelled": "none"}},
+        "model": {"net3d": {"name": "unet3d", "options": {"levels": 2, "base": 2}}},
+        "train": {"iterations": 10, "batch_size": 1, "val_every": 5, "progress_bar": False}}))
+    book = tmp_path / "budget.json"
+    n = compare_la.budget(book, "supervised", str(cfg), [], minutes=0.5)
+    m = json.loads(book.read_text())["supervised_0.5min"]
+    assert m["fixed"]["validation"][0] == 2 and m["step_s"] > 0  # 10 // 5 validations
+    assert n == m["iterations"] == max(1, int((30 - m["fixed_s"]) / m["step_s"]))
+    monkeypatch.setattr(compare_la, "step_seconds", lambda *a, **k: pytest.fail("measured twice"))
+    assert compare_la.budget(book, "supervised", str(cfg), [], minutes=0.5) == n
