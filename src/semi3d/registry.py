@@ -55,6 +55,7 @@ METHODS = Registry(
     "method",
     (
         "semi3d.methods.supervised",
+        "semi3d.methods.supervised2d",
         "semi3d.methods.mn",
         "semi3d.methods.mean_teacher",
         "semi3d.methods.ua_mt",

@@ -16,6 +16,7 @@ HAS_EINOPS = importlib.util.find_spec("einops") is not None  # MONAI's SwinUNETR
 # Small configurations of every registered network, with an input size each accepts.
 TINY = {
     "ad_student": ({"width": 2, "depth": 3}, SHAPE),
+    "slicewise2d": ({"net2d": {"name": "unetpp2d", "options": {"widths": [4, 8]}}}, SHAPE),
     "unet3d": ({"levels": 4, "base": 4}, SHAPE),
     "vnet": ({"n_filters": 2}, SHAPE),
     "monai_unet": ({"channels": (4, 8, 16), "strides": (2, 2), "num_res_units": 1}, SHAPE),

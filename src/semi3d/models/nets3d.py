@@ -12,6 +12,8 @@ Registered names:
 - ``"unet3d"``: :class:`UNet3D`, an nnU-Net-style plain-convolution U-Net.
 - ``"vnet"``: :class:`VNet`, the V-Net of the UA-MT / SASSNet / DTC left-atrium literature.
 - ``"monai_unet"``, ``"swinunetr"``, ``"dynunet"``: MONAI networks, imported on first build.
+- ``"slicewise2d"``: a registered 2D network run slice by slice
+  (:class:`semi3d.models.slicing.SliceWise2D`), the inference model of the ``supervised2d`` method.
 """
 from __future__ import annotations
 
@@ -417,3 +419,29 @@ def dynunet(in_channels: int, num_classes: int, **options: Any) -> nn.Module:
     divisor = _divisor_of(kw["strides"], "model dynunet strides")
     net = DynUNet(spatial_dims=3, in_channels=in_channels, out_channels=num_classes, **kw)
     return _with_divisor(net, divisor)
+
+
+# ----------------------------------------------------------------------- a 2D network, slice-wise
+@NETS3D.register("slicewise2d")
+def slicewise2d(in_channels: int, num_classes: int, **options: Any) -> nn.Module:
+    """:class:`semi3d.models.slicing.SliceWise2D` around a ``NETS2D`` network. Options: ``net2d``
+    (required: ``{name, options}`` of the 2D network, as ``model.net2d``) and ``axes`` (the spatial
+    axis or axes to slice along, default ``[2]``). ``divisor`` is ``(1, 1, 1)``.
+    Shapes: ``(N, C, X, Y, Z)`` -> ``(N, K, X, Y, Z)``.
+    """
+    from ..registry import NETS2D
+    from .slicing import SliceWise2D, spatial_axes
+
+    where = "model slicewise2d"
+    _check_io("slicewise2d", in_channels, num_classes)
+    _check_options("slicewise2d", options, ("net2d", "axes"))
+    spec = options.get("net2d")
+    if (not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or set(spec) - {"name", "options"}
+            or not isinstance(spec.get("options", {}), dict)):
+        raise InputError(where, f"net2d must be {{name: <2D network>, options: {{...}}}}, got {spec!r}")
+    try:
+        axes = spatial_axes(options.get("axes", [2]))
+    except ValueError as e:
+        raise InputError(f"{where} axes", str(e)) from None
+    net2d = NETS2D.build(spec["name"], in_channels=in_channels, num_classes=num_classes, **spec.get("options", {}))
+    return SliceWise2D(net2d, axes)

@@ -10,6 +10,9 @@ their original order ``(A, B)``:
 - axis 0 (X): slices ``(Y, Z)``.
 
 Slices are ordered volume-major: slice ``i`` of volume ``n`` is row ``n * S + i``.
+
+:class:`SliceWise2D` wraps a 2D network as a 3D segmenter (registered in ``NETS3D`` as
+``slicewise2d``, the saved inference model of the ``supervised2d`` method).
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["predict_2d_volume", "slices_to_volume", "volume_to_slices"]
+__all__ = ["SliceWise2D", "predict_2d_volume", "slices_to_volume", "spatial_axes", "volume_to_slices"]
 
 
 def _spatial_dim(axis: int) -> int:
@@ -82,3 +85,41 @@ def predict_2d_volume(net2d: nn.Module, x: torch.Tensor, axes: Sequence[int] | i
         probs = slices_to_volume(torch.softmax(logits.float(), 1), n, axis)
         total = probs if total is None else total + probs
     return total / len(axes)
+
+
+def spatial_axes(axes: Sequence[int] | int) -> tuple[int, ...]:
+    """``axes`` (one spatial axis or several, distinct) as a tuple of 0, 1, 2; ``ValueError`` otherwise."""
+    axes = [axes] if isinstance(axes, int) and not isinstance(axes, bool) else axes
+    if not isinstance(axes, (list, tuple)) or not axes:
+        raise ValueError(f"expected a spatial axis 0, 1 or 2 or a list of them, got {axes!r}")
+    out = tuple(_spatial_dim(a) - 2 for a in axes)
+    if len(set(out)) != len(out):
+        raise ValueError(f"axes must be distinct, got {axes!r}")
+    return out
+
+
+class SliceWise2D(nn.Module):
+    """A 2D network as a 3D segmenter: ``(N, C, X, Y, Z)`` -> logits ``(N, K, X, Y, Z)``.
+
+    Every slice along each of ``axes`` goes through ``net2d`` (all slices of the batch in one
+    forward pass per axis) and the slice outputs are stacked back into the volume. One axis: the
+    output is exactly the stacked 2D logits. Several axes ("views"): the output is
+    ``log(mean over axes of softmax(2D logits))`` (probabilities clamped to the smallest positive
+    float first), a log-probability whose softmax is the fused probability of
+    :func:`predict_2d_volume`. Any spatial size is accepted (``divisor`` is ``(1, 1, 1)``): the 2D
+    networks pad their slices themselves. The state dict is ``net2d``'s under the prefix ``net2d.``.
+    """
+
+    divisor: tuple[int, int, int] = (1, 1, 1)
+
+    def __init__(self, net2d: nn.Module, axes: Sequence[int] | int = (2,)):
+        super().__init__()
+        self.net2d = net2d
+        self.axes = spatial_axes(axes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.axes) == 1:
+            a = self.axes[0]
+            return slices_to_volume(self.net2d(volume_to_slices(x, a)), x.shape[0], a)
+        probs = predict_2d_volume(self.net2d, x, self.axes)
+        return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()

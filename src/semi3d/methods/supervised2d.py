@@ -1,0 +1,102 @@
+"""The 2D slice model alone: M&N's ``net2d`` trained on the labelled data only, used as a 3D segmenter.
+
+The "2D model alone" baseline of the M&N comparison. The network is ``model.net2d``, built exactly
+as M&N builds its 2D model (:meth:`Method.build_net2d`, the same ImageNet / natural-image
+pretraining options), and its loss is M&N's loss for the 2D model on labelled data (its stage-1
+loss, :func:`semi3d.methods.mn.soft_target_loss` against the one-hot label): ``w_dice * soft Dice``
+(softmax, squared denominator, background included, over the whole slice batch) ``+ w_kl *
+KL(one-hot || softmax)``, not Dice + CE. Each step the trainer's ``train.batch_size`` labelled 3D
+patches (sampled and augmented as for every method) are cut into slices along each axis of
+``axis`` (:func:`semi3d.models.slicing.volume_to_slices`); the loss is computed on the slices and
+averaged over the axes. No unlabelled data.
+
+Inference (validation, ``evaluate``, ``predict``, ``export``): :meth:`predictor` is
+:class:`semi3d.models.slicing.SliceWise2D` around ``net2d`` with the same axes, a 3D module run by
+the same sliding window over ``data.patch_size`` as every 3D model. One axis: the stacked 2D logits;
+several: the log of the mean of the per-axis probabilities. It is saved as the 3D network
+``slicewise2d`` with options ``{net2d: model.net2d, axes}``, which rebuilds it.
+
+Options (``method.options``), defaults in brackets:
+
+- ``axis`` [2]: the spatial axis (0 = X, 1 = Y, 2 = Z, M&N's default ``views``) or a list of
+  distinct axes to train on and to fuse at inference (like M&N's ``views``).
+- ``loss_weights`` [[1, 1]]: weights of the soft Dice and KL terms (M&N's ``loss_weights``).
+- ``slices_per_step`` [0 = all]: as M&N's option, the loss uses this many randomly drawn slices
+  of the batch per axis (a CPU / memory budget; prediction always sees every slice).
+
+Logged per step: ``dice/net2d`` and ``kl/net2d``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..config import NetSpec
+from ..errors import InputError
+from ..losses import one_hot
+from ..models.slicing import SliceWise2D, spatial_axes, volume_to_slices
+from ..registry import METHODS
+from .base import Batch, Method, MethodContext, method_options
+from .mn import soft_target_loss
+
+DEFAULTS = dict(axis=2, loss_weights=[1.0, 1.0], slices_per_step=0)
+
+
+@METHODS.register("supervised2d")
+class Supervised2D(Method):
+    """Labelled-only training of the 2D slice model (see the module docstring)."""
+
+    def __init__(self, ctx: MethodContext, **options):
+        super().__init__(ctx)
+        o = method_options("supervised2d", options, DEFAULTS)
+        where = "method.options (supervised2d)"
+        try:
+            self.axes = spatial_axes(o["axis"])
+        except ValueError as e:
+            raise InputError(f"{where} axis", str(e)) from None
+        lw = o["loss_weights"]
+        if (not isinstance(lw, (list, tuple)) or len(lw) != 2
+                or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0 for x in lw)
+                or sum(lw) <= 0):
+            raise InputError(f"{where} loss_weights", f"expected two non-negative weights (dice, kl), not both 0, got {lw!r}")
+        self.w_dice, self.w_kl = float(lw[0]), float(lw[1])
+        n = o["slices_per_step"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise InputError(f"{where} slices_per_step", f"expected an integer >= 0, got {n!r}")
+        self.slices_per_step = n
+        if ctx.cfg.model.net2d is None:
+            raise InputError("model.net2d", "method 'supervised2d' trains a 2D slice network: set model.net2d "
+                                            "(e.g. {name: unet2d_efficientnet_lite0, options: {pretrained: package}})")
+        net2d = self.build_net2d()
+        if ctx.channels_last:  # 2D convolutions NHWC too, as M&N (the trainer converts only 3D ones)
+            net2d.to(memory_format=torch.channels_last)
+        self.groups = nn.ModuleDict({"net2d": net2d})
+
+    def training_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        y = one_hot(batch.label_l, self.num_classes).to(batch.image_l.device)
+        parts = []
+        for a in self.axes:
+            xs, ts = volume_to_slices(batch.image_l, a), volume_to_slices(y, a)
+            if 0 < self.slices_per_step < xs.shape[0]:
+                idx = torch.randperm(xs.shape[0], device=xs.device)[: self.slices_per_step]
+                xs, ts = xs[idx], ts[idx]
+            parts.append(soft_target_loss(self.groups["net2d"](xs), ts, self.w_dice, self.w_kl))
+        loss, dice, kl = (sum(p[i] for p in parts) / len(parts) for i in range(3))
+        self.log = {"dice/net2d": float(dice.detach()), "kl/net2d": float(kl.detach())}
+        return {"net2d": loss}
+
+    def predictor(self) -> nn.Module:
+        """A fresh :class:`SliceWise2D` sharing ``net2d`` (not a submodule of the method, so the
+        method's state dict holds ``net2d`` once), in ``net2d``'s train/eval mode."""
+        return SliceWise2D(self.groups["net2d"], self.axes).train(self.groups["net2d"].training)
+
+    def predictor_spec(self) -> NetSpec:
+        """The saved model: ``slicewise2d`` around ``model.net2d`` with the trained axes. A CNN
+        encoder's ``pretrained`` weights are dropped from the spec (the trained ones replace them, so
+        predicting needs no weight file); SegFormer keeps it, as it defines the architecture."""
+        net2d = self.ctx.cfg.model.net2d.model_dump()
+        if net2d["name"] != "segformer":
+            net2d["options"] = {k: v for k, v in net2d["options"].items() if k != "pretrained"}
+        return NetSpec(name="slicewise2d", options={"net2d": net2d, "axes": list(self.axes)})
