@@ -48,7 +48,8 @@ def main(argv=None) -> dict:
     t_eval = time.time() - t0
     fg = metrics.get("mean") or metrics[cfg.data.class_names[1] if cfg.data.class_names else "class1"]
     result = {
-        "name": a.name, "command": "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv or sys.argv[1:])]),
+        "name": a.name, "command": "python benchmarks/run_la.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:])),
+        "invoked_as": "python " + " ".join(shlex.quote(x) for x in sys.argv),  # e.g. compare_la.py, which ran this
         "config": a.config, "overrides": a.set, "commit": commit, "method": cfg.method.name,
         "labelled": len(json.loads((cfg.run_dir / "splits.json").read_text())["labelled"]),
         "eval_split": "validation (last 16 ids of train.list)",
