@@ -1,16 +1,17 @@
 """Run a list of methods on LA under one CPU budget and seed list, then write one table.
 
-The budget is wall time per run (``--minutes``), turned into an iteration count per method: just
-before a method's first run its training step is timed on this machine (a few steps at the
-representative points of its schedule, weighted by how much of the run each takes), and
-``iterations = (minutes * 60 - fixed costs) / seconds_per_step`` (fixed costs: validations, M&N's
-pseudo-mask passes). Schedule settings counted in iterations (validation
-interval, lr warm-up and cycles, M&N's stage 1 and pseudo-mask passes) are scaled with it, so every
-method runs its whole schedule in the budget. The counts are saved in ``results/<table>_budget.json``
-and reused, so every run of the table is resumable and skipped when its result exists: a long table
-(more labelled settings, seeds) can be built in parts by running the same command again.
+The budget is wall time per run (``--minutes``), turned into an iteration count per method: before
+the runs start, each method's training step is timed on this machine (a few steps at the
+representative points of its schedule, weighted by how much of the run each takes) and
+``iterations = (minutes * 60 - fixed costs) / seconds_per_step`` (fixed costs: the validations and
+M&N's pseudo-mask passes). Schedule settings counted in iterations (validation interval, lr warm-up
+and cycles, M&N's stage 1 and pseudo-mask passes) are scaled with it, so every method runs its
+whole schedule within the budget. The counts are kept in ``results/<table>_budget.json`` and
+reused; a run whose result exists is skipped and an interrupted one resumes, so a long table (more
+labelled settings, seeds, methods) is built in parts by running the command again: the table lists
+every result of its budget and tag.
 
-    python benchmarks/compare_la.py                                   # the default table, ~2 h
+    python benchmarks/compare_la.py                                   # the default table (9 methods, 8 labelled), ~2.3 h
     python benchmarks/compare_la.py --labelled 4 --table la_table     # add the 4-labelled rows
     python benchmarks/compare_la.py --table la_table --only-table     # rebuild the table from results
 """
@@ -32,8 +33,11 @@ from semi3d.evaluation.report import table_markdown
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # run_la.py and speed.py beside this file, also when imported
     sys.path.insert(0, str(HERE))
-CONFIGS = {"mn": "configs/la_mn_cpu.yaml", "ad": "configs/la_ad_cpu.yaml"}  # own configs; the rest share the base
-METHODS = ["supervised", "mean_teacher", "ua_mt", "cps", "bcp", "urpc", "mn", "ad"]
+CONFIGS = {"mn": "configs/la_mn_cpu.yaml", "ad": "configs/la_ad_cpu.yaml",  # own configs; the rest share the base
+           "supervised2d": "configs/la_mn_cpu.yaml"}  # M&N's 2D model alone, labelled-only schedule below
+LABELLED_ONLY = {"supervised": [], "supervised2d": [
+    "method.options={}", "train.schedule={name: poly, power: 0.9}", "train.group_optimizers={net2d: {lr: 0.001}}"]}
+METHODS = ["supervised", "supervised2d", "mean_teacher", "ua_mt", "cps", "bcp", "urpc", "mn", "ad"]
 SCALED = ("train.val_every", "train.schedule.warmup", "train.schedule.cycles",
           "method.options.warmup_iterations", "method.options.guide_every")
 
@@ -44,7 +48,9 @@ def run_name(method: str, labelled: int, seed: int, minutes: float, tag: str = "
 
 def method_sets(method: str, labelled: int, seed: int) -> list[str]:
     sets = [f"method.name={method}", f"data.splits.labelled.first={labelled}", f"seed={seed}"]
-    return sets + ([] if method == "supervised" else ["data.splits.unlabelled=rest"])
+    if method in LABELLED_ONLY:
+        return sets + ["data.splits.unlabelled=none", *LABELLED_ONLY[method]]
+    return sets + ["data.splits.unlabelled=rest"]
 
 
 def _get(tree: dict, key: str):
@@ -147,9 +153,9 @@ def main(argv=None) -> None:
             config, sets = CONFIGS.get(m, a.base_config), method_sets(m, n, s) + a.set
             sets += budget_sets(load_config(config, sets).model_dump(mode="json"), iters[m])
             run_one([config, "--name", run_name(m, n, s, a.minutes, a.tag), *sum((["--set", x] for x in sets), [])])
-    rows = []
-    for m in a.methods:
-        for n in a.labelled:
+    rows = []  # every result of this table's budget and tag, also of earlier invocations (built in parts)
+    for m in dict.fromkeys(METHODS + a.methods):
+        for n in sorted(set(a.labelled) | {4, 8}):
             rs = [json.loads(p.read_text()) for s in a.seeds
                   if (p := results / f"{run_name(m, n, s, a.minutes, a.tag)}.json").is_file()]
             if rs:
