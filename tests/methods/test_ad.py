@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -290,6 +289,25 @@ def test_training_step_losses_and_gradients():
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in net.decoder_student.parameters())
 
 
+def test_difficulty_weights_can_be_disabled():
+    batch = Batch(torch.randn(2, 1, 16, 16, 16), torch.randint(0, K, (2, 16, 16, 16)), torch.randn(2, 1, 16, 16, 16))
+    m = build({"strong_augment": False, "difficulty": False})
+    before = {n: b.clone() for n, b in m.difficulty.named_buffers()}
+    for step in range(3):
+        m.training_step(batch, step)
+        # uniform weights: the difficulty loss is the plain Dice + CE of the difficulty-aware decoder
+        assert [m.log[f"ad/difficulty_w{c}"] for c in range(K)] == [1.0] * K
+        assert m.log["loss/difficulty"] == pytest.approx(m.log["loss/supervised"], rel=1e-5)
+    for n, b in m.difficulty.named_buffers():  # never updated (the state dict keeps its keys)
+        assert torch.equal(b, before[n]), n
+    on = build({"strong_augment": False})
+    assert on.options["difficulty"] is True
+    on.training_step(batch, 0)
+    assert not torch.equal(on.difficulty.weights, torch.ones(K))  # the default updates them
+    with pytest.raises(InputError, match="difficulty"):
+        build({"difficulty": "no"})
+
+
 # ---------------------------------------------------------------------------------- tiny CPU runs
 def test_tiny_run_lowers_losses_and_predicts_from_the_saved_model(tiny_tree, synth_root, tmp_path):
     tree = ad_tree(tiny_tree, iterations=10)
@@ -365,35 +383,3 @@ def test_configs_load_and_build():
             m = METHODS.get("ad")(MethodContext(cfg, 1, 2, cfg.train.iterations), **cfg.method.options)
         assert m.predictor_spec().options["width"] == 8
         assert all(s % d == 0 for s, d in zip(cfg.data.patch_size, m.net.divisor))
-
-
-def test_domain_benchmark_script_on_tiny_synthetic_data(tmp_path, monkeypatch):
-    src = write_dataset(tmp_path / "LA", n_labelled=11, n_unlabelled=0, seed=2, shape=(24, 24, 16), num_classes=2,
-                        format="uamt_h5")
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import domains_la
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    monkeypatch.chdir(tmp_path)  # run folders and the domain dataset go to tmp_path
-    sets = ["train.iterations=2", "train.batch_size=2", "train.progress_bar=false", "train.checkpoint_every=2",
-            "data.patch_size=[16,16,16]", "data.preprocess.scale=null", "device=cpu", "threads=1",
-            "method.options.width=2", "method.options.depth=3", "method.options.temb_dim=8",
-            "method.options.unlabelled_batch=2", "model.net3d.options.n_filters=2"]
-    rows = domains_la.main(["--la-root", str(src), "--n-dev", "2", "--labelled", "2", "--runs", "runs",
-                            "--domains-root", "doms", "--results", "results", *sum((["--set", s] for s in sets), [])])
-    assert [(r["setting"], r["method"]) for r in rows] == [("uda", "ad"), ("uda", "supervised"),
-                                                           ("semidg", "ad"), ("semidg", "supervised")]
-    by = {(r["setting"], r["method"]): r for r in rows}
-    # 11 ids: 9 training ids round-robin in A (3), B (3), C (3); the 2 dev ids in B and D
-    assert by["uda", "ad"]["labelled"] == 3 and by["uda", "ad"]["unlabelled"] == 3 and by["uda", "ad"]["test_cases"] == 2
-    assert by["uda", "supervised"]["unlabelled"] == 0
-    assert by["semidg", "ad"]["labelled"] == 2 and by["semidg", "ad"]["unlabelled"] == 7
-    splits = json.loads((tmp_path / "runs" / "domains_la_semidg_ad" / "splits.json").read_text())
-    assert splits["labelled"] == ["A_syn_000", "B_syn_001"] and all(i.startswith("D_") for i in splits["test"])
-    assert all(0 <= r["dice"] <= 1 for r in rows)
-    assert (tmp_path / "results" / "domains_la.md").is_file()
-    # rerunning reuses the results (and the domain dataset)
-    again = domains_la.main(["--la-root", str(src), "--n-dev", "2", "--labelled", "2", "--runs", "runs",
-                             "--domains-root", "doms", "--results", "results", *sum((["--set", s] for s in sets), [])])
-    assert [r["dice"] for r in again] == [r["dice"] for r in rows]

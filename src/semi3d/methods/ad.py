@@ -12,7 +12,8 @@ shared by three decoders.
 - **Difficulty-aware decoder** psi (labelled data, plain path): Dice + CE with per-class weights
   ``w`` from :class:`DifficultyWeights` (DHC-style learning / unlearning momentum of each class's
   Dice, tracked on the diffusion decoder's labelled predictions as the authors' code does):
-  ``L_difficulty``.
+  ``L_difficulty``. Option ``difficulty: false`` (an ablation, not the paper's) keeps ``w = 1``
+  for every class, i.e. plain Dice + CE.
 - **Student decoder** theta (unlabelled data only, plain path): Dice + CE against the pseudo-label
   ``argmax(smooth(gumbel_softmax(x0_ddim)) + softmax(psi))``, computed without gradients, where
   ``x0_ddim`` is a 10-step deterministic DDIM sample (eta 0, from pure noise, conditioned on the
@@ -411,6 +412,8 @@ class AD(Method):
         mu: weight of the student loss (default 10, the authors' command line ``-w 10``).
         mu_rampup: iterations of its sigmoid ramp-up (default: the whole run).
         ema: student pull ``theta <- ema theta + (1 - ema)(xi + psi)/2`` (default 0.99).
+        difficulty: difficulty-aware class weights (default true); false: uniform weights (all 1,
+            never updated), an ablation of the weights only; the three decoders stay.
         difficulty_window: iterations of the Dice momentum averages (default 50).
         difficulty_power: exponent of the unlearn/learn ratio (default 0.2).
         difficulty_source: ``diffusion`` (default, as the authors' code: the diffusion decoder's
@@ -433,8 +436,8 @@ class AD(Method):
     DEFAULTS: dict = {"width": 32, "depth": 5, "normalization": "batchnorm", "dropout": 0.5, "conv_dropout": 0.1,
                       "temb_dim": 128, "unlabelled_batch": None, "timesteps": 1000, "beta_start": 1e-4,
                       "beta_end": 0.02, "ddim_steps": 10, "mu": 10.0, "mu_rampup": None, "ema": 0.99,
-                      "difficulty_window": 50, "difficulty_power": 0.2, "difficulty_source": "diffusion",
-                      "gumbel": True, "smoothing": True, "strong_augment": True}
+                      "difficulty": True, "difficulty_window": 50, "difficulty_power": 0.2,
+                      "difficulty_source": "diffusion", "gumbel": True, "smoothing": True, "strong_augment": True}
 
     def __init__(self, ctx: MethodContext, **options):
         super().__init__(ctx)
@@ -456,6 +459,9 @@ class AD(Method):
             raise InputError(f"method.options.difficulty_source ({name})",
                              f"expected 'diffusion' or 'difficulty', got {o['difficulty_source']!r}")
         self.difficulty_source = o["difficulty_source"]
+        if not isinstance(o["difficulty"], bool):
+            raise InputError(f"method.options.difficulty ({name})", f"expected true or false, got {o['difficulty']!r}")
+        self.use_difficulty = o["difficulty"]
         self.gumbel, self.smoothing = bool(o["gumbel"]), bool(o["smoothing"])
         self.augment = StrongAugment.from_option(o["strong_augment"])
         self.net_options = {k: o[k] for k in ("width", "depth", "normalization", "dropout", "conv_dropout")}
@@ -501,9 +507,12 @@ class AD(Method):
         p_xi = net.denoise(x_t, t, img_l)
         l_diffusion = dice_ce_loss(p_xi, lab_l)
 
-        # difficulty-aware decoder (psi) on labelled data, class-weighted
+        # difficulty-aware decoder (psi) on labelled data, class-weighted (uniformly without ``difficulty``)
         p_psi = net.decoder_difficulty(net.features(img_l))
-        w = self.difficulty.update(p_xi if self.difficulty_source == "diffusion" else p_psi, lab_l)
+        if self.use_difficulty:
+            w = self.difficulty.update(p_xi if self.difficulty_source == "diffusion" else p_psi, lab_l)
+        else:
+            w = torch.ones(k)
         l_difficulty = weighted_dice_ce(p_psi, lab_l, w)
         with torch.no_grad():
             l_plain = dice_ce_loss(p_psi, lab_l)  # unweighted, comparable with other methods' loss/supervised
