@@ -106,6 +106,15 @@ def _main_output(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, (list, tuple)) else out  # deep supervision: full resolution first
 
 
+def loss_weights(where: str, lw) -> tuple[float, float]:
+    """The ``loss_weights`` option ``[dice, kl]``: two finite non-negative numbers, not both 0."""
+    if (not isinstance(lw, (list, tuple)) or len(lw) != 2
+            or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0 for x in lw)
+            or sum(lw) <= 0):
+        raise InputError(f"{where} loss_weights", f"expected two non-negative weights (dice, kl), not both 0, got {lw!r}")
+    return float(lw[0]), float(lw[1])
+
+
 def _int(where: str, value: Any, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise InputError(where, f"expected an integer >= {low}, got {value!r}")
@@ -162,12 +171,7 @@ class MN(Method):
             _int(f"{where} guide_at", g, w)
         self.guide_at = frozenset(int(g) for g in guide_at)
 
-        lw = o["loss_weights"]
-        if (not isinstance(lw, (list, tuple)) or len(lw) != 2
-                or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0 for x in lw)
-                or sum(lw) <= 0):
-            raise InputError(f"{where} loss_weights", f"expected two non-negative weights (dice, kl), not both 0, got {lw!r}")
-        self.w_dice, self.w_kl = float(lw[0]), float(lw[1])
+        self.w_dice, self.w_kl = loss_weights(where, o["loss_weights"])
 
         net2d = self.build_net2d()
         if ctx.channels_last:  # 2D convolutions NHWC too (the trainer converts the 3D ones)

@@ -28,7 +28,6 @@ Logged per step: ``dice/net2d`` and ``kl/net2d``.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
@@ -39,7 +38,7 @@ from ..losses import one_hot
 from ..models.slicing import SliceWise2D, spatial_axes, volume_to_slices
 from ..registry import METHODS
 from .base import Batch, Method, MethodContext, method_options
-from .mn import soft_target_loss
+from .mn import loss_weights, soft_target_loss
 
 DEFAULTS = dict(axis=2, loss_weights=[1.0, 1.0], slices_per_step=0)
 
@@ -56,12 +55,7 @@ class Supervised2D(Method):
             self.axes = spatial_axes(o["axis"])
         except ValueError as e:
             raise InputError(f"{where} axis", str(e)) from None
-        lw = o["loss_weights"]
-        if (not isinstance(lw, (list, tuple)) or len(lw) != 2
-                or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0 for x in lw)
-                or sum(lw) <= 0):
-            raise InputError(f"{where} loss_weights", f"expected two non-negative weights (dice, kl), not both 0, got {lw!r}")
-        self.w_dice, self.w_kl = float(lw[0]), float(lw[1])
+        self.w_dice, self.w_kl = loss_weights(where, o["loss_weights"])
         n = o["slices_per_step"]
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise InputError(f"{where} slices_per_step", f"expected an integer >= 0, got {n!r}")
