@@ -34,6 +34,7 @@ from semi3d.evaluation.report import table_markdown
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # run_la.py and speed.py beside this file, also when imported
     sys.path.insert(0, str(HERE))
+from speed import phases  # noqa: E402  (benchmarks/speed.py)
 CONFIGS = {"mn": "configs/la_mn_cpu.yaml", "ad": "configs/la_ad_cpu.yaml",  # own configs; the rest share the base
            "supervised2d": "configs/la_mn_cpu.yaml"}  # M&N's 2D model alone, labelled-only schedule below
 LABELLED_ONLY = {"supervised": [], "supervised2d": [
@@ -81,7 +82,6 @@ def step_seconds(config: str, sets: list[str], steps: int = 3) -> dict:
     epochs of stage 2 at mid-cycle; other methods: the middle of the run, past any pre-training
     stage), and the fixed costs of the run: its validations and M&N's pseudo-mask passes, whose
     counts do not change when the schedule is scaled."""
-    from speed import phases  # benchmarks/speed.py
     from semi3d.engine.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:

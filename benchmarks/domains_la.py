@@ -28,6 +28,7 @@
     PYTHONPATH=src python benchmarks/domains_la.py --settings uda --methods ad
     PYTHONPATH=src python benchmarks/domains_la.py --set seed=1 --tag _s1    # any override, every run
     PYTHONPATH=src python benchmarks/domains_la.py --set-for ad train.iterations=400  # one method's runs
+    PYTHONPATH=src python benchmarks/domains_la.py --minutes 10   # same CPU budget per run, as compare_la.py
 
 Rerun the same command after an interruption: finished runs are skipped, unfinished ones resume.
 """
@@ -53,6 +54,9 @@ from semi3d.evaluation.report import table_markdown
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+if str(HERE) not in sys.path:  # compare_la.py beside this file, also when imported
+    sys.path.insert(0, str(HERE))
+from compare_la import budget, budget_sets  # noqa: E402  (benchmarks/compare_la.py)
 SETTINGS = {"uda": "UDA: labelled source A -> unlabelled target B, tested on B",
             "semidg": "SemiDG: labelled + unlabelled from A, B, C, tested on unseen D"}
 SUPERVISED_SETS = ["method.name=supervised", "method.options={}", "data.splits.unlabelled=none",
@@ -114,15 +118,30 @@ def split_sets(setting: str, a, domains_root: Path) -> list[str]:
                    spec("test", domain="D")]
 
 
-def run_one(setting: str, method: str, a, domains_root: Path) -> dict:
-    name = run_name(setting, method, a.tag)
+def run_sets(setting: str, method: str, a, domains_root: Path) -> tuple[Path, list[str]]:
+    """The config file and overrides of one run (before any ``--minutes`` budget)."""
     config = ROOT / "configs" / ("la_mn_cpu.yaml" if method == "mn" else f"la_ad_{setting}_cpu.yaml")
-    sets = [f"name={name}", f"output_dir={a.runs}"] + split_sets(setting, a, domains_root) + a.set
+    sets = [f"name={run_name(setting, method, a.tag)}", f"output_dir={a.runs}"] + split_sets(setting, a, domains_root) + a.set
     if method == "supervised":  # no unlabelled split: drop its selectors
         sets = [s for s in sets if not s.startswith("data.splits.unlabelled")] + SUPERVISED_SETS
     elif method not in ("ad", "mn"):  # another semi-supervised method on the same data, with its default options
         sets += [f"method.name={method}", "method.options={}"]
-    sets += [kv for m, kv in a.set_for if m == method]
+    return config, sets + [kv for m, kv in a.set_for if m == method]
+
+
+def with_budget(setting: str, method: str, a, config: Path, sets: list[str]) -> list[str]:
+    """``sets`` plus the iteration count that fills ``a.minutes`` of training on this machine and the
+    schedule scaled to it (``compare_la.budget`` / ``budget_sets``: step time measured once, kept in
+    ``<results>/domains_la_budget.json``)."""
+    if not a.minutes:
+        return sets
+    iters = budget(Path(a.results) / "domains_la_budget.json", method, str(config), sets, a.minutes,
+                   f"_{setting}{a.tag}")
+    return sets + budget_sets(load_config(config, sets).model_dump(mode="json"), iters)
+
+
+def run_one(setting: str, method: str, a, config: Path, sets: list[str]) -> dict:
+    name = run_name(setting, method, a.tag)
     cfg = load_config(config, sets)
     resume = (cfg.run_dir / "checkpoints" / "last.pt").is_file()
     t0 = time.time()
@@ -166,12 +185,19 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--runs", default="runs/bench")
     ap.add_argument("--results", default=str(HERE / "results"))
     ap.add_argument("--tag", default="", help="suffix of run and result names")
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="CPU budget: training wall time per run; sets each method's iterations from its "
+                         "measured step time and scales its schedule (as compare_la.py); default: the configs' iterations")
     a = ap.parse_args(argv)
     la_root = Path(a.la_root)
     domains_root = make_domains(la_root, Path(a.list_file) if a.list_file else la_root / "train.list",
                                 Path(a.domains_root), a.n_dev, a.domain_seed)
     out = Path(a.results)
     out.mkdir(parents=True, exist_ok=True)
+    todo = [(s, m) for s in a.settings for m in a.methods
+            if not (out / f"{run_name(s, m, a.tag)}.json").is_file()]
+    # every budget measured before any run, so the runs' own load never skews a measurement
+    planned = {(s, m): with_budget(s, m, a, *run_sets(s, m, a, domains_root)) for s, m in todo}
     rows = []
     for setting in a.settings:
         for method in a.methods:
@@ -179,11 +205,14 @@ def main(argv=None) -> list[dict]:
             if path.is_file():
                 rows.append(json.loads(path.read_text()))
                 continue
-            res = run_one(setting, method, a, domains_root)
+            config = run_sets(setting, method, a, domains_root)[0]
+            res = run_one(setting, method, a, config, planned[setting, method])
+            res["minutes_budget"] = a.minutes
             path.write_text(json.dumps(res, indent=1))
             rows.append(res)
             print(json.dumps({k: res[k] for k in ("name", "dice", "hd95", "iterations")}), flush=True)
-    cols = ["setting", "method", "labelled", "unlabelled", "test_cases", "dice", "jaccard", "hd95", "asd", "iterations"]
+    cols = ["setting", "method", "labelled", "unlabelled", "test_cases", "dice", "jaccard", "hd95", "asd", "iterations",
+            "train_wall_s_this_invocation"]
     (out / f"domains_la{a.tag}.md").write_text(
         "# A&D vs supervised and M&N on simulated LA scanner domains\n\n"
         + "".join(f"- {k}: {v}\n" for k, v in SETTINGS.items())

@@ -75,3 +75,33 @@ def test_domains_la_compares_ad_supervised_and_mn(tmp_path, monkeypatch):
     assert "| semidg | mn |" in md and "| uda | supervised |" in md
     # rerunning reuses the results (and the domain dataset)
     assert [r["dice"] for r in domains_la.main(args)] == [r["dice"] for r in rows]
+
+
+def test_domains_la_minutes_budget_sets_iterations_from_measured_step_time(tmp_path, monkeypatch):
+    src = write_dataset(tmp_path / "LA", n_labelled=11, n_unlabelled=0, seed=2, shape=(24, 24, 16), num_classes=2,
+                        format="uamt_h5")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import domains_la
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    monkeypatch.chdir(tmp_path)
+    args = ["--la-root", str(src), "--n-dev", "2", "--labelled", "2", "--runs", "runs", "--domains-root", "doms",
+            "--results", "results", "--settings", "uda", "--methods", "ad", "supervised", "--minutes", "0.05",
+            "--tag", "_b"]
+    args += [x for s in SETS + ["train.iterations=100", "train.val_every=50"] for x in ("--set", s)]
+    args += [x for m in ("ad", "supervised") for kv in SET_FOR[m] for x in ("--set-for", m, kv)]
+    rows = domains_la.main(args)
+
+    book = json.loads((tmp_path / "results" / "domains_la_budget.json").read_text())
+    assert sorted(book) == ["ad_uda_b_0.05min", "supervised_uda_b_0.05min"]
+    for r in rows:
+        entry = book[f"{r['method']}_uda_b_0.05min"]
+        assert entry["step_s"] > 0 and r["iterations"] == entry["iterations"] >= 1
+        assert r["minutes_budget"] == 0.05 and f"train.iterations={entry['iterations']}" in r["overrides"]
+        # the schedule is scaled with the iteration count (val_every 50 of 100)
+        assert f"train.val_every={max(1, round(50 * entry['iterations'] / 100))}" in r["overrides"]
+    # the cheaper step gets more iterations under the same budget
+    it = {r["method"]: r["iterations"] for r in rows}
+    assert book["supervised_uda_b_0.05min"]["step_s"] < book["ad_uda_b_0.05min"]["step_s"]
+    assert it["supervised"] >= it["ad"]
