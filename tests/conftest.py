@@ -1,11 +1,16 @@
 import copy
+import importlib
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 if "OMP_NUM_THREADS" not in os.environ:  # helpers / parallel jobs set it to share the cores
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 TINY = {
     "name": "tiny",
@@ -57,3 +62,12 @@ def tiny_tree(synth_root, tmp_path):
     tree["data"]["root"] = str(synth_root)
     tree["output_dir"] = str(tmp_path / "runs")
     return tree
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """``load_benchmark("compare_la")``: the script ``benchmarks/compare_la.py`` as a module, with
+    ``benchmarks/`` on ``sys.path`` for the whole session (its scripts import each other)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module

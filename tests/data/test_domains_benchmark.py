@@ -1,8 +1,6 @@
 """benchmarks/domains_la.py end to end on a tiny synthetic UA-MT LA: A&D, supervised and M&N in the
 UDA and SemiDG settings share the data, the splits and the sealed test split of their setting."""
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -10,7 +8,6 @@ import yaml
 from semi3d.data.splits import read_id_list
 from semi3d.data.synthetic import write_dataset
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SETS = ["train.iterations=2", "train.batch_size=2", "train.progress_bar=false", "train.checkpoint_every=2",
@@ -26,14 +23,10 @@ SET_FOR = {
 }
 
 
-def test_domains_la_compares_ad_supervised_and_mn(tmp_path, monkeypatch):
+def test_domains_la_compares_ad_supervised_and_mn(tmp_path, monkeypatch, load_benchmark):
     src = write_dataset(tmp_path / "LA", n_labelled=11, n_unlabelled=0, seed=2, shape=(24, 24, 16), num_classes=2,
                         format="uamt_h5")
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import domains_la
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    domains_la = load_benchmark("domains_la")
     monkeypatch.chdir(tmp_path)  # run folders and the domain dataset go to tmp_path
     args = ["--la-root", str(src), "--n-dev", "2", "--labelled", "2", "--runs", "runs", "--domains-root", "doms",
             "--results", "results"]
@@ -77,14 +70,10 @@ def test_domains_la_compares_ad_supervised_and_mn(tmp_path, monkeypatch):
     assert [r["dice"] for r in domains_la.main(args)] == [r["dice"] for r in rows]
 
 
-def test_domains_la_minutes_budget_sets_iterations_from_measured_step_time(tmp_path, monkeypatch):
+def test_domains_la_minutes_budget_sets_iterations_from_measured_step_time(tmp_path, monkeypatch, load_benchmark):
     src = write_dataset(tmp_path / "LA", n_labelled=11, n_unlabelled=0, seed=2, shape=(24, 24, 16), num_classes=2,
                         format="uamt_h5")
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import domains_la
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    domains_la = load_benchmark("domains_la")
     monkeypatch.chdir(tmp_path)
     args = ["--la-root", str(src), "--n-dev", "2", "--labelled", "2", "--runs", "runs", "--domains-root", "doms",
             "--results", "results", "--settings", "uda", "--methods", "ad", "supervised", "--minutes", "0.05",

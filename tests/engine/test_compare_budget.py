@@ -1,6 +1,5 @@
 """benchmarks/compare_la.py's CPU budget: a wall-time budget becomes an iteration count measured on
 this machine, iteration-valued schedule settings scale with it, and the count is kept for reruns."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,11 +13,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def compare_la():
-    spec = importlib.util.spec_from_file_location("compare_la", ROOT / "benchmarks" / "compare_la.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # puts benchmarks/ on sys.path for its run_la / speed imports
-    return mod
+def compare_la(load_benchmark):
+    return load_benchmark("compare_la")
 
 
 def test_budget_sets_scale_the_schedule(compare_la):

@@ -1,20 +1,14 @@
 """benchmarks/speed.py on tiny synthetic data: the replayed network calls are the step's calls, and
 the result file has every column."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def speed():
-    spec = importlib.util.spec_from_file_location("speed", ROOT / "benchmarks" / "speed.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def speed(load_benchmark):
+    return load_benchmark("speed")
 
 
 def test_speed_benchmark_smoke(speed, tmp_path, one_thread):

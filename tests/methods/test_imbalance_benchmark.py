@@ -1,24 +1,18 @@
 """benchmarks/imbalance_synthetic.py in its smoke mode: every method has a Dice for every foreground
 class, the supervised run shares A&D's inference network, the ablation runs without difficulty
 weights, and a rerun reuses the finished runs."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import yaml
 
 from semi3d.data.synthetic import class_names
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("imbalance_synthetic", ROOT / "benchmarks" / "imbalance_synthetic.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def bench(load_benchmark):
+    return load_benchmark("imbalance_synthetic")
 
 
 def test_imbalance_benchmark_smoke(bench, tmp_path, one_thread):

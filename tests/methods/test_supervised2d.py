@@ -21,6 +21,7 @@ from semi3d.methods.base import Batch, MethodContext
 from semi3d.models.slicing import slices_to_volume, volume_to_slices
 from semi3d.registry import METHODS, NETS2D, NETS3D
 from semi3d.reporting.export import export_run
+from semi3d.reporting.report import build_report
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -136,6 +137,9 @@ def test_train_lowers_loss_then_predict_evaluate_export(tiny_tree, tmp_path):
     summary = evaluate_run(cfg.run_dir, split="validation")
     assert 0.0 <= summary["mean"]["dice"] <= 1.0
     assert (cfg.run_dir / "eval_validation" / "metrics.json").is_file()
+    # the report names the network that predicts (the saved slice-wise 2D model, not the config's net3d)
+    md = build_report(cfg.run_dir, tmp_path / "report")["markdown"].read_text()
+    assert "**inference network**: slicewise2d" in md
     # the exported TorchScript bundle predicts the same
     export_run(cfg.run_dir, tmp_path / "bundle")
     bundle = Predictor(tmp_path / "bundle", device="cpu")

@@ -1,7 +1,6 @@
 """The mining loop end to end on tiny synthetic data (3D volumes and a 2D image folder)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from semi3d.errors import InputError
 from semi3d.mining.export import write_pseudo_volumes
 from semi3d.mining.loop import load_mining_config, load_mining_data, run_mining
 
-ROOT = Path(__file__).resolve().parents[2]
 TINY_TRAIN = {"iterations": 25, "finetune_iterations": 5, "batch_size": 4, "patch": [24, 24]}
 
 
@@ -172,10 +170,8 @@ def test_config_errors(la_like, tmp_path):
         run_mining(str(path))
 
 
-def test_benchmark_script_smoke(tmp_path):
-    spec = importlib.util.spec_from_file_location("mine_la", ROOT / "benchmarks" / "mine_la.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_benchmark_script_smoke(tmp_path, load_benchmark):
+    mod = load_benchmark("mine_la")
     [result] = mod.main(["--smoke", "--labelled", "2", "--results", str(tmp_path / "res"),
                          "--runs", str(tmp_path / "runs"), "--set", "rounds=1"])
     assert result["labelled"] == 2 and result["dev"] == 2 and result["unlabelled"] == 3

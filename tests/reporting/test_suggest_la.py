@@ -1,20 +1,17 @@
 """benchmarks/suggest_la.py on its tiny synthetic setting (--smoke): suggest, retrain, evaluate."""
-import importlib.util
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+import pytest
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("suggest_la", ROOT / "benchmarks" / "suggest_la.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+
+@pytest.fixture(scope="module")
+def mod(load_benchmark):
+    return load_benchmark("suggest_la")
 
 
-def test_random_picks_and_retrain_tree():
-    mod = _load()
+def test_random_picks_and_retrain_tree(mod):
     pool = [f"c{i}" for i in range(10)]
     a = mod.random_picks(pool, 3, 0)
     assert a == mod.random_picks(pool, 3, 0) and len(set(a)) == 3 and a == sorted(a, key=pool.index)
@@ -26,8 +23,7 @@ def test_random_picks_and_retrain_tree():
     assert base["data"]["splits"]["labelled"] == {"first": 2}  # the base tree is left alone
 
 
-def test_smoke_run(tmp_path):
-    mod = _load()
+def test_smoke_run(mod, tmp_path):
     res = mod.main(["--smoke", "--runs", str(tmp_path)])
     files = list((tmp_path / "results").glob("suggest_smoke_*.json"))
     assert len(files) == 1 and files[0].with_suffix(".md").is_file()

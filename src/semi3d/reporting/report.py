@@ -245,9 +245,20 @@ def build_report(run_dir: Path, out: Path | None = None, eval_dir: Path | str | 
     return written
 
 
+def _inference_net(run_dir: Path, cfg) -> str:
+    """The network the run's saved model predicts with (``checkpoints/model_best.pt`` or
+    ``model_final.pt``; e.g. ``slicewise2d`` for ``supervised2d``), else the configured 3D network."""
+    from ..engine import checkpoint as ckpt
+
+    for name in ("model_best.pt", "model_final.pt"):
+        if (run_dir / "checkpoints" / name).is_file():
+            net = ckpt.load(run_dir / "checkpoints" / name)["net"]
+            return f"{net['name']} {json.dumps(net['options'])}"
+    return f"{cfg.model.net3d.name} {json.dumps(cfg.model.net3d.options)}"
+
+
 def _run_info(run_dir: Path, cfg, splits, records, metrics, metrics_path) -> list[tuple[str, str]]:
-    info = [("run", str(run_dir)), ("method", cfg.method.name),
-            ("3D network", f"{cfg.model.net3d.name} {json.dumps(cfg.model.net3d.options)}")]
+    info = [("run", str(run_dir)), ("method", cfg.method.name), ("inference network", _inference_net(run_dir, cfg))]
     if cfg.model.net2d is not None:
         info.append(("2D network", f"{cfg.model.net2d.name}"))
     info.append(("cases", ", ".join(f"{k} {len(v)}" for k, v in splits.items())))
