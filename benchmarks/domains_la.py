@@ -36,26 +36,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
-
-import torch
 
 from semi3d.config import load_config
 from semi3d.data.domain_shift import DOMAINS, interleave, write_domain_dataset
 from semi3d.data.splits import read_id_list
-from semi3d.engine.trainer import train
-from semi3d.evaluation.evaluate import evaluate_run
 from semi3d.evaluation.report import table_markdown
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 if str(HERE) not in sys.path:  # compare_la.py beside this file, also when imported
     sys.path.insert(0, str(HERE))
+from benchlib import git_commit, machine, train_and_evaluate  # noqa: E402
 from compare_la import budget, budget_sets  # noqa: E402  (benchmarks/compare_la.py)
 SETTINGS = {"uda": "UDA: labelled source A -> unlabelled target B, tested on B",
             "semidg": "SemiDG: labelled + unlabelled from A, B, C, tested on unseen D"}
@@ -143,29 +137,22 @@ def with_budget(setting: str, method: str, a, config: Path, sets: list[str]) -> 
 def run_one(setting: str, method: str, a, config: Path, sets: list[str]) -> dict:
     name = run_name(setting, method, a.tag)
     cfg = load_config(config, sets)
-    resume = (cfg.run_dir / "checkpoints" / "last.pt").is_file()
-    t0 = time.time()
-    summary = train(cfg, resume=resume)
-    t_train = time.time() - t0
-    t0 = time.time()
-    metrics = evaluate_run(cfg.run_dir, split="test")
-    t_eval = time.time() - t0
+    r = train_and_evaluate(cfg, "test")
+    metrics = r["metrics"]
     fg = metrics.get("mean") or metrics[cfg.data.class_names[1] if cfg.data.class_names else "class1"]
     splits = json.loads((cfg.run_dir / "splits.json").read_text())
     tags = splits.get("domains", {})
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     return {
         "name": name, "setting": setting, "setting_description": SETTINGS[setting], "method": cfg.method.name,
         "net2d": cfg.model.net2d.name if cfg.model.net2d else None,
         "command": "python " + " ".join(shlex.quote(x) for x in sys.argv), "config": str(config.relative_to(ROOT)),
-        "overrides": sets, "commit": commit, "labelled": len(splits["labelled"]), "unlabelled": len(splits["unlabelled"]),
+        "overrides": sets, "commit": git_commit(), "labelled": len(splits["labelled"]), "unlabelled": len(splits["unlabelled"]),
         "test_cases": len(splits["test"]), "eval_split": "test",
         "split_domains": {k: sorted({tags.get(i, "default") for i in splits[k]}) for k in ("labelled", "unlabelled", "test")},
         "dice": fg["dice"], "jaccard": fg["jaccard"], "hd95": fg["hd95"], "asd": fg["asd"],
-        "dice_std": fg.get("dice_std"), "iterations": summary["iterations"],
-        "train_wall_s_this_invocation": t_train, "eval_wall_s": t_eval, "resumed": resume,
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__},
+        "dice_std": fg.get("dice_std"), "iterations": r["summary"]["iterations"],
+        **{k: r[k] for k in ("train_wall_s_this_invocation", "train_wall_s_total", "eval_wall_s", "resumed")},
+        "machine": machine(),
     }
 
 

@@ -30,12 +30,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +40,13 @@ import torch
 
 from semi3d.config import load_config
 from semi3d.data.synthetic import class_names, imbalanced_class_scale, make_cases, write_dataset
-from semi3d.engine.trainer import train
-from semi3d.evaluation.evaluate import evaluate_run
 from semi3d.evaluation.report import table_markdown
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+if str(HERE) not in sys.path:  # benchlib.py beside this file, also when imported
+    sys.path.insert(0, str(HERE))
+from benchlib import git_commit, machine, train_and_evaluate  # noqa: E402
 NAME = "imbalance_synthetic"
 VARIANTS = {"supervised": "labelled only, the A&D student network (ad_student), Dice + CE",
             "ad": "A&D, difficulty-aware class weights",
@@ -126,18 +124,6 @@ def run_config(variant: str, a, profile: dict, data: Path):
     return load_config(tree=sup)
 
 
-def train_seconds(run_dir: Path) -> float:
-    """Training wall time summed over invocations (log.jsonl's ``time`` restarts on resume)."""
-    total, last = 0.0, 0.0
-    for line in (run_dir / "log.jsonl").read_text().splitlines():
-        t = json.loads(line).get("time") if line.strip() else None
-        if t is not None:
-            if t < last:
-                total += last
-            last = t
-    return total + last
-
-
 def run_one(variant: str, a, profile: dict, data: Path) -> dict:
     """Train (or resume, or skip when finished) and evaluate one variant; the row is cached in the run folder."""
     cfg = run_config(variant, a, profile, data)
@@ -148,21 +134,17 @@ def run_one(variant: str, a, profile: dict, data: Path) -> dict:
     if row_file.is_file():
         print(f"{cfg.name}: finished, reusing {row_file}", flush=True)
         return json.loads(row_file.read_text())
-    resume = (cfg.run_dir / "checkpoints" / "last.pt").is_file()
-    done = cfg.run_dir / "train_summary.json"
-    print(f"{cfg.name}: {'resuming' if resume else 'training'} ({VARIANTS[variant]})", flush=True)
-    summary = json.loads(done.read_text()) if done.is_file() else train(cfg, resume=resume)
-    t0 = time.time()
-    metrics = evaluate_run(cfg.run_dir, split="test")
-    t_eval = time.time() - t0
+    print(f"{cfg.name}: {VARIANTS[variant]}", flush=True)
+    r = train_and_evaluate(cfg, "test")
+    metrics = r["metrics"]
     splits = json.loads((cfg.run_dir / "splits.json").read_text())
     per_class = {c: {m: v[m] for m in ("dice", "jaccard", "hd95", "asd")} for c, v in metrics.items() if c != "mean"}
     row = {"variant": variant, "method": cfg.method.name, "description": VARIANTS[variant], "run_dir": str(cfg.run_dir),
            "labelled": len(splits["labelled"]), "unlabelled": len(splits["unlabelled"]),
            "test_cases": len(splits["test"]),
            "per_class": per_class, "dice": metrics["mean"]["dice"], "hd95": metrics["mean"]["hd95"],
-           "dice_std": metrics["mean"]["dice_std"], "iterations": summary["iterations"],
-           "train_wall_s": train_seconds(cfg.run_dir), "eval_wall_s": t_eval, "resumed": resume,
+           "dice_std": metrics["mean"]["dice_std"], "iterations": r["summary"]["iterations"],
+           "train_wall_s": r["train_wall_s_total"], "eval_wall_s": r["eval_wall_s"], "resumed": r["resumed"],
            "threads": torch.get_num_threads()}
     row_file.write_text(json.dumps(row, indent=1))
     print(json.dumps({k: row[k] for k in ("variant", "dice", "hd95", "iterations", "train_wall_s")}), flush=True)
@@ -174,13 +156,12 @@ def write_results(out: Path, rows: list[dict], plan: dict, command: str, overrid
     HD95 (voxels), iterations and wall time per method."""
     frac = plan["class_fraction"]
     classes = sorted((c for c in frac if c != "background"), key=lambda c: -frac[c])
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip()
+    commit = git_commit()
     note = ("The data are synthetic (semi3d.data.synthetic, seeded): blurred, noisy, bias-field-corrupted "
             "piecewise-constant volumes, not medical images; numbers compare methods on this data only.")
     res = {"benchmark": NAME, "command": command, "commit": commit, "overrides": overrides, "note": note,
            "dataset": plan, "classes_by_share": classes, "runs": rows,
-           "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__}}
+           "machine": machine()}
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{NAME}.json").write_text(json.dumps(res, indent=1))
     cols = ["method", *[f"Dice {c} ({100 * frac[c]:.2f} %)" for c in classes], "mean Dice", "HD95 (vox)",

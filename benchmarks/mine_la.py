@@ -20,18 +20,18 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import torch
 
 from semi3d.mining.loop import load_mining_config, run_mining
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # benchlib.py beside this file, also when imported
+    sys.path.insert(0, str(HERE))
+from benchlib import git_commit, machine  # noqa: E402
 LA = HERE.parent.parent / "shared" / "data" / "LA"
 
 BUDGET = {  # the LA run; --set key=value overrides any of it
@@ -124,8 +124,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--smoke", action="store_true", help="tiny synthetic dataset and budget: checks the pipeline")
     a = ap.parse_args(argv)
     argv_used = list(argv) if argv is not None else sys.argv[1:]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=HERE).stdout.strip()
+    commit = git_commit()
     tmp = None
     tree = copy.deepcopy(BUDGET)
     if a.smoke:
@@ -152,8 +151,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "dev_dice_per_round": [r["dev_dice"] for r in summary["rounds"]],
             "wall_s": summary["wall_s"], "run_dir": summary["run_dir"],
             "config": cfg.model_dump(mode="json"),
-            "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                        "torch": torch.__version__},
+            "machine": machine(),
         }
         results_dir.mkdir(parents=True, exist_ok=True)
         (results_dir / f"{name}.json").write_text(json.dumps(result, indent=1))

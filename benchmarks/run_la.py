@@ -11,22 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
-
-import torch
 
 from semi3d.config import load_config
 from semi3d.engine.precision import resolve_precision, pick_device
-from semi3d.engine.trainer import train
-from semi3d.evaluation.evaluate import evaluate_run
 from semi3d.evaluation.report import table_markdown
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # benchlib.py beside this file, also when imported
+    sys.path.insert(0, str(HERE))
+from benchlib import git_commit, machine, train_and_evaluate  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -38,15 +34,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--results", default=str(HERE / "results"))
     a = ap.parse_args(argv)
     cfg = load_config(a.config, [f"name={a.name}", f"output_dir={a.runs}", *a.set])
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    resume = (cfg.run_dir / "checkpoints" / "last.pt").is_file()
-    t0 = time.time()
-    summary = train(cfg, resume=resume)
-    t_train = time.time() - t0
-    t0 = time.time()
-    metrics = evaluate_run(cfg.run_dir, split="validation")
-    t_eval = time.time() - t0
-    fg = metrics.get("mean") or metrics[cfg.data.class_names[1] if cfg.data.class_names else "class1"]
+    commit = git_commit()
+    r = train_and_evaluate(cfg, "validation")
+    fg = r["metrics"].get("mean") or r["metrics"][cfg.data.class_names[1] if cfg.data.class_names else "class1"]
     result = {
         "name": a.name, "command": "python benchmarks/run_la.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:])),
         "invoked_as": "python " + " ".join(shlex.quote(x) for x in sys.argv),  # e.g. compare_la.py, which ran this
@@ -54,12 +44,9 @@ def main(argv=None) -> dict:
         "labelled": len(json.loads((cfg.run_dir / "splits.json").read_text())["labelled"]),
         "eval_split": "validation (last 16 ids of train.list)",
         "dice": fg["dice"], "jaccard": fg["jaccard"], "hd95": fg["hd95"], "asd": fg["asd"],
-        "dice_std": fg.get("dice_std"), "iterations": summary["iterations"],
-        "train_wall_s_this_invocation": t_train, "train_wall_s_total": _train_seconds(cfg.run_dir),
-        "eval_wall_s": t_eval, "resumed": resume,
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__,
-                    "precision": resolve_precision(cfg.precision, pick_device(cfg.device))},
+        "dice_std": fg.get("dice_std"), "iterations": r["summary"]["iterations"],
+        **{k: r[k] for k in ("train_wall_s_this_invocation", "train_wall_s_total", "eval_wall_s", "resumed")},
+        "machine": machine(precision=resolve_precision(cfg.precision, pick_device(cfg.device))),
     }
     out = Path(a.results)
     out.mkdir(parents=True, exist_ok=True)
@@ -69,18 +56,6 @@ def main(argv=None) -> dict:
                                       + table_markdown([result], cols) + "\n")
     print(json.dumps(result, indent=1))
     return result
-
-
-def _train_seconds(run_dir: Path) -> float:
-    """Training wall time summed over invocations (log.jsonl 'time' restarts on resume)."""
-    recs = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines() if x.strip()]
-    total, last = 0.0, 0.0
-    for r in recs:
-        if "time" in r:
-            if r["time"] < last:
-                total += last
-            last = r["time"]
-    return total + last
 
 
 if __name__ == "__main__":

@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +38,9 @@ from semi3d.engine.trainer import Trainer
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+if str(HERE) not in sys.path:  # benchlib.py beside this file, also when imported
+    sys.path.insert(0, str(HERE))
+from benchlib import git_commit, machine  # noqa: E402
 CONFIGS = {"mn": ROOT / "configs/la_mn_cpu.yaml", "supervised": ROOT / "configs/la_supervised_cpu.yaml"}
 
 
@@ -230,10 +231,8 @@ def main(argv=None) -> dict:
                 results.append(bench_config(f"{Path(path).stem} [{p}]", load_config(path, sets), a.repeats, a.warmup))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    out = {"command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]), "commit": commit,
-           "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-                       "threads": torch.get_num_threads()}, "results": results}
+    out = {"command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+           "commit": git_commit(), "machine": machine(), "results": results}
     dest = Path(a.results)
     dest.mkdir(parents=True, exist_ok=True)
     (dest / f"{a.name}.json").write_text(json.dumps(out, indent=1))

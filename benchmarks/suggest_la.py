@@ -16,7 +16,6 @@ import argparse
 import copy
 import json
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,12 +28,14 @@ from semi3d.data.readers import build_reader
 from semi3d.data.splits import load_splits
 from semi3d.engine.trainer import train
 from semi3d.errors import InputError
-from semi3d.evaluation.evaluate import evaluate_run
 from semi3d.evaluation.report import table_markdown
 from semi3d.reporting.common import case_means, foreground_mean
 from semi3d.reporting.suggest import suggest_cases
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # benchlib.py beside this file, also when imported
+    sys.path.insert(0, str(HERE))
+from benchlib import git_commit, train_and_evaluate  # noqa: E402
 
 
 def random_picks(pool: list[str], k: int, seed: int) -> list[str]:
@@ -56,15 +57,11 @@ def retrain_tree(base_tree: dict, splits: dict, extra: list[str], name: str, run
     return tree
 
 
-def train_and_evaluate(tree: dict) -> dict:
+def retrain_and_evaluate(tree: dict) -> dict:
     cfg = load_config(tree=tree)
     run = cfg.run_dir
-    if not (run / "train_summary.json").is_file():
-        train(cfg, resume=(run / "checkpoints" / "last.pt").is_file())
-    metrics_path = run / "eval_validation" / "metrics.json"
-    if not metrics_path.is_file():
-        evaluate_run(run, "validation")
-    m = json.loads(metrics_path.read_text())
+    train_and_evaluate(cfg, "validation")
+    m = json.loads((run / "eval_validation" / "metrics.json").read_text())  # per case too
     fg = foreground_mean(m["mean"])
     return {"run": str(run), "labelled": len(load_splits(run / "splits.json")["labelled"]),
             **{k: fg.get(k) for k in ("dice", "dice_std", "jaccard", "hd95", "asd")},
@@ -121,7 +118,7 @@ def main(argv=None) -> dict:
         raise InputError(nolabel[0], "unlabelled case without a hidden label on disk: this benchmark needs "
                                      "every pool case to be labelled (as LA's train.list is)")
     name = a.name or f"{base_cfg.name}_k{a.k}"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
 
     t0 = time.time()
     sug_dir = a.runs / f"{name}_suggestions"
@@ -139,7 +136,7 @@ def main(argv=None) -> dict:
         for key, value in parse_overrides(a.set):
             set_dotted(tree, key, value)
         t0 = time.time()
-        outcome[strat] = {"added": ids, **train_and_evaluate(tree), "wall_s_this_invocation": time.time() - t0}
+        outcome[strat] = {"added": ids, **retrain_and_evaluate(tree), "wall_s_this_invocation": time.time() - t0}
 
     rand = [v["dice"] for s, v in outcome.items() if s.startswith("random")]
     result = {

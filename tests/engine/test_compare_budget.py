@@ -40,7 +40,8 @@ def test_the_2d_model_alone_runs_from_the_mn_config(compare_la):
     assert list(m.groups) == ["net2d"] and type(m.groups["net2d"]).__name__ == "UNet2D"
 
 
-def test_budget_is_measured_once_and_kept(compare_la, tmp_path, monkeypatch):
+def tiny_la_config(tmp_path):
+    """A config file for a seconds-long supervised run on a tiny synthetic UA-MT LA (2 labelled, 1 validation)."""
     root = write_dataset(tmp_path / "LA", 3, 2, 0, seed=0, shape=(24, 24, 16), num_classes=2, format="uamt_h5")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(json.dumps({
@@ -50,6 +51,11 @@ def test_budget_is_measured_once_and_kept(compare_la, tmp_path, monkeypatch):
                  "splits": {"labelled": {"first": 2}, "validation": {"last": 1}, "unlabelled": "none"}},
         "model": {"net3d": {"name": "unet3d", "options": {"levels": 2, "base": 2}}},
         "train": {"iterations": 10, "batch_size": 1, "val_every": 5, "progress_bar": False}}))
+    return cfg
+
+
+def test_budget_is_measured_once_and_kept(compare_la, tmp_path, monkeypatch):
+    cfg = tiny_la_config(tmp_path)
     book = tmp_path / "budget.json"
     n = compare_la.budget(book, "supervised", str(cfg), [], minutes=0.5)
     m = json.loads(book.read_text())["supervised_0.5min"]
@@ -57,3 +63,17 @@ def test_budget_is_measured_once_and_kept(compare_la, tmp_path, monkeypatch):
     assert n == m["iterations"] == max(1, int((30 - m["fixed_s"]) / m["step_s"]))
     monkeypatch.setattr(compare_la, "step_seconds", lambda *a, **k: pytest.fail("measured twice"))
     assert compare_la.budget(book, "supervised", str(cfg), [], minutes=0.5) == n
+
+
+def test_run_la_records_one_run_and_reuses_it(load_benchmark, tmp_path):
+    run_la = load_benchmark("run_la")
+    args = [str(tiny_la_config(tmp_path)), "--name", "t", "--runs", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "res"), "--set", "train.iterations=3"]
+    res = run_la.main(args)
+    assert json.loads((tmp_path / "res" / "t.json").read_text()) == json.loads(json.dumps(res))
+    assert "| t | supervised | 2 |" in (tmp_path / "res" / "t.md").read_text()
+    assert res["iterations"] == 3 and res["labelled"] == 2 and 0 <= res["dice"] <= 1 and not res["resumed"]
+    assert res["train_wall_s_total"] > 0 and res["commit"] and res["machine"]["precision"] in ("fp32", "bf16")
+    again = run_la.main(args)  # finished: evaluated again, not retrained
+    assert again["dice"] == res["dice"] and again["train_wall_s_total"] == res["train_wall_s_total"]
+    assert again["train_wall_s_this_invocation"] < 1.0

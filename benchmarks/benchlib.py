@@ -1,0 +1,58 @@
+"""What the benchmark scripts share: the commit and machine a result records, and one resumable
+train -> evaluate of a run."""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from semi3d.engine.trainer import train
+from semi3d.evaluation.evaluate import evaluate_run
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def git_commit() -> str:
+    """The short hash of the repository's HEAD (the code a result was produced with)."""
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=ROOT).stdout.strip()
+
+
+def machine(**extra) -> dict:
+    """CPU, torch threads and torch version (plus ``extra``) for a result file."""
+    return {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, **extra}
+
+
+def train_seconds(run_dir: Path) -> float:
+    """Training wall time summed over invocations (``log.jsonl``'s ``time`` restarts on resume)."""
+    total, last = 0.0, 0.0
+    for line in (Path(run_dir) / "log.jsonl").read_text().splitlines():
+        t = json.loads(line).get("time") if line.strip() else None
+        if t is not None:
+            if t < last:
+                total += last
+            last = t
+    return total + last
+
+
+def train_and_evaluate(cfg, split: str) -> dict:
+    """Train the run of ``cfg`` (resumed from ``checkpoints/last.pt`` when there; not retrained when
+    ``train_summary.json`` says it finished) and evaluate its model on ``split``.
+
+    Returns ``{"summary", "metrics", "resumed", "train_wall_s_this_invocation", "train_wall_s_total",
+    "eval_wall_s"}``: the trainer's summary, ``evaluate_run``'s summary (``{class or "mean": {metric:
+    value}}``; per case in ``RUN/eval_<split>/metrics.json``), wall times in seconds."""
+    done = cfg.run_dir / "train_summary.json"
+    resume = not done.is_file() and (cfg.run_dir / "checkpoints" / "last.pt").is_file()
+    t0 = time.time()
+    summary = json.loads(done.read_text()) if done.is_file() else train(cfg, resume=resume)
+    t_train = time.time() - t0
+    t0 = time.time()
+    metrics = evaluate_run(cfg.run_dir, split=split)
+    return {"summary": summary, "metrics": metrics, "resumed": resume, "train_wall_s_this_invocation": t_train,
+            "train_wall_s_total": train_seconds(cfg.run_dir), "eval_wall_s": time.time() - t0}
