@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,10 +30,10 @@ import numpy as np
 from semi3d.config import load_config
 from semi3d.evaluation.report import table_markdown
 
+# benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
+from speed import phases
+
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:  # run_la.py and speed.py beside this file, also when imported
-    sys.path.insert(0, str(HERE))
-from speed import phases  # noqa: E402  (benchmarks/speed.py)
 CONFIGS = {"mn": "configs/la_mn_cpu.yaml", "ad": "configs/la_ad_cpu.yaml",  # own configs; the rest share the base
            "supervised2d": "configs/la_mn_cpu.yaml"}  # M&N's 2D model alone, labelled-only schedule below
 LABELLED_ONLY = {"supervised": [], "supervised2d": [

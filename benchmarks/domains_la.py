@@ -45,12 +45,12 @@ from semi3d.data.domain_shift import DOMAINS, interleave, write_domain_dataset
 from semi3d.data.splits import read_id_list
 from semi3d.evaluation.report import table_markdown
 
+# benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
+from benchlib import git_commit, machine, train_and_evaluate
+from compare_la import budget, budget_sets
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-if str(HERE) not in sys.path:  # compare_la.py beside this file, also when imported
-    sys.path.insert(0, str(HERE))
-from benchlib import git_commit, machine, train_and_evaluate  # noqa: E402
-from compare_la import budget, budget_sets  # noqa: E402  (benchmarks/compare_la.py)
 SETTINGS = {"uda": "UDA: labelled source A -> unlabelled target B, tested on B",
             "semidg": "SemiDG: labelled + unlabelled from A, B, C, tested on unseen D"}
 SUPERVISED_SETS = ["method.name=supervised", "method.options={}", "data.splits.unlabelled=none",
@@ -184,7 +184,10 @@ def main(argv=None) -> list[dict]:
     todo = [(s, m) for s in a.settings for m in a.methods
             if not (out / f"{run_name(s, m, a.tag)}.json").is_file()]
     # every budget measured before any run, so the runs' own load never skews a measurement
-    planned = {(s, m): with_budget(s, m, a, *run_sets(s, m, a, domains_root)) for s, m in todo}
+    planned = {}
+    for s, m in todo:
+        config, sets = run_sets(s, m, a, domains_root)
+        planned[s, m] = config, with_budget(s, m, a, config, sets)
     rows = []
     for setting in a.settings:
         for method in a.methods:
@@ -192,8 +195,7 @@ def main(argv=None) -> list[dict]:
             if path.is_file():
                 rows.append(json.loads(path.read_text()))
                 continue
-            config = run_sets(setting, method, a, domains_root)[0]
-            res = run_one(setting, method, a, config, planned[setting, method])
+            res = run_one(setting, method, a, *planned[setting, method])
             res["minutes_budget"] = a.minutes
             path.write_text(json.dumps(res, indent=1))
             rows.append(res)

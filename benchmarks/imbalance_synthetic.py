@@ -42,11 +42,11 @@ from semi3d.config import load_config
 from semi3d.data.synthetic import class_names, imbalanced_class_scale, make_cases, write_dataset
 from semi3d.evaluation.report import table_markdown
 
+# benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
+from benchlib import git_commit, machine, train_and_evaluate
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-if str(HERE) not in sys.path:  # benchlib.py beside this file, also when imported
-    sys.path.insert(0, str(HERE))
-from benchlib import git_commit, machine, train_and_evaluate  # noqa: E402
 NAME = "imbalance_synthetic"
 VARIANTS = {"supervised": "labelled only, the A&D student network (ad_student), Dice + CE",
             "ad": "A&D, difficulty-aware class weights",

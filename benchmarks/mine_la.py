@@ -25,13 +25,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-
 from semi3d.mining.loop import load_mining_config, run_mining
 
+# benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
+from benchlib import git_commit, machine
+
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:  # benchlib.py beside this file, also when imported
-    sys.path.insert(0, str(HERE))
-from benchlib import git_commit, machine  # noqa: E402
 LA = HERE.parent.parent / "shared" / "data" / "LA"
 
 BUDGET = {  # the LA run; --set key=value overrides any of it

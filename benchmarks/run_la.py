@@ -19,10 +19,10 @@ from semi3d.config import load_config
 from semi3d.engine.precision import resolve_precision, pick_device
 from semi3d.evaluation.report import table_markdown
 
+# benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
+from benchlib import git_commit, machine, train_and_evaluate
+
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:  # benchlib.py beside this file, also when imported
-    sys.path.insert(0, str(HERE))
-from benchlib import git_commit, machine, train_and_evaluate  # noqa: E402
 
 
 def main(argv=None) -> dict:

@@ -36,11 +36,11 @@ from semi3d.config import load_config
 from semi3d.engine.precision import autocast
 from semi3d.engine.trainer import Trainer
 
+# benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
+from benchlib import git_commit, machine
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-if str(HERE) not in sys.path:  # benchlib.py beside this file, also when imported
-    sys.path.insert(0, str(HERE))
-from benchlib import git_commit, machine  # noqa: E402
 CONFIGS = {"mn": ROOT / "configs/la_mn_cpu.yaml", "supervised": ROOT / "configs/la_supervised_cpu.yaml"}
 
 

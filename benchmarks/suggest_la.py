@@ -32,10 +32,10 @@ from semi3d.evaluation.report import table_markdown
 from semi3d.reporting.common import case_means, foreground_mean
 from semi3d.reporting.suggest import suggest_cases
 
+# benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
+from benchlib import git_commit, train_and_evaluate
+
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:  # benchlib.py beside this file, also when imported
-    sys.path.insert(0, str(HERE))
-from benchlib import git_commit, train_and_evaluate  # noqa: E402
 
 
 def random_picks(pool: list[str], k: int, seed: int) -> list[str]:
