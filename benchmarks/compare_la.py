@@ -15,6 +15,9 @@ every result of its budget and tag.
     python benchmarks/compare_la.py --labelled 4 --table la_table     # add the 4-labelled rows
     python benchmarks/compare_la.py --methods supervised2d            # add M&N's 2D model alone
     python benchmarks/compare_la.py --table la_table --only-table     # rebuild the table from results
+    python benchmarks/compare_la.py --methods mn --tag _fixed --set method.options.sampling=fixed \
+        --set method.options.fixed_unlabelled=2 --table la_mn_ablations   # an ablation row; the table
+                                                  # lists every variant budgeted in it and M&N itself
 """
 from __future__ import annotations
 
@@ -127,6 +130,41 @@ def budget(path: Path, method: str, config: str, sets: list[str], minutes: float
     return book[key]["iterations"]
 
 
+def variants(book: dict, minutes: float, methods: list[str], tag: str = "") -> list[tuple[str, str]]:
+    """The (method, tag) pairs of a table: those with a ``minutes`` budget in ``book`` (the table's
+    earlier invocations, e.g. one per ablation) and ``methods`` x ``tag``; ordered by method (as the
+    table's ``LISTED`` rows), untagged first, then tags as first seen. A key is
+    ``<method><tag>_<minutes>min``; the longest method name that fits a key wins."""
+    suffix, names = f"_{minutes:g}min", sorted(set(LISTED + methods), key=len, reverse=True)
+    out = {}
+    for key in book:
+        if key.endswith(suffix):
+            stem = key[:-len(suffix)]
+            m = next((m for m in names if stem == m or stem.startswith(m + "_")), None)
+            if m is not None:
+                out[(m, stem[len(m):])] = None
+    out.update({(m, tag): None for m in methods})
+    order = list(dict.fromkeys(LISTED + methods))
+    return sorted(out, key=lambda mt: (order.index(mt[0]), mt[1] != ""))
+
+
+def table_rows(results: Path, book: dict, methods: list[str], tag: str, labelled: list[int],
+               seeds: list[int], minutes: float) -> list[dict]:
+    """One row per (method, tag, labelled) of :func:`variants` with a result in ``results``: the
+    metrics, iterations and training wall time averaged over the ``seeds`` found."""
+    rows = []
+    for m, t in variants(book, minutes, methods, tag):
+        for n in sorted(set(labelled) | {4, 8}):
+            rs = [json.loads(p.read_text()) for s in seeds
+                  if (p := results / f"{run_name(m, n, s, minutes, t)}.json").is_file()]
+            if rs:
+                row = {"method": m + t, "labelled": n, "seeds": len(rs)}
+                for k in ("dice", "jaccard", "hd95", "asd", "iterations", "train_wall_s_total"):
+                    row[k] = float(np.mean([r[k] for r in rs]))
+                rows.append(row)
+    return rows
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", nargs="+", default=METHODS)
@@ -154,16 +192,8 @@ def main(argv=None) -> None:
             config, sets = CONFIGS.get(m, a.base_config), method_sets(m, n, s) + a.set
             sets += budget_sets(load_config(config, sets).model_dump(mode="json"), iters[m])
             run_one([config, "--name", run_name(m, n, s, a.minutes, a.tag), *sum((["--set", x] for x in sets), [])])
-    rows = []  # every result of this table's budget and tag, also of earlier invocations (built in parts)
-    for m in dict.fromkeys(LISTED + a.methods):
-        for n in sorted(set(a.labelled) | {4, 8}):
-            rs = [json.loads(p.read_text()) for s in a.seeds
-                  if (p := results / f"{run_name(m, n, s, a.minutes, a.tag)}.json").is_file()]
-            if rs:
-                row = {"method": m + a.tag, "labelled": n, "seeds": len(rs)}
-                for k in ("dice", "jaccard", "hd95", "asd", "iterations", "train_wall_s_total"):
-                    row[k] = float(np.mean([r[k] for r in rs]))
-                rows.append(row)
+    rows = table_rows(results, json.loads(book.read_text()) if book.is_file() else {}, a.methods, a.tag,
+                      a.labelled, a.seeds, a.minutes)
     cols = ["method", "labelled", "seeds", "dice", "jaccard", "hd95", "asd", "iterations", "train_wall_s_total"]
     (results / f"{a.table}.json").write_text(json.dumps(rows, indent=1))
     (results / f"{a.table}.md").write_text(

@@ -77,3 +77,17 @@ def test_run_la_records_one_run_and_reuses_it(load_benchmark, tmp_path):
     again = run_la.main(args)  # finished: evaluated again, not retrained
     assert again["dice"] == res["dice"] and again["train_wall_s_total"] == res["train_wall_s_total"]
     assert again["train_wall_s_this_invocation"] < 1.0
+
+
+def test_a_table_lists_every_budgeted_variant(compare_la, tmp_path):
+    book = {"mn_fixed_14min": {}, "supervised_14min": {}, "supervised2d_14min": {}, "mn_3views_14min": {},
+            "mean_teacher_14min": {}, "supervised_6min": {}}
+    assert compare_la.variants(book, 14, ["mn"]) == [
+        ("supervised", ""), ("supervised2d", ""), ("mean_teacher", ""), ("mn", ""), ("mn", "_fixed"), ("mn", "_3views")]
+    for name, dice in [("la_mn_l8_s0_14min", 0.8), ("la_mn_fixed_l8_s0_14min", 0.7), ("la_mn_fixed_l8_s1_14min", 0.6),
+                       ("la_mn_3views_l4_s0_14min", 0.5)]:
+        (tmp_path / f"{name}.json").write_text(json.dumps(
+            {"dice": dice, "jaccard": 0, "hd95": 1, "asd": 1, "iterations": 10, "train_wall_s_total": 60}))
+    rows = compare_la.table_rows(tmp_path, book, ["mn"], "", [8], [0, 1], 14)
+    assert [(r["method"], r["labelled"], r["seeds"], round(r["dice"], 2)) for r in rows] == [
+        ("mn", 8, 1, 0.8), ("mn_fixed", 8, 2, 0.65), ("mn_3views", 4, 1, 0.5)]
