@@ -147,7 +147,7 @@ def run_one(variant: str, a, profile: dict, data: Path) -> dict:
            "train_wall_s": r["train_wall_s_total"], "eval_wall_s": r["eval_wall_s"], "resumed": r["resumed"],
            "threads": torch.get_num_threads()}
     row_file.write_text(json.dumps(row, indent=1))
-    print(json.dumps({k: row[k] for k in ("variant", "dice", "hd95", "iterations", "train_wall_s")}), flush=True)
+    print(json.dumps({k: row[k] for k in ("variant", "dice", "hd95", "iterations", "train_wall_s", "resumed")}), flush=True)
     return row
 
 
