@@ -8,16 +8,16 @@ M&N's pseudo-mask passes). Schedule settings counted in iterations (validation i
 and cycles, M&N's stage 1 and pseudo-mask passes) are scaled with it, so every method runs its
 whole schedule within the budget. The counts are kept in ``results/<table>_budget.json`` and
 reused; a run whose result exists is skipped and an interrupted one resumes, so a long table (more
-labelled settings, seeds, methods) is built in parts by running the command again: the table lists
-every result of its budget and tag.
+labelled settings, seeds, methods, one ``--tag`` per ablation) is built in parts by running the
+command again: the table lists the results of every (method, tag) budgeted in it, and of ``--methods``
+with this invocation's ``--tag``.
 
     python benchmarks/compare_la.py                                   # the default table (8 methods, 8 labelled), ~2 h
     python benchmarks/compare_la.py --labelled 4 --table la_table     # add the 4-labelled rows
     python benchmarks/compare_la.py --methods supervised2d            # add M&N's 2D model alone
     python benchmarks/compare_la.py --table la_table --only-table     # rebuild the table from results
     python benchmarks/compare_la.py --methods mn --tag _fixed --set method.options.sampling=fixed \
-        --set method.options.fixed_unlabelled=2 --table la_mn_ablations   # an ablation row; the table
-                                                  # lists every variant budgeted in it and M&N itself
+        --set method.options.fixed_unlabelled=2 --table la_mn_ablations   # an ablation row
 """
 from __future__ import annotations
 
@@ -117,10 +117,15 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def budget_key(method: str, tag: str, minutes: float) -> str:
+    """The key of a run's iteration budget in a table's budget file: ``<method><tag>_<minutes>min``."""
+    return f"{method}{tag}_{minutes:g}min"
+
+
 def budget(path: Path, method: str, config: str, sets: list[str], minutes: float, tag: str = "") -> int:
     """The iteration count of ``method`` for ``minutes`` per run, measured once and kept in ``path``:
     (budget - fixed costs) / seconds per step."""
-    book, key = (json.loads(path.read_text()) if path.is_file() else {}), f"{method}{tag}_{minutes:g}min"
+    book, key = (json.loads(path.read_text()) if path.is_file() else {}), budget_key(method, tag, minutes)
     if key not in book:
         m = step_seconds(config, sets)
         iters = max(1, int((minutes * 60 - m["fixed_s"]) / m["step_s"]))
@@ -135,7 +140,7 @@ def variants(book: dict, minutes: float, methods: list[str], tag: str = "") -> l
     earlier invocations, e.g. one per ablation) and ``methods`` x ``tag``; ordered by method (as the
     table's ``LISTED`` rows), untagged first, then tags as first seen. A key is
     ``<method><tag>_<minutes>min``; the longest method name that fits a key wins."""
-    suffix, names = f"_{minutes:g}min", sorted(set(LISTED + methods), key=len, reverse=True)
+    suffix, names = budget_key("", "", minutes), sorted(set(LISTED + methods), key=len, reverse=True)
     out = {}
     for key in book:
         if key.endswith(suffix):
