@@ -41,11 +41,11 @@ def test_domains_la_compares_ad_supervised_and_mn(tmp_path, monkeypatch, load_be
         assert (tmp_path / "results" / f"domains_la_{setting}_{method}.json").is_file()
         assert r["test_cases"] == 2 and r["iterations"] == 2 and 0 <= r["dice"] <= 1
         assert r["config"] == ("configs/la_mn_cpu.yaml" if method == "mn" else f"configs/la_ad_{setting}_cpu.yaml")
-        assert r["net2d"] == ("unet2d_efficientnet_lite0" if method == "mn" else None)
+        assert r["net2d"] == ("unet2d_mobilenet_v2" if method == "mn" else None)
         assert all(kv in r["overrides"] for kv in SET_FOR[method])  # --set-for reaches its method only
         assert not any(kv in r["overrides"] for m in SET_FOR if m != method for kv in SET_FOR[m])
     mn_cfg = yaml.safe_load((tmp_path / "runs" / "domains_la_uda_mn" / "config.yaml").read_text())
-    assert mn_cfg["model"]["net2d"]["name"] == "unet2d_efficientnet_lite0" and mn_cfg["method"]["name"] == "mn"
+    assert mn_cfg["model"]["net2d"]["name"] == "unet2d_mobilenet_v2" and mn_cfg["method"]["name"] == "mn"
     assert mn_cfg["data"]["splits"]["validation"] is None  # la_mn_cpu.yaml's dev split dropped
 
     # 11 ids: 9 training ids round-robin in A (3), B (3), C (3); the 2 dev ids in B and D
