@@ -10,7 +10,8 @@ import torch
 if "OMP_NUM_THREADS" not in os.environ:  # helpers / parallel jobs set it to share the cores
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
 
 TINY = {
     "name": "tiny",
@@ -62,6 +63,17 @@ def tiny_tree(synth_root, tmp_path):
     tree["data"]["root"] = str(synth_root)
     tree["output_dir"] = str(tmp_path / "runs")
     return tree
+
+
+@pytest.fixture(scope="session")
+def mn_cpu_weights():
+    """An override for ``configs/la_mn_cpu.yaml``'s 2D-model weights: the file the config names
+    (relative to the repository root) when it is there (../shared), else random init (``null``),
+    so the tests that build that config's 2D model run without ../shared too."""
+    from semi3d.config import load_config
+
+    weights = ROOT / load_config(ROOT / "configs" / "la_mn_cpu.yaml").model.net2d.options["pretrained"]
+    return f"model.net2d.options.pretrained={weights if weights.is_file() else 'null'}"
 
 
 @pytest.fixture(scope="session")

@@ -30,11 +30,12 @@ def test_budget_sets_scale_the_schedule(compare_la):
     assert compare_la.run_name("mn", 4, 1, 14.0, "_fixed") == "la_mn_fixed_l4_s1_14min"
 
 
-def test_the_2d_model_alone_runs_from_the_mn_config(compare_la):
+def test_the_2d_model_alone_runs_from_the_mn_config(compare_la, mn_cpu_weights):
     from semi3d.methods.base import MethodContext
     from semi3d.registry import METHODS
 
-    cfg = load_config(ROOT / compare_la.CONFIGS["supervised2d"], compare_la.method_sets("supervised2d", 8, 0))
+    cfg = load_config(ROOT / compare_la.CONFIGS["supervised2d"],
+                      compare_la.method_sets("supervised2d", 8, 0) + [mn_cpu_weights])
     assert cfg.data.splits.unlabelled == "none" and cfg.train.schedule.name == "poly"
     m = METHODS.get("supervised2d")(MethodContext(cfg, 1, 2, cfg.train.iterations), **cfg.method.options)
     assert list(m.groups) == ["net2d"] and type(m.groups["net2d"]).__name__ == "UNet2D"
