@@ -92,3 +92,20 @@ def test_unknown_group_optimizer_named(tiny_tree):
     tiny_tree["train"]["group_optimizers"] = {"net2d": {"lr": 1e-3}}
     with pytest.raises(InputError, match="net2d"):
         Trainer(load_config(tree=tiny_tree))
+
+
+def test_a_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tiny_tree):
+    tiny_tree["train"].update(iterations=6, checkpoint_every=2)
+    cfg = load_config(tree=tiny_tree)
+    t = Trainer(cfg)
+    step_fn = t.method.training_step
+
+    def diverging(batch, step):
+        losses = step_fn(batch, step)
+        return {g: v * float("nan") for g, v in losses.items()} if step == 3 else losses
+
+    t.method.training_step = diverging
+    with pytest.raises(InputError, match=r"diverged at step 4: net loss is nan .*last\.pt holds step 2"):
+        t.fit()
+    assert torch.load(cfg.run_dir / "checkpoints" / "last.pt", weights_only=False)["step"] == 2
+    assert Trainer(cfg, resume=True).fit()["iterations"] == 6  # resumable from there

@@ -7,6 +7,7 @@ the JSONL/CSV log and the progress display. Everything method-specific lives in 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -122,6 +123,7 @@ class Trainer:
             raise InputError("splits.unlabelled", f"method {cfg.method.name!r} needs unlabelled cases but the split is empty")
         self.val_cases = self.data.cases("validation")[: t.val_max_cases]
         self.step, self.best, self.best_step = 0, -1.0, -1
+        self.saved_step: int | None = None
         self.log = RunLog(self.run_dir, enabled=self.main)
         if resume:
             self._load(ckpt.load(self.run_dir / "checkpoints" / "last.pt"))
@@ -180,7 +182,20 @@ class Trainer:
             keys = [k for k, v in rec.items() if isinstance(v, float) and not k.startswith("lr/")]
             vals = D.all_reduce_sum(torch.tensor([rec[k] for k in keys], dtype=torch.float64)) / self.dist.world_size
             rec.update({k: float(v) for k, v in zip(keys, vals)})
+        self._check_finite(step, rec)
         return rec
+
+    def _check_finite(self, step: int, rec: dict) -> None:
+        """Stop on a NaN / infinite loss (the same verdict on every rank: ``rec`` is reduced) before
+        the diverged weights reach a checkpoint; the last checkpoint stays resumable."""
+        bad = [f"{k.split('/', 1)[1]} loss is {v}" for k, v in rec.items() if k.startswith("loss/") and not math.isfinite(v)]
+        if bad:
+            last = self.run_dir / "checkpoints" / "last.pt"
+            held = f"{last} holds step {self.saved_step}" if self.saved_step is not None else "no checkpoint was written"
+            raise InputError(self.run_dir / "config.yaml",
+                             f"training diverged at step {step + 1}: {', '.join(bad)} (precision {self.precision}); "
+                             f"stopped without saving it ({held}). Resume with --resume and a safer setting, e.g. "
+                             f"--set precision=fp32 or a lower train.optimizer.lr")
 
     # validation ----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -223,7 +238,7 @@ class Trainer:
         }
 
     def _load(self, s: dict) -> None:
-        self.step = s["step"]
+        self.step = self.saved_step = s["step"]
         self.method.load_state_dict(s["method"])
         for g, o in self.optimizers.items():
             o.load_state_dict(s["optimizers"][g])
@@ -293,6 +308,7 @@ class Trainer:
                     if self.main:
                         ckpt.save_atomic(state, self.run_dir / "checkpoints" / "last.pt")
                         self.log.plot()
+                    self.saved_step = self.step
                     D.barrier()  # a resumed run finds every rank's checkpoint complete
                 bar.update(task, completed=self.step)
         if self.step < t.iterations:
