@@ -129,6 +129,9 @@ class InferenceConfig(_Strict):
     overlap: float = Field(0.5, ge=0, lt=1)
     mode: Literal["gaussian", "constant"] = "gaussian"
     sw_batch_size: int = Field(2, ge=1)
+    # label-map post-processing after the argmax: "largest_component" keeps each foreground class's
+    # largest 26-connected component (nnU-Net's / the LA literature's single-structure prior)
+    postprocess: Literal["none", "largest_component"] = "none"
 
 
 class RunConfig(_Strict):

@@ -17,7 +17,7 @@ from semi3d.engine.trainer import Trainer
 from semi3d.errors import InputError
 from semi3d.losses import dice_ce_loss
 from semi3d.methods.base import Batch, MethodContext
-from semi3d.methods.bcp import cuboid_mask, largest_component_per_class, paste
+from semi3d.methods.bcp import cuboid_mask, paste
 from semi3d.methods.common import ema_decay_at, masked_dice_ce, sigmoid_rampup
 from semi3d.methods.cps import cross_pseudo_loss
 from semi3d.methods.ua_mt import masked_consistency, predictive_entropy, uncertainty_threshold
@@ -315,15 +315,6 @@ def test_bcp_training_step_feeds_bidirectional_mixes():
     assert m.log["bcp/stage"] == 2 and m.log["weight/consistency"] == 0.5
     expect = 2 * (m.log["loss/supervised"] + 0.5 * m.log["loss/consistency"])
     assert losses["net"].item() == pytest.approx(expect, rel=1e-5)
-
-
-def test_bcp_largest_component_per_class():
-    lab = torch.zeros(1, 10, 10, 10, dtype=torch.long)
-    lab[0, 0:4, 0:4, 0:4] = 1  # 64 voxels
-    lab[0, 7:9, 7:9, 7:9] = 1  # 8 voxels, kept out
-    lab[0, 0:2, 7:9, 0:2] = 2  # the only class-2 component stays
-    out = largest_component_per_class(lab, K)
-    assert (out == 1).sum() == 64 and (out == 2).sum() == 8 and out[0, 8, 8, 8] == 0
 
 
 # ------------------------------------------------------------------------------------------ URPC

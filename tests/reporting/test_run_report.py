@@ -3,6 +3,7 @@ import json
 import re
 import shutil
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -92,3 +93,20 @@ def test_cli_report_of_an_mn_run(mn_run, tmp_path):
     assert "**method**: mn" in md and "2D network" in md
     m = json.loads((mn_run / "eval_validation" / "metrics.json").read_text())
     assert all(c in md for c in m["per_case"])
+
+
+def test_evaluate_with_largest_component_postprocessing(sup_run, tmp_path):
+    from semi3d.data.readers import read_volume
+    from semi3d.evaluation.evaluate import evaluate_run
+    from semi3d.inference.postprocess import keep_largest_component
+
+    raw, pp = tmp_path / "raw", tmp_path / "pp"
+    evaluate_run(sup_run, "validation", save_predictions=True, out=raw)
+    evaluate_run(sup_run, "validation", overrides=["inference.postprocess=largest_component"],
+                 save_predictions=True, out=pp)
+    files = sorted((raw / "predictions").iterdir())
+    assert files
+    for f in files:
+        a, b = (np.asarray(read_volume(d / "predictions" / f.name).array) for d in (raw, pp))
+        assert np.array_equal(b, keep_largest_component(a, 2))
+    assert json.loads((pp / "metrics.json").read_text())["postprocess"] == "largest_component"

@@ -4,7 +4,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 
 from ..config import load_config
 from ..data.readers import build_reader, write_volume
@@ -23,6 +22,8 @@ def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None
 
     Cases of an external id list must not have been used by the run (labelled, unlabelled or
     validation): the command refuses them, so a test evaluation can never touch training data.
+    Inference settings come from the run's ``config.yaml`` and ``overrides`` (e.g.
+    ``inference.postprocess=largest_component``).
     Returns the summary (mean per class and metric).
     """
     run_dir = Path(run_dir)
@@ -48,20 +49,21 @@ def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None
             raise InputError(run_dir / "splits.json", f"the {split} split is empty")
     out = Path(out) if out else run_dir / f"eval_{name}"
     reader = build_reader(cfg.data.format, cfg.data.root, **options)
-    predictor = Predictor(model_file(run_dir, which), cfg.device, cfg.precision)
+    predictor = Predictor(model_file(run_dir, which), cfg.device, cfg.precision, cfg.inference)
     k = predictor.num_classes
     per_case, t0 = {}, time.time()
     for i, cid in enumerate(ids):
         case = reader.load(cid)
         if case.label is None:
             raise InputError(case.source or cid, "has no label to evaluate against")
-        pred = predictor(case).argmax(0).numpy().astype(np.uint8)
+        pred = predictor.segment(case)
         per_case[cid] = case_metrics(pred, case.label, k, case.spacing, predictor.class_names[1:])
         if save_predictions:
             write_volume(out / "predictions" / f"{cid}.nii.gz", pred, affine=case.affine)
         if progress:
             progress(i + 1, len(ids), cid, per_case[cid])
     extra = {"run": str(run_dir), "split": name, "model_step": predictor.step, "n_cases": len(ids),
+             "postprocess": cfg.inference.postprocess,
              "eval_time_s": time.time() - t0}
     write_metrics(out, per_case, extra)
     return summarise(per_case)

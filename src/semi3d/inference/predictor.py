@@ -53,7 +53,8 @@ class Predictor:
     ``configs/metadata.json``); both predict the same.
     """
 
-    def __init__(self, model_path: Path, device: str = "auto", precision: str = "auto"):
+    def __init__(self, model_path: Path, device: str = "auto", precision: str = "auto",
+                 inference: InferenceConfig | None = None):
         from ..data.dataset import make_preprocessor
 
         self.device = pick_device(device)
@@ -67,6 +68,8 @@ class Predictor:
         self.in_channels = m["in_channels"]
         self.preprocessor = make_preprocessor(self.cfg.data)
         self.step = m["step"]
+        if inference is not None:  # e.g. the run's config.yaml with --set overrides
+            self.cfg = self.cfg.model_copy(update={"inference": inference})
 
     def _load_checkpoint(self, path: Path) -> dict:
         from ..engine import checkpoint as ckpt
@@ -115,6 +118,15 @@ class Predictor:
         if tuple(probs.shape[1:]) != tuple(case.shape):
             probs = resample_probabilities(probs, tuple(case.shape))
         return probs
+
+    def segment(self, case: Case, probs: torch.Tensor | None = None) -> np.ndarray:
+        """The label map (X, Y, Z) uint8 on the case's original grid: the argmax of ``probs``
+        (default ``self(case)``), then ``inference.postprocess``."""
+        from .postprocess import POSTPROCESS
+
+        probs = self(case) if probs is None else probs
+        label = probs.argmax(0).numpy().astype(np.uint8)
+        return POSTPROCESS[self.cfg.inference.postprocess](label, self.num_classes)
 
 
 def model_file(run_dir: Path, which: str = "auto") -> Path:
@@ -174,8 +186,8 @@ def _case_names(files: list[Path]) -> list[str]:
 
 def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: bool = False,
                   which: str = "auto") -> list[Path]:
-    """Segment each input image; writes ``<out>/<case>.nii.gz`` with the input's affine (``.h5`` /
-    ``.npy`` for h5 / npy input) and, with ``probabilities``, ``<case>_prob`` (K, X, Y, Z) float32.
+    """Segment each input image; writes ``<out>/<case>.nii.gz`` (post-processed as the model's
+    ``inference.postprocess`` says) with the input's affine (``.h5`` / ``.npy`` for h5 / npy input) and, with ``probabilities``, ``<case>_prob`` (K, X, Y, Z) float32.
     Every input is read and checked before anything is written."""
     from ..data.readers import assemble_case, h5_keys, read_volume, split_suffix, write_volume
 
@@ -195,8 +207,7 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
     for f, case in zip(files, cases):
         ext = {".h5": ".h5", ".hdf5": ".h5", ".npy": ".npy"}.get(split_suffix(f)[1], ".nii.gz")
         probs = pred(case)
-        written.append(write_volume(Path(out) / f"{case.id}{ext}", probs.argmax(0).numpy().astype(np.uint8),
-                                    affine=case.affine))
+        written.append(write_volume(Path(out) / f"{case.id}{ext}", pred.segment(case, probs), affine=case.affine))
         if probabilities:
             written.append(write_volume(Path(out) / f"{case.id}_prob{ext}", probs.numpy(), affine=case.affine))
     return written

@@ -32,12 +32,11 @@ Dice + CE as ``dice_ce_loss`` sums them (BCP averages), so the scale matches the
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
-from scipy import ndimage
 from torch import nn
 
 from ..errors import InputError
+from ..inference.postprocess import largest_component_per_class
 from ..losses import dice_ce_loss
 from ..registry import METHODS
 from .base import Batch, Method, MethodContext, method_options
@@ -68,24 +67,6 @@ def paste(outer: torch.Tensor, inner: torch.Tensor, inside: torch.Tensor) -> tor
     """``inner`` inside the cuboid, ``outer`` elsewhere. Images (N, C, X, Y, Z) or labels
     (N, X, Y, Z); ``inside`` (X, Y, Z) bool."""
     return torch.where(inside, inner, outer)
-
-
-def largest_component_per_class(label: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """For each sample of (N, X, Y, Z) and each foreground class keep only its largest connected
-    component (26-connectivity, as skimage's default in BCP); other voxels become background."""
-    arr = label.detach().cpu().numpy()
-    out = arr.copy()
-    structure = np.ones((3, 3, 3), dtype=bool)
-    for n in range(arr.shape[0]):
-        for c in range(1, num_classes):
-            m = arr[n] == c
-            if not m.any():
-                continue
-            comp, k = ndimage.label(m, structure)
-            if k > 1:
-                keep = comp == (np.bincount(comp.ravel())[1:].argmax() + 1)
-                out[n][m & ~keep] = 0
-    return torch.from_numpy(out).to(label.device)
 
 
 def _halves(n: int) -> tuple[slice, slice]:

@@ -117,7 +117,9 @@ def _inference_json(cfg) -> dict:
         "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(cfg.data.patch_size),
                     "sw_batch_size": cfg.inference.sw_batch_size, "overlap": cfg.inference.overlap,
                     "mode": cfg.inference.mode},
-        "postprocessing": "softmax over channels, then argmax; resample the probabilities to the input grid first",
+        "postprocessing": "softmax over channels, then argmax; resample the probabilities to the input grid first"
+                          + ("; then keep each foreground class's largest 26-connected component"
+                             if cfg.inference.postprocess == "largest_component" else ""),
         "semi3d_usage": "semi3d predict BUNDLE_DIR IMAGE_OR_FOLDER... -o OUT_DIR",
     }
 

@@ -131,8 +131,8 @@ def _load_for_overlay(run_dir: Path, cfg, metrics_path: Path, ids: list[str]):
             pred = np.asarray(read_volume(saved).array)
         else:
             if predictor is None:
-                predictor = Predictor(model_file(run_dir), cfg.device, cfg.precision)
-            pred = predictor(case).argmax(0).numpy()
+                predictor = Predictor(model_file(run_dir), cfg.device, cfg.precision, cfg.inference)
+            pred = predictor.segment(case)
         out[cid] = (case.image, np.asarray(case.label), pred.astype(np.int64))
     return out
 

@@ -1,0 +1,37 @@
+"""Label-map post-processing: keep the largest connected component of each foreground class.
+
+nnU-Net's "remove all but the largest component" and the LA semi-supervised literature's
+``getLargestCC`` (BCP, UA-MT's ``nms``), for single-structure targets such as the left atrium.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+_FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity (skimage's / BCP's default in 3D)
+
+
+def keep_largest_component(label: np.ndarray, num_classes: int) -> np.ndarray:
+    """A copy of the label map ``label`` (X, Y, Z; integer classes) in which every voxel of a
+    foreground class outside that class's largest 26-connected component becomes background (0).
+    Ties keep the component found first in C order."""
+    out = np.array(label, copy=True)
+    for c in range(1, num_classes):
+        m = out == c
+        if not m.any():
+            continue
+        comp, k = ndimage.label(m, _FULL)
+        if k > 1:
+            out[m & (comp != np.bincount(comp.ravel())[1:].argmax() + 1)] = 0
+    return out
+
+
+def largest_component_per_class(label: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """:func:`keep_largest_component` for every sample of a batch (N, X, Y, Z), on its device."""
+    arr = label.detach().cpu().numpy()
+    out = np.stack([keep_largest_component(a, num_classes) for a in arr]) if len(arr) else arr.copy()
+    return torch.from_numpy(out).to(label.device)
+
+
+POSTPROCESS = {"none": lambda label, num_classes: label, "largest_component": keep_largest_component}

@@ -1,0 +1,30 @@
+import numpy as np
+import torch
+
+from semi3d.inference.postprocess import keep_largest_component, largest_component_per_class
+
+
+def _two_blobs():
+    lab = np.zeros((10, 10, 10), np.uint8)
+    lab[0:4, 0:4, 0:4] = 1  # 64 voxels
+    lab[7:9, 7:9, 7:9] = 1  # 8 voxels: removed
+    lab[4, 4, 4] = 1        # touches the big blob only diagonally (26-connected): kept
+    lab[0:2, 7:9, 0:2] = 2  # the only class-2 component stays
+    return lab
+
+
+def test_keeps_the_largest_26_connected_component_per_class():
+    lab = _two_blobs()
+    before = lab.copy()
+    out = keep_largest_component(lab, 3)
+    assert np.array_equal(lab, before)  # the input is not modified
+    assert (out == 1).sum() == 65 and (out == 2).sum() == 8 and out[8, 8, 8] == 0 and out[4, 4, 4] == 1
+    assert out.dtype == lab.dtype
+    assert np.array_equal(keep_largest_component(np.zeros_like(lab), 3), np.zeros_like(lab))
+
+
+def test_batched_version_matches_per_sample():
+    lab = torch.from_numpy(np.stack([_two_blobs(), _two_blobs()[::-1].copy()]).astype(np.int64))
+    out = largest_component_per_class(lab, 3)
+    for a, b in zip(lab.numpy(), out.numpy()):
+        assert np.array_equal(keep_largest_component(a, 3), b)
