@@ -33,6 +33,15 @@ def test_train_predict_evaluate(trained, synth_root, tmp_path):
     prob = nib.load(out / f"{case}_0000_prob.nii.gz")
     assert prob.shape == (*src.shape, 3)
 
+    from semi3d.inference.postprocess import keep_largest_component
+
+    r = runner.invoke(app, ["predict", str(trained), str(images[0]), "-o", str(tmp_path / "pp"), "--postprocess", "largest_component"])
+    assert r.exit_code == 0, r.output
+    pp = np.asarray(nib.load(tmp_path / "pp" / f"{case}_0000.nii.gz").dataobj)
+    assert np.array_equal(pp, keep_largest_component(np.asarray(seg.dataobj), 3))
+    r = runner.invoke(app, ["predict", str(trained), str(images[0]), "-o", str(tmp_path / "x"), "--postprocess", "biggest"])
+    assert r.exit_code == 2 and "--postprocess" in r.output and "largest_component" in r.output
+
     r = runner.invoke(app, ["evaluate", str(trained), "--split", "test"])
     assert r.exit_code == 0, r.output
     m = json.loads((trained / "eval_test" / "metrics.json").read_text())

@@ -51,12 +51,13 @@ def predict(model: Path = typer.Argument(..., help="a run folder, a checkpoints/
             inputs: list[Path] = typer.Argument(..., help="image files (.nii.gz .nii .nrrd .mha .h5 .npy) or folders"),
             out: Path = typer.Option(..., "--out", "-o", help="output folder"),
             probabilities: bool = typer.Option(False, help="also write the class probability maps"),
-            which: str = typer.Option("auto", help="auto (the run's selection policy) | best | final")):
+            which: str = typer.Option("auto", help="auto (the run's selection policy) | best | final"),
+            postprocess: Optional[str] = typer.Option(None, help="none | largest_component (default: the model's inference.postprocess)")):
     """Segment image files with a trained model; writes <case>.nii.gz with the input's affine
     (.h5 / .npy for h5 / npy input)."""
     from .inference.predictor import predict_files
 
-    for p in predict_files(model, inputs, out, probabilities, which):
+    for p in predict_files(model, inputs, out, probabilities, which, postprocess):
         console.print(str(p))
 
 

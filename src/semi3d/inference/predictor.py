@@ -185,16 +185,22 @@ def _case_names(files: list[Path]) -> list[str]:
 
 
 def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: bool = False,
-                  which: str = "auto") -> list[Path]:
+                  which: str = "auto", postprocess: str | None = None) -> list[Path]:
     """Segment each input image; writes ``<out>/<case>.nii.gz`` (post-processed as the model's
     ``inference.postprocess`` says) with the input's affine (``.h5`` / ``.npy`` for h5 / npy input) and, with ``probabilities``, ``<case>_prob`` (K, X, Y, Z) float32.
-    Every input is read and checked before anything is written."""
+    ``postprocess`` overrides the model's ``inference.postprocess``. Every input is read and checked
+    before anything is written."""
+    from .postprocess import POSTPROCESS
     from ..data.readers import assemble_case, h5_keys, read_volume, split_suffix, write_volume
 
     model = Path(model)
     if not model.exists():
         raise InputError(model, "no such run folder, bundle folder or model file")
+    if postprocess is not None and postprocess not in POSTPROCESS:
+        raise InputError("--postprocess", f"unknown {postprocess!r}; choose from {', '.join(POSTPROCESS)}")
     pred = Predictor(model_file(model, which) if model.is_dir() else model)
+    if postprocess is not None:
+        pred.cfg = pred.cfg.model_copy(update={"inference": pred.cfg.inference.model_copy(update={"postprocess": postprocess})})
     spacing = pred.cfg.data.options.get("spacing")
     files = _expand_inputs(inputs)
 
