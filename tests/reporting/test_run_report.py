@@ -110,3 +110,14 @@ def test_evaluate_with_largest_component_postprocessing(sup_run, tmp_path):
         a, b = (np.asarray(read_volume(d / "predictions" / f.name).array) for d in (raw, pp))
         assert np.array_equal(b, keep_largest_component(a, 2))
     assert json.loads((pp / "metrics.json").read_text())["postprocess"] == "largest_component"
+
+
+def test_postprocess_benchmark_script(sup_run, copy_run, tmp_path, load_benchmark):
+    run = copy_run(sup_run)
+    rows = load_benchmark("postprocess_la").main([str(run), "--results", str(tmp_path / "res")])
+    ref = json.loads((sup_run / "eval_validation" / "metrics.json").read_text())["mean"]
+    assert rows[0]["none"]["dice"] == pytest.approx(ref["organ"]["dice"])  # the plain evaluation, redone
+    assert set(rows[0]["largest_component"]) == {"dice", "jaccard", "hd95", "asd"} and rows[0]["n_cases"] == 1
+    saved = json.loads((tmp_path / "res" / "postprocess_la.json").read_text())
+    assert saved["rows"] == rows and "postprocess_la.py" in saved["command"]
+    assert (run / "eval_validation_largest_component" / "metrics.json").is_file()
