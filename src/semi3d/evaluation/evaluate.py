@@ -4,7 +4,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-
 from ..config import load_config
 from ..data.readers import build_reader, write_volume
 from ..data.splits import load_splits, read_id_list

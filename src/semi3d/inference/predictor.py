@@ -186,10 +186,10 @@ def _case_names(files: list[Path]) -> list[str]:
 
 def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: bool = False,
                   which: str = "auto", postprocess: str | None = None) -> list[Path]:
-    """Segment each input image; writes ``<out>/<case>.nii.gz`` (post-processed as the model's
-    ``inference.postprocess`` says) with the input's affine (``.h5`` / ``.npy`` for h5 / npy input) and, with ``probabilities``, ``<case>_prob`` (K, X, Y, Z) float32.
-    ``postprocess`` overrides the model's ``inference.postprocess``. Every input is read and checked
-    before anything is written."""
+    """Segment each input image; writes ``<out>/<case>.nii.gz`` with the input's affine (``.h5`` /
+    ``.npy`` for h5 / npy input), post-processed as ``postprocess`` (default: the model's
+    ``inference.postprocess``) says, and, with ``probabilities``, ``<case>_prob`` (K, X, Y, Z)
+    float32. Every input is read and checked before anything is written."""
     from .postprocess import POSTPROCESS
     from ..data.readers import assemble_case, h5_keys, read_volume, split_suffix, write_volume
 
