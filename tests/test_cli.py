@@ -42,6 +42,16 @@ def test_train_predict_evaluate(trained, synth_root, tmp_path):
     r = runner.invoke(app, ["predict", str(trained), str(images[0]), "-o", str(tmp_path / "x"), "--postprocess", "biggest"])
     assert r.exit_code == 2 and "--postprocess" in r.output and "largest_component" in r.output
 
+    from pydantic import ValidationError
+
+    from semi3d.inference.predictor import Predictor, model_file
+
+    base = Predictor(model_file(trained), "cpu")
+    upd = Predictor(model_file(trained), "cpu", inference={"overlap": 0.1})  # a partial update keeps the rest
+    assert upd.cfg.inference == base.cfg.inference.model_copy(update={"overlap": 0.1}) != base.cfg.inference
+    with pytest.raises(ValidationError, match="postprocess"):
+        Predictor(model_file(trained), "cpu", inference={"postprocess": "biggest"})
+
     r = runner.invoke(app, ["evaluate", str(trained), "--split", "test"])
     assert r.exit_code == 0, r.output
     m = json.loads((trained / "eval_test" / "metrics.json").read_text())

@@ -50,11 +50,12 @@ class Predictor:
 
     ``model_path``: a model file (``checkpoints/model_*.pt``) or a bundle folder from ``semi3d
     export`` (the TorchScript ``models/model.ts`` with the run config kept in
-    ``configs/metadata.json``); both predict the same.
+    ``configs/metadata.json``); both predict the same. ``inference``: replaces the model's
+    ``inference`` settings (an ``InferenceConfig``) or updates some of its fields (a dict, validated).
     """
 
     def __init__(self, model_path: Path, device: str = "auto", precision: str = "auto",
-                 inference: InferenceConfig | None = None):
+                 inference: InferenceConfig | dict | None = None):
         from ..data.dataset import make_preprocessor
 
         self.device = pick_device(device)
@@ -68,6 +69,8 @@ class Predictor:
         self.in_channels = m["in_channels"]
         self.preprocessor = make_preprocessor(self.cfg.data)
         self.step = m["step"]
+        if isinstance(inference, dict):  # field updates, e.g. {"postprocess": ...} from the command line
+            inference = InferenceConfig.model_validate({**self.cfg.inference.model_dump(), **inference})
         if inference is not None:  # e.g. the run's config.yaml with --set overrides
             self.cfg = self.cfg.model_copy(update={"inference": inference})
 
@@ -198,9 +201,8 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
         raise InputError(model, "no such run folder, bundle folder or model file")
     if postprocess is not None and postprocess not in POSTPROCESS:
         raise InputError("--postprocess", f"unknown {postprocess!r}; choose from {', '.join(POSTPROCESS)}")
-    pred = Predictor(model_file(model, which) if model.is_dir() else model)
-    if postprocess is not None:
-        pred.cfg = pred.cfg.model_copy(update={"inference": pred.cfg.inference.model_copy(update={"postprocess": postprocess})})
+    pred = Predictor(model_file(model, which) if model.is_dir() else model,
+                     inference=None if postprocess is None else {"postprocess": postprocess})
     spacing = pred.cfg.data.options.get("spacing")
     files = _expand_inputs(inputs)
 
