@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 
 from semi3d.config import load_config
 from semi3d.engine import distributed as D
+from semi3d.engine.runlog import TIMING_KEYS
 from semi3d.engine.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "methods"))
@@ -59,7 +60,7 @@ def _same(a: dict, b: dict) -> bool:
 
 def _log(run_dir: Path) -> list[dict]:
     recs = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("time", "sec_per_it")} for r in recs]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in recs]
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from semi3d.config import load_config
+from semi3d.engine.runlog import TIMING_KEYS
 from semi3d.engine.trainer import Trainer, train
 from semi3d.errors import InputError
 
@@ -34,7 +35,10 @@ def test_run_folder_contents(tiny_tree):
     # the resolved config is complete and reloads to the same config
     again = load_config(d / "config.yaml")
     assert again == cfg
-    assert any("val/dice" in json.loads(x) for x in (d / "log.jsonl").read_text().splitlines())
+    recs = [json.loads(x) for x in (d / "log.jsonl").read_text().splitlines()]
+    assert any("val/dice" in r for r in recs)
+    timed = [r for r in recs if "sec_per_it" in r]  # the batch-making share of each iteration
+    assert timed and all(0 < r["data_sec_per_it"] < r["sec_per_it"] for r in timed)
 
 
 def test_resume_equals_uninterrupted(tiny_tree, tmp_path):
@@ -52,7 +56,7 @@ def test_resume_equals_uninterrupted(tiny_tree, tmp_path):
         assert torch.equal(a[k], b[k]), k
     la = [json.loads(x) for x in (full.run_dir / "log.jsonl").read_text().splitlines()]
     lb = [json.loads(x) for x in (resumed.run_dir / "log.jsonl").read_text().splitlines()]
-    strip = lambda recs: [{k: v for k, v in r.items() if k not in ("time", "sec_per_it")} for r in recs]
+    strip = lambda recs: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in recs]
     assert strip(la) == strip(lb)
 
 

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from semi3d.cli import app
 from semi3d.config import load_config
 from semi3d.data.synthetic import imbalanced_class_scale, make_case, write_dataset
+from semi3d.engine.runlog import TIMING_KEYS
 from semi3d.engine.trainer import Trainer
 from semi3d.errors import InputError
 from semi3d.inference.predictor import Predictor
@@ -354,7 +355,7 @@ def test_resume_equals_uninterrupted(tiny_tree):
     assert a.keys() == b.keys() and any(k.startswith("difficulty.") for k in a)
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    strip = lambda recs: [{k: v for k, v in r.items() if k not in ("time", "sec_per_it")} for r in recs]
+    strip = lambda recs: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in recs]
     assert strip(records(full.run_dir)) == strip(records(part.run_dir))
 
 

@@ -6,6 +6,11 @@ import csv
 import json
 from pathlib import Path
 
+# wall-clock fields of the logged records, the only ones that differ between identical runs:
+# seconds since this process started training, mean seconds per iteration since then, and the part
+# of it spent making batches (patch sampling + augmentation + transfer, synchronous).
+TIMING_KEYS = ("time", "sec_per_it", "data_sec_per_it")
+
 
 class RunLog:
     def __init__(self, run_dir: Path, enabled: bool = True):

@@ -112,6 +112,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
 
         self.gen = torch.Generator().manual_seed(D.rank_seed(cfg.seed, self.dist.rank))
+        self.data_time = 0.0  # seconds spent in make_batch since fit() started
         d = cfg.data
         self.aug = d.augment
         if self.main:
@@ -147,7 +148,9 @@ class Trainer:
     def train_step(self, step: int) -> dict[str, float]:
         m, t = self.method, self.cfg.train
         n_l, n_u = m.batch_plan(step)
+        t0 = time.perf_counter()
         batch = self.make_batch(n_l, n_u)
+        self.data_time += time.perf_counter() - t0
         active = m.active_groups(step)
         f = self.schedule.factor(step)
         for g in active:
@@ -280,7 +283,7 @@ class Trainer:
         """Train until ``train.iterations`` (or until ``stop_at``, leaving a resumable checkpoint)."""
         t = self.cfg.train
         end = min(stop_at or t.iterations, t.iterations)
-        start_step, t0 = self.step, time.time()
+        start_step, t0, self.data_time = self.step, time.time(), 0.0
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
         with Progress(*columns, console=console, disable=not (t.progress_bar and self.main)) as bar:
@@ -293,6 +296,7 @@ class Trainer:
                 if self.step % t.log_every == 0 or self.step == t.iterations:
                     rec["time"] = time.time() - t0
                     rec["sec_per_it"] = rec["time"] / (self.step - start_step)
+                    rec["data_sec_per_it"] = self.data_time / (self.step - start_step)
                     self.log.write(self.step, rec)
                     bar.update(task, info=" ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in rec.items() if k.startswith("loss/")))
                 if self.val_cases and (self.step % t.val_every == 0 or self.step == t.iterations):
