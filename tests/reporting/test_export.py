@@ -90,8 +90,9 @@ def test_export_bad_input(sup_run, copy_run, tmp_path):
     assert is_bundle(tmp_path / "b2") and not list(tmp_path.glob(".b2.*"))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("onnx") is not None, reason="onnx is installed")
-def test_onnx_without_the_package_is_a_clean_error(sup_run, tmp_path):
+def test_onnx_without_the_package_is_a_clean_error(sup_run, tmp_path, monkeypatch):
+    find_spec = importlib.util.find_spec  # pretend onnx is not installed, whether it is or not
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else find_spec(name, *a))
     r = CliRunner().invoke(app, ["export", str(sup_run), "--out", str(tmp_path / "b"), "--format", "onnx"])
     assert r.exit_code == 2 and "'onnx' package is not installed" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "b").exists()
