@@ -46,6 +46,15 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _fp32_on_every_cpu(monkeypatch):
+    """``precision: auto`` means fp32 on CPU in every test, whatever the CPU: on one with native bf16
+    (e.g. an AMD EPYC with avx512_bf16) auto would pick bf16 autocast, and tests that compare
+    against fp32 references or train tiny models at high learning rates would depend on the
+    machine. Tests of bf16 ask for it with ``precision: bf16``."""
+    monkeypatch.setattr("semi3d.engine.precision.cpu_has_native_bf16", lambda: False)
+
+
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory):
     """A tiny synthetic nnU-Net raw dataset: 5 labelled, 3 unlabelled, 2 test cases, 3 classes."""
