@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 
 from semi3d.config import load_config
 from semi3d.engine import distributed as D
+from semi3d.engine import precision as P
 from semi3d.engine.runlog import TIMING_KEYS
 from semi3d.engine.trainer import Trainer
 
@@ -33,6 +34,7 @@ def _worker(rank: int, port: int, jobs: list, out: str, rank_seeds: bool) -> Non
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     D.RANK_SEEDS = rank_seeds
+    P.cpu_has_native_bf16 = lambda: False  # spawned: conftest's fp32-on-every-CPU fixture does not reach here
     try:
         for key, tree, stop in jobs:
             cfg = load_config(tree=tree)
