@@ -69,7 +69,7 @@ class DataConfig(_Strict):
     preprocess: PreprocessConfig = PreprocessConfig()
     cache_dir: Path | None = None
     domains: Path | None = None  # JSON {id: tag} or write_domain_dataset's domains.json; default <root>/domains.json
-    patch_size: tuple[int, int, int] = (64, 64, 48)
+    patch_size: tuple[int, int, int] = (64, 64, 48)  # voxels (X, Y, Z); multiples of the 3D net's divisor (checked at start)
     fg_oversample: float = Field(0.33, ge=0, le=1)
     augment: AugmentConfig = AugmentConfig()  # see data/augment.py
 

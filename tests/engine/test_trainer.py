@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,3 +114,10 @@ def test_a_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tiny_
         t.fit()
     assert torch.load(cfg.run_dir / "checkpoints" / "last.pt", weights_only=False)["step"] == 2
     assert Trainer(cfg, resume=True).fit()["iterations"] == 6  # resumable from there
+
+
+def test_a_patch_the_network_cannot_take_is_refused_before_training(tiny_tree):
+    tiny_tree["data"]["patch_size"] = [14, 16, 16]  # the tiny 3-level U-Net's divisor is 4
+    with pytest.raises(InputError, match=r"data.patch_size: \[14, 16, 16\] is not a multiple of the divisor \[4, 4, 4\]"):
+        train(load_config(tree=tiny_tree))
+    assert not list(Path(tiny_tree["output_dir"]).rglob("*.pt"))  # nothing trained, no checkpoint

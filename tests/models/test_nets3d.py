@@ -168,3 +168,20 @@ def test_vnet_dropout_and_norms():
     assert any(isinstance(m, torch.nn.GroupNorm) for m in gn.modules())
     with pytest.raises(InputError, match="n_filters"):
         VNet(1, 2, n_filters=8, normalization="groupnorm")
+
+
+def test_check_patch_names_the_patch_and_the_network():
+    """A patch the network cannot train on is an InputError naming data.patch_size, before any
+    forward: not a multiple of the divisor, or a single voxel left for instance norm at the bottom."""
+    from semi3d.models.nets3d import check_patch
+
+    check_patch([32, 32, 16], UNet3D(1, 2, levels=4, base=2))  # divisor 8: 4x4x2 at the bottom
+    with pytest.raises(InputError, match=r"data.patch_size: \[30, 32, 16\] is not a multiple of the divisor \[8, 8, 8\] of UNet3D"):
+        check_patch([30, 32, 16], UNet3D(1, 2, levels=4, base=2))
+    with pytest.raises(InputError, match=r"single voxel at the deepest level of VNet.*instance norm"):
+        check_patch([16, 16, 16], VNet(1, 2, n_filters=2, normalization="instancenorm"))
+    check_patch([16, 16, 16], VNet(1, 2, n_filters=2, normalization="none"))  # no norm: 1x1x1 trains
+    check_patch([32, 16, 16], VNet(1, 2, n_filters=2, normalization="instancenorm"))  # 2 voxels
+    # the check the trainer makes is real: the refused network does fail on such a patch in training
+    with pytest.raises(ValueError, match="more than 1 spatial element"):
+        VNet(1, 2, n_filters=2, normalization="instancenorm").train()(torch.zeros(2, 1, 16, 16, 16))

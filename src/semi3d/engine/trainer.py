@@ -23,6 +23,7 @@ from ..data.splits import load_splits, save_splits
 from ..errors import InputError
 from ..inference.predictor import predict_probs
 from ..methods.base import Batch, MethodContext
+from ..models.nets3d import check_patch
 from ..registry import METHODS
 from . import checkpoint as ckpt
 from . import distributed as D
@@ -95,6 +96,7 @@ class Trainer:
         ctx = MethodContext(cfg, self.data.in_channels, self.data.num_classes, t.iterations,
                             self.schedule.factor, self.schedule.cycle_position, self.channels_last)
         self.method = METHODS.get(cfg.method.name)(ctx, **cfg.method.options).to(self.device)
+        check_patch(cfg.data.patch_size, self.method)  # a clear error now, not a torch one at step 1
         if self.channels_last:
             channels_last_3d(self.method)
         if self.dist.enabled:

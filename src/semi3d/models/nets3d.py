@@ -29,7 +29,7 @@ from torch import nn
 from ..errors import InputError
 from ..registry import NETS3D
 
-__all__ = ["UNet3D", "VNet", "count_parameters", "list_nets3d"]
+__all__ = ["UNet3D", "VNet", "check_patch", "count_parameters", "list_nets3d"]
 
 Triple = tuple[int, int, int]
 
@@ -68,6 +68,29 @@ def check_input(x: torch.Tensor, divisor: Sequence[int], name: str) -> None:
             f"{name}: input spatial shape {tuple(x.shape[2:])} (full shape {tuple(x.shape)}) "
             f"is not divisible by the network divisor {tuple(divisor)} per axis"
         )
+
+
+def check_patch(patch_size: Sequence[int], nets: nn.Module, where: str = "data.patch_size") -> None:
+    """Raise :class:`InputError` naming ``where`` unless every 3D network in ``nets`` (the module
+    and its submodules that carry a ``divisor``) can train on patches of ``patch_size`` (voxels,
+    ``(X, Y, Z)``): each size a multiple of the network's divisor, and, for a network with instance
+    norm, more than one voxel at its deepest level (``patch // divisor``), since instance norm
+    cannot normalise a single voxel. Called before training so the error is not a torch traceback
+    at the first step."""
+    patch = tuple(int(p) for p in patch_size)
+    for name, net in nets.named_modules():
+        divisor = getattr(net, "divisor", None)
+        if divisor is None or len(divisor) != 3:
+            continue
+        label = f"{type(net).__name__}{f' ({name})' if name else ''}"
+        if any(p % d for p, d in zip(patch, divisor)):
+            raise InputError(where, f"{list(patch)} is not a multiple of the divisor {list(divisor)} of {label} "
+                                    "per axis; choose a patch whose every size is a multiple of it")
+        deepest = [p // d for p, d in zip(patch, divisor)]
+        if math.prod(deepest) == 1 and any(isinstance(m, nn.modules.instancenorm._InstanceNorm) for m in net.modules()):
+            raise InputError(where, f"{list(patch)} leaves a single voxel at the deepest level of {label} "
+                                    f"(divisor {list(divisor)}), which instance norm cannot normalise; use a patch "
+                                    "at least twice the divisor along one axis, or fewer levels")
 
 
 def _divisor_hook(module: nn.Module, args: tuple[Any, ...]) -> None:
