@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from semi3d.errors import InputError
-from semi3d.models.nets3d import UNet3D, VNet, count_parameters, list_nets3d
+from semi3d.models.nets3d import UNet3D, VNet, check_patch, count_parameters, list_nets3d
 from semi3d.registry import NETS3D
 
 SHAPE = (1, 1, 32, 32, 16)  # (N, C, X, Y, Z)
@@ -173,8 +173,6 @@ def test_vnet_dropout_and_norms():
 def test_check_patch_names_the_patch_and_the_network():
     """A patch the network cannot train on is an InputError naming data.patch_size, before any
     forward: not a multiple of the divisor, or a single voxel left for instance norm at the bottom."""
-    from semi3d.models.nets3d import check_patch
-
     check_patch([32, 32, 16], UNet3D(1, 2, levels=4, base=2))  # divisor 8: 4x4x2 at the bottom
     with pytest.raises(InputError, match=r"data.patch_size: \[30, 32, 16\] is not a multiple of the divisor \[8, 8, 8\] of UNet3D"):
         check_patch([30, 32, 16], UNet3D(1, 2, levels=4, base=2))

@@ -59,11 +59,16 @@ def _divisor_of(strides: Iterable[int | Sequence[int]], where: str) -> Triple:
     return tuple(out)  # type: ignore[return-value]
 
 
+def _divides(divisor: Sequence[int], shape: Sequence[int]) -> bool:
+    """True when every spatial size in ``shape`` is a multiple of ``divisor`` on its axis."""
+    return all(s % d == 0 for s, d in zip(shape, divisor))
+
+
 def check_input(x: torch.Tensor, divisor: Sequence[int], name: str) -> None:
     """Raise ``ValueError`` unless ``x`` is ``(N, C, X, Y, Z)`` with ``X, Y, Z`` multiples of ``divisor``."""
     if x.ndim != 5:
         raise ValueError(f"{name}: expected a 5D input (N, C, X, Y, Z), got shape {tuple(x.shape)}")
-    if any(s % d for s, d in zip(x.shape[2:], divisor)):
+    if not _divides(divisor, x.shape[2:]):
         raise ValueError(
             f"{name}: input spatial shape {tuple(x.shape[2:])} (full shape {tuple(x.shape)}) "
             f"is not divisible by the network divisor {tuple(divisor)} per axis"
@@ -83,7 +88,7 @@ def check_patch(patch_size: Sequence[int], nets: nn.Module, where: str = "data.p
         if divisor is None or len(divisor) != 3:
             continue
         label = f"{type(net).__name__}{f' ({name})' if name else ''}"
-        if any(p % d for p, d in zip(patch, divisor)):
+        if not _divides(divisor, patch):
             raise InputError(where, f"{list(patch)} is not a multiple of the divisor {list(divisor)} of {label} "
                                     "per axis; choose a patch whose every size is a multiple of it")
         deepest = [p // d for p, d in zip(patch, divisor)]
