@@ -125,3 +125,23 @@ def test_bad_inputs():
         augment(image[0], label, AugmentConfig(), _gen(0))
     with pytest.raises(InputError):
         augment(image, label[:, :8], AugmentConfig(), _gen(0))
+
+
+@pytest.mark.parametrize("scale", [0.9, 1.1])
+def test_zoom_keeps_image_and_label_aligned_at_the_patch_faces(scale):
+    """A foreground slab touching the patch faces: where the zoomed image is foreground, so is the
+    zoomed label (zooming out used to pad the image with its border and the label with 0)."""
+    shape = (16, 16, 16)
+    label = torch.zeros(1, *shape, dtype=torch.long)
+    label[:, :, 4:12, :] = 1  # spans X and Z entirely: touches four faces
+    image = label[:, None].float()
+    out_img, out_lab = augment(image, label, _only(p_scale=1.0, scale_range=(scale, scale)), _gen(0))
+    img_fg = out_img[:, 0] > 0.5
+    agree = (img_fg == (out_lab > 0)).float().mean().item()
+    assert agree > 0.98, agree
+    # the faces themselves: every border voxel the image calls foreground is labelled foreground
+    for axis in (1, 3):
+        for idx in (0, shape[axis - 1] - 1):
+            f_img = img_fg.select(axis, idx)
+            f_lab = out_lab.select(axis, idx) > 0
+            assert (f_img & ~f_lab).sum() <= 0.02 * f_img.numel()

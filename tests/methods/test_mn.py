@@ -321,3 +321,17 @@ def test_slices_per_step_subsamples_the_2d_students_slices(data_root, tmp_path):
     assert sum(seen) == 2 * 16 and probs.shape == (2, 2, 16, 16, 16)
     with pytest.raises(InputError, match="slices_per_step"):
         build_method(tiny_tree(data_root, tmp_path, options={"slices_per_step": -1}))
+
+
+def test_empty_unlabelled_split_is_refused_before_training(data_root, tmp_path):
+    """Stage 2 wants unlabelled patches: an empty split is an error up front (it used to fail at the
+    first stage-2 step, hours into a paper-scale run); sampling labelled_only needs none."""
+    tree = tiny_tree(data_root, tmp_path)
+    tree["data"]["splits"]["unlabelled"] = "none"
+    with pytest.raises(InputError, match="needs unlabelled"):
+        Trainer(load_config(tree=tree)).fit()
+    assert not (tmp_path / "mn" / "log.jsonl").exists()
+    tree = tiny_tree(data_root, tmp_path, name="mn_lab", iterations=6, options={"sampling": "labelled_only"})
+    tree["data"]["splits"]["unlabelled"] = "none"
+    Trainer(load_config(tree=tree)).fit()
+    assert (tmp_path / "mn_lab" / "checkpoints" / "model_final.pt").is_file()

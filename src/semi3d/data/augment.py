@@ -29,7 +29,8 @@ class AugmentConfig:
         rot90_axes: spatial axis pairs rotated by k*90 degrees, k uniform in 0..3; a pair is
             skipped when its two patch sizes differ.
         scale_range: isotropic zoom factor about the patch centre (>1 enlarges the content); the
-            patch size is kept, the image padded with its border values, the label with 0.
+            patch size is kept; zooming out (< 1) pads image and label alike with their border
+            values, so a structure touching a patch face keeps its label in the padding.
         gamma_range: gamma applied to each channel rescaled to [0, 1] by its min/max, then mapped back.
         contrast_range: factor multiplying each channel around its mean, clipped to its original range.
         noise_std: std of additive gaussian noise, in normalised intensity units.
@@ -116,9 +117,9 @@ def augment(
     """Randomly augment a batch of patches; parameters are drawn independently per sample.
 
     Spatial transforms (isotropic zoom about the centre, rot90, flips) are applied identically to
-    image and label; zoom uses trilinear sampling with border padding for the image and nearest
-    sampling with 0 padding for the label. Intensity transforms (gamma, contrast, brightness,
-    gaussian noise) touch the image only. The inputs are never modified.
+    image and label; zoom uses trilinear sampling for the image and nearest sampling for the label,
+    both padded with their border values (one rule, so they stay aligned at the patch faces).
+    Intensity transforms (gamma, contrast, brightness, gaussian noise) touch the image only. The inputs are never modified.
 
     Args:
         image: float tensor (N, C, X, Y, Z).
@@ -159,7 +160,7 @@ def augment(
         if s is not None and s != 1.0:
             img = _zoom(img[None], s, "bilinear", "border")[0]
             if lab is not None:
-                lab = _zoom(lab[None, None].float(), s, "nearest", "zeros")[0, 0].round().to(label.dtype)
+                lab = _zoom(lab[None, None].float(), s, "nearest", "border")[0, 0].round().to(label.dtype)
         for (a, b), on, k in zip(cfg.rot90_axes, rot_on[i], rot_k[i]):
             if on and k % 4 and spatial[a] == spatial[b]:
                 img = torch.rot90(img, k, dims=(a + 1, b + 1))

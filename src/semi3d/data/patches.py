@@ -12,19 +12,39 @@ import torch.nn.functional as F
 from .case import Case
 
 
+def pad_spec(shape, patch) -> list[int]:
+    """``F.pad`` widths (last axis first) that centre a spatial ``shape`` (X, Y, Z) in at least
+    ``patch`` voxels per axis; all zeros when it is large enough."""
+    spec: list[int] = []
+    for p in reversed([max(int(p) - int(s), 0) for p, s in zip(patch, shape)]):
+        spec += [p // 2, p - p // 2]
+    return spec
+
+
+def pad_image(image: torch.Tensor, patch) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """The one padding rule of training and inference: an image (C, X, Y, Z) smaller than
+    ``patch`` along an axis is centred and padded with each channel's minimum (a z-scored image's
+    background, not 0 = its mean). Returns the padded image and the slices (C, X, Y, Z) that crop
+    it back to the input."""
+    spec = pad_spec(image.shape[1:], patch)
+    if not any(spec):
+        return image, (slice(None),) * 4
+    lo = image.flatten(1).amin(1)
+    out = torch.stack([F.pad(ch, spec, value=float(m)) for ch, m in zip(image, lo)])
+    before = spec[::2][::-1]  # X, Y, Z
+    crop = (slice(None),) + tuple(slice(b, b + s) for b, s in zip(before, image.shape[1:]))
+    return out, crop
+
+
 class _Volume:
     """A case padded (once) to at least the patch size, with its foreground voxel coordinates."""
 
     def __init__(self, case: Case, patch: tuple[int, int, int]):
         img = torch.from_numpy(np.ascontiguousarray(case.image, dtype=np.float32))
         lab = None if case.label is None else torch.from_numpy(case.label.astype(np.int64))
-        pad = [max(p - s, 0) for p, s in zip(patch, img.shape[1:])]
-        if any(pad):
-            spec = []
-            for p in reversed(pad):  # F.pad wants the last axis first
-                spec += [p // 2, p - p // 2]
-            fill = float(img.min())
-            img = F.pad(img, spec, value=fill)
+        spec = pad_spec(img.shape[1:], patch)
+        if any(spec):
+            img, _ = pad_image(img, patch)
             lab = None if lab is None else F.pad(lab, spec, value=0)
         self.id, self.image, self.label = case.id, img, lab
         self.fg = None if lab is None else torch.nonzero(lab > 0).to(torch.int32)  # (M, 3)
@@ -36,11 +56,8 @@ class _Volume:
             self.fg = None
             return
         m = torch.as_tensor(mask > 0)
-        pad = [s - m for s, m in zip(self.image.shape[1:], m.shape)]
-        if any(pad):
-            spec = []
-            for p in reversed(pad):
-                spec += [p // 2, p - p // 2]
+        spec = pad_spec(m.shape, self.image.shape[1:])
+        if any(spec):
             m = F.pad(m, spec, value=False)
         self.fg = torch.nonzero(m).to(torch.int32)
 

@@ -94,7 +94,7 @@ class Trainer:
         self.schedule = LRSchedule(t.schedule, t.iterations)
         self.channels_last = use_channels_last(t.channels_last, self.device)
         ctx = MethodContext(cfg, self.data.in_channels, self.data.num_classes, t.iterations,
-                            self.schedule.factor, self.schedule.cycle_position, self.channels_last)
+                            self.schedule.factor, channels_last=self.channels_last)
         self.method = METHODS.get(cfg.method.name)(ctx, **cfg.method.options).to(self.device)
         check_patch(cfg.data.patch_size, self.method)  # a clear error now, not a torch one at step 1
         if self.channels_last:

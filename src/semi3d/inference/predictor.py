@@ -33,16 +33,20 @@ def predict_probs(net: nn.Module, image: torch.Tensor, patch_size, cfg: Inferenc
                   device: torch.device, precision: str = "fp32") -> torch.Tensor:
     """Softmax probabilities (K, X, Y, Z) float32 on CPU for a preprocessed image (C, X, Y, Z).
 
-    Uses MONAI ``sliding_window_inference`` with windows of ``patch_size`` voxels (volumes smaller
-    than a window are padded by MONAI and cropped back), ``cfg.overlap`` and ``cfg.mode`` blending.
+    Uses MONAI ``sliding_window_inference`` with windows of ``patch_size`` voxels, ``cfg.overlap``
+    and ``cfg.mode`` blending. A volume smaller than a window is first padded as in training
+    (:func:`semi3d.data.patches.pad_image`: centred, each channel's minimum) and cropped back.
     """
     from monai.inferers import sliding_window_inference
 
-    x = image[None].to(device, torch.float32)
+    from ..data.patches import pad_image
+
+    padded, crop = pad_image(image.to(torch.float32), patch_size)
+    x = padded[None].to(device)
     with autocast(device, precision):
         logits = sliding_window_inference(x, tuple(patch_size), cfg.sw_batch_size, net, overlap=cfg.overlap,
                                           mode=cfg.mode, sw_device=device, device=device)
-    return torch.softmax(logits.float(), 1)[0].cpu()
+    return torch.softmax(logits.float(), 1)[0][crop].cpu()
 
 
 class Predictor:

@@ -45,7 +45,6 @@ class MethodContext:
     num_classes: int
     total_iterations: int
     lr_factor: Callable[[int], float] = lambda step: 1.0
-    cycle_position: Callable[[int], tuple[int, float]] = lambda step: (0, step / 1.0)
     channels_last: bool = False  # the trainer stores 3D conv weights and batches channels-last
 
 

@@ -15,9 +15,10 @@ Schedule (``step`` counts iterations from 0; ``W`` = ``warmup_iterations``, ``R`
   (the 2D teacher's slice-wise softmax is stacked back into a volume, averaged over ``views``). The
   student's loss is ``w_dice * soft Dice + w_kl * KL`` on the concatenated labelled (one-hot target)
   + unlabelled (teacher softmax target) batch. No confidence threshold, no EMA.
-- Batch composition (:class:`semi3d.engine.sampling.BatchComposer`): ``n_u`` of the
+- Batch composition (:class:`semi3d.methods.sampling.BatchComposer`): ``n_u`` of the
   ``train.batch_size`` patches are unlabelled; with ``sampling="lrg"`` (the paper's learning-rate
-  guided sampling) ``n_u = min(floor(p * B), B - 1)`` with ``p`` the position in the second lr cycle.
+  guided sampling) ``n_u = min(floor(p * B), B - 1)`` with ``p`` the position since stage 2 began
+  (``(step - W) / (total - W)``, as the reference code; it keeps growing across further lr restarts).
 - Pseudo-mask guided crops: at the end of stage 1 and then every ``guide_every`` iterations (and
   after each iteration listed in ``guide_at``) ``net3d`` predicts every unlabelled volume with a
   sliding window; the hard foreground masks steer the unlabelled crops (``data.fg_oversample`` of
@@ -60,7 +61,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine.sampling import KINDS, BatchComposer
+from .sampling import KINDS, BatchComposer
 from ..errors import InputError
 from ..losses import kl_soft, one_hot, soft_dice_loss
 from ..models.slicing import predict_2d_volume, volume_to_slices
@@ -153,7 +154,9 @@ class MN(Method):
         self.epoch_length = _int(f"{where} epoch_length", o["epoch_length"], 1)
         if o["sampling"] not in KINDS:
             raise InputError(f"{where} sampling", f"{o['sampling']!r}: choose one of {', '.join(KINDS)}")
-        self.composer = BatchComposer(o["sampling"], cfg.train.batch_size, o["fixed_unlabelled"], warmup_iterations=w)
+        self.composer = BatchComposer(o["sampling"], cfg.train.batch_size, w, total, o["fixed_unlabelled"])
+        # stage 2 trains on unlabelled patches: an empty unlabelled split is refused before training
+        self.needs_unlabelled = o["sampling"] != "labelled_only"
 
         views = o["views"]
         views = [views] if isinstance(views, int) and not isinstance(views, bool) else views
@@ -191,7 +194,7 @@ class MN(Method):
         return ["net2d", "net3d"] if self.stage(step) == 1 else [self.student(step)]
 
     def batch_plan(self, step: int) -> tuple[int, int]:
-        return self.composer.plan(step, self.ctx.cycle_position(step), self.ctx.lr_factor(step))
+        return self.composer.plan(step, self.ctx.lr_factor(step))
 
     # losses -----------------------------------------------------------------------------------
     def _loss3d(self, x: torch.Tensor, target: torch.Tensor):
