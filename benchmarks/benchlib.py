@@ -24,7 +24,15 @@ def git_commit() -> str:
 
 def machine(**extra) -> dict:
     """CPU, torch threads and torch version (plus ``extra``) for a result file."""
-    return {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+    from semi3d.engine.precision import cpu_has_native_bf16
+
+    model = platform.processor() or platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": model, "native_bf16": cpu_has_native_bf16(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, **extra}
 
 

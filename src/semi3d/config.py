@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, List, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .data.augment import AugmentConfig
 from .errors import InputError
@@ -132,6 +132,16 @@ class InferenceConfig(_Strict):
     # label-map post-processing after the argmax: "largest_component" keeps each foreground class's
     # largest 26-connected component (nnU-Net's / the LA literature's single-structure prior)
     postprocess: Literal["none", "largest_component"] = "none"
+    # mirror test-time augmentation (nnU-Net's default): the logits averaged over the flips of every
+    # subset of these spatial axes (0 = X, 1 = Y, 2 = Z), 2^len passes; [] = off
+    mirror_axes: list[Literal[0, 1, 2]] = []
+
+    @field_validator("mirror_axes")
+    @classmethod
+    def _distinct_axes(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"axes must be distinct, got {v}")
+        return v
 
 
 class RunConfig(_Strict):

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from semi3d.config import InferenceConfig
@@ -53,3 +54,33 @@ def test_inference_pads_a_small_volume_as_training_does():
     assert probs.shape == (2, 12, 16, 10)
     assert len(net.seen) == 1 and net.seen[0].shape == (1, 1, 16, 16, 16)
     assert torch.equal(net.seen[0][0], sampler.vols[0].image)
+
+
+class Skewed(torch.nn.Module):
+    """Logits that depend on the position along X, so a flip changes them (known answer)."""
+
+    def forward(self, x):
+        ramp = torch.linspace(0, 1, x.shape[2]).view(1, 1, -1, 1, 1)
+        return torch.cat([-x - ramp, x + ramp], 1)
+
+
+def test_mirror_tta_averages_the_flipped_logits():
+    x = torch.randn(1, 16, 16, 16)
+    plain = predict_probs(Skewed(), x, (16, 16, 16), InferenceConfig(), torch.device("cpu"))
+    tta = predict_probs(Skewed(), x, (16, 16, 16), InferenceConfig(mirror_axes=[0, 2]), torch.device("cpu"))
+    ramp = torch.linspace(0, 1, 16).view(1, -1, 1, 1)
+    mean_ramp = (ramp + ramp.flip(1)) / 2  # flips along Z leave the ramp alone; along X they reverse it
+    expect = torch.softmax(torch.cat([-x - mean_ramp, x + mean_ramp]), 0)
+    assert torch.allclose(tta, expect, atol=1e-5) and not torch.allclose(plain, expect, atol=1e-3)
+    # a flip-equivariant network is unchanged by TTA
+    same = predict_probs(Ident(), x, (16, 16, 16), InferenceConfig(mirror_axes=[0, 1, 2]), torch.device("cpu"))
+    assert torch.allclose(same, predict_probs(Ident(), x, (16, 16, 16), InferenceConfig(), torch.device("cpu")), atol=1e-5)
+
+
+def test_mirror_axes_are_validated():
+    import pydantic
+
+    with pytest.raises(pydantic.ValidationError):
+        InferenceConfig(mirror_axes=[0, 0])
+    with pytest.raises(pydantic.ValidationError):
+        InferenceConfig(mirror_axes=[3])

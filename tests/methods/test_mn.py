@@ -114,6 +114,8 @@ def test_options_are_checked(data_root, tmp_path):
         build_method(tiny_tree(data_root, tmp_path, options={"sampling": "random"}))
     with pytest.raises(InputError, match="loss_weights"):
         build_method(tiny_tree(data_root, tmp_path, options={"loss_weights": [0, 0]}))
+    with pytest.raises(InputError, match="predict"):
+        build_method(tiny_tree(data_root, tmp_path, options={"predict": "net2d"}))
     with pytest.raises(InputError, match="model.net2d"):
         tree = tiny_tree(data_root, tmp_path)
         tree["model"].pop("net2d")
@@ -335,3 +337,25 @@ def test_empty_unlabelled_split_is_refused_before_training(data_root, tmp_path):
     tree["data"]["splits"]["unlabelled"] = "none"
     Trainer(load_config(tree=tree)).fit()
     assert (tmp_path / "mn_lab" / "checkpoints" / "model_final.pt").is_file()
+
+
+def test_ensemble_prediction_is_the_mean_of_the_3d_and_2d_probabilities(data_root, tmp_path):
+    """predict: ensemble saves one model whose probabilities are the mean of net3d's and of the
+    slice-wise net2d's; it reloads from the model file alone (Predictor, as evaluate / predict do)."""
+    from semi3d.config import InferenceConfig
+    from semi3d.inference.predictor import Predictor, predict_probs
+    from semi3d.models.slicing import predict_2d_volume
+
+    tree = tiny_tree(data_root, tmp_path, iterations=6, options={"predict": "ensemble", "views": [1, 2]})
+    tr = Trainer(load_config(tree=tree))
+    tr.fit()
+    m = tr.method.eval()
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        expect = (torch.softmax(m.groups["net3d"](x), 1) + predict_2d_volume(m.groups["net2d"], x, (1, 2))) / 2
+        got = torch.softmax(m.predictor()(x), 1)
+    assert torch.allclose(got, expect, atol=1e-5)
+    assert not torch.allclose(got, torch.softmax(m.groups["net3d"](x), 1), atol=1e-3)
+    pred = Predictor(tmp_path / "mn" / "checkpoints" / "model_final.pt", precision="fp32")
+    saved = predict_probs(pred.net, x[0], (16, 16, 16), InferenceConfig(), torch.device("cpu"))
+    assert torch.allclose(saved, expect[0], atol=1e-5)

@@ -1,4 +1,5 @@
-"""Atomic checkpoint files: written to a temporary file in the same folder, then renamed."""
+"""Checkpoint files: atomic writes (a temporary file in the same folder, then renamed), reads with
+one clear error, and the inference model file (``model_*.pt``) a method's predictor is saved as."""
 from __future__ import annotations
 
 import os
@@ -32,3 +33,33 @@ def load(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated / not a torch file
         raise InputError(path, f"cannot read checkpoint ({type(e).__name__})") from None
+
+
+def inference_record(method, cfg, step: int, in_channels: int, num_classes: int, class_names) -> dict:
+    """What a model file (``checkpoints/model_*.pt``) holds: the method's predictor weights, the
+    network spec that rebuilds it (``method.predictor_spec()``), channels, classes, the step and the
+    run config (preprocessing, patch size, inference settings)."""
+    return {"net": method.predictor_spec().model_dump(), "state_dict": method.predictor().state_dict(),
+            "step": step, "in_channels": in_channels, "num_classes": num_classes,
+            "class_names": list(class_names), "config": cfg.model_dump(mode="json")}
+
+
+def resave_inference_model(run_dir: Path, overrides: list[str], out: Path) -> Path:
+    """Rebuild a run's method from ``checkpoints/last.pt`` under its ``config.yaml`` plus
+    ``overrides`` (e.g. ``method.options.predict=ensemble``, ``inference.mirror_axes=[0,1,2]``) and
+    save its predictor as the model file ``out``: another inference model of the same training,
+    nothing retrained. The overrides may not change the networks (the weights must load)."""
+    from ..config import load_config
+    from ..methods.base import MethodContext
+    from ..registry import METHODS
+
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml", list(overrides))
+    final = load(run_dir / "checkpoints" / "model_final.pt")
+    state = load(run_dir / "checkpoints" / "last.pt")
+    ctx = MethodContext(cfg, final["in_channels"], final["num_classes"], cfg.train.iterations)
+    method = METHODS.get(cfg.method.name)(ctx, **cfg.method.options)
+    method.load_state_dict(state["method"])
+    save_atomic(inference_record(method, cfg, state["step"], final["in_channels"], final["num_classes"],
+                                 final["class_names"]), Path(out))
+    return Path(out)

@@ -272,13 +272,9 @@ class Trainer:
         written by rank 0 only."""
         if not self.main:
             return
-        net = self.method.predictor()
-        spec = getattr(self.method, "predictor_spec", lambda: self.cfg.model.net3d)()
-        ckpt.save_atomic({
-            "net": spec.model_dump(), "state_dict": net.state_dict(), "step": self.step,
-            "in_channels": self.data.in_channels, "num_classes": self.data.num_classes,
-            "class_names": self.data.class_names, "config": self.cfg.model_dump(mode="json"),
-        }, self.run_dir / "checkpoints" / name)
+        ckpt.save_atomic(ckpt.inference_record(self.method, self.cfg, self.step, self.data.in_channels,
+                                               self.data.num_classes, self.data.class_names),
+                         self.run_dir / "checkpoints" / name)
 
     # the loop ------------------------------------------------------------------------------
     def fit(self, stop_at: int | None = None) -> dict:

@@ -7,7 +7,8 @@ copies too) and declares:
 - ``batch_plan(step)``: how many labelled and unlabelled patches it wants at ``step``;
 - ``training_step(batch, step) -> {group: loss}`` where everything method-specific happens;
 - ``after_step(step)``: e.g. EMA updates, after the optimiser steps;
-- ``predictor()``: the network used for inference, mapping (N, C, X, Y, Z) -> (N, K, X, Y, Z) logits.
+- ``predictor()``: the network used for inference, mapping (N, C, X, Y, Z) -> (N, K, X, Y, Z) logits,
+  and ``predictor_spec()``: the network spec that rebuilds it from a saved model file.
 Optional: ``periodic(step, trainer)`` for method work on whole volumes (e.g. pseudo-mask passes),
 ``log``: a dict of scalars the method wants logged at this step.
 """
@@ -19,7 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..config import RunConfig
+from ..config import NetSpec, RunConfig
 from ..errors import InputError
 from ..registry import NETS2D, NETS3D
 
@@ -92,6 +93,11 @@ class Method(nn.Module):
 
     def predictor(self) -> nn.Module:
         raise NotImplementedError
+
+    def predictor_spec(self) -> NetSpec:
+        """The spec (``{name, options}`` of a registered 3D network) that rebuilds ``predictor()``
+        from its state dict in a saved model file; default ``model.net3d``."""
+        return self.ctx.cfg.model.net3d
 
 
 def method_options(name: str, options: dict, allowed: dict[str, Any]) -> dict[str, Any]:

@@ -126,3 +126,13 @@ def predictor_spec_with(ctx: MethodContext, override: dict[str, Any]) -> NetSpec
     rebuilds exactly the trained network)."""
     spec = ctx.cfg.model.net3d
     return NetSpec(name=spec.name, options={**spec.options, **override})
+
+
+def slicewise_spec(ctx: MethodContext, axes) -> NetSpec:
+    """The saved spec of ``model.net2d`` run slice by slice along ``axes`` (the ``slicewise2d``
+    network). A CNN encoder's ``pretrained`` weights are dropped (the trained ones replace them, so
+    predicting needs no weight file); SegFormer keeps it, as it defines the architecture."""
+    net2d = ctx.cfg.model.net2d.model_dump()
+    if net2d["name"] != "segformer":
+        net2d["options"] = {k: v for k, v in net2d["options"].items() if k != "pretrained"}
+    return NetSpec(name="slicewise2d", options={"net2d": net2d, "axes": list(axes)})

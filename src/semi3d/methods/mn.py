@@ -45,6 +45,11 @@ Options (``method.options``), defaults in brackets:
   slice. Beyond the paper, for CPU budgets: on LA at batch 4 x 48 slices, a 2D-student iteration
   cost ~3 s vs ~1.5 s for a 3D-student one.
 
+- ``predict`` ["net3d"]: the inference model (validation, ``evaluate``, ``predict``, ``export``).
+  ``"net3d"``: the 3D model alone, as the paper. ``"ensemble"`` (beyond the paper): the mean of the
+  3D model's and the slice-wise 2D model's probabilities (saved as the ``ensemble`` network with
+  members ``model.net3d`` and ``slicewise2d`` of ``model.net2d`` along ``views``).
+
 Logged per step (``self.log``): ``stage`` (1 or 2), ``student`` ("both", "net2d" or "net3d"),
 ``dice/<group>`` and ``kl/<group>`` of the trained group(s); ``n_u`` is logged by the trainer.
 """
@@ -61,18 +66,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from .sampling import KINDS, BatchComposer
+from ..config import NetSpec
 from ..errors import InputError
 from ..losses import kl_soft, one_hot, soft_dice_loss
-from ..models.slicing import predict_2d_volume, volume_to_slices
+from ..models.ensemble import Ensemble
+from ..models.slicing import SliceWise2D, predict_2d_volume, volume_to_slices
 from ..registry import METHODS
 from .base import Batch, Method, MethodContext, method_options
+from .common import slicewise_spec
+from .sampling import KINDS, BatchComposer
 
 __all__ = ["MN", "soft_target_loss"]
 
 DEFAULTS: dict[str, Any] = dict(warmup_iterations=None, epoch_length=8, sampling="lrg", fixed_unlabelled=0,
                                 views=[2], guide_every=0, guide_at=[], loss_weights=[1.0, 1.0],
-                                slices_per_step=0)
+                                slices_per_step=0, predict="net3d")
 
 
 def soft_target_loss(logits: torch.Tensor, target: torch.Tensor, w_dice: float = 1.0,
@@ -175,6 +183,9 @@ class MN(Method):
         self.guide_at = frozenset(int(g) for g in guide_at)
 
         self.w_dice, self.w_kl = loss_weights(where, o["loss_weights"])
+        if o["predict"] not in ("net3d", "ensemble"):
+            raise InputError(f"{where} predict", f"{o['predict']!r}: choose net3d or ensemble")
+        self.predict = o["predict"]
 
         net2d = self.build_net2d()
         if ctx.channels_last:  # 2D convolutions NHWC too (the trainer converts the 3D ones)
@@ -241,7 +252,20 @@ class MN(Method):
         return {student: loss}
 
     def predictor(self) -> nn.Module:
-        return self.groups["net3d"]
+        """``net3d``, or with ``predict: ensemble`` a fresh :class:`Ensemble` of ``net3d`` and the
+        slice-wise ``net2d`` (sharing them, so the method's state dict holds each once), in
+        ``net3d``'s train/eval mode."""
+        if self.predict == "net3d":
+            return self.groups["net3d"]
+        slices = SliceWise2D(self.groups["net2d"], self.views)
+        return Ensemble([self.groups["net3d"], slices]).train(self.groups["net3d"].training)
+
+    def predictor_spec(self) -> NetSpec:
+        """The saved model's network: ``model.net3d``, or the ``ensemble`` of it and ``slicewise2d``."""
+        if self.predict == "net3d":
+            return self.ctx.cfg.model.net3d
+        members = [self.ctx.cfg.model.net3d.model_dump(), slicewise_spec(self.ctx, self.views).model_dump()]
+        return NetSpec(name="ensemble", options={"members": members})
 
     # pseudo-mask guided crops -----------------------------------------------------------------
     def guide_due(self, done: int) -> bool:

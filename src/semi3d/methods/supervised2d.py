@@ -38,6 +38,7 @@ from ..losses import one_hot
 from ..models.slicing import SliceWise2D, spatial_axes, volume_to_slices
 from ..registry import METHODS
 from .base import Batch, Method, MethodContext, method_options
+from .common import slicewise_spec
 from .mn import loss_weights, soft_target_loss
 
 DEFAULTS = dict(axis=2, loss_weights=[1.0, 1.0], slices_per_step=0)
@@ -87,10 +88,5 @@ class Supervised2D(Method):
         return SliceWise2D(self.groups["net2d"], self.axes).train(self.groups["net2d"].training)
 
     def predictor_spec(self) -> NetSpec:
-        """The saved model: ``slicewise2d`` around ``model.net2d`` with the trained axes. A CNN
-        encoder's ``pretrained`` weights are dropped from the spec (the trained ones replace them, so
-        predicting needs no weight file); SegFormer keeps it, as it defines the architecture."""
-        net2d = self.ctx.cfg.model.net2d.model_dump()
-        if net2d["name"] != "segformer":
-            net2d["options"] = {k: v for k, v in net2d["options"].items() if k != "pretrained"}
-        return NetSpec(name="slicewise2d", options={"net2d": net2d, "axes": list(self.axes)})
+        """The saved model: ``slicewise2d`` around ``model.net2d`` with the trained axes."""
+        return slicewise_spec(self.ctx, self.axes)

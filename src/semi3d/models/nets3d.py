@@ -473,3 +473,4 @@ def slicewise2d(in_channels: int, num_classes: int, **options: Any) -> nn.Module
         raise InputError(f"{where} axes", str(e)) from None
     net2d = NETS2D.build(spec["name"], in_channels=in_channels, num_classes=num_classes, **spec.get("options", {}))
     return SliceWise2D(net2d, axes)
+

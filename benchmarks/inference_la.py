@@ -1,0 +1,82 @@
+"""Inference-time levers on trained LA runs, evaluated on the dev split; nothing is retrained.
+
+For each run folder and each variant, the run's method is rebuilt from ``checkpoints/last.pt``
+with the variant's overrides, its predictor saved as ``RUN/checkpoints/model_<variant>.pt``
+(``resave_inference_model``) and evaluated on the validation split (last 16 ids of train.list)
+into ``RUN/eval_validation_<variant>``. Variants:
+
+- ``net3d``: the 3D model alone (M&N's published inference; equals ``model_final.pt``);
+- ``net3d_tta``: the same with mirror test-time augmentation over ``--mirror-axes``;
+- ``ensemble``: M&N's 2D + 3D mean probability (``method.options.predict=ensemble``);
+- ``ensemble_tta``: both.
+
+Writes ``results/<name>.json|md`` (dev-split Dice, Jaccard, HD95, ASD per variant and run, per-case
+Dice, evaluation seconds, command, commit, machine).
+
+    python benchmarks/inference_la.py runs/bench/la_mn_l8_b16_s21 --name inference_la_l8
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from semi3d.engine.checkpoint import resave_inference_model
+from semi3d.evaluation.evaluate import evaluate_run
+from semi3d.evaluation.report import table_markdown
+
+from benchlib import git_commit, machine
+
+HERE = Path(__file__).resolve().parent
+
+
+def variants(mirror_axes: str) -> dict[str, list[str]]:
+    tta = f"inference.mirror_axes=[{mirror_axes}]"
+    return {"net3d": [], "net3d_tta": [tta], "ensemble": ["method.options.predict=ensemble"],
+            "ensemble_tta": ["method.options.predict=ensemble", tta]}
+
+
+def run_variants(run: Path, chosen: list[str], mirror_axes: str) -> dict:
+    row = {"run": run.name}
+    for v in chosen:
+        ov = variants(mirror_axes)[v]
+        model = resave_inference_model(run, ov, run / "checkpoints" / f"model_{v}.pt")
+        t0 = time.time()
+        summary = evaluate_run(run, "validation", overrides=ov, which=str(model), out=run / f"eval_validation_{v}")
+        fg = next(k for k in summary if k != "mean")
+        per_case = json.loads((run / f"eval_validation_{v}" / "metrics.json").read_text())["per_case"]
+        row[v] = {**{m: summary[fg][m] for m in ("dice", "jaccard", "hd95", "asd")}, "eval_s": time.time() - t0,
+                  "dice_per_case": {c: r[fg]["dice"] for c, r in per_case.items()}}
+    return row
+
+
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("runs", nargs="+", type=Path, help="trained M&N run folders")
+    ap.add_argument("--name", default="inference_la")
+    ap.add_argument("--variants", default="net3d,net3d_tta,ensemble,ensemble_tta")
+    ap.add_argument("--mirror-axes", default="0,1,2")
+    ap.add_argument("--results", default=str(HERE / "results"))
+    a = ap.parse_args(argv)
+    chosen = a.variants.split(",")
+    rows = [run_variants(r, chosen, a.mirror_axes) for r in a.runs]
+    command = "python benchmarks/inference_la.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
+    commit, out = git_commit(), Path(a.results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{a.name}.json").write_text(json.dumps({"command": command, "commit": commit, "machine": machine(),
+                                                    "rows": rows}, indent=1))
+    flat = [{"run": r["run"], "variant": v, **{m: r[v][m] for m in ("dice", "jaccard", "hd95", "asd", "eval_s")}}
+            for r in rows for v in chosen]
+    cols = ["run", "variant", "dice", "jaccard", "hd95", "asd", "eval_s"]
+    (out / f"{a.name}.md").write_text(f"# {a.name}\n\n`{command}` (commit {commit})\n\n"
+                                      f"Dev split (last 16 ids of train.list), final model; mirror axes "
+                                      f"[{a.mirror_axes}]; HD95 / ASD in voxels.\n\n" + table_markdown(flat, cols))
+    print(table_markdown(flat, cols))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
