@@ -7,6 +7,7 @@ import torch
 from semi3d.config import load_config
 from semi3d.engine.runlog import TIMING_KEYS
 from semi3d.engine.trainer import Trainer, train
+from semi3d.engine.precision import cpu_has_native_bf16 as _REAL_NATIVE_BF16  # before the suite's fp32 override
 from semi3d.errors import InputError
 
 
@@ -121,3 +122,27 @@ def test_a_patch_the_network_cannot_take_is_refused_before_training(tiny_tree):
     with pytest.raises(InputError, match=r"data.patch_size: \[14, 16, 16\] is not a multiple of the divisor \[4, 4, 4\]"):
         train(load_config(tree=tiny_tree))
     assert not list(Path(tiny_tree["output_dir"]).rglob("*.pt"))  # nothing trained, no checkpoint
+
+
+@pytest.fixture
+def real_precision_auto(monkeypatch):
+    """Undo the suite's fp32 override: ``precision: auto`` chooses as it would for a user."""
+    monkeypatch.setattr("semi3d.engine.precision.cpu_has_native_bf16", _REAL_NATIVE_BF16)
+
+
+def test_vnet_with_a_one_voxel_bottom_trains_under_precision_auto(tiny_tree, real_precision_auto):
+    """The case that went NaN in bf16 on a native-bf16 CPU: a V-Net whose deepest BatchNorm level is
+    1x1x1 (16^3 patch, batch 2). Under ``precision: auto`` (bf16 where the CPU has it) it trains."""
+    from semi3d.engine.precision import resolve_precision
+
+    tiny_tree["model"]["net3d"] = {"name": "vnet", "options": {"n_filters": 4}}
+    tiny_tree["precision"] = "auto"
+    tiny_tree["train"].update(iterations=60, val_every=60, checkpoint_every=60, log_every=1)
+    cfg = load_config(tree=tiny_tree)
+    tr = Trainer(cfg)
+    assert tr.precision == resolve_precision("auto", torch.device("cpu"))
+    assert tr.precision == ("bf16" if _REAL_NATIVE_BF16() else "fp32")
+    tr.fit()
+    losses = [r["loss/net"] for r in map(json.loads, (cfg.run_dir / "log.jsonl").read_text().splitlines()) if "loss/net" in r]
+    assert len(losses) == 60 and all(map(lambda v: v == v, losses))
+    assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10

@@ -295,7 +295,7 @@ def test_paper_config_trains_at_tiny_scale(h5_root, tmp_path):
     assert paper.method.options["warmup_iterations"] == paper.train.schedule.cycles[0] == 4000
     assert paper.train.group_optimizers == {"net2d": {"lr": 0.001}, "net3d": {"lr": 0.0001}}
     assert paper.train.batch_size == 5 and tuple(paper.data.patch_size) == (160, 160, 64)
-    assert cfg.model.net2d.name == "segformer" and cfg.model.net2d.options["adaptation"] == "lora"
+    assert cfg.model.net2d.name == "segformer" and cfg.model.net2d.options["adaptation"] == "lora_frozen_head"
     summary = Trainer(cfg).fit()
     assert summary["iterations"] == 5 and 0.0 <= summary["best_val_dice"] <= 1.0
     recs = _records(cfg.run_dir)

@@ -297,3 +297,19 @@ def test_segformer_bad_sources(saved_segformer, tmp_path):
         _segformer(folder, config=TINY)
     with pytest.raises(InputError, match="SegformerConfig"):
         NETS2D.build("segformer", in_channels=1, num_classes=2, config={"hidden_sizes": "big"})
+
+
+def test_segformer_lora_frozen_head_trains_only_the_decode_heads_biases(saved_segformer):
+    """The reference's LoRA (peft on the whole SegFormer, bias="all"): the encoder as "lora", the
+    decode head frozen except its biases; the new head trains."""
+    folder, _ = saved_segformer
+    lora = _segformer(folder, adaptation="lora", lora_rank=4, lora_alpha=8)
+    net = _segformer(folder, adaptation="lora_frozen_head", lora_rank=4, lora_alpha=8)
+    enc = {n: p.requires_grad for n, p in net.encoder.named_parameters()}
+    assert enc == {n: p.requires_grad for n, p in lora.encoder.named_parameters()}
+    head = dict(net.decode_head.named_parameters())
+    assert any(n.endswith("bias") for n in head) and any(not n.endswith("bias") for n in head)
+    assert all(p.requires_grad == n.endswith("bias") for n, p in head.items())
+    assert all(p.requires_grad for p in net.head.parameters())
+    net.train()(torch.randn(2, 1, 64, 64)).mean().backward()
+    assert all((p.grad is not None) == p.requires_grad for p in net.parameters())

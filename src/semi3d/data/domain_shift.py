@@ -20,7 +20,10 @@ normalisation does not simply undo it):
 2. bias field: ``u * exp(b)``, ``b`` a smooth random field, a quadratic polynomial of the
    coordinates normalised to [-1, 1] with coefficients uniform in ``[-bias, bias]`` (drawn from the
    seed), then centred to mean 0 (multiplicative inhomogeneity, as MRI coil shading);
-3. contrast: ``(u - mean) * contrast + mean``;
+3. contrast: tissue contrast of the bright half, ``u' = med + (u - med) * contrast`` for the
+   voxels above the median ``med``, the others unchanged (a piecewise-linear curve with its kink at
+   the median: a global ``(u - mean) * c + mean`` would be undone exactly by the z-score that
+   follows in every config);
 4. resolution blur: Gaussian filter with ``blur`` sigmas in voxels per axis (thick slices / lower
    in-plane resolution);
 5. noise: additive Gaussian noise of std ``noise`` (in units of the [0, 1] range), or Rician
@@ -54,7 +57,7 @@ class ScannerShift:
     Attributes:
         gamma: intensity gamma on the [0, 1]-rescaled image (1 = none).
         bias: amplitude of the log bias-field coefficients (0 = none; 0.3 gives roughly +-30 %).
-        contrast: factor around the mean (1 = none).
+        contrast: factor on the intensities above the median, around it (1 = none).
         blur: Gaussian sigma in voxels along (X, Y, Z) (0 = none).
         noise: noise std in units of the image's intensity range (0 = none).
         rician: Rician instead of Gaussian noise.
@@ -127,8 +130,8 @@ def apply_shift(image: np.ndarray, shift: ScannerShift, seed: int = 0) -> np.nda
         if shift.bias > 0:
             u = u * _bias_field(u.shape, shift.bias, rng)
         if shift.contrast != 1.0:
-            m = u.mean()
-            u = (u - m) * shift.contrast + m
+            med = float(np.median(u))
+            u = np.where(u > med, med + (u - med) * shift.contrast, u)
         if any(shift.blur):
             u = gaussian_filter(u, sigma=shift.blur, mode="nearest")
         if shift.noise > 0:

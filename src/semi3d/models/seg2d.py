@@ -50,7 +50,7 @@ __all__ = ["InputAdapter", "InputNorm", "SegFormer2D", "UNet2D", "UNetDecoder2D"
 
 ADAPTERS = ("repeat", "conv1x1")
 NORMS = ("none", "imagenet")
-SEGFORMER_MODES = ("lora", "full", "frozen")
+SEGFORMER_MODES = ("lora", "lora_frozen_head", "full", "frozen")
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -319,6 +319,10 @@ class SegFormer2D(nn.Module):
       bias (linears, patch-embedding, sequence-reduction and depthwise convolutions) and every
       LayerNorm weight; all other encoder weights are frozen. The decode head (per-stage MLPs,
       fuse conv, BatchNorm), the new head and a ``conv1x1`` input adapter are trainable.
+    - ``"lora_frozen_head"``: the reference code's (pakheiyeung/M-N, ``peft.get_peft_model`` on the
+      whole SegFormer with ``bias="all"``): the encoder as ``"lora"``, and in the decode head only
+      the biases train (per-stage MLPs, fuse conv, BatchNorm weights frozen); the new head and a
+      ``conv1x1`` input adapter are trainable.
     - ``"frozen"``: no encoder parameter; the encoder stays in eval mode (no drop-path) even after
       ``model.train()``. The decode head, new head and adapter are trainable.
     """
@@ -411,7 +415,7 @@ def segformer(in_channels: int, num_classes: int, **options: Any) -> SegFormer2D
     Options: ``pretrained`` (a local folder written by ``save_pretrained``, or a hub id such as
     ``"nvidia/mit-b0"``, fetched only when given), ``config`` (dict of ``SegformerConfig`` fields for
     a random-init model; with neither, the default ``SegformerConfig`` (MiT-b0 sized)),
-    ``adaptation`` (``"lora"`` | ``"full"`` | ``"frozen"``), ``lora_rank`` (64), ``lora_alpha`` (64),
+    ``adaptation`` (``"lora"`` | ``"lora_frozen_head"`` | ``"full"`` | ``"frozen"``), ``lora_rank`` (64), ``lora_alpha`` (64),
     ``lora_dropout`` (0.1), ``input_adapter``, ``input_norm`` (as for the U-Nets; ``"imagenet"`` uses
     ImageNet mean/std).
     """
@@ -429,5 +433,9 @@ def segformer(in_channels: int, num_classes: int, **options: Any) -> SegFormer2D
     hf = _load_segformer(net, o["pretrained"], o["config"])
     if hf.config.num_channels != 3:
         raise InputError(net, f"the SegFormer must take 3 input channels, its config has {hf.config.num_channels}")
-    _adapt_segformer(net, hf.segformer, adaptation, rank, float(o["lora_alpha"]), float(o["lora_dropout"]))
+    _adapt_segformer(net, hf.segformer, "lora" if adaptation == "lora_frozen_head" else adaptation, rank,
+                     float(o["lora_alpha"]), float(o["lora_dropout"]))
+    if adaptation == "lora_frozen_head":
+        for name, p in hf.decode_head.named_parameters():
+            p.requires_grad_(name.endswith("bias"))
     return SegFormer2D(hf.segformer, hf.decode_head, num_classes, adapter, norm, adaptation)
