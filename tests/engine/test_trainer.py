@@ -146,3 +146,36 @@ def test_vnet_with_a_one_voxel_bottom_trains_under_precision_auto(tiny_tree, rea
     losses = [r["loss/net"] for r in map(json.loads, (cfg.run_dir / "log.jsonl").read_text().splitlines()) if "loss/net" in r]
     assert len(losses) == 60 and all(map(lambda v: v == v, losses))
     assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10
+
+
+def test_resume_refuses_a_changed_network_split_or_method_and_records_safe_changes(tiny_tree):
+    """--resume compares the new config with the run's: data, splits, networks and method changes are
+    one clear error; a longer run or a new lr is allowed, written to config.yaml and recorded."""
+    import yaml
+
+    tiny_tree["train"].update(iterations=4, checkpoint_every=2)
+    cfg = load_config(tree=tiny_tree)
+    train(cfg)
+    run = cfg.run_dir
+    before = (run / "config.yaml").read_text()
+    for key, value in [("model.net3d.options.base", 8), ("data.splits.labelled.first", 2),
+                       ("method.name", "mean_teacher"), ("seed", 3)]:
+        with pytest.raises(InputError, match=key.replace(".", r"\.")):
+            Trainer(load_config(tree=tiny_tree, overrides=[f"{key}={value}"]), resume=True)
+        assert (run / "config.yaml").read_text() == before
+    longer = load_config(tree=tiny_tree, overrides=["train.iterations=6", "train.optimizer.lr=0.03"])
+    Trainer(longer, resume=True).fit()
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["train"]["iterations"] == 6 and saved["train"]["optimizer"]["lr"] == 0.03
+    rec = [json.loads(x) for x in (run / "resume_changes.jsonl").read_text().splitlines()]
+    assert rec == [{"step": 4, "changes": {"train.iterations": [4, 6], "train.optimizer.lr": [0.01, 0.03]}}]
+    assert json.loads((run / "train_summary.json").read_text())["iterations"] == 6
+
+
+def test_a_failed_train_leaves_no_run_folder(tiny_tree):
+    """Refused before training (here: a patch the network cannot take) -> no partial run folder."""
+    tiny_tree["data"]["patch_size"] = [14, 16, 16]  # not a multiple of the U-Net's 4
+    cfg = load_config(tree=tiny_tree)
+    with pytest.raises(InputError, match="patch_size"):
+        Trainer(cfg)
+    assert not cfg.run_dir.exists()

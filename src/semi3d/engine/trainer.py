@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from ..models.nets3d import check_patch
 from ..registry import METHODS
 from . import checkpoint as ckpt
 from . import distributed as D
+from .resume import check_resume_config
 from .precision import autocast, channels_last_3d, pick_device, resolve_precision, use_channels_last
 from .schedules import LRSchedule
 from .runlog import RunLog
@@ -63,7 +65,21 @@ class Trainer:
     """Trains ``cfg.method`` on ``cfg.data``; ``fit()`` returns a summary dict."""
 
     def __init__(self, cfg: RunConfig, resume: bool = False, data: DataBundle | None = None):
+        created = not cfg.run_dir.exists()
+        try:
+            self._setup(cfg, resume, data)
+        except InputError:  # nothing partial: a run folder this call created goes again
+            if created and self.dist.is_main:
+                shutil.rmtree(cfg.run_dir, ignore_errors=True)
+            elif not resume:
+                for f in self._written:
+                    f.unlink(missing_ok=True)
+            raise
+
+    def _setup(self, cfg: RunConfig, resume: bool, data: DataBundle | None) -> None:
         self.cfg, self.resume = cfg, resume
+        self._written: list[Path] = []
+        self.dist = D.current()
         self.run_dir = cfg.run_dir
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -87,8 +103,9 @@ class Trainer:
         if resume and self.data.splits != splits:
             raise InputError(self.run_dir / "splits.json", "differs from the splits of the data given")
         if not resume and self.main:
-            (self.run_dir / "config.yaml").write_text(dump_config(cfg))
-            save_splits(self.run_dir / "splits.json", self.data.splits, self.data.domains)
+            self._written = [self.run_dir / "config.yaml", self.run_dir / "splits.json"]
+            self._written[0].write_text(dump_config(cfg))
+            save_splits(self._written[1], self.data.splits, self.data.domains)
 
         t = cfg.train
         self.schedule = LRSchedule(t.schedule, t.iterations)
@@ -129,7 +146,10 @@ class Trainer:
         self.saved_step: int | None = None
         self.log = RunLog(self.run_dir, enabled=self.main)
         if resume:
-            self._load(ckpt.load(self.run_dir / "checkpoints" / "last.pt"))
+            state = ckpt.load(self.run_dir / "checkpoints" / "last.pt")
+            if self.main:
+                check_resume_config(self.run_dir, cfg, state["step"])
+            self._load(state)
 
     # batches -------------------------------------------------------------------------------
     def make_batch(self, n_l: int, n_u: int) -> Batch:
