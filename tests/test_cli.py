@@ -27,17 +27,17 @@ def test_train_predict_evaluate(trained, synth_root, tmp_path):
     r = runner.invoke(app, ["predict", str(trained), str(images[0]), "-o", str(out), "--probabilities"])
     assert r.exit_code == 0, r.output
     case = images[0].name.replace("_0000.nii.gz", "")
-    src, seg = nib.load(images[0]), nib.load(out / f"{case}_0000.nii.gz")
+    src, seg = nib.load(images[0]), nib.load(out / f"{case}.nii.gz")  # nnU-Net naming: by case
     assert seg.shape == src.shape and np.allclose(seg.affine, src.affine)
     assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2}
-    prob = nib.load(out / f"{case}_0000_prob.nii.gz")
+    prob = nib.load(out / f"{case}_prob.nii.gz")
     assert prob.shape == (*src.shape, 3)
 
     from semi3d.inference.postprocess import keep_largest_component
 
     r = runner.invoke(app, ["predict", str(trained), str(images[0]), "-o", str(tmp_path / "pp"), "--postprocess", "largest_component"])
     assert r.exit_code == 0, r.output
-    pp = np.asarray(nib.load(tmp_path / "pp" / f"{case}_0000.nii.gz").dataobj)
+    pp = np.asarray(nib.load(tmp_path / "pp" / f"{case}.nii.gz").dataobj)
     assert np.array_equal(pp, keep_largest_component(np.asarray(seg.dataobj), 3))
     r = runner.invoke(app, ["predict", str(trained), str(images[0]), "-o", str(tmp_path / "x"), "--postprocess", "biggest"])
     assert r.exit_code == 2 and "--postprocess" in r.output and "largest_component" in r.output
@@ -119,3 +119,43 @@ def test_predict_names_uamt_style_inputs_by_folder(trained, synth_root, tmp_path
     r = runner.invoke(app, ["predict", str(trained), str(tmp_path / "in/caseA/image.nii.gz"),
                             str(tmp_path / "in2/caseA/image.nii.gz"), "-o", str(tmp_path / "out2")])
     assert r.exit_code == 2 and "same output name" in r.output and not (tmp_path / "out2").exists()
+
+
+def test_predict_groups_the_channel_files_of_a_two_channel_model(synth_root, tiny_tree, tmp_path):
+    """nnU-Net naming: <case>_0000 and <case>_0001 are one two-channel case, written as <case>.nii.gz
+    (each used to be its own one-channel case: 'image has 1 channel(s), the model expects 2')."""
+    import shutil
+
+    root = tmp_path / "Dataset002_Two"
+    shutil.copytree(synth_root, root)
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["channel_names"] = {"0": "MRI", "1": "MRI2"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    for folder in ("imagesTr", "imagesTs"):
+        for f in sorted((root / folder).glob("*_0000.nii.gz")):
+            img = nib.load(f)
+            nib.save(nib.Nifti1Image(np.asarray(img.dataobj) * 2.0 + 1.0, img.affine),
+                     str(f).replace("_0000.nii.gz", "_0001.nii.gz"))
+    tiny_tree["data"]["root"] = str(root)
+    cfg = tmp_path / "two.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_tree))
+    r = runner.invoke(app, ["train", str(cfg), "--set", "train.iterations=2", "--set", "name=two"])
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "runs" / "two"
+    r = runner.invoke(app, ["predict", str(run), str(root / "imagesTs"), "-o", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["syn_008.nii.gz", "syn_009.nii.gz"]
+    one = root / "imagesTs" / "syn_008_0000.nii.gz"
+    r = runner.invoke(app, ["predict", str(run), str(one), "-o", str(tmp_path / "out1")])
+    assert r.exit_code == 2 and "syn_008" in r.output and "0000, 0001" in r.output
+    assert not (tmp_path / "out1").exists()
+
+
+def test_evaluate_refuses_an_empty_id_list_and_predict_names_valid_which(trained, tmp_path):
+    empty = tmp_path / "empty.list"
+    empty.write_text("\n")
+    r = runner.invoke(app, ["evaluate", str(trained), "--ids-list", str(empty)])
+    assert r.exit_code == 2 and "no case ids" in r.output
+    assert not (trained / "eval_empty").exists()
+    r = runner.invoke(app, ["predict", str(trained), str(empty), "-o", str(tmp_path / "o"), "--which", "bogus"])
+    assert r.exit_code == 2 and "auto, best, final" in r.output

@@ -63,8 +63,8 @@ def test_bundle_predicts_like_the_checkpoint(sup_run, synth_root, tmp_path):
     for model, dst in ((sup_run, tmp_path / "p_run"), (out, tmp_path / "p_bundle")):
         r = runner.invoke(app, ["predict", str(model), str(image), "-o", str(dst)])
         assert r.exit_code == 0, r.output
-    seg_run = np.asarray(nib.load(tmp_path / "p_run" / "syn_008_0000.nii.gz").dataobj)
-    seg_bundle = np.asarray(nib.load(tmp_path / "p_bundle" / "syn_008_0000.nii.gz").dataobj)
+    seg_run = np.asarray(nib.load(tmp_path / "p_run" / "syn_008.nii.gz").dataobj)
+    seg_bundle = np.asarray(nib.load(tmp_path / "p_bundle" / "syn_008.nii.gz").dataobj)
     assert np.array_equal(seg_run, seg_bundle)
 
 

@@ -14,13 +14,13 @@ import inspect
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..atomic import atomic_file
 from ..errors import InputError
 from .case import Case
 
@@ -652,23 +652,13 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
     except OSError as e:
         reason = "a file of that name exists" if folder.is_file() else _short(e)
         raise InputError(folder, f"cannot create folder: {reason}") from None
-    suffix = split_suffix(path)[1] or ""
-    tmp = None
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=folder)
-        os.close(fd)
-        tmp = Path(name)
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        tmp = None
+        with atomic_file(path, suffix=split_suffix(path)[1] or ".tmp") as tmp:
+            write(tmp)
     except InputError:
         raise
     except Exception as e:
         raise InputError(folder, f"cannot write {path.name}: {_short(e)}") from None
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
     return path
 
 

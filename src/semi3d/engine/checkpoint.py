@@ -2,27 +2,19 @@
 one clear error, and the inference model file (``model_*.pt``) a method's predictor is saved as."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..atomic import atomic_file
 from ..errors import InputError
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` to ``path`` atomically (:func:`semi3d.atomic.atomic_file`)."""
+    with atomic_file(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load(path: Path) -> dict:

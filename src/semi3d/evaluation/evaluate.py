@@ -32,6 +32,8 @@ def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None
     options = dict(cfg.data.options)
     if ids_list is not None:
         ids = read_id_list(ids_list)
+        if not ids:
+            raise InputError(ids_list, "lists no case ids: nothing to evaluate")
         if "list_file" in options:
             options["list_file"] = str(ids_list)
         used = {i for s in ("labelled", "unlabelled", "validation") for i in run_splits[s]}

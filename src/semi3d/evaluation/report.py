@@ -10,15 +10,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from collections.abc import Mapping
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.table import Table
 
+from semi3d.atomic import atomic_file
 from semi3d.errors import InputError
 
 __all__ = ["summarise", "write_metrics", "format_table", "table_markdown", "CSV_COLUMNS"]
@@ -133,20 +133,11 @@ def write_metrics(
     json_text = json.dumps(payload, indent=2, default=_json_default) + "\n"
     contents = {"metrics.json": json_text, "metrics.csv": _csv_text(per_case)}
 
-    temps: dict[str, str] = {}
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name, text in contents.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
-            temps[name] = tmp
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-                fh.write(text)
-        for name, tmp in temps.items():
-            os.replace(tmp, out_dir / name)
+        with ExitStack() as stack:  # both files written before either replaces its old version
+            for name, text in contents.items():
+                stack.enter_context(atomic_file(out_dir / name)).write_bytes(text.encode("utf-8"))
     except OSError as err:
-        for tmp in temps.values():
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         raise InputError(out_dir, f"cannot write metrics into this folder ({err.strerror or err})") from err
     return payload
 

@@ -172,6 +172,8 @@ def model_file(run_dir: Path, which: str = "auto") -> Path:
     if is_bundle(run_dir):
         return run_dir
     if which not in ("auto", "best", "final"):
+        if not Path(which).is_file():
+            raise InputError(which, "--which takes auto, best, final or the path of a model file (checkpoints/model_*.pt)")
         return Path(which)
     if which == "auto":
         try:
@@ -201,6 +203,35 @@ def _expand_inputs(inputs: list[Path]) -> list[Path]:
     return files
 
 
+def group_channels(files: list[Path], in_channels: int) -> list[tuple[str, list[Path]]]:
+    """``[(case name, channel files)]``. When every file is named nnU-Net style
+    (``<case>_<XXXX>.<ext>``, XXXX the 4-digit channel index) the files are grouped by case, each case
+    needing exactly the channels ``0000 .. in_channels - 1``, and outputs are named by case; otherwise
+    every file is its own single-file case (named as :func:`_case_names` says)."""
+    import re
+    from collections import defaultdict
+
+    from ..data.readers import split_suffix
+
+    parsed = [re.fullmatch(r"(.+)_(\d{4})", split_suffix(f)[0]) for f in files]
+    if not files or not all(parsed):
+        return [(n, [f]) for n, f in zip(_case_names(files), files)]
+    cases: dict[str, dict[int, Path]] = defaultdict(dict)
+    for m, f in zip(parsed, files):
+        ch = cases[m.group(1)]
+        if int(m.group(2)) in ch:
+            raise InputError(f, f"channel {m.group(2)} of case {m.group(1)!r} given twice ({ch[int(m.group(2))]})")
+        ch[int(m.group(2))] = f
+    out = []
+    for case, ch in cases.items():
+        if sorted(ch) != list(range(in_channels)):
+            have = ", ".join(f"{c:04d}" for c in sorted(ch))
+            want = ", ".join(f"{c:04d}" for c in range(in_channels))
+            raise InputError(ch[min(ch)], f"case {case!r} has channel file(s) {have}; the model expects {want}")
+        out.append((case, [ch[c] for c in range(in_channels)]))
+    return out
+
+
 def _case_names(files: list[Path]) -> list[str]:
     """Output names: the file stems; where stems repeat (UA-MT's ``<id>/mri_norm2.h5``) the parent
     folder names. Two inputs that would still write the same output are an error, not an overwrite."""
@@ -222,7 +253,8 @@ def _case_names(files: list[Path]) -> list[str]:
 def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: bool = False,
                   which: str = "auto", postprocess: str | None = None) -> list[Path]:
     """Segment each input image; writes ``<out>/<case>.nii.gz`` with the input's affine (``.h5`` /
-    ``.npy`` for h5 / npy input), post-processed as ``postprocess`` (default: the model's
+    ``.npy`` for h5 / npy input). nnU-Net style names (``<case>_0000.nii.gz``, ``<case>_0001...``)
+    are grouped into one multi-channel case per ``<case>`` (:func:`group_channels`), post-processed as ``postprocess`` (default: the model's
     ``inference.postprocess``) says, and, with ``probabilities``, ``<case>_prob`` (K, X, Y, Z)
     float32. Every input is read and checked before anything is written."""
     from .postprocess import POSTPROCESS
@@ -241,11 +273,11 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
     def key(f: Path) -> str | None:  # UA-MT style h5 files hold "image" (and "label")
         return "image" if split_suffix(f)[1] in (".h5", ".hdf5") and "image" in h5_keys(f) else None
 
-    names = _case_names(files)
-    cases = [assemble_case(n, [read_volume(f, key(f))], None, spacing=spacing) for n, f in zip(names, files)]
+    groups = group_channels(files, pred.in_channels)
+    cases = [assemble_case(n, [read_volume(f, key(f)) for f in fs], None, spacing=spacing) for n, fs in groups]
     written = []
-    for f, case in zip(files, cases):
-        ext = {".h5": ".h5", ".hdf5": ".h5", ".npy": ".npy"}.get(split_suffix(f)[1], ".nii.gz")
+    for (_, fs), case in zip(groups, cases):
+        ext = {".h5": ".h5", ".hdf5": ".h5", ".npy": ".npy"}.get(split_suffix(fs[0])[1], ".nii.gz")
         probs = pred(case)
         written.append(write_volume(Path(out) / f"{case.id}{ext}", pred.segment(case, probs), affine=case.affine))
         if probabilities:

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -66,6 +65,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import atomic_file, write_text
 from ..config import NetSpec
 from ..errors import InputError
 from ..losses import kl_soft, one_hot, soft_dice_loss
@@ -329,15 +329,12 @@ class MN(Method):
         out.mkdir(parents=True, exist_ok=True)
         g = self._guides
         arrays = {cid: _unpack(e).astype(np.uint8) for cid, e in g["masks"].items()}
-        tmp = out / "guide_masks.tmp.npz"
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, out / "guide_masks.npz")
+        with atomic_file(out / "guide_masks.npz") as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
         info = {"iteration": g["iteration"],
                 "grid": "preprocessed training grid, padded to at least the patch size like the sampler's volumes",
                 "cases": {cid: {"shape": list(a.shape), "foreground_fraction": float(a.mean())} for cid, a in arrays.items()}}
-        tmp = out / "guides.tmp.json"
-        tmp.write_text(json.dumps(info, indent=1))
-        os.replace(tmp, out / "guides.json")
+        write_text(out / "guides.json", json.dumps(info, indent=1))
 
 
 def _unpack(entry: dict) -> np.ndarray:
