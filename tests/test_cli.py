@@ -1,5 +1,6 @@
 """The CLI end to end on a tiny synthetic dataset: train -> predict -> evaluate, and clean errors."""
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -159,3 +160,30 @@ def test_evaluate_refuses_an_empty_id_list_and_predict_names_valid_which(trained
     assert not (trained / "eval_empty").exists()
     r = runner.invoke(app, ["predict", str(trained), str(empty), "-o", str(tmp_path / "o"), "--which", "bogus"])
     assert r.exit_code == 2 and "auto, best, final" in r.output
+
+
+def test_version_help_and_a_short_demo_that_says_where_its_outputs_are(tmp_path):
+    from importlib.metadata import version
+
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.output.strip() == f"semi3d {version('semi3d')}"
+    r = runner.invoke(app, ["--help"])
+    verbs = ["train", "predict", "evaluate", "report", "suggest", "export", "compare", "demo", "mine", "list"]
+    assert r.exit_code == 0 and all(v in r.output for v in verbs) and "``" not in r.output
+    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--set", "train.iterations=2",
+                            "--set", "train.val_every=1", "--set", "train.progress_bar=false"])
+    assert r.exit_code == 0, r.output
+    tail = dict(line.split(": ", 1) for line in r.output.splitlines()[-4:])
+    run = tmp_path / "demo" / "supervised"
+    assert tail == {"run dir": str(run), "predictions": str(run / "eval_test" / "predictions"),
+                    "metrics": str(run / "eval_test" / "metrics.json"), "report": str(run / "report" / "report.html")}
+    assert all(Path(p).exists() for p in tail.values())
+
+
+def test_config_errors_suggest_the_key_and_name_the_set_argument(tiny_tree, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_tree))
+    r = runner.invoke(app, ["train", str(cfg), "--set", "train.iteratons=5"])
+    assert r.exit_code == 2 and "did you mean 'iterations'?" in r.output and "--set train.iteratons" in r.output
+    r = runner.invoke(app, ["train", str(cfg), "--set", "data.patch_size=[16,16]"])
+    assert r.exit_code == 2 and "data.patch_size: expected 3 values, got 2" in r.output

@@ -1,6 +1,8 @@
-"""Command line: ``semi3d train | predict | evaluate | report | suggest | export | compare | demo |
-list``. Each verb is a thin wrapper over an importable function; bad input ends with one ``error:``
-line and exit code 2."""
+"""semi3d: label-efficient 3D medical image segmentation (M&N, A&D, SAM mining, SSL baselines).
+
+Verbs: train, predict, evaluate, report, suggest, export, compare, demo, mine, list. A config's
+keys and defaults: src/semi3d/config.py and the commented configs/*.yaml. Bad input ends with one
+'error:' line and exit code 2."""
 from __future__ import annotations
 
 import functools
@@ -13,8 +15,22 @@ from rich.console import Console
 
 from .errors import InputError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None)
 console = Console()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"semi3d {version('semi3d')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """semi3d: label-efficient 3D medical image segmentation."""
 
 
 def _clean_errors(fn):
@@ -144,8 +160,10 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="folder for the synthe
     from .demo import run_demo
     from .evaluation.report import format_table
 
-    summary = run_demo(out, method, set)
-    console.print(format_table(summary, title="demo: held-out synthetic test cases"))
+    res = run_demo(out, method, set)
+    console.print(format_table(res["summary"], title="demo: held-out synthetic test cases"))
+    for what in ("run_dir", "predictions", "metrics", "report"):
+        console.print(f"{what.replace('_', ' ')}: {res[what]}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -6,6 +6,7 @@ given (relative to the working directory); the resolved config is written into e
 from __future__ import annotations
 
 import copy
+import typing
 from pathlib import Path
 from typing import Any, List, Literal
 
@@ -183,14 +184,57 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
-def validate(tree: dict, source: str = "config") -> RunConfig:
+def _model_at(loc: tuple) -> Any:
+    """The config model class that holds the last element of ``loc`` (None if it is no model's)."""
+    model: Any = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        model = field.annotation if field is not None else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+    return model
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    model = _model_at(loc)
+    return list(model.model_fields) if model is not None else []
+
+
+def _explain(err: dict, tree: dict) -> str:
+    """One config error in words: the closest valid key for a typo, the expected count for a tuple."""
+    import difflib
+
+    loc = err["loc"]
+    where = ".".join(str(x) for x in loc)
+    if err["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(str(loc[-1]), _fields_at(loc), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys here: {', '.join(_fields_at(loc))}"
+        return f"{where}: unknown key{hint}"
+    if err["type"] == "missing" and isinstance(loc[-1], int):  # a fixed-length tuple given too few values
+        parent = tree
+        for part in loc[:-1]:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        field = ".".join(str(x) for x in loc[:-1])
+        model = _model_at(loc[:-1])
+        ann = model.model_fields[loc[-2]].annotation if model is not None else None
+        want = len(typing.get_args(ann)) if typing.get_origin(ann) is tuple else "more"
+        n = len(parent) if isinstance(parent, (list, tuple)) else "?"
+        return f"{field}: expected {want} values, got {n}"
+    return f"{where}: {err['msg']}"
+
+
+def validate(tree: dict, source: str = "config", overrides: list[tuple[str, Any]] = ()) -> RunConfig:
+    """A :class:`RunConfig` from a config tree; errors name ``source`` and, for a key set by an
+    override, the ``--set`` argument it came from."""
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as e:
         msgs = []
         for err in e.errors():
+            msg = _explain(err, tree)
             loc = ".".join(str(x) for x in err["loc"])
-            msgs.append(f"{loc}: {err['msg']}")
+            from_set = [k for k, _ in overrides if loc == k or loc.startswith(k + ".")]
+            msgs.append(msg + (f" (from --set {from_set[-1]}=...)" if from_set else ""))
         raise InputError(source, "invalid config: " + "; ".join(msgs)) from None
 
 
@@ -211,9 +255,10 @@ def read_yaml_tree(path: str | Path) -> dict:
 def load_config(path: str | Path | None = None, overrides: list[str] = (), tree: dict | None = None) -> RunConfig:
     """Load a YAML file (or a dict, left unmodified), apply ``key=value`` overrides, validate."""
     tree = read_yaml_tree(path) if tree is None else copy.deepcopy(tree)
-    for k, v in parse_overrides(list(overrides)):
+    parsed = parse_overrides(list(overrides))
+    for k, v in parsed:
         set_dotted(tree, k, v)
-    return validate(tree, str(path or "config"))
+    return validate(tree, str(path or "config"), parsed)
 
 
 def dump_config(cfg: RunConfig) -> str:

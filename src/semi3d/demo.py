@@ -14,6 +14,11 @@ from .evaluation.evaluate import evaluate_run
 
 
 def run_demo(out: Path = Path("runs/demo"), method: str = "supervised", overrides: list[str] = ()) -> dict:
+    """Write the synthetic dataset (once), train (resuming an interrupted demo), evaluate on the
+    test cases with their predictions saved, and write the run's report. Returns ``{"summary":
+    per-class means, "run_dir", "predictions", "metrics", "report"}`` (paths)."""
+    from .reporting.report import build_report
+
     out = Path(out)
     data_root = out / "data"
     if not (data_root / "dataset.json").is_file():
@@ -26,4 +31,8 @@ def run_demo(out: Path = Path("runs/demo"), method: str = "supervised", override
     cfg = load_config(tree=tree, overrides=list(overrides))
     resume = (cfg.run_dir / "checkpoints" / "last.pt").is_file()
     train(cfg, resume=resume)
-    return evaluate_run(cfg.run_dir, split="test", save_predictions=True)
+    summary = evaluate_run(cfg.run_dir, split="test", save_predictions=True)
+    report = build_report(cfg.run_dir, None, "eval_test", False, None)
+    ev = cfg.run_dir / "eval_test"
+    return {"summary": summary, "run_dir": cfg.run_dir, "predictions": ev / "predictions",
+            "metrics": ev / "metrics.json", "report": report["html"]}

@@ -179,3 +179,16 @@ def test_a_failed_train_leaves_no_run_folder(tiny_tree):
     with pytest.raises(InputError, match="patch_size"):
         Trainer(cfg)
     assert not cfg.run_dir.exists()
+
+
+def test_progress_lines_without_a_terminal_and_log_csv_as_training_goes(tiny_tree, capsys):
+    """Under nohup / SLURM (no TTY) the bar draws nothing: a plain line per logged step instead;
+    log.csv is written at every checkpoint, not only at the end."""
+    tiny_tree["train"].update(iterations=6, log_every=2, checkpoint_every=2, progress_bar=True)
+    cfg = load_config(tree=tiny_tree)
+    Trainer(cfg).fit(stop_at=4)
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.startswith("step ") and "s/it" in x]
+    assert [x.split()[1] for x in lines] == ["2/6", "4/6"] and all("loss net=" in x and "ETA" in x for x in lines)
+    rows = (cfg.run_dir / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,") and [r.split(",")[0] for r in rows[1:]][-1] == "4"

@@ -61,6 +61,8 @@ def prepare_data(cfg: DataConfig, splits: dict[str, list[str]] | None = None) ->
         raise InputError("data.num_classes", "the dataset does not declare its classes: set data.num_classes")
     if reader.num_classes is not None and cfg.num_classes is not None and reader.num_classes != cfg.num_classes:
         raise InputError("data.num_classes", f"{cfg.num_classes} given but the dataset declares {reader.num_classes}")
+    if reader.num_classes is None:  # e.g. the folder format: labels are checked against the config's K
+        reader.num_classes = num_classes
     names = cfg.class_names or getattr(reader, "class_names", None) or [f"class{i}" for i in range(num_classes)]
     if len(names) != num_classes:
         raise InputError("data.class_names", f"{len(names)} names for {num_classes} classes")

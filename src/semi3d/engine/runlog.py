@@ -1,10 +1,14 @@
 """The run's metrics log: ``log.jsonl`` (one JSON object per logged step), mirrored to ``log.csv``
-at the end, and ``progress.png`` curves kept up to date."""
+and ``progress.png`` curves at every checkpoint and at the end; :func:`progress_line` is the plain
+progress line printed where there is no terminal."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
+
+from ..atomic import write_text
 
 # wall-clock fields of the logged records, the only ones that differ between identical runs:
 # seconds since this process started training, mean seconds per iteration since then, and the part
@@ -37,14 +41,16 @@ class RunLog:
         self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
     def finish(self) -> None:
+        """``log.csv`` (every record, one column per key) and ``progress.png`` from ``log.jsonl``."""
         if not self.enabled:
             return
         recs = self.records()
         keys = ["step"] + sorted({k for r in recs for k in r} - {"step"})
-        with (self.run_dir / "log.csv").open("w", newline="") as f:
-            w = csv.DictWriter(f, keys)
-            w.writeheader()
-            w.writerows(recs)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, keys)
+        w.writeheader()
+        w.writerows(recs)
+        write_text(self.run_dir / "log.csv", buf.getvalue())
         self.plot()
 
     def plot(self) -> None:
@@ -75,3 +81,12 @@ class RunLog:
         fig.savefig(tmp, dpi=80)
         plt.close(fig)
         tmp.replace(self.run_dir / "progress.png")
+
+
+def progress_line(step: int, total: int, rec: dict, sec_per_it: float) -> str:
+    """``step 120/1840 (6.5 %)  loss net2d=0.1234 net3d=0.4567  2.03 s/it  ETA 58m12s``."""
+    losses = " ".join(f"{k.split('/', 1)[1]}={v:.4f}" for k, v in rec.items() if k.startswith("loss/"))
+    eta = int(round(max(total - step, 0) * sec_per_it))
+    h, m, s = eta // 3600, eta % 3600 // 60, eta % 60
+    eta_s = f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+    return f"step {step}/{total} ({100 * step / total:.1f} %)  loss {losses}  {sec_per_it:.2f} s/it  ETA {eta_s}"

@@ -31,7 +31,7 @@ from . import distributed as D
 from .resume import check_resume_config
 from .precision import autocast, channels_last_3d, pick_device, resolve_precision, use_channels_last
 from .schedules import LRSchedule
-from .runlog import RunLog
+from .runlog import RunLog, progress_line
 
 console = Console(stderr=True)
 
@@ -304,7 +304,8 @@ class Trainer:
         start_step, t0, self.data_time = self.step, time.time(), 0.0
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
-        with Progress(*columns, console=console, disable=not (t.progress_bar and self.main)) as bar:
+        plain = t.progress_bar and self.main and not console.is_terminal
+        with Progress(*columns, console=console, disable=not (t.progress_bar and self.main) or plain) as bar:
             task = bar.add_task(self.cfg.name, total=t.iterations, completed=self.step, info="")
             while self.step < end:
                 step = self.step
@@ -316,6 +317,9 @@ class Trainer:
                     rec["sec_per_it"] = rec["time"] / (self.step - start_step)
                     rec["data_sec_per_it"] = self.data_time / (self.step - start_step)
                     self.log.write(self.step, rec)
+                    if plain:  # no terminal (nohup, SLURM, a pipe): the bar draws nothing, so print
+                        console.print(progress_line(self.step, t.iterations, rec, rec["sec_per_it"]),
+                                      highlight=False, soft_wrap=True)
                     bar.update(task, info=" ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in rec.items() if k.startswith("loss/")))
                 if self.val_cases and (self.step % t.val_every == 0 or self.step == t.iterations):
                     v = self.validate()
@@ -329,7 +333,7 @@ class Trainer:
                     state = self._state()
                     if self.main:
                         ckpt.save_atomic(state, self.run_dir / "checkpoints" / "last.pt")
-                        self.log.plot()
+                        self.log.finish()  # log.csv and progress.png as training goes
                     self.saved_step = self.step
                     D.barrier()  # a resumed run finds every rank's checkpoint complete
                 bar.update(task, completed=self.step)
