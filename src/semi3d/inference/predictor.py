@@ -139,6 +139,8 @@ class Predictor:
                 self.net = torch.jit.load(str(ts), map_location=self.device)
         except Exception as e:  # truncated / not a TorchScript archive
             raise InputError(ts, f"cannot load the TorchScript model ({type(e).__name__})") from None
+        if use_channels_last(self.cfg.train.channels_last, self.device):  # the same kernels as the run's
+            channels_last_3d(self.net)
         return m
 
     def __call__(self, case: Case) -> torch.Tensor:
