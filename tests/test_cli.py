@@ -168,7 +168,7 @@ def test_version_help_and_a_short_demo_that_says_where_its_outputs_are(tmp_path)
     r = runner.invoke(app, ["--version"])
     assert r.exit_code == 0 and r.output.strip() == f"semi3d {version('semi3d')}"
     r = runner.invoke(app, ["--help"])
-    verbs = ["train", "predict", "evaluate", "report", "suggest", "export", "compare", "demo", "mine", "list"]
+    verbs = ["train", "predict", "evaluate", "report", "suggest", "export", "compare", "demo", "mine", "config", "list"]
     assert r.exit_code == 0 and all(v in r.output for v in verbs) and "``" not in r.output
     r = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--set", "train.iterations=2",
                             "--set", "train.val_every=1", "--set", "train.progress_bar=false"])
@@ -187,3 +187,14 @@ def test_config_errors_suggest_the_key_and_name_the_set_argument(tiny_tree, tmp_
     assert r.exit_code == 2 and "did you mean 'iterations'?" in r.output and "--set train.iteratons" in r.output
     r = runner.invoke(app, ["train", str(cfg), "--set", "data.patch_size=[16,16]"])
     assert r.exit_code == 2 and "data.patch_size: expected 3 values, got 2" in r.output
+
+
+def test_config_verb_resolves_a_file_and_prints_the_schema(tiny_tree, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_tree))
+    r = runner.invoke(app, ["config", str(cfg), "--set", "train.iterations=7"])
+    resolved = yaml.safe_load(r.output)
+    assert r.exit_code == 0 and resolved["train"]["iterations"] == 7 and resolved["train"]["grad_clip"] == 12.0
+    r = runner.invoke(app, ["config", "--schema"])
+    schema = json.loads(r.output)
+    assert r.exit_code == 0 and {"data", "model", "method", "train", "inference"} <= set(schema["properties"])

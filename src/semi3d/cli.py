@@ -1,7 +1,8 @@
 """semi3d: label-efficient 3D medical image segmentation (M&N, A&D, SAM mining, SSL baselines).
 
-Verbs: train, predict, evaluate, report, suggest, export, compare, demo, mine, list. A config's
-keys and defaults: src/semi3d/config.py and the commented configs/*.yaml. Bad input ends with one
+Verbs: train, predict, evaluate, report, suggest, export, compare, demo, mine, config, list. A
+config's keys, types and defaults: 'semi3d config --schema'; a config resolved: 'semi3d config
+FILE'; commented examples: configs/*.yaml. Bad input ends with one
 'error:' line and exit code 2."""
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def _clean_errors(fn):
 @_clean_errors
 def train(config: Path, set: list[str] = typer.Option([], "--set", help="override: key=value (YAML value)"),
           resume: bool = typer.Option(False, help="continue the run from checkpoints/last.pt")):
-    """Train the run described by CONFIG (YAML)."""
+    """Train the run described by CONFIG (YAML; keys: 'semi3d config --schema', examples:
+    configs/*.yaml)."""
     from .config import load_config
     from .engine.trainer import train as run_train
 
@@ -178,6 +180,25 @@ def mine(config: Path, set: list[str] = typer.Option([], "--set", help="override
         kept = f", kept {r['n_kept']}/{r['n_candidates']}" if "n_kept" in r else ""
         console.print(f"round {r['round']}: dev Dice {100 * r['dev_dice']:.2f}{kept}")
     console.print(f"-> {summary['run_dir']}")
+
+
+@app.command("config")
+@_clean_errors
+def show_config(config: Optional[Path] = typer.Argument(None, help="a config file to resolve"),
+                set: list[str] = typer.Option([], "--set", help="override: key=value (YAML value)"),
+                schema: bool = typer.Option(False, "--schema", help="print the JSON schema of every key instead")):
+    """Print CONFIG resolved (every key, defaults filled in, --set applied, validated) as YAML, or
+    with --schema the JSON schema of the config (keys, types, defaults, allowed values)."""
+    import json
+
+    from .config import RunConfig, dump_config, load_config
+
+    if schema:
+        console.print_json(json.dumps(RunConfig.model_json_schema()))
+    elif config is None:
+        raise InputError("config", "give a config file to resolve, or --schema")
+    else:
+        console.print(dump_config(load_config(config, set)), highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command("list")
