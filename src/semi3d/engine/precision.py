@@ -52,13 +52,7 @@ def use_channels_last(option: bool | None, device: torch.device) -> bool:
 
 def channels_last_3d(module: torch.nn.Module) -> torch.nn.Module:
     """Store the 3D convolution weights channels-last (NDHWC); oneDNN then runs the convolutions,
-    forward and backward, channels-last. A TorchScript module (an exported bundle) has every 5-D
-    parameter converted, so it computes exactly as the eager network it was traced from."""
-    if isinstance(module, torch.jit.ScriptModule):
-        for p in module.parameters():
-            if p.dim() == 5:
-                p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
-        return module
+    forward and backward, channels-last."""
     for m in module.modules():
         if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d)):
             m.to(memory_format=torch.channels_last_3d)

@@ -21,6 +21,7 @@ from ..errors import InputError
 
 BUNDLE_METADATA = Path("configs") / "metadata.json"
 BUNDLE_TORCHSCRIPT = Path("models") / "model.ts"
+BUNDLE_STATE_DICT = Path("models") / "model.pt"
 
 
 def is_bundle(path: Path) -> bool:
@@ -81,8 +82,9 @@ class Predictor:
     """A trained model plus the preprocessing and patch size it was trained with.
 
     ``model_path``: a model file (``checkpoints/model_*.pt``) or a bundle folder from ``semi3d
-    export`` (the TorchScript ``models/model.ts`` with the run config kept in
-    ``configs/metadata.json``); both predict the same. ``inference``: replaces the model's
+    export``. A bundle's network is rebuilt from the spec in ``configs/metadata.json`` and the state
+    dict ``models/model.pt``, so it computes exactly what the run computes (the TorchScript
+    ``models/model.ts`` is for other runtimes; it is used only when the bundle has no state dict). ``inference``: replaces the model's
     ``inference`` settings (an ``InferenceConfig``) or updates some of its fields (a dict, validated).
     """
 
@@ -112,13 +114,20 @@ class Predictor:
 
         m = ckpt.load(path)
         self.cfg = RunConfig.model_validate(m["config"])
+        self._build(m, m["state_dict"])
+        return m
+
+    def _build(self, m: dict, state_dict: dict) -> None:
+        """The eager network of spec ``m["net"]`` with ``state_dict``, on the device, channels-last
+        where the run trained so."""
+        from ..registry import NETS3D
+
         self.net = NETS3D.build(m["net"]["name"], in_channels=m["in_channels"], num_classes=m["num_classes"],
                                 **m["net"]["options"])
-        self.net.load_state_dict(m["state_dict"])
+        self.net.load_state_dict(state_dict)
         self.net.to(self.device)
         if use_channels_last(self.cfg.train.channels_last, self.device):
             channels_last_3d(self.net)
-        return m
 
     def _load_bundle(self, folder: Path) -> dict:
         import json
@@ -130,6 +139,13 @@ class Predictor:
             self.cfg = RunConfig.model_validate(m["config"])
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise InputError(meta_path, f"not a semi3d bundle metadata file ({type(e).__name__}: {e})") from None
+        state = folder / BUNDLE_STATE_DICT
+        if state.is_file() and "net" in m:  # the run's own network and weights: identical predictions
+            try:
+                self._build(m, torch.load(state, map_location="cpu", weights_only=True))
+            except Exception as e:
+                raise InputError(state, f"cannot load the bundle's network ({type(e).__name__}: {e})") from None
+            return m
         ts = folder / BUNDLE_TORCHSCRIPT
         if not ts.is_file():
             raise InputError(ts, "missing: the bundle has no TorchScript model")
@@ -139,8 +155,6 @@ class Predictor:
                 self.net = torch.jit.load(str(ts), map_location=self.device)
         except Exception as e:  # truncated / not a TorchScript archive
             raise InputError(ts, f"cannot load the TorchScript model ({type(e).__name__})") from None
-        if use_channels_last(self.cfg.train.channels_last, self.device):  # the same kernels as the run's
-            channels_last_3d(self.net)
         return m
 
     def __call__(self, case: Case) -> torch.Tensor:

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
-from ..inference.predictor import BUNDLE_METADATA, BUNDLE_TORCHSCRIPT, is_bundle, model_file
+from ..inference.predictor import BUNDLE_METADATA, BUNDLE_STATE_DICT, BUNDLE_TORCHSCRIPT, is_bundle, model_file
 from .common import require_run
 
 __all__ = ["export_run", "bundle_metadata", "FORMATS"]
@@ -216,7 +216,7 @@ def export_run(run_dir: Path, out: Path, fmt: str = "torchscript", which: str = 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", JIT_DEPRECATED, DeprecationWarning)
             torch.jit.save(traced, str(tmp / BUNDLE_TORCHSCRIPT), _extra_files={"metadata.json": meta_text})
-        torch.save(m["state_dict"], tmp / "models" / "model.pt")
+        torch.save(m["state_dict"], tmp / BUNDLE_STATE_DICT)
         shutil.copyfile(src, tmp / "models" / src.name)
         if fmt == "onnx":
             _onnx_export(net, example, tmp / "models" / "model.onnx")
@@ -228,7 +228,7 @@ def export_run(run_dir: Path, out: Path, fmt: str = "torchscript", which: str = 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     paths = {"metadata": out / BUNDLE_METADATA, "inference": out / "configs" / "inference.json",
-             "torchscript": out / BUNDLE_TORCHSCRIPT, "state_dict": out / "models" / "model.pt",
+             "torchscript": out / BUNDLE_TORCHSCRIPT, "state_dict": out / BUNDLE_STATE_DICT,
              "checkpoint": out / "models" / src.name}
     if fmt == "onnx":
         paths["onnx"] = out / "models" / "model.onnx"
