@@ -110,7 +110,6 @@ class Predictor:
 
     def _load_checkpoint(self, path: Path) -> dict:
         from ..engine import checkpoint as ckpt
-        from ..registry import NETS3D
 
         m = ckpt.load(path)
         self.cfg = RunConfig.model_validate(m["config"])
