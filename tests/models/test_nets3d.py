@@ -19,6 +19,9 @@ TINY = {
     "slicewise2d": ({"net2d": {"name": "unetpp2d", "options": {"widths": [4, 8]}}}, SHAPE),
     "unet3d": ({"levels": 4, "base": 4}, SHAPE),
     "vnet": ({"n_filters": 2}, SHAPE),
+    "ensemble": ({"members": [{"name": "unet3d", "options": {"levels": 3, "base": 4}},
+                              {"name": "slicewise2d", "options": {"net2d": {"name": "unetpp2d",
+                                                                            "options": {"widths": [4, 8]}}}}]}, SHAPE),
     "monai_unet": ({"channels": (4, 8, 16), "strides": (2, 2), "num_res_units": 1}, SHAPE),
     "dynunet": ({"filters": (4, 8, 16, 32, 32)}, SHAPE),
     # group norm: at 32^3 the bottleneck is 1x1x1, where MONAI's default instance norm fails
