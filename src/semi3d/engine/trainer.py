@@ -139,7 +139,7 @@ class Trainer:
         self.sampler_l = PatchSampler(self.data.cases("labelled"), d.patch_size, d.fg_oversample, self.gen)
         unl = self.data.cases("unlabelled")
         self.sampler_u = PatchSampler(unl, d.patch_size, d.fg_oversample, self.gen) if unl else None
-        if self.sampler_u is None and getattr(self.method, "needs_unlabelled", False):  # fail now, not mid-run
+        if self.sampler_u is None and self.method.needs_unlabelled:  # fail now, not mid-run
             raise InputError("splits.unlabelled", f"method {cfg.method.name!r} needs unlabelled cases but the split is empty")
         self.val_cases = self.data.cases("validation")[: t.val_max_cases]
         self.step, self.best, self.best_step = 0, -1.0, -1
