@@ -43,9 +43,9 @@ class _Volume:
         img = torch.from_numpy(np.ascontiguousarray(case.image, dtype=np.float32))
         lab = None if case.label is None else torch.from_numpy(case.label.astype(np.int64))
         spec = pad_spec(img.shape[1:], patch)
-        if any(spec):
-            img, _ = pad_image(img, patch)
-            lab = None if lab is None else F.pad(lab, spec, value=0)
+        img, _ = pad_image(img, patch)
+        if lab is not None and any(spec):
+            lab = F.pad(lab, spec, value=0)
         self.id, self.image, self.label = case.id, img, lab
         self.fg = None if lab is None else torch.nonzero(lab > 0).to(torch.int32)  # (M, 3)
 

@@ -16,13 +16,14 @@ from typing import Any
 
 import yaml
 
+from ..atomic import write_text
 from ..config import RunConfig, dump_config
 from ..errors import InputError
 
 __all__ = ["ALLOWED", "config_changes", "check_resume_config"]
 
 #: Dotted keys (or prefixes ending in ".") a resume may change.
-ALLOWED = ("name", "output_dir", "threads", "device", "precision", "train.iterations", "train.log_every",
+ALLOWED = ("threads", "device", "precision", "train.iterations", "train.log_every",
            "train.val_every", "train.val_max_cases", "train.checkpoint_every", "train.progress_bar",
            "train.optimizer.lr", "train.group_optimizers.", "inference.", "data.cache_dir")
 
@@ -56,7 +57,7 @@ def check_resume_config(run_dir: Path, cfg: RunConfig, step: int) -> dict[str, t
     except (OSError, yaml.YAMLError) as e:
         raise InputError(path, f"cannot read the run's config to resume it ({type(e).__name__})") from None
     changes = config_changes(old, cfg.model_dump(mode="json"))
-    changes = {k: v for k, v in changes.items() if k not in ("name", "output_dir")}
+    changes = {k: v for k, v in changes.items() if k not in ("name", "output_dir")}  # they name the run folder
     refused = [k for k in changes if not _allowed(k)]
     if refused:
         shown = ", ".join(f"{k} ({changes[k][0]!r} -> {changes[k][1]!r})" for k in refused[:4])
@@ -64,7 +65,7 @@ def check_resume_config(run_dir: Path, cfg: RunConfig, step: int) -> dict[str, t
         raise InputError(path, f"--resume cannot change {shown}{more}: the checkpoint belongs to the saved "
                                "config; train a new run (another name) instead")
     if changes:
-        path.write_text(dump_config(cfg))
+        write_text(path, dump_config(cfg))
         with open(Path(run_dir) / "resume_changes.jsonl", "a") as f:
             f.write(json.dumps({"step": step, "changes": {k: list(v) for k, v in changes.items()}}) + "\n")
     return changes
