@@ -207,8 +207,9 @@ def _explain(err: dict, tree: dict) -> str:
     loc = err["loc"]
     where = ".".join(str(x) for x in loc)
     if err["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(str(loc[-1]), _fields_at(loc), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys here: {', '.join(_fields_at(loc))}"
+        valid = _fields_at(loc)
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys here: {', '.join(valid)}"
         return f"{where}: unknown key{hint}"
     if err["type"] == "missing" and isinstance(loc[-1], int):  # a fixed-length tuple given too few values
         parent = tree

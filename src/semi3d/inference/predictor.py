@@ -18,6 +18,7 @@ from ..config import InferenceConfig, RunConfig
 from ..data.case import Case
 from ..engine.precision import autocast, channels_last_3d, pick_device, resolve_precision, use_channels_last
 from ..errors import InputError
+from ..models.nets3d import main_output
 
 BUNDLE_METADATA = Path("configs") / "metadata.json"
 BUNDLE_TORCHSCRIPT = Path("models") / "model.ts"
@@ -48,7 +49,7 @@ class Mirrored(nn.Module):
         total = None
         for dims in self.flips:
             out = self.net(torch.flip(x, dims) if dims else x)
-            out = (out[0] if isinstance(out, (list, tuple)) else out).float()
+            out = main_output(out).float()
             out = torch.flip(out, dims) if dims else out
             total = out if total is None else total + out
         return total / len(self.flips)

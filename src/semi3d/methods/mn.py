@@ -70,6 +70,7 @@ from ..config import NetSpec
 from ..errors import InputError
 from ..losses import kl_soft, one_hot, soft_dice_loss
 from ..models.ensemble import Ensemble
+from ..models.nets3d import main_output
 from ..models.slicing import SliceWise2D, predict_2d_volume, volume_to_slices
 from ..registry import METHODS
 from .base import Batch, Method, MethodContext, method_options
@@ -109,10 +110,6 @@ def _frozen(net: nn.Module):
             yield
     finally:
         net.train(was)
-
-
-def _main_output(out: Any) -> torch.Tensor:
-    return out[0] if isinstance(out, (list, tuple)) else out  # deep supervision: full resolution first
 
 
 def loss_weights(where: str, lw) -> tuple[float, float]:
@@ -209,7 +206,7 @@ class MN(Method):
 
     # losses -----------------------------------------------------------------------------------
     def _loss3d(self, x: torch.Tensor, target: torch.Tensor):
-        return soft_target_loss(_main_output(self.groups["net3d"](x)), target, self.w_dice, self.w_kl)
+        return soft_target_loss(main_output(self.groups["net3d"](x)), target, self.w_dice, self.w_kl)
 
     def _loss2d(self, x: torch.Tensor, target: torch.Tensor):
         """The 2D model's loss on the slices of ``x`` along each view, averaged over views; with
@@ -228,7 +225,7 @@ class MN(Method):
         teacher = self.groups["net3d" if student == "net2d" else "net2d"]
         with _frozen(teacher):
             if student == "net2d":
-                probs = torch.softmax(_main_output(teacher(x)).float(), 1)
+                probs = torch.softmax(main_output(teacher(x)).float(), 1)
             else:
                 probs = predict_2d_volume(teacher, x, self.views)
         return probs.clone()  # a normal tensor again: inference tensors cannot be saved for backward

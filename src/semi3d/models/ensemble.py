@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..registry import NETS3D
-from .nets3d import _check_io as check_io, _check_options as check_options
+from .nets3d import _check_io as check_io, _check_options as check_options, main_output
 
 __all__ = ["Ensemble"]
 class Ensemble(nn.Module):
@@ -31,9 +31,7 @@ class Ensemble(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         total = None
         for m in self.members:
-            out = m(x)
-            out = out[0] if isinstance(out, (list, tuple)) else out
-            p = torch.softmax(out.float(), 1)
+            p = torch.softmax(main_output(m(x)).float(), 1)
             total = p if total is None else total + p
         probs = total / len(self.members)
         return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()

@@ -98,6 +98,12 @@ def check_patch(patch_size: Sequence[int], nets: nn.Module, where: str = "data.p
                                     "at least twice the divisor along one axis, or fewer levels")
 
 
+def main_output(out: Any) -> torch.Tensor:
+    """The full-resolution logits of a network's output: the first map of a deep-supervision list
+    or tuple, else the output itself."""
+    return out[0] if isinstance(out, (list, tuple)) else out
+
+
 def _divisor_hook(module: nn.Module, args: tuple[Any, ...]) -> None:
     check_input(args[0], module.divisor, type(module).__name__)
 
