@@ -139,6 +139,37 @@ def test_image_folder_run(tmp_path):
     assert pngs == [f"img{i}.png" for i in range(2, 6)]
 
 
+def _kvasir_tree(tmp_path, refiner):
+    root = _write_kvasir(tmp_path / "kvasir")
+    return {"name": refiner["name"], "output_dir": str(tmp_path / "runs"), "device": "cpu",
+            "images": {"root": str(root), "max_size": None,
+                       "splits": {"labelled": {"first": 2}, "validation": {"last": 2}}},
+            "model": {"name": "unetpp2d", "options": {"widths": [4, 8]}},
+            "train": {**TINY_TRAIN, "patch": None}, "rounds": 1, "refiner": refiner, "save_pseudo": "none",
+            "prompts": {"n_positive": 0, "n_negative": 0, "min_area": 1}, "iterate": {"rounds": 1},
+            "select": {"min_score": 0.0, "min_agreement": 0.0, "keep_empty": True, "empty_max_prob": 1.0}}
+
+
+def test_identity_refiner_keeps_the_small_models_own_masks(tmp_path):
+    summary = run_mining(_kvasir_tree(tmp_path, {"name": "identity"}))
+    r = summary["rounds"][1]
+    assert r["n_candidates"] == 4
+    if r["model_dice_all"] is not None:  # self-training: the pseudo-labels are the model's masks
+        assert r["pseudo_dice_all"] == pytest.approx(r["model_dice_all"])
+
+
+def test_litemedsam_refiner_in_the_loop_caches_embeddings_on_disk(tmp_path):
+    pytest.importorskip("transformers")
+    from test_litemedsam import TINY
+
+    tree = _kvasir_tree(tmp_path, {"name": "litemedsam", "options": {"pretrained": None, "config": TINY,
+                                                                     "cache_size": 1}})
+    summary = run_mining(tree)
+    assert summary["refiner"] == "litemedsam" and summary["rounds"][1]["n_candidates"] == 4
+    emb = Path(summary["run_dir"]) / "embedding_cache"  # 4 images > the in-memory cache of 1
+    assert emb.is_dir()
+
+
 def test_write_pseudo_volumes_fills_missing_slices(tmp_path):
     case = Case("a/b", np.zeros((1, 4, 5, 3), np.float32), None, affine=np.diag([2.0, 2.0, 3.0, 1.0]))
     lab = np.ones((4, 3), np.uint8)

@@ -47,14 +47,16 @@ def _box_prompt(box=(8.0, 10.0, 19.0, 24.0)):
 
 def test_loads_local_folder_and_segments(sam, sam_dir):
     img = _image()
-    seg = sam.segment(img, _box_prompt())
+    seg = SamSegmenter(pretrained=str(sam_dir), multimask_output=True).segment(img, _box_prompt())
     assert seg.masks.shape == (3, 40, 30) and seg.masks.dtype == bool
     assert seg.scores.shape == (3,) and seg.probs.shape == (3, 40, 30)
     np.testing.assert_array_equal(seg.masks, seg.probs > 0.5)
     mask, score, prob = seg.best()
     assert mask.shape == (40, 30) and score == seg.scores.max()
-    single = SamSegmenter(pretrained=str(sam_dir), multimask_output=False).segment(img, _box_prompt())
+    single = sam.segment(img, _box_prompt())  # default: one mask for a box prompt, 3 for a lone point
     assert single.masks.shape == (1, 40, 30)
+    point = Prompt(points=np.array([[13.0, 17.0]], np.float32), labels=np.array([1]))
+    assert sam.segment(img, point).masks.shape == (3, 40, 30)
 
 
 def test_embedding_cache_is_hit(sam, sam_dir, tmp_path):

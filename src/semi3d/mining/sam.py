@@ -58,11 +58,12 @@ class SamOptions(Strict):
     pretrained: str | None = None
     config: dict[str, Any] | None = None
     device: str = "cpu"
-    multimask_output: bool = True
+    multimask_output: bool | None = None  # None: 3 candidates only for an ambiguous prompt (one point, no box)
     intensity: Literal["minmax", "none"] = "minmax"
     percentiles: tuple[float, float] = (0.5, 99.5)
     mask_logit: float = Field(8.0, gt=0)
     use_mask_prompt: bool = True
+    use_points: bool = True
     cache_size: int = Field(256, ge=0)
     cache_dir: str | None = None
 
@@ -106,19 +107,40 @@ class SamSegmenter(PromptableSegmenter):
     Counters: ``encoder_calls``, ``cache_hits``, ``cache_misses``.
     """
 
+    options_model: type[SamOptions] = SamOptions
+    pixel_mean: tuple[float, float, float] = PIXEL_MEAN  # of the [0, 255] image
+    pixel_std: tuple[float, float, float] = PIXEL_STD
+
     def __init__(self, model: Any = None, options: SamOptions | dict | None = None, **kwargs: Any):
         if isinstance(options, dict) or options is None:
-            options = SamOptions(**{**(options or {}), **kwargs})
+            options = self.options_model(**{**(options or {}), **kwargs})
         self.options = o = options
-        self.model = model if model is not None else load_sam(o.pretrained, o.config)
+        self.model = model if model is not None else self._load(o)
         self.device = torch.device(o.device)
         self.model.to(self.device).eval()
         cfg = self.model.config
         self.image_size = int(cfg.vision_config.image_size)
         self.embedding_size = int(cfg.prompt_encoder_config.image_embedding_size)
-        self.tag = str(o.pretrained or hashlib.sha1(repr(sorted((o.config or {}).items())).encode()).hexdigest()[:12])
+        self.tag = self._tag(o)
         self._cache: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
         self.encoder_calls = self.cache_hits = self.cache_misses = 0
+
+    def _load(self, o: SamOptions) -> Any:
+        return load_sam(o.pretrained, o.config)
+
+    def _tag(self, o: SamOptions) -> str:
+        """Names the weights in the disk cache's keys."""
+        return str(o.pretrained or hashlib.sha1(repr(sorted((o.config or {}).items())).encode()).hexdigest()[:12])
+
+    def plan_cache(self, n_images: int, folder: Path) -> str | None:
+        """Keep every embedding of ``n_images`` images across rounds: when they exceed the
+        in-memory cache and no ``cache_dir`` is set, cache on disk in ``folder``; says so."""
+        o = self.options
+        if n_images <= o.cache_size or o.cache_dir is not None:
+            return None
+        o.cache_dir = str(folder)
+        return (f"{n_images} images exceed the in-memory embedding cache ({o.cache_size}): "
+                f"caching embeddings on disk in {folder}")
 
     # ------------------------------------------------------------------------------ preprocessing
     def resized_shape(self, h: int, w: int) -> tuple[int, int]:
@@ -142,8 +164,8 @@ class SamSegmenter(PromptableSegmenter):
         nh, nw = self.resized_shape(h, w)
         x = self._to_rgb255(img)[None]
         x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
-        mean = torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(PIXEL_STD).view(1, 3, 1, 1)
+        mean = torch.tensor(self.pixel_mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.pixel_std).view(1, 3, 1, 1)
         x = (x - mean) / std
         x = F.pad(x, (0, self.image_size - nw, 0, self.image_size - nh))
         return x, (nh, nw)
@@ -238,7 +260,10 @@ class SamSegmenter(PromptableSegmenter):
         dev = self.device
         for p in prompts:
             kw: dict[str, Any] = {}
-            if len(p.points):
+            multi = self.options.multimask_output
+            if multi is None:  # SAM's advice: several masks only for an ambiguous single point
+                multi = p.box is None and len(p.points) == 1
+            if len(p.points) and self.options.use_points:
                 kw["input_points"] = torch.from_numpy(self.map_coords(p.points, shape)).view(1, 1, -1, 2).to(dev)
                 kw["input_labels"] = torch.as_tensor(np.asarray(p.labels), dtype=torch.long).view(1, 1, -1).to(dev)
             if p.box is not None:
@@ -246,8 +271,11 @@ class SamSegmenter(PromptableSegmenter):
                 kw["input_boxes"] = torch.from_numpy(box).to(dev)
             if p.mask is not None and self.options.use_mask_prompt:
                 kw["input_masks"] = self.mask_input(np.asarray(p.mask, np.float32)).to(dev)
+            if not kw:
+                raise InputError("prompt", "nothing to prompt with: no box, and points (use_points) and "
+                                 "mask prompts (use_mask_prompt) are disabled")
             with torch.no_grad():
-                res = self.model(image_embeddings=emb, multimask_output=self.options.multimask_output, **kw)
+                res = self.model(image_embeddings=emb, multimask_output=multi, **kw)
             logits = self.postprocess(res.pred_masks[0, 0].cpu(), shape)  # (M, H, W)
             out.append(Segmentation((logits > 0).numpy(), res.iou_scores[0, 0].float().cpu().numpy(),
                                     torch.sigmoid(logits).numpy().astype(np.float32)))
