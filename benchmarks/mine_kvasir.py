@@ -49,8 +49,8 @@ BUDGET = {  # every run; --set key=value overrides any of it
     "device": "cpu",
     "images": {"root": str(KVASIR), "images": "images", "masks": "masks", "max_size": 256,
                "splits": {"validation": {"last": 100}, "labelled": {"first": 200}, "unlabelled": "rest"}},
-    "model": {"name": "unetpp2d", "options": {"widths": [16, 32, 64, 128]}},
-    "train": {"iterations": 800, "finetune_iterations": 300, "batch_size": 8, "patch": [160, 160], "lr": 0.002,
+    "model": {"name": "unetpp2d", "options": {"widths": [8, 16, 32, 64]}},  # 0.32 s/step on the 2-core CPU
+    "train": {"iterations": 600, "finetune_iterations": 200, "batch_size": 8, "patch": [128, 128], "lr": 0.002,
               "finetune_lr": 0.001, "pseudo_fraction": 0.5, "fg_fraction": 0.5, "predict_batch": 16},
     "rounds": 2,
     "refiner": {"name": "litemedsam", "options": {}},
