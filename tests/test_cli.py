@@ -132,7 +132,7 @@ def test_predict_groups_the_channel_files_of_a_two_channel_model(synth_root, tin
     meta = json.loads((root / "dataset.json").read_text())
     meta["channel_names"] = {"0": "MRI", "1": "MRI2"}
     (root / "dataset.json").write_text(json.dumps(meta))
-    for folder in ("imagesTr", "imagesTs"):
+    for folder in ("imagesTr", "imagesUnlabelled", "imagesTs"):
         for f in sorted((root / folder).glob("*_0000.nii.gz")):
             img = nib.load(f)
             nib.save(nib.Nifti1Image(np.asarray(img.dataobj) * 2.0 + 1.0, img.affine),

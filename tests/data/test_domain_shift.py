@@ -182,7 +182,7 @@ def test_write_domain_dataset_refuses_bad_plans(src, tmp_path):
 
 
 def test_write_domain_dataset_nnunet_layout(src, tmp_path):
-    from semi3d.data.readers import NnUNetRawReader
+    from semi3d.data.nnunet import NnUNetRawReader
 
     out = write_domain_dataset(src, tmp_path / "nn", {"A": ["syn_000"], "C": ["syn_000", "syn_001"]},
                                src_options={"list_file": "train.list"}, format="nnunet")

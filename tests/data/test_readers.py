@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from semi3d.data.readers import (
-    FolderReader, NnUNetRawReader, UAMTH5Reader, build_reader, itk_affine, read_case, read_volume,
-    write_h5, write_volume,
-)
+from semi3d.data.nnunet import NnUNetRawReader
+from semi3d.data.formats import build_reader
+from semi3d.data.readers import FolderReader, UAMTH5Reader, itk_affine, read_case, read_volume, write_h5, write_volume
 from semi3d.errors import InputError
 
 SHAPE = (24, 20, 12)
@@ -37,7 +36,8 @@ def _label(k=3):
     return lab
 
 
-def _nnunet(root: Path, channels=1, labels=None, cases=("a", "b"), labelled=("a",)) -> Path:
+def _nnunet(root: Path, channels=1, labels=None, cases=("a", "b"), labelled=("a",), pool="imagesUnlabelled") -> Path:
+    """An nnU-Net raw dataset; the unlabelled cases in ``pool`` (``imagesTr``: the old layout)."""
     meta = {"channel_names": {str(i): f"ch{i}" for i in range(channels)},
             "labels": labels or {"background": 0, "organ": 1, "lesion": 2},
             "numTraining": len(labelled), "file_ending": ".nii.gz"}
@@ -45,7 +45,8 @@ def _nnunet(root: Path, channels=1, labels=None, cases=("a", "b"), labelled=("a"
     (root / "dataset.json").write_text(json.dumps(meta))
     for i, cid in enumerate(cases):
         for c in range(channels):
-            write_volume(root / "imagesTr" / f"{cid}_{c:04d}.nii.gz", _image(i + c), _affine())
+            folder = "imagesTr" if cid in labelled else pool
+            write_volume(root / folder / f"{cid}_{c:04d}.nii.gz", _image(i + c), _affine())
         if cid in labelled:
             write_volume(root / "labelsTr" / f"{cid}.nii.gz", _label(), _affine())
     return root
@@ -112,7 +113,7 @@ def test_nnunet_reader(tmp_path):
     write_volume(root / "imagesTs" / "t_0001.nii.gz", _image(1), _affine())
     write_volume(root / "labelsTs" / "t.nii.gz", _label(), _affine())
     r = build_reader("nnunet", root)
-    assert r.case_ids() == ["a", "b", "c"] and r.test_case_ids() == ["t"]
+    assert r.case_ids() == ["a", "c", "b"] and r.test_case_ids() == ["t"]  # training cases, then the pool
     assert r.labelled_ids() == ["a", "c"] and r.unlabelled_ids() == ["b"] and r.has_label("t")
     assert r.channel_names == ["ch0", "ch1"] and r.num_classes == 3
     assert r.class_names == ["background", "organ", "lesion"]
@@ -125,10 +126,53 @@ def test_nnunet_reader(tmp_path):
     assert r.load("b").label is None and r.load("t").label is not None
 
 
+def test_nnunet_unlabelled_pool_outside_nnunets_folders(tmp_path):
+    root = _nnunet(tmp_path / "ds", cases=("a", "b", "c"), labelled=("a",), pool="elsewhere")
+    r = NnUNetRawReader(root)  # imagesTr/labelsTr alone: a valid nnU-Net dataset with no unlabelled case
+    assert r.case_ids() == ["a"]
+    r = build_reader("nnunet", root, unlabelled="elsewhere")
+    assert r.case_ids() == ["a", "b", "c"] and r.unlabelled_ids() == ["b", "c"] and r.load("b").label is None
+    with pytest.raises(InputError, match="no such folder"):
+        NnUNetRawReader(root, unlabelled="nope")
+    write_volume(root / "elsewhere" / "a_0000.nii.gz", _image(), _affine())
+    with pytest.raises(InputError, match="'a' is also a training case"):
+        NnUNetRawReader(root, unlabelled=root / "elsewhere")
+
+
+def test_nnunet_old_layout_is_read_with_a_warning(tmp_path):
+    root = _nnunet(tmp_path / "ds", cases=("a", "b"), labelled=("a",), pool="imagesTr")
+    with pytest.warns(UserWarning, match="imagesTr have no label.*imagesUnlabelled"):
+        r = NnUNetRawReader(root)
+    assert r.unlabelled_ids() == ["b"]
+
+
+def test_nnunet_dataset_key_lists_the_files(tmp_path):
+    root = _nnunet(tmp_path / "ds", cases=("a",), labelled=("a",))
+    write_volume(root / "other" / "x_img.nii.gz", _image(3), _affine())
+    write_volume(root / "other" / "x_seg.nii.gz", _label(), _affine())
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["dataset"] = {"x": {"images": ["other/x_img.nii.gz"], "label": str(root / "other" / "x_seg.nii.gz")}}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    r = NnUNetRawReader(root)
+    assert r.case_ids() == ["x"] and r.labelled_ids() == ["x"]  # the list replaces imagesTr
+    np.testing.assert_array_equal(r.load("x").image[0], _image(3))
+    meta["dataset"] = {"x": {"images": ["other/missing.nii.gz"], "label": "other/x_seg.nii.gz"}}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="dataset\\['x'\\] names other/missing.nii.gz, which does not exist"):
+        NnUNetRawReader(root)
+
+
+def test_nnunet_ignore_label_is_refused(tmp_path):
+    root = _nnunet(tmp_path / "ds", labels={"background": 0, "organ": 1, "ignore": 2})
+    with pytest.raises(InputError, match="ignore label") as e:
+        NnUNetRawReader(root)
+    assert "dataset.json" in str(e.value)
+
+
 def test_nnunet_missing_channel(tmp_path):
     root = _nnunet(tmp_path / "ds", channels=2)
-    (root / "imagesTr" / "b_0001.nii.gz").unlink()
-    with pytest.raises(InputError, match=r"imagesTr: case 'b' lacks channel file\(s\) b_0001.nii.gz"):
+    (root / "imagesUnlabelled" / "b_0001.nii.gz").unlink()
+    with pytest.raises(InputError, match=r"imagesUnlabelled: case 'b' lacks channel file\(s\) b_0001.nii.gz"):
         NnUNetRawReader(root).load("b")
 
 

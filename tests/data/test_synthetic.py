@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from semi3d.data.readers import NnUNetRawReader, UAMTH5Reader
+from semi3d.data.nnunet import NnUNetRawReader
+from semi3d.data.readers import UAMTH5Reader
 from semi3d.data.synthetic import make_case, make_cases, write_dataset
 from semi3d.errors import InputError
 
@@ -45,7 +46,11 @@ def test_written_dataset_reads_back(tmp_path, fmt):
     if fmt == "nnunet":
         reader = NnUNetRawReader(root)
         assert reader.test_case_ids() == ["syn_003"] and reader.num_classes == 3
+        # a valid nnU-Net dataset: numTraining = the cases of imagesTr, each with its label
         assert json.loads((root / "dataset.json").read_text())["numTraining"] == 2
+        assert sorted(p.name for p in (root / "imagesTr").iterdir()) == ["syn_000_0000.nii.gz", "syn_001_0000.nii.gz"]
+        assert len(list((root / "labelsTr").iterdir())) == 2
+        assert [p.name for p in (root / "imagesUnlabelled").iterdir()] == ["syn_002_0000.nii.gz"]
     else:
         reader = UAMTH5Reader(root, list_file="train.list", num_classes=3)
         test_reader = UAMTH5Reader(root, list_file="test.list", num_classes=3)

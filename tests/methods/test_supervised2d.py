@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from semi3d.config import load_config
-from semi3d.data.readers import build_reader
+from semi3d.data.formats import build_reader
 from semi3d.data.splits import load_splits
 from semi3d.engine.trainer import Trainer
 from semi3d.errors import InputError

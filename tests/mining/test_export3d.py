@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from semi3d.data.preprocess import Preprocessor
-from semi3d.data.readers import FolderReader, NnUNetRawReader, read_volume
+from semi3d.data.nnunet import NnUNetRawReader
+from semi3d.data.readers import FolderReader, read_volume
 from semi3d.data.synthetic import write_dataset
 from semi3d.errors import InputError
 from semi3d.mining.export import label_to_original_grid, write_pseudo_dataset
@@ -139,8 +140,9 @@ def test_nnunet_dataset_inclusion_rule_and_errors(synth_root, tmp_path):
     assert (out / "dev.list").read_text().split() == ["syn_004"]
     assert (out / "pseudo.list").read_text().split() == rec["pseudo"]
     for cid in new.case_ids():
-        img = f"imagesTr/{cid}_0000.nii.gz"
-        assert (out / img).read_bytes() == (synth_root / img).read_bytes()
+        img = f"{cid}_0000.nii.gz"
+        src = next(synth_root / d / img for d in ("imagesTr", "imagesUnlabelled") if (synth_root / d / img).is_file())
+        assert (out / "imagesTr" / img).read_bytes() == src.read_bytes()
         case = new.load(cid)
         if cid in rec["pseudo"]:
             stacked = np.stack([labels[cid][i] for i in range(n)], axis=0)  # slices along X

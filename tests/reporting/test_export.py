@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from semi3d.cli import app
-from semi3d.data.readers import build_reader
+from semi3d.data.formats import build_reader
 from semi3d.errors import InputError
 from semi3d.inference.predictor import Predictor, is_bundle
 from semi3d.reporting.export import export_run

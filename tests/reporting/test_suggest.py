@@ -112,7 +112,7 @@ def test_suggest_entropy_on_a_supervised_run(sup_run, tmp_path):
 def test_suggest_disagreement_on_an_mn_run(mn_run, tmp_path):
     from semi3d.data.case import Case
     from semi3d.data.dataset import make_preprocessor
-    from semi3d.data.readers import build_reader
+    from semi3d.data.formats import build_reader
     from semi3d.inference.predictor import predict_probs
     from semi3d.reporting.common import run_config
     from semi3d.reporting.suggest import load_method

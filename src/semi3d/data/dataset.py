@@ -8,7 +8,7 @@ from ..config import DataConfig
 from ..errors import InputError
 from .case import Case
 from .preprocess import PreprocessedCache, Preprocessor
-from .readers import build_reader
+from .formats import build_reader
 from .splits import read_domains, resolve_splits
 
 

@@ -44,7 +44,8 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from ..errors import InputError
-from .readers import PathLike, UAMTH5Reader, build_reader, write_h5, write_volume
+from .formats import build_reader
+from .readers import PathLike, UAMTH5Reader, write_h5, write_volume
 
 __all__ = ["ScannerShift", "DOMAINS", "apply_shift", "case_seed", "domain_of", "interleave",
            "write_domain_dataset", "write_id_list"]

@@ -1,4 +1,5 @@
-"""Dataset readers (UA-MT h5, nnU-Net v2 raw, plain folders) and atomic volume writers.
+"""Volume I/O, the reader interface, the UA-MT h5 and plain-folder readers, atomic volume writers
+(nnU-Net v2 raw: :mod:`semi3d.data.nnunet`; the format registry: :mod:`semi3d.data.formats`).
 
 Every reader lists its cases and returns validated :class:`~semi3d.data.case.Case` objects:
 image float32 (C, X, Y, Z), label integer (X, Y, Z) or None, spacing in mm along (X, Y, Z) and a
@@ -10,10 +11,7 @@ and nnU-Net do. Files are opened read-only; every bad input raises
 """
 from __future__ import annotations
 
-import inspect
-import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -413,104 +411,6 @@ class UAMTH5Reader(Reader):
         return [image], label
 
 
-class NnUNetRawReader(Reader):
-    """An nnU-Net v2 raw dataset folder.
-
-    Layout: ``dataset.json`` (``channel_names`` {"0": "MRI", ...}, ``labels`` {"background": 0,
-    ...}, ``file_ending`` e.g. ".nii.gz"), ``imagesTr/<case>_<cccc><ending>`` (one file per
-    channel), ``labelsTr/<case><ending>``, optional ``imagesTs``/``labelsTs``. Training images
-    without a label file are the unlabelled cases. Region-based labels (lists of values) are
-    rejected.
-
-    Args:
-        root: the ``DatasetXXX_Name`` folder.
-        domain: domain tag of the cases.
-    """
-
-    def __init__(self, root: PathLike, domain: str = "default"):
-        self.root = _existing_dir(root)
-        self.domain = domain
-        meta_path = self.root / "dataset.json"
-        try:
-            meta = json.loads(meta_path.read_text())
-        except FileNotFoundError:
-            raise InputError(meta_path, "missing (an nnU-Net raw dataset needs dataset.json)") from None
-        except (OSError, ValueError) as e:
-            raise InputError(meta_path, f"cannot read: {_short(e)}") from None
-        if not isinstance(meta, dict):
-            raise InputError(meta_path, "expected a JSON object")
-        for key in ("labels", "file_ending"):
-            if key not in meta:
-                raise InputError(meta_path, f"missing key {key!r}")
-        channels = meta.get("channel_names", meta.get("modality"))
-        if not isinstance(channels, dict) or not channels:
-            raise InputError(meta_path, "missing or empty 'channel_names'")
-        if sorted(channels, key=str) != [str(i) for i in range(len(channels))]:
-            raise InputError(meta_path, f"channel_names keys must be 0..{len(channels) - 1}")
-        self.channel_names = [str(channels[str(i)]) for i in range(len(channels))]
-        labels = meta["labels"]
-        if not isinstance(labels, dict):
-            raise InputError(meta_path, "'labels' must map class names to values")
-        regions = [name for name, v in labels.items() if isinstance(v, (list, tuple))]
-        if regions:
-            raise InputError(meta_path, f"region-based labels are not supported ({', '.join(regions)})")
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in labels.values()) or \
-                sorted(labels.values()) != list(range(len(labels))):
-            raise InputError(meta_path, f"label values must be the integers 0..{len(labels) - 1}, "
-                                        f"got {sorted(labels.values(), key=str)}")
-        self.class_names = sorted(labels, key=labels.get)
-        self.num_classes = len(labels)
-        self.file_ending = str(meta["file_ending"])
-        self._train = self._index("imagesTr", "labelsTr")
-        self._test = self._index("imagesTs", "labelsTs")
-
-    def _index(self, images: str, labels: str) -> dict[str, tuple[dict[int, Path], Path | None]]:
-        folder = self.root / images
-        pattern = re.compile(rf"^(.+)_(\d{{4}}){re.escape(self.file_ending)}$")
-        cases: dict[str, dict[int, Path]] = {}
-        if folder.is_dir():
-            for p in sorted(folder.iterdir()):
-                m = pattern.match(p.name)
-                if m and p.is_file():
-                    cases.setdefault(m[1], {})[int(m[2])] = p
-        out = {}
-        for cid, chans in sorted(cases.items()):
-            label = self.root / labels / f"{cid}{self.file_ending}"
-            out[cid] = (chans, label if label.is_file() else None)
-        return out
-
-    def case_ids(self) -> list[str]:
-        return list(self._train)
-
-    def test_case_ids(self) -> list[str]:
-        """Cases of ``imagesTs`` (labelled when ``labelsTs`` has their file)."""
-        return list(self._test)
-
-    def _known_ids(self) -> list[str]:
-        return [*self._train, *self._test]
-
-    def _entry(self, case_id: str) -> tuple[dict[int, Path], Path | None]:
-        return self._train[case_id] if case_id in self._train else self._test[case_id]
-
-    def has_label(self, case_id: str) -> bool:
-        self._require(case_id)
-        return self._entry(case_id)[1] is not None
-
-    def _volumes(self, case_id: str) -> tuple[list[Volume], Volume | None]:
-        chans, label = self._entry(case_id)
-        n = len(self.channel_names)
-        missing = [i for i in range(n) if i not in chans]
-        extra = sorted(set(chans) - set(range(n)))
-        folder = next(iter(chans.values())).parent
-        if missing:
-            names = ", ".join(f"{case_id}_{i:04d}{self.file_ending}" for i in missing)
-            raise InputError(folder, f"case {case_id!r} lacks channel file(s) {names}")
-        if extra:
-            raise InputError(folder, f"case {case_id!r} has channel(s) {extra} beyond the {n} "
-                                     "declared in dataset.json")
-        return [read_volume(chans[i]) for i in range(n)], (read_volume(label) if label else None)
-
-
 class FolderReader(Reader):
     """A folder of single-channel volumes (case id = file name without suffix) and an optional
     labels folder holding files of the same case ids.
@@ -558,30 +458,6 @@ class FolderReader(Reader):
         label = self._labels.get(case_id)
         return ([read_volume(self._images[case_id], self.image_key)],
                 read_volume(label, self.label_key) if label is not None else None)
-
-
-READERS: dict[str, type[Reader]] = {"uamt_h5": UAMTH5Reader, "nnunet": NnUNetRawReader, "folder": FolderReader}
-
-
-def build_reader(format: str, root: PathLike, **options: Any) -> Reader:
-    """Build a reader by format name.
-
-    Args:
-        format: ``"uamt_h5"``, ``"nnunet"`` or ``"folder"`` (root is then the images folder).
-        root: dataset folder.
-        options: keyword arguments of the reader class.
-
-    Raises:
-        InputError: unknown format or option, missing root, or any error of the reader.
-    """
-    cls = READERS.get(format)
-    if cls is None:
-        raise InputError(format, f"unknown dataset format; choose one of {', '.join(READERS)}")
-    params = list(inspect.signature(cls).parameters)[1:]
-    unknown = sorted(set(options) - set(params))
-    if unknown:
-        raise InputError(format, f"unknown option(s) {', '.join(unknown)}; accepted: {', '.join(params)}")
-    return cls(root, **options)
 
 
 # ----------------------------------------------------------------------------------------------

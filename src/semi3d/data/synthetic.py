@@ -162,9 +162,9 @@ def write_dataset(root: PathLike, n_labelled: int = 6, n_unlabelled: int = 6, n_
         n_labelled, n_unlabelled, n_test: number of cases of each role.
         seed, shape, num_classes, spacing, noise, class_scale: see :func:`make_case` (a
             ``class_scale`` from :func:`imbalanced_class_scale` gives the class-imbalanced dataset).
-        format: ``"nnunet"``: nnU-Net v2 raw layout (``dataset.json``, ``imagesTr`` with all
-            training images, ``labelsTr`` for labelled ones only, ``imagesTs``/``labelsTs``) as
-            ``.nii.gz`` with the case affine; ``"uamt_h5"``: ``2018LA_Seg_Training Set/<id>/mri_norm2.h5``
+        format: ``"nnunet"``: a valid nnU-Net v2 raw dataset (``dataset.json``, ``imagesTr`` /
+            ``labelsTr`` with the labelled cases, ``imagesTs``/``labelsTs``) plus the unlabelled
+            images in ``imagesUnlabelled/`` (:mod:`semi3d.data.nnunet`), ``.nii.gz`` with the case affine; ``"uamt_h5"``: ``2018LA_Seg_Training Set/<id>/mri_norm2.h5``
             (``label`` only for labelled and test cases), ``train.list`` (labelled then unlabelled
             ids) and ``test.list``.
 
@@ -183,7 +183,7 @@ def write_dataset(root: PathLike, n_labelled: int = 6, n_unlabelled: int = 6, n_
     for i, case in enumerate(cases):
         labelled = i < n_labelled or i >= n_train
         if format == "nnunet":
-            tr = "Tr" if i < n_train else "Ts"
+            tr = "Ts" if i >= n_train else "Tr" if labelled else "Unlabelled"
             write_volume(root / f"images{tr}" / f"{case.id}_0000.nii.gz", case.image[0], case.affine)
             if labelled:
                 write_volume(root / f"labels{tr}" / f"{case.id}.nii.gz", case.label, case.affine)

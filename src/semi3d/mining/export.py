@@ -56,8 +56,8 @@ from pydantic import Field
 
 from ..data.case import Case
 from ..data.preprocess import _safe_name, resample_probabilities
-from ..data.readers import (NnUNetRawReader, Reader, UAMTH5Reader, _atomic, _storage, _write_h5_datasets,
-                            read_volume, write_volume)
+from ..data.nnunet import NnUNetRawReader
+from ..data.readers import Reader, UAMTH5Reader, _atomic, _storage, _write_h5_datasets, read_volume, write_volume
 from ..errors import InputError
 from .base import Strict
 from .data2d import stack_slices

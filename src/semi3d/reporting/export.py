@@ -39,7 +39,7 @@ JIT_DEPRECATED = r".*torch\.jit.*deprecated"  # recent torch warns; TorchScript 
 
 def _channel_names(cfg, in_channels: int) -> list[str]:
     try:
-        from ..data.readers import build_reader
+        from ..data.formats import build_reader
 
         names = getattr(build_reader(cfg.data.format, cfg.data.root, **cfg.data.options), "channel_names", None)
     except (InputError, OSError):

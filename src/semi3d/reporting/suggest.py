@@ -179,7 +179,7 @@ def suggest_cases(run_dir: Path, k: int = 5, out: Path | None = None, data_root:
     evidence into ``out`` (default ``RUN/suggest``) and return the JSON payload."""
     from ..data.case import Case
     from ..data.dataset import make_preprocessor
-    from ..data.readers import build_reader
+    from ..data.formats import build_reader
     from ..engine.precision import channels_last_3d, pick_device, resolve_precision, use_channels_last
     from ..inference.predictor import Predictor, model_file, predict_probs
 
