@@ -108,7 +108,7 @@ def step_seconds(config: str, sets: list[str], steps: int = 5, warmup: int = 3) 
         g = getattr(tr.method, "guide_every", 0)
         if g and getattr(tr, "sampler_u", None) is not None:
             fixed["guide_pass"] = (1 + (n - tr.method.warmup - 1) // g,
-                                  _timed(lambda: tr.method.guide_pass(tr, tr.method.warmup)))
+                                  _timed(lambda: tr.method.guide_pass(tr.services, tr.method.warmup)))
     return {"step_s": sum(per[k] * share[k] for k in per), "phases_s": per, "shares": share,
             "fixed": fixed, "fixed_s": sum(c * t for c, t in fixed.values())}
 

@@ -3,7 +3,8 @@
 Protocol: dev = the last 100 ids of ``train.list`` (never trained on), labelled = the first
 ``P %`` of the remaining 800 ids, unlabelled = the rest (their masks hidden from training, used
 only to score the pseudo-labels). Images resized to a longest side of 256 px, RGB. Variants, each
-one run per (P, seed), all with the same small U-Net++ and the same total training iterations:
+one run per (P, seed), all with the same small model (``--small``: the paper's U-Net++ from scratch,
+or a U-Net on an ImageNet-pretrained MobileNetV2) and the same total training iterations:
 
 - ``labelled``: the small model on the labelled images only (``rounds: 0``, the mining runs' total
   iterations: first training + every fine-tuning);
@@ -44,12 +45,18 @@ HERE = Path(__file__).resolve().parent
 KVASIR = HERE.parent.parent / "shared" / "data" / "Kvasir-SEG"
 POOL = 800  # train.list minus the 100 dev ids
 VARIANTS = ["labelled", "identity", "litemedsam", "full"]
+SMALL = {  # the small model: the paper's U-Net++ (from scratch), or a U-Net on an ImageNet MobileNetV2
+    "unetpp": {"name": "unetpp2d", "options": {"widths": [8, 16, 32, 64]}},  # 0.32 s/step on the 2-core CPU
+    "mbv2": {"name": "unet2d_mobilenet_v2",  # 0.36 s/step
+             "options": {"pretrained": str(HERE.parent.parent / "shared" / "weights" / "mobilenet_v2-b0353104.pth"),
+                         "decoder_channels": [128, 64, 32, 16, 16]}},
+}
 
 BUDGET = {  # every run; --set key=value overrides any of it
     "device": "cpu",
     "images": {"root": str(KVASIR), "images": "images", "masks": "masks", "max_size": 256,
                "splits": {"validation": {"last": 100}, "labelled": {"first": 200}, "unlabelled": "rest"}},
-    "model": {"name": "unetpp2d", "options": {"widths": [8, 16, 32, 64]}},  # 0.32 s/step on the 2-core CPU
+    "model": SMALL["unetpp"],
     "train": {"iterations": 600, "finetune_iterations": 200, "batch_size": 8, "patch": [128, 128], "lr": 0.002,
               "finetune_lr": 0.001, "pseudo_fraction": 0.5, "fg_fraction": 0.5, "predict_batch": 16},
     "rounds": 2,
@@ -62,12 +69,13 @@ BUDGET = {  # every run; --set key=value overrides any of it
 }
 
 
-def run_tree(variant: str, percent: int, seed: int, runs: Path) -> dict:
+def run_tree(variant: str, percent: int, seed: int, runs: Path, small: str = "unetpp") -> dict:
     """The mining config tree of one run (before ``--set`` overrides)."""
     n = POOL if variant == "full" else round(POOL * percent / 100)
     total = BUDGET["train"]["iterations"] + BUDGET["rounds"] * BUDGET["train"]["finetune_iterations"]
-    tree = _merge(BUDGET, {"name": run_name(variant, percent, seed), "output_dir": str(runs), "seed": seed,
+    tree = _merge(BUDGET, {"name": run_name(variant, percent, seed, small), "output_dir": str(runs), "seed": seed,
                            "images": {"splits": {"labelled": {"first": n}}}})
+    tree["model"] = SMALL[small]
     if variant in ("labelled", "full"):
         tree = _merge(tree, {"rounds": 0, "train": {"iterations": total}, "images": {"splits": {"unlabelled": "none"}}})
     elif variant == "identity":
@@ -77,8 +85,10 @@ def run_tree(variant: str, percent: int, seed: int, runs: Path) -> dict:
     return tree
 
 
-def run_name(variant: str, percent: int, seed: int) -> str:
-    return f"mine_kvasir_{variant}_p{100 if variant == 'full' else percent}_s{seed}"
+def run_name(variant: str, percent: int, seed: int, small: str = "unetpp") -> str:
+    """``mine_kvasir_[<small>_]<variant>_p<P>_s<seed>`` (no prefix for the default U-Net++)."""
+    prefix = "" if small == "unetpp" else small + "_"
+    return f"mine_kvasir_{prefix}{variant}_p{100 if variant == 'full' else percent}_s{seed}"
 
 
 def image_metrics(dev_cases: dict) -> dict:
@@ -89,13 +99,15 @@ def image_metrics(dev_cases: dict) -> dict:
 
 def table(results: Path) -> list[dict]:
     """One row per (variant, P): metrics averaged over the seeds found."""
-    groups: dict[tuple[str, int], list[dict]] = {}
+    groups: dict[tuple[str, int, str], list[dict]] = {}
     for p in sorted(results.glob("mine_kvasir_*_p*_s*.json")):
         r = json.loads(p.read_text())
-        groups.setdefault((r["variant"], r["percent"]), []).append(r)
+        groups.setdefault((r["variant"], r["percent"], r.get("small", "unetpp")), []).append(r)
     rows = []
-    for (v, pc), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], VARIANTS.index(kv[0][0]))):
-        row = {"percent": pc, "variant": v, "seeds": len(rs)}
+    order = list(SMALL)
+    for (v, pc, sm), rs in sorted(groups.items(), key=lambda kv: (order.index(kv[0][2]), kv[0][1],
+                                                                 VARIANTS.index(kv[0][0]))):
+        row = {"small": sm, "percent": pc, "variant": v, "seeds": len(rs)}
         for k in ("dice", "iou"):
             row[k] = float(np.mean([r[k] for r in rs]))
         row["dice_per_seed"] = " / ".join(f"{r['dice']:.4f}" for r in rs)
@@ -110,7 +122,7 @@ def table(results: Path) -> list[dict]:
 
 def write_table(results: Path) -> str:
     rows = table(results)
-    cols = ["percent", "variant", "seeds", "dice", "iou", "dice_per_seed", "pseudo_dice_kept", "model_dice_kept",
+    cols = ["small", "percent", "variant", "seeds", "dice", "iou", "dice_per_seed", "pseudo_dice_kept", "model_dice_kept",
             "n_kept", "wall_min"]
     text = ("# Knowledge mining on Kvasir-SEG (dev = last 100 ids of train.list)\n\n"
             "Dice / IoU per image, averaged over the dev images, then over seeds. `pseudo_dice_kept` / "
@@ -127,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--percent", type=int, nargs="+", default=[25, 75])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
+    ap.add_argument("--small", default="unetpp", choices=list(SMALL), help="the small model (module docstring)")
     ap.add_argument("--set", action="append", default=[], help="key=value override of every run's config")
     ap.add_argument("--runs", default="runs/bench_kvasir")
     ap.add_argument("--results", default=str(HERE / "results"))
@@ -137,14 +150,14 @@ def main(argv: list[str] | None = None) -> None:
     todo = [] if a.only_table else [(v, p, s) for s in a.seeds for p in a.percent for v in a.variants]
     done = set()
     for v, p, s in todo:
-        name = run_name(v, p, s)
+        name = run_name(v, p, s, a.small)
         if name in done or (results / f"{name}.json").is_file():
             continue
         done.add(name)
-        cfg = load_mining_config(tree=run_tree(v, p, s, runs), overrides=a.set)
+        cfg = load_mining_config(tree=run_tree(v, p, s, runs, a.small), overrides=a.set)
         summary = run_mining(cfg)
         last = summary["rounds"][-1]
-        result = {"name": name, "variant": v, "percent": 100 if v == "full" else p, "seed": s,
+        result = {"name": name, "small": a.small, "variant": v, "percent": 100 if v == "full" else p, "seed": s,
                   **image_metrics(last["dev_cases"]), "command": command, "commit": git_commit(),
                   "splits": summary["splits"], "rounds": [_row(r) for r in summary["rounds"]],
                   "dev_dice_per_round": [r["dev_dice"] for r in summary["rounds"]],

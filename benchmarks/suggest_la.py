@@ -24,7 +24,7 @@ import numpy as np
 import yaml
 
 from semi3d.config import load_config, parse_overrides, set_dotted
-from semi3d.data.readers import build_reader
+from semi3d.data.formats import build_reader
 from semi3d.data.splits import load_splits
 from semi3d.engine.trainer import train
 from semi3d.errors import InputError

@@ -211,9 +211,9 @@ def test_guide_pass_gives_unlabelled_crops_foreground(data_root, tmp_path):
     with torch.no_grad():  # a 3D model that calls every voxel foreground
         head.weight.zero_()
         head.bias.copy_(torch.tensor([0.0, 1.0]))
-    tr.method.periodic(2, tr)  # after 3 iterations: no pass
+    tr.method.periodic(2, tr.services)  # after 3 iterations: no pass
     assert tr.method.guide_state() is None and all(v.fg is None for v in tr.sampler_u.vols)
-    tr.method.periodic(3, tr)  # after 4 iterations = end of stage 1: pass
+    tr.method.periodic(3, tr.services)  # after 4 iterations = end of stage 1: pass
     state = _check_guides(tr)
     assert state["iteration"] == 4
     for v in tr.sampler_u.vols:
@@ -246,6 +246,24 @@ class _CrashingTrainer(Trainer):
         return super().train_step(step)
 
 
+def test_a_checkpoint_with_the_old_trainer_guides_key_resumes(data_root, tmp_path):
+    """Checkpoints written before M&N kept its guides in its own state dict had them under the
+    trainer's "guides" key: they still resume, guides included."""
+    tree = tiny_tree(data_root, tmp_path, "old", iterations=8, warmup=4,
+                     options={"sampling": "fixed", "fixed_unlabelled": 1, "guide_every": 4})
+    tree["train"]["checkpoint_every"] = 6
+    first = _CrashingTrainer(load_config(tree=tree))
+    first.crash_at = 6
+    with pytest.raises(_Crash):
+        first.fit()
+    path = first.run_dir / "checkpoints" / "last.pt"
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["guides"] = ckpt["method"].pop("_extra_state")["guides"]
+    torch.save(ckpt, path)
+    resumed = Trainer(load_config(tree=copy.deepcopy(tree)), resume=True)
+    assert resumed.method.guide_state()["iteration"] == 4 and all(v.fg is not None for v in resumed.sampler_u.vols)
+
+
 def test_resume_equals_uninterrupted_across_guide_passes(data_root, tmp_path):
     opts = {"sampling": "fixed", "fixed_unlabelled": 1, "guide_every": 4}
     full = Trainer(load_config(tree=tiny_tree(data_root, tmp_path, "full", iterations=12, warmup=4, options=opts)))
@@ -258,8 +276,9 @@ def test_resume_equals_uninterrupted_across_guide_passes(data_root, tmp_path):
     with pytest.raises(_Crash):
         first.fit()
     ckpt = torch.load(first.run_dir / "checkpoints" / "last.pt", weights_only=False)
-    assert ckpt["step"] == 6 and ckpt["guides"]["iteration"] == 4
-    assert any(e["bits"].any() for e in ckpt["guides"]["masks"].values())  # non-empty masks steer crops
+    guides = ckpt["method"]["_extra_state"]["guides"]  # the method's own state, not a trainer key
+    assert ckpt["step"] == 6 and guides["iteration"] == 4 and "guides" not in ckpt
+    assert any(e["bits"].any() for e in guides["masks"].values())  # non-empty masks steer crops
     resumed = Trainer(load_config(tree=copy.deepcopy(tree)), resume=True)
     assert all(v.fg is not None for v in resumed.sampler_u.vols)
     resumed.fit()

@@ -26,6 +26,9 @@ def test_run_configs(mod, tmp_path):
     assert lm.refiner.name == "litemedsam" and lm.refiner.options["cache_dir"] == str(tmp_path / "kvasir_embeddings")
     assert lm.images.splits.validation.last == 100 and lm.seed == 1
     assert mod.run_name("full", 25, 1) == "mine_kvasir_full_p100_s1"
+    mb = load_mining_config(tree=mod.run_tree("litemedsam", 75, 0, tmp_path, "mbv2"))
+    assert mb.model.name == "unet2d_mobilenet_v2" and mb.name == "mine_kvasir_mbv2_litemedsam_p75_s0"
+    assert mb.images.splits.labelled.first == 600 and cfgs["litemedsam"].model.name == "unetpp2d"
 
 
 def test_image_metrics_and_table(mod, tmp_path):

@@ -31,6 +31,7 @@ from . import distributed as D
 from .resume import check_resume_config
 from .precision import autocast, channels_last_3d, pick_device, resolve_precision, use_channels_last
 from .schedules import LRSchedule
+from .services import TrainerServices
 from .runlog import RunLog, progress_line
 
 console = Console(stderr=True)
@@ -139,6 +140,7 @@ class Trainer:
         self.sampler_l = PatchSampler(self.data.cases("labelled"), d.patch_size, d.fg_oversample, self.gen)
         unl = self.data.cases("unlabelled")
         self.sampler_u = PatchSampler(unl, d.patch_size, d.fg_oversample, self.gen) if unl else None
+        self.services = TrainerServices(self)
         if self.sampler_u is None and self.method.needs_unlabelled:  # fail now, not mid-run
             raise InputError("splits.unlabelled", f"method {cfg.method.name!r} needs unlabelled cases but the split is empty")
         self.val_cases = self.data.cases("validation")[: t.val_max_cases]
@@ -259,12 +261,14 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": rng, "rng_ranks": D.all_gather_objects(rng) if self.dist.enabled else None,
             "best": self.best, "best_step": self.best_step,
-            "guides": getattr(self.method, "guide_state", lambda: None)(),
         }
 
     def _load(self, s: dict) -> None:
         self.step = self.saved_step = s["step"]
-        self.method.load_state_dict(s["method"])
+        state = s["method"]
+        if s.get("guides") is not None and "_extra_state" not in state:  # checkpoints before the method owned them
+            state = {**state, "_extra_state": {"guides": s["guides"]}}
+        self.method.load_state_dict(state)
         for g, o in self.optimizers.items():
             o.load_state_dict(s["optimizers"][g])
         self.scaler.load_state_dict(s["scaler"])
@@ -283,8 +287,7 @@ class Trainer:
         if s["rng"]["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(s["rng"]["cuda"])
         self.best, self.best_step = s["best"], s["best_step"]
-        if s.get("guides") is not None and hasattr(self.method, "load_guide_state"):
-            self.method.load_guide_state(s["guides"], self)
+        self.method.restore(self.services)
         self.log.truncate(self.step)
 
     def save_model(self, name: str) -> None:
@@ -311,7 +314,7 @@ class Trainer:
                 step = self.step
                 rec = self.train_step(step)
                 self.step = step + 1
-                self.method.periodic(step, self)
+                self.method.periodic(step, self.services)
                 if self.step % t.log_every == 0 or self.step == t.iterations:
                     rec["time"] = time.time() - t0
                     rec["sec_per_it"] = rec["time"] / (self.step - start_step)

@@ -9,14 +9,18 @@ copies too) and declares:
 - ``after_step(step)``: e.g. EMA updates, after the optimiser steps;
 - ``predictor()``: the network used for inference, mapping (N, C, X, Y, Z) -> (N, K, X, Y, Z) logits,
   and ``predictor_spec()``: the network spec that rebuilds it from a saved model file.
-Optional: ``periodic(step, trainer)`` for method work on whole volumes (e.g. pseudo-mask passes),
-``log``: a dict of scalars the method wants logged at this step.
+Optional: ``periodic(step, services)`` for method work on whole volumes (e.g. pseudo-mask passes)
+through the narrow :class:`Services` the trainer lends, ``restore(services)`` after a resume,
+``log``: a dict of scalars the method wants logged at this step. State the trainer must checkpoint
+lives in the method's own ``state_dict`` (``get_extra_state`` for non-tensor state).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -47,6 +51,34 @@ class MethodContext:
     total_iterations: int
     lr_factor: Callable[[int], float] = lambda step: 1.0
     channels_last: bool = False  # the trainer stores 3D conv weights and batches channels-last
+
+
+class Services(Protocol):
+    """What the trainer lends a method between steps (``periodic``) and after a resume
+    (``restore``); a method sees nothing else of the trainer.
+
+    ``unlabelled()``: ``[(case id, image (C, X, Y, Z))]`` of the unlabelled sampler, in its order
+    (the volumes padded to at least the patch, as crops see them; ``[]`` without unlabelled data).
+    ``predict(net, image)``: softmax probabilities ``(K, X, Y, Z)`` of a volume by sliding window
+    with the run's patch, inference options, device and precision.
+    ``set_guide(case id, mask (X, Y, Z) bool)``: foreground crops of that case centre on the mask.
+    ``shard(items)`` / ``gather(obj)``: this process's share of a list / every process's object
+    (distributed runs; one process: the list itself / ``[obj]``).
+    ``artefacts``: the run folder (write there only from the main process, ``is_main``).
+    """
+
+    artefacts: Path
+    is_main: bool
+
+    def unlabelled(self) -> list[tuple[str, torch.Tensor]]: ...
+
+    def predict(self, net: nn.Module, image: torch.Tensor) -> torch.Tensor: ...
+
+    def set_guide(self, case_id: str, mask: np.ndarray) -> None: ...
+
+    def shard(self, items: list) -> list: ...
+
+    def gather(self, obj: Any) -> list: ...
 
 
 class Method(nn.Module):
@@ -88,8 +120,12 @@ class Method(nn.Module):
     def after_step(self, step: int) -> None:
         pass
 
-    def periodic(self, step: int, trainer: Any) -> None:
-        pass
+    def periodic(self, step: int, services: "Services") -> None:
+        """Work between steps, after ``step`` (0-based) completed, through ``services`` only."""
+
+    def restore(self, services: "Services") -> None:
+        """After a resume loaded the method's state dict: re-apply what lives outside the method
+        (e.g. M&N's crop guides into the sampler). Default: nothing."""
 
     def predictor(self) -> nn.Module:
         raise NotImplementedError

@@ -272,53 +272,54 @@ class MN(Method):
         return (done == self.warmup or done in self.guide_at
                 or (self.guide_every > 0 and (done - self.warmup) % self.guide_every == 0))
 
-    def periodic(self, step: int, trainer: Any) -> None:
-        if getattr(trainer, "sampler_u", None) is not None and self.guide_due(step + 1):
-            self.guide_pass(trainer, step + 1)
+    def periodic(self, step: int, services: Any) -> None:
+        if services.unlabelled() and self.guide_due(step + 1):
+            self.guide_pass(services, step + 1)
 
-    def guide_pass(self, trainer: Any, done: int) -> None:
+    def guide_pass(self, services: Any, done: int) -> None:
         """Predict every unlabelled volume with ``net3d`` (sliding window over the padded volume the
         sampler holds, so the mask's voxels are the crops' voxels) and guide the crops by it."""
-        from ..engine import distributed as D
-        from ..inference.predictor import predict_probs
-
         net = self.groups["net3d"]
         was = net.training
         net.eval()
         masks = {}
+        vols = services.unlabelled()
         try:
-            for v in D.shard(trainer.sampler_u.vols):  # distributed: each rank predicts its share
-                probs = predict_probs(net, v.image, trainer.cfg.data.patch_size, trainer.cfg.inference,
-                                      trainer.device, trainer.precision)
-                fg = (probs.argmax(0) > 0).numpy()
-                masks[v.id] = {"shape": tuple(fg.shape), "bits": np.packbits(fg.ravel())}
+            for cid, image in services.shard(vols):  # distributed: each rank predicts its share
+                fg = (services.predict(net, image).argmax(0) > 0).numpy()
+                masks[cid] = {"shape": tuple(fg.shape), "bits": np.packbits(fg.ravel())}
         finally:
             net.train(was)
-        gathered = {cid: e for part in D.all_gather_objects(masks) for cid, e in part.items()}
-        masks = {v.id: gathered[v.id] for v in trainer.sampler_u.vols}  # the sampler's order on every rank
+        gathered = {cid: e for part in services.gather(masks) for cid, e in part.items()}
+        masks = {cid: gathered[cid] for cid, _ in vols}  # the sampler's order on every rank
         for cid, e in masks.items():
-            trainer.sampler_u.set_guide(cid, _unpack(e))
+            services.set_guide(cid, _unpack(e))
         self._guides = {"iteration": done, "masks": masks}
-        if D.current().is_main:
-            self._write_guides(Path(trainer.run_dir))
+        if services.is_main:
+            self._write_guides(Path(services.artefacts))
 
     def guide_state(self) -> dict | None:
         """The current guide masks (``{"iteration", "masks": {case: {"shape", "bits"}}}``, bits packed
         with ``np.packbits`` over the C-order raveled mask), or None before the first pass."""
         return self._guides
 
-    def load_guide_state(self, state: dict, trainer: Any) -> None:
-        """Restore the guide masks of a checkpoint into the method and the unlabelled sampler."""
-        sampler = getattr(trainer, "sampler_u", None)
-        if sampler is not None:
-            shapes = {v.id: tuple(v.image.shape[1:]) for v in sampler.vols}
-            for cid, entry in state["masks"].items():
-                shape = tuple(entry["shape"])
-                if shapes.get(cid) != shape:
-                    raise InputError("checkpoint guides", f"case {cid!r}: guide mask {shape} does not match the "
-                                                          f"unlabelled volume {shapes.get(cid)} of this data")
-                sampler.set_guide(cid, _unpack(entry))
-        self._guides = state
+    def get_extra_state(self) -> dict:
+        return {"guides": self._guides}
+
+    def set_extra_state(self, state: dict) -> None:
+        self._guides = state.get("guides")
+
+    def restore(self, services: Any) -> None:
+        """Re-apply the checkpoint's guide masks to the unlabelled sampler."""
+        if self._guides is None:
+            return
+        shapes = {cid: tuple(image.shape[1:]) for cid, image in services.unlabelled()}
+        for cid, entry in self._guides["masks"].items():
+            shape = tuple(entry["shape"])
+            if shapes.get(cid) != shape:
+                raise InputError("checkpoint guides", f"case {cid!r}: guide mask {shape} does not match the "
+                                                      f"unlabelled volume {shapes.get(cid)} of this data")
+            services.set_guide(cid, _unpack(entry))
 
     def _write_guides(self, run_dir: Path) -> None:
         """``pseudo/guide_masks.npz`` (uint8 masks) and ``pseudo/guides.json``, written atomically."""
