@@ -34,7 +34,7 @@ def test_train_predict_evaluate(trained, synth_root, tmp_path):
     prob = nib.load(out / f"{case}_prob.nii.gz")
     assert prob.shape == (*src.shape, 3)
 
-    from semi3d.inference.postprocess import keep_largest_component
+    from semi3d.data.postprocess import keep_largest_component
 
     r = runner.invoke(app, ["predict", str(trained), str(images[0]), "-o", str(tmp_path / "pp"), "--postprocess", "largest_component"])
     assert r.exit_code == 0, r.output

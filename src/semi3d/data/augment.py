@@ -7,76 +7,13 @@ resumed run replays the same augmentations.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-
 import torch
 import torch.nn.functional as F
 
+from ..config import AugmentConfig
 from ..errors import InputError
 
 __all__ = ["AugmentConfig", "augment"]
-
-_RANGES = ("scale_range", "gamma_range", "contrast_range", "brightness_range")
-_PROBS = ("p_flip", "p_rot90", "p_scale", "p_gamma", "p_contrast", "p_noise", "p_brightness")
-
-
-@dataclass
-class AugmentConfig:
-    """Augmentation parameters; every ``p_*`` is a per-sample probability (``p_flip`` per axis).
-
-    Attributes:
-        flip_axes: spatial axes (0=X, 1=Y, 2=Z) that may be mirrored.
-        rot90_axes: spatial axis pairs rotated by k*90 degrees, k uniform in 0..3; a pair is
-            skipped when its two patch sizes differ.
-        scale_range: isotropic zoom factor about the patch centre (>1 enlarges the content); the
-            patch size is kept; zooming out (< 1) pads image and label alike with their border
-            values, so a structure touching a patch face keeps its label in the padding.
-        gamma_range: gamma applied to each channel rescaled to [0, 1] by its min/max, then mapped back.
-        contrast_range: factor multiplying each channel around its mean, clipped to its original range.
-        noise_std: std of additive gaussian noise, in normalised intensity units.
-        brightness_range: factor multiplying the whole sample.
-    """
-
-    flip_axes: tuple[int, ...] = (0, 1, 2)
-    p_flip: float = 0.5
-    rot90_axes: tuple[tuple[int, int], ...] = ((0, 1),)
-    p_rot90: float = 0.5
-    scale_range: tuple[float, float] = (0.9, 1.1)
-    p_scale: float = 0.3
-    gamma_range: tuple[float, float] = (0.7, 1.5)
-    p_gamma: float = 0.3
-    contrast_range: tuple[float, float] = (0.75, 1.25)
-    p_contrast: float = 0.15
-    noise_std: float = 0.0
-    p_noise: float = 0.0
-    brightness_range: tuple[float, float] = (0.9, 1.1)
-    p_brightness: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.flip_axes = tuple(int(a) for a in self.flip_axes)
-        self.rot90_axes = tuple((int(a), int(b)) for a, b in self.rot90_axes)
-        if any(a not in (0, 1, 2) for a in self.flip_axes):
-            raise InputError("augment.flip_axes", f"axes must be 0, 1 or 2, got {self.flip_axes}")
-        if any(a not in (0, 1, 2) or b not in (0, 1, 2) or a == b for a, b in self.rot90_axes):
-            raise InputError("augment.rot90_axes", f"pairs of distinct axes in 0..2 expected, got {self.rot90_axes}")
-        for name in _PROBS:
-            p = float(getattr(self, name))
-            if not 0.0 <= p <= 1.0:
-                raise InputError(f"augment.{name}", f"probability must be in [0, 1], got {p}")
-            setattr(self, name, p)
-        for name in _RANGES:
-            lo, hi = (float(v) for v in getattr(self, name))
-            if not 0.0 < lo <= hi:
-                raise InputError(f"augment.{name}", f"expected 0 < low <= high, got {(lo, hi)}")
-            setattr(self, name, (lo, hi))
-        self.noise_std = float(self.noise_std)
-        if self.noise_std < 0:
-            raise InputError("augment.noise_std", f"must be >= 0, got {self.noise_std}")
-
-    @classmethod
-    def none(cls) -> "AugmentConfig":
-        """The no-op configuration (every probability 0)."""
-        return cls(**{f.name: 0.0 for f in fields(cls) if f.name in _PROBS})
 
 
 def _uniform(u: torch.Tensor, lo_hi: tuple[float, float]) -> list[float]:

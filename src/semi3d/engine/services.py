@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from . import distributed as D
+from .sliding_window import predict_probs
 
 __all__ = ["TrainerServices"]
 
@@ -33,8 +34,6 @@ class TrainerServices:
         return [] if s is None else [(v.id, v.image) for v in s.vols]
 
     def predict(self, net: nn.Module, image: torch.Tensor) -> torch.Tensor:
-        from ..inference.predictor import predict_probs
-
         tr = self._tr
         return predict_probs(net, image, tr.cfg.data.patch_size, tr.cfg.inference, tr.device, tr.precision)
 

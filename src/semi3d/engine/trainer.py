@@ -22,7 +22,6 @@ from ..data.dataset import DataBundle, prepare_data
 from ..data.patches import PatchSampler
 from ..data.splits import load_splits, save_splits
 from ..errors import InputError
-from ..inference.predictor import predict_probs
 from ..methods.base import Batch, MethodContext
 from ..models.nets3d import check_patch
 from ..registry import METHODS
@@ -31,6 +30,7 @@ from . import distributed as D
 from .resume import check_resume_config
 from .precision import autocast, channels_last_3d, pick_device, resolve_precision, use_channels_last
 from .schedules import LRSchedule
+from .sliding_window import predict_probs
 from .services import TrainerServices
 from .runlog import RunLog, progress_line
 

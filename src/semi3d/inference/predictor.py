@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..config import InferenceConfig, RunConfig
 from ..data.case import Case
-from ..engine.precision import autocast, channels_last_3d, pick_device, resolve_precision, use_channels_last
+from ..engine.precision import channels_last_3d, pick_device, resolve_precision, use_channels_last
+from ..engine.sliding_window import predict_probs
 from ..errors import InputError
-from ..models.nets3d import main_output
 
 BUNDLE_METADATA = Path("configs") / "metadata.json"
 BUNDLE_TORCHSCRIPT = Path("models") / "model.ts"
@@ -28,55 +27,6 @@ BUNDLE_STATE_DICT = Path("models") / "model.pt"
 def is_bundle(path: Path) -> bool:
     """True for a model bundle folder written by ``semi3d export`` (holds configs/metadata.json)."""
     return Path(path).is_dir() and (Path(path) / BUNDLE_METADATA).is_file()
-
-
-class Mirrored(nn.Module):
-    """Mirror test-time augmentation (nnU-Net's): the logits of ``net`` averaged over the input
-    flipped along every subset of ``axes`` (spatial axes 0 = X, 1 = Y, 2 = Z of (N, C, X, Y, Z)),
-    each output flipped back; ``2 ** len(axes)`` forward passes. Deep-supervision outputs count by
-    their first map. ``divisor`` is the network's."""
-
-    def __init__(self, net: nn.Module, axes):
-        super().__init__()
-        from itertools import combinations
-
-        self.net = net
-        dims = [int(a) + 2 for a in axes]
-        self.flips = [list(c) for r in range(len(dims) + 1) for c in combinations(dims, r)]
-        self.divisor = getattr(net, "divisor", (1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        total = None
-        for dims in self.flips:
-            out = self.net(torch.flip(x, dims) if dims else x)
-            out = main_output(out).float()
-            out = torch.flip(out, dims) if dims else out
-            total = out if total is None else total + out
-        return total / len(self.flips)
-
-
-@torch.inference_mode()
-def predict_probs(net: nn.Module, image: torch.Tensor, patch_size, cfg: InferenceConfig,
-                  device: torch.device, precision: str = "fp32") -> torch.Tensor:
-    """Softmax probabilities (K, X, Y, Z) float32 on CPU for a preprocessed image (C, X, Y, Z).
-
-    Uses MONAI ``sliding_window_inference`` with windows of ``patch_size`` voxels, ``cfg.overlap``
-    and ``cfg.mode`` blending, each window through :class:`Mirrored` when ``cfg.mirror_axes`` is set.
-    A volume smaller than a window is first padded as in training
-    (:func:`semi3d.data.patches.pad_image`: centred, each channel's minimum) and cropped back.
-    """
-    from monai.inferers import sliding_window_inference
-
-    from ..data.patches import pad_image
-
-    padded, crop = pad_image(image.to(torch.float32), patch_size)
-    x = padded[None].to(device)
-    if cfg.mirror_axes:
-        net = Mirrored(net, cfg.mirror_axes)
-    with autocast(device, precision):
-        logits = sliding_window_inference(x, tuple(patch_size), cfg.sw_batch_size, net, overlap=cfg.overlap,
-                                          mode=cfg.mode, sw_device=device, device=device)
-    return torch.softmax(logits.float(), 1)[0][crop].cpu()
 
 
 class Predictor:
@@ -173,7 +123,7 @@ class Predictor:
     def segment(self, case: Case, probs: torch.Tensor | None = None) -> np.ndarray:
         """The label map (X, Y, Z) uint8 on the case's original grid: the argmax of ``probs``
         (default ``self(case)``), then ``inference.postprocess``."""
-        from .postprocess import POSTPROCESS
+        from ..data.postprocess import POSTPROCESS
 
         probs = self(case) if probs is None else probs
         label = probs.argmax(0).numpy().astype(np.uint8)
@@ -273,7 +223,7 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
     are grouped into one multi-channel case per ``<case>`` (:func:`group_channels`), post-processed as ``postprocess`` (default: the model's
     ``inference.postprocess``) says, and, with ``probabilities``, ``<case>_prob`` (K, X, Y, Z)
     float32. Every input is read and checked before anything is written."""
-    from .postprocess import POSTPROCESS
+    from ..data.postprocess import POSTPROCESS
     from ..data.readers import assemble_case, h5_keys, read_volume, split_suffix, write_volume
 
     model = Path(model)

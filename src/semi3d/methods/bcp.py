@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..inference.postprocess import largest_component_per_class
+from ..data.postprocess import largest_component_per_class
 from ..losses import dice_ce_loss
 from ..registry import METHODS
 from .base import Batch, Method, MethodContext, method_options

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from semi3d.inference.postprocess import keep_largest_component, largest_component_per_class
+from semi3d.data.postprocess import keep_largest_component, largest_component_per_class
 
 
 def _two_blobs():
