@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from semi3d.atomic import atomic_file, write_text
-from semi3d.data.readers import write_volume
+from semi3d.data.volumes import write_volume
 from semi3d.engine.checkpoint import save_atomic
 
 

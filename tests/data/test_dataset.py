@@ -4,7 +4,7 @@ import pytest
 
 from semi3d.config import DataConfig
 from semi3d.data.dataset import prepare_data
-from semi3d.data.readers import write_volume
+from semi3d.data.volumes import write_volume
 from semi3d.errors import InputError
 
 

@@ -9,7 +9,8 @@ import SimpleITK as sitk
 
 from semi3d.data.nnunet import NnUNetRawReader
 from semi3d.data.formats import build_reader
-from semi3d.data.readers import FolderReader, UAMTH5Reader, itk_affine, read_case, read_volume, write_h5, write_volume
+from semi3d.data.volumes import itk_affine, read_volume, write_h5, write_volume
+from semi3d.data.readers import FolderReader, UAMTH5Reader, read_case
 from semi3d.errors import InputError
 
 SHAPE = (24, 20, 12)

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from semi3d.data.preprocess import Preprocessor
 from semi3d.data.nnunet import NnUNetRawReader
-from semi3d.data.readers import FolderReader, read_volume
+from semi3d.data.volumes import read_volume
+from semi3d.data.readers import FolderReader
 from semi3d.data.synthetic import write_dataset
 from semi3d.errors import InputError
 from semi3d.mining.export import label_to_original_grid, write_pseudo_dataset

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from semi3d.data.case import Case
-from semi3d.data.readers import read_volume
+from semi3d.data.volumes import read_volume
 from semi3d.data.synthetic import write_dataset
 from semi3d.errors import InputError
 from semi3d.mining.export import write_pseudo_volumes

@@ -96,7 +96,7 @@ def test_cli_report_of_an_mn_run(mn_run, tmp_path):
 
 
 def test_evaluate_with_largest_component_postprocessing(sup_run, tmp_path):
-    from semi3d.data.readers import read_volume
+    from semi3d.data.volumes import read_volume
     from semi3d.evaluation.evaluate import evaluate_run
     from semi3d.data.postprocess import keep_largest_component
 

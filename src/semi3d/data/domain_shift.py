@@ -45,7 +45,8 @@ from scipy.ndimage import gaussian_filter
 
 from ..errors import InputError
 from .formats import build_reader
-from .readers import PathLike, UAMTH5Reader, write_h5, write_volume
+from .volumes import write_h5, write_volume
+from .readers import PathLike, UAMTH5Reader
 
 __all__ = ["ScannerShift", "DOMAINS", "apply_shift", "case_seed", "domain_of", "interleave",
            "write_domain_dataset", "write_id_list"]

@@ -24,7 +24,8 @@ import warnings
 from pathlib import Path
 
 from ..errors import InputError
-from .readers import PathLike, Reader, Volume, _existing_dir, _short, read_volume
+from .volumes import Volume, _short, read_volume
+from .readers import PathLike, Reader, _existing_dir
 
 __all__ = ["NnUNetRawReader", "UNLABELLED_DIR"]
 

@@ -17,7 +17,8 @@ from scipy.ndimage import gaussian_filter
 
 from ..errors import InputError
 from .case import Case
-from .readers import PathLike, UAMTH5Reader, write_h5, write_volume
+from .volumes import write_h5, write_volume
+from .readers import PathLike, UAMTH5Reader
 
 FORMATS = ("nnunet", "uamt_h5")
 

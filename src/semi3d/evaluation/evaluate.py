@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..config import load_config
 from ..data.formats import build_reader
-from ..data.readers import write_volume
+from ..data.volumes import write_volume
 from ..data.splits import load_splits, read_id_list
 from ..errors import InputError
 from ..inference.predictor import Predictor, model_file

@@ -153,7 +153,7 @@ def model_file(run_dir: Path, which: str = "auto") -> Path:
 
 
 def _expand_inputs(inputs: list[Path]) -> list[Path]:
-    from ..data.readers import SUFFIXES, split_suffix
+    from ..data.volumes import SUFFIXES, split_suffix
 
     files = []
     for p in map(Path, inputs):
@@ -177,7 +177,7 @@ def group_channels(files: list[Path], in_channels: int) -> list[tuple[str, list[
     import re
     from collections import defaultdict
 
-    from ..data.readers import split_suffix
+    from ..data.volumes import split_suffix
 
     parsed = [re.fullmatch(r"(.+)_(\d{4})", split_suffix(f)[0]) for f in files]
     if not files or not all(parsed):
@@ -203,7 +203,7 @@ def _case_names(files: list[Path]) -> list[str]:
     folder names. Two inputs that would still write the same output are an error, not an overwrite."""
     from collections import Counter
 
-    from ..data.readers import split_suffix
+    from ..data.volumes import split_suffix
 
     stems = [split_suffix(f)[0] for f in files]
     counts = Counter(stems)
@@ -224,7 +224,8 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
     ``inference.postprocess``) says, and, with ``probabilities``, ``<case>_prob`` (K, X, Y, Z)
     float32. Every input is read and checked before anything is written."""
     from ..data.postprocess import POSTPROCESS
-    from ..data.readers import assemble_case, h5_keys, read_volume, split_suffix, write_volume
+    from ..data.volumes import h5_keys, read_volume, split_suffix, write_volume
+    from ..data.readers import assemble_case
 
     model = Path(model)
     if not model.exists():

@@ -57,7 +57,8 @@ from pydantic import Field
 from ..data.case import Case
 from ..data.preprocess import _safe_name, resample_probabilities
 from ..data.nnunet import NnUNetRawReader
-from ..data.readers import Reader, UAMTH5Reader, _atomic, _storage, _write_h5_datasets, read_volume, write_volume
+from ..data.volumes import _atomic, _storage, _write_h5_datasets, read_volume, write_volume
+from ..data.readers import Reader, UAMTH5Reader
 from ..errors import InputError
 from .base import Strict
 from .data2d import stack_slices

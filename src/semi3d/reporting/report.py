@@ -117,7 +117,7 @@ def _load_for_overlay(run_dir: Path, cfg, metrics_path: Path, ids: list[str]):
     """``{case: (image (C,X,Y,Z), truth (X,Y,Z), prediction (X,Y,Z))}`` on the original grid; the
     evaluation's saved predictions are used when present, else the run's model predicts."""
     from ..data.formats import build_reader
-    from ..data.readers import read_volume
+    from ..data.volumes import read_volume
     from ..inference.predictor import Predictor, model_file
 
     reader = build_reader(cfg.data.format, cfg.data.root, **cfg.data.options)
