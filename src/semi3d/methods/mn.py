@@ -273,7 +273,7 @@ class MN(Method):
                 or (self.guide_every > 0 and (done - self.warmup) % self.guide_every == 0))
 
     def periodic(self, step: int, services: Any) -> None:
-        if services.unlabelled() and self.guide_due(step + 1):
+        if self.guide_due(step + 1) and services.unlabelled():  # due first: no list built every step
             self.guide_pass(services, step + 1)
 
     def guide_pass(self, services: Any, done: int) -> None:
