@@ -73,17 +73,36 @@ def cpu_steal() -> float:
         return float("nan")
 
 
+def _detach(x):
+    if isinstance(x, torch.Tensor):
+        return x.detach().clone()
+    if isinstance(x, (list, tuple)):
+        return type(x)(_detach(v) for v in x)
+    return x
+
+
 class Recorder:
-    """Records every forward call into the method's networks during one step: the module, its
-    inputs (detached), whether autograd was on and whether the module was in training mode."""
+    """Records every outermost forward call into the method's networks during one step: the module,
+    its inputs (detached), whether autograd was on and whether the module was in training mode.
+    Outermost: a call into any sub-module of the networks that no other recorded call encloses
+    (the networks themselves for most methods; A&D's stems, encoder, decoders and time MLP, which
+    it calls directly)."""
 
     def __init__(self, nets: list[torch.nn.Module]):
         self.calls: list[tuple] = []
-        self.handles = [n.register_forward_pre_hook(self._hook) for n in nets]
+        self.depth = 0
+        mods = {id(m): m for n in nets for m in n.modules()}.values()
+        self.handles = [h for m in mods for h in (m.register_forward_pre_hook(self._enter),
+                                                   m.register_forward_hook(self._leave))]
 
-    def _hook(self, mod, args):
-        det = tuple(a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args)
-        self.calls.append((mod, det, torch.is_grad_enabled() and not torch.is_inference_mode_enabled(), mod.training))
+    def _enter(self, mod, args):
+        if self.depth == 0:
+            self.calls.append((mod, _detach(args), torch.is_grad_enabled() and not torch.is_inference_mode_enabled(),
+                               mod.training))
+        self.depth += 1
+
+    def _leave(self, mod, args, out):
+        self.depth -= 1
 
     def remove(self):
         for h in self.handles:
@@ -97,6 +116,14 @@ def top_networks(method) -> list[torch.nn.Module]:
     return nets
 
 
+def _tensors(o):
+    if isinstance(o, torch.Tensor):
+        return [o]
+    if isinstance(o, (list, tuple)):
+        return [t for v in o for t in _tensors(v)]
+    return []
+
+
 def replay(calls, device, precision) -> None:
     outs = []
     with autocast(device, precision):
@@ -106,9 +133,8 @@ def replay(calls, device, precision) -> None:
             with torch.set_grad_enabled(grad):
                 o = mod(*args)
             mod.train(was)
-            o = o[0] if isinstance(o, (list, tuple)) else o
             if grad:
-                outs.append(o.float().mean())
+                outs += [t.float().mean() for t in _tensors(o) if t.requires_grad]
     if outs:
         torch.stack(outs).sum().backward()
 

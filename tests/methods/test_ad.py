@@ -22,9 +22,9 @@ from semi3d.engine.trainer import Trainer
 from semi3d.errors import InputError
 from semi3d.inference.predictor import Predictor
 from semi3d.losses import dice_ce_loss
-from semi3d.methods.ad import (AD, DifficultyWeights, GaussianDiffusion, StrongAugment, _spatial, gaussian_smooth,
-                               hard_class_dice, pseudo_label, pull_student, space_timesteps, strong_augment,
-                               weighted_dice_ce)
+from semi3d.data.strong_augment import StrongAugment, _spatial, strong_augment
+from semi3d.methods.ad import (AD, DifficultyWeights, GaussianDiffusion, gaussian_smooth, hard_class_dice,
+                               pseudo_label, pull_student, space_timesteps, weighted_dice_ce)
 from semi3d.methods.base import Batch, MethodContext
 from semi3d.models.ad_net import ADNet, timestep_embedding
 from semi3d.registry import METHODS, NETS3D
@@ -290,6 +290,23 @@ def test_training_step_losses_and_gradients():
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in net.decoder_student.parameters())
 
 
+def test_monitors_are_the_difficulty_decoder_and_the_seeded_ddim_sample():
+    m = build().eval()
+    mons = m.monitors()
+    assert set(mons) == {"psi", "ddim"}
+    x = torch.randn(2, 1, 8, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(mons["psi"](x), m.net.decoder_difficulty(m.net.features(x)))
+        state = torch.get_rng_state()
+        a = mons["ddim"](x)
+        assert torch.equal(torch.get_rng_state(), state)  # validation leaves the training RNG alone
+        torch.testing.assert_close(a, m.sample_x0(x, torch.Generator().manual_seed(0)))
+        torch.testing.assert_close(mons["ddim"](x), a)
+        assert not torch.equal(m.sample_x0(x, torch.Generator().manual_seed(1)), a)
+    assert a.shape == (2, K, 8, 8, 8) and a.abs().max() <= 1
+    assert not any(n.startswith("monitor") for n in m.state_dict())  # nothing new is saved
+
+
 def test_difficulty_weights_can_be_disabled():
     batch = Batch(torch.randn(2, 1, 16, 16, 16), torch.randint(0, K, (2, 16, 16, 16)), torch.randn(2, 1, 16, 16, 16))
     m = build({"strong_augment": False, "difficulty": False})
@@ -323,7 +340,8 @@ def test_tiny_run_lowers_losses_and_predicts_from_the_saved_model(tiny_tree, syn
         xs = [r[key] for r in recs]
         assert mean(xs[-3:]) < 0.95 * mean(xs[:3]), (key, xs)
     assert recs[-1]["weight/mu"] > recs[0]["weight/mu"]
-    assert any("val/dice" in r for r in records(cfg.run_dir))
+    val = [r for r in records(cfg.run_dir) if "val/dice" in r]
+    assert val and all(0 <= val[-1][k] <= 1 for k in ("val/dice", "val/dice@psi", "val/dice@ddim"))
 
     # the saved inference model is the student, rebuilt from its spec
     model = cfg.run_dir / "checkpoints" / "model_final.pt"

@@ -368,3 +368,20 @@ def test_bcp_odd_batch_pairs_equal_halves():
     m.training_step(Batch(batch.image_l, batch.label_l), 0)
     m.training_step(batch, 1)
     assert seen == [2, 2, 2] and m.batch_plan(1) == (3, 3)
+
+
+def test_supervised_strong_augment_is_ad_s_augmentation_of_the_labelled_batch():
+    from semi3d.data.strong_augment import StrongAugment, strong_augment
+
+    x = torch.randn(2, 1, 16, 16, 16)
+    y = (x[:, 0] > 0.5).long()
+    plain, strong = build("supervised"), build("supervised", {"strong_augment": {"p": 1.0}})
+    strong.groups.load_state_dict(plain.groups.state_dict())
+    torch.manual_seed(3)
+    got = strong.training_step(Batch(x, y), 0)["net"]
+    torch.manual_seed(3)
+    xa, ya = strong_augment(x, y, StrongAugment(p=1.0))
+    torch.testing.assert_close(got, dice_ce_loss(plain.groups["net"](xa), ya))
+    assert not torch.allclose(got, plain.training_step(Batch(x, y), 0)["net"])
+    with pytest.raises(InputError, match="strong_augment"):
+        build("supervised", {"strong_augment": {"select": 9}})

@@ -228,8 +228,19 @@ class Trainer:
     @torch.inference_mode()
     def validate(self) -> dict[str, float]:
         """Mean foreground Dice per class over the validation cases, at training resolution
-        (cases sharded over ranks, sums gathered)."""
-        net = self.method.predictor()
+        (cases sharded over ranks, sums gathered): ``val/dice`` and ``val/dice_<class>`` of the
+        predictor, ``val/dice@<name>`` of each of the method's ``monitors()``."""
+        out = {}
+        for name, net in {"": self.method.predictor(), **self.method.monitors()}.items():
+            dices = self._dices(net)
+            key = f"val/dice@{name}" if name else "val/dice"
+            out[key] = float(dices.mean())
+            if not name:
+                out.update({f"val/dice_{n}": float(d) for n, d in zip(self.data.class_names[1:], dices)})
+        return out
+
+    def _dices(self, net: torch.nn.Module) -> torch.Tensor:
+        """Foreground Dice per class (K - 1,) of ``net`` averaged over the validation cases."""
         was = net.training
         net.eval()
         k = self.data.num_classes
@@ -244,10 +255,7 @@ class Trainer:
                 den = p.sum() + r.sum()
                 dices[j - 1] += 1.0 if den == 0 else float(2 * (p & r).sum() / den)
         net.train(was)
-        dices = D.all_reduce_sum(dices) / max(len(self.val_cases), 1)
-        out = {"val/dice": float(dices.mean())}
-        out.update({f"val/dice_{n}": float(d) for n, d in zip(self.data.class_names[1:], dices)})
-        return out
+        return D.all_reduce_sum(dices) / max(len(self.val_cases), 1)
 
     # checkpoints ---------------------------------------------------------------------------
     def _state(self) -> dict:

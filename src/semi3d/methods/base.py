@@ -11,7 +11,8 @@ copies too) and declares:
   and ``predictor_spec()``: the network spec that rebuilds it from a saved model file.
 Optional: ``periodic(step, services)`` for method work on whole volumes (e.g. pseudo-mask passes)
 through the narrow :class:`Services` the trainer lends, ``restore(services)`` after a resume,
-``log``: a dict of scalars the method wants logged at this step. State the trainer must checkpoint
+``log``: a dict of scalars the method wants logged at this step, ``monitors()``: extra networks
+validated beside the predictor (monitoring only). State the trainer must checkpoint
 lives in the method's own ``state_dict`` (``get_extra_state`` for non-tensor state).
 """
 from __future__ import annotations
@@ -129,6 +130,12 @@ class Method(nn.Module):
 
     def predictor(self) -> nn.Module:
         raise NotImplementedError
+
+    def monitors(self) -> dict[str, nn.Module]:
+        """Networks the trainer validates beside ``predictor()`` at every validation, each mapping
+        (N, C, X, Y, Z) -> (N, K, X, Y, Z) scores whose argmax is the prediction; logged as
+        ``val/dice@<name>`` and never selected on or saved (e.g. A&D's other decoders). Default: none."""
+        return {}
 
     def predictor_spec(self) -> NetSpec:
         """The spec (``{name, options}`` of a registered 3D network) that rebuilds ``predictor()``
