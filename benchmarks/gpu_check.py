@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -181,23 +182,47 @@ def step_seconds(tree: dict, steps: int = 12) -> float:
     return statistics.median(ts[4:])
 
 
+def parse_variant(text: str) -> tuple[str, str, int, dict]:
+    """``tag:method:labelled[:key=value,key=value]`` (dotted config keys, YAML values), e.g.
+    ``mu0:ad:8:method.options.mu=0``."""
+    parts = text.split(":", 3)
+    if len(parts) < 3:
+        raise SystemExit(f"--variants: expected tag:method:labelled[:key=value,...], got {text!r}")
+    sets = dict(kv.split("=", 1) for kv in parts[3].split(",")) if len(parts) == 4 and parts[3] else {}
+    return parts[0], parts[1], int(parts[2]), {k: yaml.safe_load(v) for k, v in sets.items()}
+
+
+def set_dotted(tree: dict, key: str, value) -> None:
+    *head, last = key.split(".")
+    for k in head:
+        tree = tree.setdefault(k, {})
+    tree[last] = value
+
+
 def la_runs(la: Path, work: Path, budget: float, labelled: list[int], cap: int, steps: int = 12,
-            deadline: float = float("inf")) -> dict:
-    """A&D and labelled-only for each labelled count, all in parallel, iterations from the budget;
-    runs still going at ``deadline`` (a ``time.time()``) are killed (their log keeps the validations)."""
-    probe = {m: step_seconds(la_tree(la, work / "calib", m, labelled[0], 1000), steps) for m in ("ad", "supervised")}
-    per_round = len(labelled) * (probe["ad"] + probe["supervised"])  # if the GPU serialised every process
-    est = 0.5 * per_round + 0.5 * probe["ad"]  # launch-bound processes overlap: between the two
-    iterations = max(int(min(cap, budget / (1.15 * est)) // 100 * 100), min(cap, 100))
+            deadline: float = float("inf"), variants: list[str] | None = None, iterations: int | None = None) -> dict:
+    """A&D and labelled-only for each labelled count (or the given ``variants``), all in parallel,
+    iterations from the budget (or given); runs still going at ``deadline`` (a ``time.time()``) are
+    killed (their log keeps the validations)."""
+    probe = None
+    if iterations is None:
+        probe = {m: step_seconds(la_tree(la, work / "calib", m, labelled[0], 1000), steps) for m in ("ad", "supervised")}
+        per_round = len(labelled) * (probe["ad"] + probe["supervised"])  # if the GPU serialised every process
+        est = 0.5 * per_round + 0.5 * probe["ad"]  # launch-bound processes overlap: between the two
+        iterations = max(int(min(cap, budget / (1.15 * est)) // 100 * 100), min(cap, 100))
+    specs = [parse_variant(v) for v in variants] if variants else [("", m, n, {}) for n in labelled for m in ("ad", "supervised")]
     jobs = {}
-    for n in labelled:
-        for m in ("ad", "supervised"):
-            tree = la_tree(la, work / "runs", m, n, iterations)
-            path = work / f"{tree['name']}.yaml"
-            path.write_text(yaml.safe_dump(tree))
-            log = open(work / f"{tree['name']}.log", "w")
-            jobs[tree["name"]] = (subprocess.Popen([sys.executable, "-m", "semi3d", "train", str(path)], stdout=log,
-                                                   stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "3"}), tree)
+    for tag, m, n, sets in specs:
+        tree = la_tree(la, work / "runs", m, n, iterations)
+        if tag:
+            tree["name"] = f"gpu_la_{m}_l{n}_{tag}_s{tree['seed']}"
+        for k, v in sets.items():
+            set_dotted(tree, k, v)
+        path = work / f"{tree['name']}.yaml"
+        path.write_text(yaml.safe_dump(tree))
+        log = open(work / f"{tree['name']}.log", "w")
+        jobs[tree["name"]] = (subprocess.Popen([sys.executable, "-m", "semi3d", "train", str(path)], stdout=log,
+                                               stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "3"}), tree)
     while any(p.poll() is None for p, _ in jobs.values()) and time.time() < deadline:
         time.sleep(5)
     res = {"step_seconds_alone": probe, "iterations": iterations, "runs": {}}
@@ -216,12 +241,16 @@ def la_runs(la: Path, work: Path, budget: float, labelled: list[int], cap: int, 
     return res
 
 
-def pack_runs(work: Path, dest: Path) -> None:
+def pack_runs(work: Path, dest: Path, models: bool = False) -> None:
+    """Each LA run's config, splits, log and summary into ``dest`` (tar.gz); with ``models`` its
+    ``model_final.pt`` beside it as ``<run>.pt`` (the device returns files of 16 MiB at most)."""
     with tarfile.open(dest, "w:gz") as tar:
         for run in sorted((work / "runs").glob("gpu_la_*")):
-            for rel in ("config.yaml", "splits.json", "log.jsonl", "train_summary.json", "checkpoints/model_final.pt"):
+            for rel in ("config.yaml", "splits.json", "log.jsonl", "train_summary.json"):
                 if (run / rel).exists():
                     tar.add(run / rel, arcname=f"{run.name}/{rel}")
+            if models and (run / "checkpoints/model_final.pt").exists():
+                shutil.copy(run / "checkpoints/model_final.pt", dest.parent / f"{run.name}.pt")
         for log in sorted(work.glob("gpu_la_*.log")):
             tar.add(log, arcname=f"logs/{log.name}")
 
@@ -249,6 +278,11 @@ def main(argv=None) -> None:
     r.add_argument("--smoke-iterations", type=int, default=20)
     r.add_argument("--calib-steps", type=int, default=12)
     r.add_argument("--val-max-cases", type=int)
+    r.add_argument("--variants", nargs="+", help="tag:method:labelled[:key=value,...] instead of A&D and "
+                   "supervised for each --labelled")
+    r.add_argument("--iterations", type=int, help="LA iterations (default: from --budget)")
+    r.add_argument("--skip-smoke", action="store_true")
+    r.add_argument("--models", action="store_true", help="return each LA run's model_final.pt")
     r.add_argument("--deadline", type=float, default=520.0, help="seconds after start when LA runs are killed")
     a = ap.parse_args(argv)
     if a.cmd == "pack-la":
@@ -262,13 +296,14 @@ def main(argv=None) -> None:
            "commit": os.environ.get("SEMI3D_COMMIT") or _commit()}
     print(json.dumps(res), flush=True)
     t0 = T0
-    res["smoke"] = smoke(a.work)
+    res["smoke"] = {} if a.skip_smoke else smoke(a.work)
     res["smoke_seconds"] = time.time() - t0
     (a.out / "gpu_check.json").write_text(json.dumps(res, indent=1))
     if a.la is not None:
-        res["la"] = la_runs(a.la, a.work, a.budget, a.labelled, a.cap, a.calib_steps, T0 + a.deadline)
+        res["la"] = la_runs(a.la, a.work, a.budget, a.labelled, a.cap, a.calib_steps, T0 + a.deadline,
+                            a.variants, a.iterations)
         (a.out / "gpu_check.json").write_text(json.dumps(res, indent=1))
-        pack_runs(a.work, a.out / "runs.tar.gz")
+        pack_runs(a.work, a.out / "runs.tar.gz", a.models)
     print("total seconds", time.time() - t0, flush=True)
 
 
