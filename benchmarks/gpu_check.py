@@ -255,6 +255,74 @@ def pack_runs(work: Path, dest: Path, models: bool = False) -> None:
             tar.add(log, arcname=f"logs/{log.name}")
 
 
+# ------------------------------------------------------------------------ after the GPU run
+def bn_recalibration(run_config: Path, models: list[Path], la: Path, batches: int = 40) -> dict:
+    """Dev Dice (training grid, CPU fp32) of each returned ``model_final.pt`` (an ``ad_student`` or
+    the supervised comparator) as saved, then after re-estimating its BatchNorm statistics on
+    ``batches`` x 8 plain-path training patches (labelled + unlabelled, no weight change): does
+    A&D's student lose Dice to running statistics mixed over the diffusion path's passes?"""
+    from semi3d.config import load_config
+    from semi3d.engine.trainer import Trainer
+
+    tree = yaml.safe_load(run_config.read_text())  # a supervised run's config: builds an ad_student
+    tree.update(name="bn_recalibration", output_dir=str(Path("/tmp") / "semi3d_bn_recal"), device="cpu", precision="fp32")
+    tree["data"].update(root=str(la), options={"list_file": str(la / "train.list"), "spacing": [1.25] * 3})
+    tree["data"]["splits"]["unlabelled"] = "rest"
+    tr = Trainer(load_config(tree=tree))
+    net = tr.method.groups["net"]
+    out = {}
+    for path in models:
+        net.load_state_dict(torch.load(path, weights_only=False, map_location="cpu")["state_dict"])
+        before = tr.validate()["val/dice"]
+        bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the batches below
+        net.eval()
+        for m in bns:
+            m.train()
+        with torch.no_grad():
+            for _ in range(batches):
+                b = tr.make_batch(4, 4)
+                net(torch.cat([b.image_l, b.image_u]))
+        out[path.stem] = {"dice_as_saved": before, "dice_bn_reestimated": tr.validate()["val/dice"]}
+        print(path.stem, json.dumps(out[path.stem]), flush=True)
+    return out
+
+
+def to_markdown(results: dict[str, dict]) -> str:
+    """One table per GPU result file: each LA run's validations (student, and A&D's monitors)."""
+    lines = []
+    for name, res in results.items():
+        la = res.get("la", {})
+        lines += [f"## {name}", "", f"`{res.get('command', '(command in benchmarks/README.md)')}` (commit {res.get('commit')}, "
+                  f"{res.get('device')}, torch {res.get('torch')}, precision bf16 AMP)", "",
+                  "| run | iterations | s/it (parallel) | Dice @25 % | @50 % | @75 % | final student | final psi | final DDIM |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for run, r in la.get("runs", {}).items():
+            v = r["validation"]
+            f = v[-1] if v else {}
+            cells = [f"{x['val/dice']:.4f}" for x in v[:-1]] + [""] * (3 - len(v[:-1]))
+            lines.append(f"| {run} | {la.get('iterations')} | {r['sec_per_it']:.3f} | " + " | ".join(cells) +
+                         f" | {f.get('val/dice', float('nan')):.4f} | {f.get('val/dice@psi', float('nan')):.4f} | "
+                         f"{f.get('val/dice@ddim', float('nan')):.4f} |".replace("nan", "-"))
+        lines.append("")
+        smoke = res.get("smoke") or {}
+        if smoke:
+            lines += ["Smoke (tiny synthetic, 20 iterations each, CUDA):", "",
+                      "| method / precision | ok | s/it | loss first 3 -> last 3 | val Dice | note |", "|---|---|---|---|---|---|"]
+            for key, r in smoke.items():
+                if not r.get("ok"):
+                    lines.append(f"| {key} | no | | | | {r.get('error', '')} |")
+                elif "max_abs_state_diff" in r:
+                    lines.append(f"| {key} | yes | | | | resumed vs uninterrupted: max state difference {r['max_abs_state_diff']:g} |")
+                else:
+                    lines.append(f"| {key} | yes | {r['sec_per_it_last']:.3f} | {r['loss_first3']:.3f} -> {r['loss_last3']:.3f} | "
+                                 f"{r['val_dice']:.3f} | {r['precision']} |")
+            lines.append("")
+    return "\n".join(lines)
+
+
 def _commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
@@ -284,16 +352,32 @@ def main(argv=None) -> None:
     r.add_argument("--skip-smoke", action="store_true")
     r.add_argument("--models", action="store_true", help="return each LA run's model_final.pt")
     r.add_argument("--deadline", type=float, default=520.0, help="seconds after start when LA runs are killed")
+    c = sub.add_parser("recal", help="BatchNorm re-estimation check of returned models (CPU)")
+    c.add_argument("--config", type=Path, required=True, help="a returned supervised run's config.yaml")
+    c.add_argument("--la", type=Path, required=True)
+    c.add_argument("--out", type=Path, required=True, help="JSON result file")
+    c.add_argument("models", type=Path, nargs="+")
+    t = sub.add_parser("table", help="markdown of result files")
+    t.add_argument("--out", type=Path, required=True)
+    t.add_argument("results", type=Path, nargs="+")
     a = ap.parse_args(argv)
     if a.cmd == "pack-la":
         return pack_la(a.out)
+    if a.cmd == "recal":
+        res = {"command": " ".join(["python", *sys.argv]), "commit": _commit(), "machine": "CPU, fp32",
+               "models": bn_recalibration(a.config, a.models, a.la)}
+        a.out.write_text(json.dumps(res, indent=1))
+        return None
+    if a.cmd == "table":
+        a.out.write_text(to_markdown({p.stem: json.loads(p.read_text()) for p in a.results}))
+        return None
     global DEVICE, SMOKE_ITERATIONS, VAL_MAX_CASES
     DEVICE, SMOKE_ITERATIONS, VAL_MAX_CASES = a.device, a.smoke_iterations, a.val_max_cases
     a.out.mkdir(parents=True, exist_ok=True)
     a.work.mkdir(parents=True, exist_ok=True)
     res = {"torch": torch.__version__, "cuda": torch.version.cuda,
            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-           "commit": os.environ.get("SEMI3D_COMMIT") or _commit()}
+           "commit": os.environ.get("SEMI3D_COMMIT") or _commit(), "command": " ".join(["python", *sys.argv])}
     print(json.dumps(res), flush=True)
     t0 = T0
     res["smoke"] = {} if a.skip_smoke else smoke(a.work)
