@@ -23,8 +23,9 @@ from semi3d.errors import InputError
 from semi3d.inference.predictor import Predictor
 from semi3d.losses import dice_ce_loss
 from semi3d.data.strong_augment import StrongAugment, _spatial, strong_augment
-from semi3d.methods.ad import (AD, DifficultyWeights, GaussianDiffusion, gaussian_smooth, hard_class_dice,
-                               pseudo_label, pull_student, space_timesteps, weighted_dice_ce)
+from semi3d.methods.ad import (AD, DifficultyWeights, gaussian_smooth, hard_class_dice, pseudo_label,
+                               pull_student, weighted_dice_ce)
+from semi3d.models.diffusion import GaussianDiffusion, space_timesteps
 from semi3d.methods.base import Batch, MethodContext
 from semi3d.models.ad_net import ADNet, timestep_embedding
 from semi3d.registry import METHODS, NETS3D

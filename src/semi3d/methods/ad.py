@@ -37,13 +37,30 @@ Task modes are data/split configuration only (see ``configs/la_ad_*.yaml`` and
 (multi-class data with rare classes), UDA (labelled = source domain, unlabelled = target domain,
 test = target domain) and SemiDG (labelled + unlabelled from several domains, test = an unseen one).
 
-Differences from the authors' code: the EMA pull runs after each optimiser step (theirs: before
-each forward, i.e. the same sequence shifted by one); the random subset of augmentations is
-applied in a fixed order; rotation is in the (X, Y) plane.
+Differences from the authors' code (xmed-lab/GenericSSL, ``code/train_diffusion.py``,
+``DiffVNet/diff_vnet.py``, ``data/StrongAug.py``, ``data/data_loaders.py``):
+
+- Time embedding: theirs adds ``Linear(silu(temb))`` after every conv + norm (+ dropout) block of
+  the diffusion stem, the shared encoder and the diffusion decoder; here one such bias per level
+  (the diffusion stem, each encoder level, each decoder up-convolution). The plain path gets none
+  in both.
+- Intensities: theirs min-max normalises each volume to [0, 1]; the LA configs here z-score
+  (``data.preprocess.normalisation``).
+- Strong augmentation: theirs (batchgenerators) samples rotation and scaling with cubic
+  interpolation, rotates about the first axis (the (Y, Z) plane) and, with the range (0.7, 1.0),
+  scales only half of the times scaling is selected (the other half draws from [1, 1]); here
+  trilinear, the (X, Y) plane, and a scale drawn from (0.7, 1.0) every time. Their blur is
+  ``scipy.ndimage.gaussian_filter`` (kernel to 4 sigma); here a separable kernel to ``ceil(3 sigma)``
+  with replicate padding. The random subset of transforms is applied in a fixed order here.
+- The EMA pull runs after each optimiser step (theirs: before each forward, i.e. the same sequence
+  shifted by one). Their poly learning-rate decay steps per epoch, here per iteration; they train
+  in fp16 with a GradScaler, here ``precision: auto`` (bf16 where supported).
+- The same as theirs, noted because it matters: the 10 DDIM passes run in training mode, so the
+  shared encoder's BatchNorm running statistics mix the diffusion path's inputs in (re-estimating
+  them on plain-path patches did not help the student: ``benchmarks/README.md``, "A&D on a lent
+  GPU"); the LA config uses their optimiser (SGD 1e-2, Nesterov, momentum 0.9, weight decay 3e-5).
 """
 from __future__ import annotations
-
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -54,72 +71,10 @@ from ..data.strong_augment import StrongAugment, strong_augment
 from ..errors import InputError
 from ..losses import dice_ce_loss, one_hot
 from ..models.ad_net import ADNet
+from ..models.diffusion import GaussianDiffusion
 from ..registry import METHODS
 from .base import Batch, Method, MethodContext, method_options
 from .common import check_number, rampup_length, sigmoid_rampup, unlabelled_batch
-
-
-# ------------------------------------------------------------------------------------ diffusion
-def space_timesteps(num_timesteps: int, count: int) -> list[int]:
-    """``count`` evenly spaced steps of ``0 .. num_timesteps - 1`` (guided-diffusion's
-    ``space_timesteps(T, [count])``: ``round(i * (T - 1) / (count - 1))``), ascending."""
-    if not 1 <= count <= num_timesteps:
-        raise ValueError(f"cannot take {count} steps out of {num_timesteps}")
-    if count == 1:
-        return [0]
-    stride = (num_timesteps - 1) / (count - 1)
-    return [round(i * stride) for i in range(count)]
-
-
-class GaussianDiffusion(nn.Module):
-    """Linear beta schedule (``beta_start .. beta_end`` scaled by ``1000 / steps``, as
-    guided-diffusion's ``get_named_beta_schedule("linear")``), ``x_0``-predicting model, and
-    deterministic DDIM sampling over ``sample_steps`` spaced steps.
-
-    Holds no state worth saving: the schedule buffers are not part of ``state_dict``."""
-
-    def __init__(self, steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, sample_steps: int = 10):
-        super().__init__()
-        scale = 1000.0 / steps
-        betas = torch.linspace(scale * beta_start, scale * beta_end, steps, dtype=torch.float64)
-        abar = torch.cumprod(1.0 - betas, 0)
-        self.steps = steps
-        self.sample_timesteps = space_timesteps(steps, sample_steps)
-        self.register_buffer("betas", betas.float(), persistent=False)
-        self.register_buffer("alphas_cumprod", abar.float(), persistent=False)
-
-    def sample_t(self, n: int, device: torch.device) -> torch.Tensor:
-        """``n`` steps drawn uniformly from ``0 .. steps - 1`` (guided-diffusion's UniformSampler)."""
-        return torch.randint(0, self.steps, (n,), device=device)
-
-    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """``sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise``, per sample."""
-        a = self.alphas_cumprod.to(x0.device)[t].view(-1, *([1] * (x0.ndim - 1)))
-        return a.sqrt() * x0 + (1 - a).sqrt() * noise
-
-    @torch.no_grad()
-    def ddim_sample(self, predict_x0: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                    shape: tuple[int, ...], device: torch.device,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
-        """DDIM (eta 0) from ``x_T ~ N(0, I)`` over ``sample_timesteps`` (descending).
-
-        At each step ``x_0 = clamp(predict_x0(x_t, t), -1, 1)``, ``eps = (x_t - sqrt(abar_t) x_0) /
-        sqrt(1 - abar_t)`` and ``x_prev = sqrt(abar_prev) x_0 + sqrt(1 - abar_prev) eps``
-        (``abar_prev`` of the previous spaced step, 1 after the last). Returns the last ``x_0``
-        prediction, float32 (what A&D uses as the diffusion pseudo-label). ``x_T`` is drawn from
-        ``generator`` (on ``device``) when given, else from the global RNG.
-        """
-        abar = self.alphas_cumprod.to(device)
-        ts = self.sample_timesteps
-        x = torch.randn(shape, device=device, generator=generator)
-        x0 = x
-        for i in reversed(range(len(ts))):
-            t = torch.full((shape[0],), ts[i], device=device, dtype=torch.long)
-            x0 = predict_x0(x, t).float().clamp(-1, 1)
-            a, a_prev = abar[ts[i]], (abar[ts[i - 1]] if i > 0 else abar.new_tensor(1.0))
-            eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
-            x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
-        return x0
 
 
 def gaussian_smooth(x: torch.Tensor, kernel_size: int = 3, sigma: float = 1.0) -> torch.Tensor:
