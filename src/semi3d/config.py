@@ -186,6 +186,9 @@ class TrainConfig(_Strict):
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(100, ge=1)
     progress_bar: bool = True
+    # TensorBoard event files in <run>/tensorboard beside log.jsonl (scalars, one validation overlay):
+    # None = auto, on when the `tensorboard` package is installed; true = required; false = off
+    tensorboard: bool | None = None
 
 
 class InferenceConfig(_Strict):

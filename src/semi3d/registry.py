@@ -1,7 +1,8 @@
 """String-keyed registries (timm style) for methods, 2D and 3D networks.
 
-Heavy optional dependencies (MONAI, transformers, peft) are imported inside the registered builder,
-never at registration time.
+Heavy imports are made inside the registered builder, never at registration time: MONAI (a core
+dependency, but slow to import) and the optional transformers / peft (extra ``hf``) and einops
+(extra ``swinunetr``).
 """
 from __future__ import annotations
 

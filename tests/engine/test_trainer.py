@@ -192,3 +192,38 @@ def test_progress_lines_without_a_terminal_and_log_csv_as_training_goes(tiny_tre
     assert [x.split()[1] for x in lines] == ["2/6", "4/6"] and all("loss net=" in x and "ETA" in x for x in lines)
     rows = (cfg.run_dir / "log.csv").read_text().splitlines()
     assert rows[0].startswith("step,") and [r.split(",")[0] for r in rows[1:]][-1] == "4"
+
+
+def _tb_events(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return acc
+
+
+def test_tensorboard_mirrors_the_log_and_a_resume_drops_the_replayed_steps(tiny_tree):
+    pytest.importorskip("tensorboard")
+    tiny_tree["train"].update(iterations=6, checkpoint_every=3, val_every=3, tensorboard=True)
+    cfg = load_config(tree=tiny_tree)
+    assert Trainer(cfg).fit(stop_at=4)["stopped"]  # steps 1-4 logged, checkpoint at 3
+    Trainer(cfg, resume=True).fit()  # replays step 4
+    acc = _tb_events(cfg.run_dir)
+    recs = [json.loads(x) for x in (cfg.run_dir / "log.jsonl").read_text().splitlines()]
+    loss = {r["step"]: r["loss/net"] for r in recs if "loss/net" in r}
+    got = {e.step: e.value for e in acc.Scalars("loss/net")}
+    assert got.keys() == loss.keys() == set(range(1, 7))  # step 4 once: the first run's was purged
+    assert all(abs(got[s] - loss[s]) < 1e-6 for s in got)
+    assert [e.step for e in acc.Scalars("val/dice")] == [3, 6]
+    img = acc.Images("val/overlay")
+    assert [e.step for e in img] == [3, 6] and img[0].width == 24 and img[0].height == 24
+
+
+def test_tensorboard_off_or_missing(tiny_tree, monkeypatch):
+    tiny_tree["train"].update(tensorboard=False)
+    cfg = load_config(tree=tiny_tree)
+    train(cfg)
+    assert not (cfg.run_dir / "tensorboard").exists()
+    monkeypatch.setattr("semi3d.engine.trainer.tensorboard_available", lambda: False)
+    with pytest.raises(InputError, match="tensorboard"):
+        Trainer(load_config(tree={**tiny_tree, "name": "tb", "train": {**tiny_tree["train"], "tensorboard": True}}))

@@ -1,12 +1,15 @@
 """The run's metrics log: ``log.jsonl`` (one JSON object per logged step), mirrored to ``log.csv``
-and ``progress.png`` curves at every checkpoint and at the end; :func:`progress_line` is the plain
-progress line printed where there is no terminal."""
+and ``progress.png`` curves at every checkpoint and at the end, and optionally to TensorBoard event
+files in ``<run>/tensorboard`` (scalars as logged, validation overlays); :func:`progress_line` is
+the plain progress line printed where there is no terminal."""
 from __future__ import annotations
 
 import csv
 import io
 import json
 from pathlib import Path
+
+import numpy as np
 
 from ..atomic import write_text
 
@@ -16,17 +19,59 @@ from ..atomic import write_text
 TIMING_KEYS = ("time", "sec_per_it", "data_sec_per_it")
 
 
+def tensorboard_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+def overlay(image: np.ndarray, label: np.ndarray | None, pred: np.ndarray) -> np.ndarray:
+    """An RGB picture (H, W, 3) uint8 of a 2D slice: the image in grey (min-max), the reference
+    label's foreground in green and the prediction's in red (yellow where they agree)."""
+    g = image.astype(np.float32)
+    g = (g - g.min()) / max(float(g.max() - g.min()), 1e-8)
+    rgb = np.stack([g, g, g], -1) * 0.7
+    if label is not None:
+        rgb[..., 1] += 0.3 * (label > 0)
+    rgb[..., 0] += 0.3 * (pred > 0)
+    return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
 class RunLog:
-    def __init__(self, run_dir: Path, enabled: bool = True):
+    """Args: run_dir; enabled: False on distributed ranks > 0 (only rank 0 writes); tensorboard:
+    also write TensorBoard event files (needs the ``tensorboard`` package)."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = False):
         self.path = Path(run_dir) / "log.jsonl"
         self.run_dir = Path(run_dir)
-        self.enabled = enabled  # False on distributed ranks > 0: only rank 0 writes
+        self.enabled = enabled
+        self.tensorboard = tensorboard and enabled
+        self._tb = None
+        self._purge_step: int | None = None
+
+    def _writer(self):
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # a resumed run drops the events logged after its checkpoint, as log.jsonl does
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self._purge_step)
+        return self._tb
 
     def write(self, step: int, rec: dict) -> None:
         if not self.enabled:
             return
         with self.path.open("a") as f:
             f.write(json.dumps({"step": step, **rec}) + "\n")
+        if self.tensorboard:
+            tb = self._writer()
+            for k, v in rec.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    tb.add_scalar(k, v, step)
+
+    def image(self, step: int, tag: str, rgb: np.ndarray) -> None:
+        """A (H, W, 3) uint8 picture into TensorBoard (nothing without it)."""
+        if self.tensorboard:
+            self._writer().add_image(tag, rgb, step, dataformats="HWC")
 
     def records(self) -> list[dict]:
         if not self.path.is_file():
@@ -39,6 +84,7 @@ class RunLog:
             return
         keep = [r for r in self.records() if r["step"] <= step]
         self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        self._purge_step = step + 1
 
     def finish(self) -> None:
         """``log.csv`` (every record, one column per key) and ``progress.png`` from ``log.jsonl``."""
@@ -52,6 +98,8 @@ class RunLog:
         w.writerows(recs)
         write_text(self.run_dir / "log.csv", buf.getvalue())
         self.plot()
+        if self._tb is not None:
+            self._tb.flush()
 
     def plot(self) -> None:
         """Loss, learning-rate, validation-Dice and batch-composition curves in progress.png."""

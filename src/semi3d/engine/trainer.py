@@ -32,7 +32,7 @@ from .precision import autocast, channels_last_3d, pick_device, resolve_precisio
 from .schedules import LRSchedule
 from .sliding_window import predict_probs
 from .services import TrainerServices
-from .runlog import RunLog, progress_line
+from .runlog import RunLog, overlay, tensorboard_available, progress_line
 
 console = Console(stderr=True)
 
@@ -44,6 +44,16 @@ def make_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
     return torch.optim.SGD(params, lr=lr, momentum=cfg["momentum"], weight_decay=wd, nesterov=cfg["nesterov"])
+
+
+def resolve_tensorboard(option: bool | None) -> bool:
+    """``train.tensorboard``: None = on when the package is installed; True requires it."""
+    if option is None:
+        return tensorboard_available()
+    if option and not tensorboard_available():
+        raise InputError("train.tensorboard", "true needs the 'tensorboard' package (pip install tensorboard); "
+                         "or set it to false / leave it unset")
+    return option
 
 
 def prepare_run_dir(run_dir: Path, resume: bool) -> None:
@@ -146,7 +156,7 @@ class Trainer:
         self.val_cases = self.data.cases("validation")[: t.val_max_cases]
         self.step, self.best, self.best_step = 0, -1.0, -1
         self.saved_step: int | None = None
-        self.log = RunLog(self.run_dir, enabled=self.main)
+        self.log = RunLog(self.run_dir, enabled=self.main, tensorboard=resolve_tensorboard(t.tensorboard))
         if resume:
             state = ckpt.load(self.run_dir / "checkpoints" / "last.pt")
             if self.main:
@@ -232,15 +242,17 @@ class Trainer:
         predictor, ``val/dice@<name>`` of each of the method's ``monitors()``."""
         out = {}
         for name, net in {"": self.method.predictor(), **self.method.monitors()}.items():
-            dices = self._dices(net)
+            dices = self._dices(net, overlay_tag=None if name else "val/overlay")
             key = f"val/dice@{name}" if name else "val/dice"
             out[key] = float(dices.mean())
             if not name:
                 out.update({f"val/dice_{n}": float(d) for n, d in zip(self.data.class_names[1:], dices)})
         return out
 
-    def _dices(self, net: torch.nn.Module) -> torch.Tensor:
-        """Foreground Dice per class (K - 1,) of ``net`` averaged over the validation cases."""
+    def _dices(self, net: torch.nn.Module, overlay_tag: str | None = None) -> torch.Tensor:
+        """Foreground Dice per class (K - 1,) of ``net`` averaged over the validation cases; with
+        ``overlay_tag`` the first case's middle Z slice (image, label, prediction) goes to the log
+        as a picture (TensorBoard)."""
         was = net.training
         net.eval()
         k = self.data.num_classes
@@ -250,6 +262,10 @@ class Trainer:
                                   self.device, self.precision)
             pred = probs.argmax(0)
             ref = torch.from_numpy(c.label.astype("int64"))
+            if overlay_tag is not None and self.log.tensorboard:
+                z = c.image.shape[-1] // 2
+                self.log.image(self.step, overlay_tag, overlay(c.image[0, :, :, z], c.label[:, :, z], pred[:, :, z].numpy()))
+                overlay_tag = None
             for j in range(1, k):
                 p, r = pred == j, ref == j
                 den = p.sum() + r.sum()
