@@ -204,7 +204,7 @@ def bench_config(name: str, cfg, repeats: int, warmup: int) -> dict:
         res["phases"][phase] = {
             "step_index": step, "n_labelled": n_l, "n_unlabelled": n_u,
             "active": tr.method.active_groups(step),
-            "net_calls": [f"{type(c[0]).__name__}{'(grad)' if c[2] else '(no grad)'}{tuple(c[1][0].shape)}" for c in calls],
+            "net_calls": [f"{type(c[0]).__name__}{'(grad)' if c[2] else '(no grad)'}{tuple(_tensors(c[1])[0].shape)}" for c in calls],
             "step_s": s, "raw_s": r, "overhead": s / r,
             "overhead_pairs_median": statistics.median(a / b for a, b in zip(t_step, t_raw)),
             "data_s": d, "data_speedup": s / d, "samples_per_s": (n_l + n_u) / s, "peak_mem_mb": mem,
