@@ -22,6 +22,7 @@ from ..data.dataset import DataBundle, prepare_data
 from ..data.patches import PatchSampler
 from ..data.splits import load_splits, save_splits
 from ..errors import InputError
+from ..losses import class_argmax
 from ..methods.base import Batch, MethodContext
 from ..models.nets3d import check_patch
 from ..registry import METHODS
@@ -260,7 +261,7 @@ class Trainer:
         for c in D.shard(self.val_cases):
             probs = predict_probs(net, torch.from_numpy(c.image), self.cfg.data.patch_size, self.cfg.inference,
                                   self.device, self.precision)
-            pred = probs.argmax(0)
+            pred = class_argmax(probs, 0)
             ref = torch.from_numpy(c.label.astype("int64"))
             if overlay_tag is not None and self.log.tensorboard:
                 z = c.image.shape[-1] // 2

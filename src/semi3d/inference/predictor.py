@@ -18,6 +18,7 @@ from ..data.case import Case
 from ..engine.precision import channels_last_3d, pick_device, resolve_precision, use_channels_last
 from ..engine.sliding_window import predict_probs
 from ..errors import InputError
+from ..losses import class_argmax
 
 BUNDLE_METADATA = Path("configs") / "metadata.json"
 BUNDLE_TORCHSCRIPT = Path("models") / "model.ts"
@@ -126,7 +127,7 @@ class Predictor:
         from ..data.postprocess import POSTPROCESS
 
         probs = self(case) if probs is None else probs
-        label = probs.argmax(0).numpy().astype(np.uint8)
+        label = class_argmax(probs, 0).numpy().astype(np.uint8)
         return POSTPROCESS[self.cfg.inference.postprocess](label, self.num_classes)
 
 

@@ -69,7 +69,7 @@ from torch import nn
 from ..config import NetSpec
 from ..data.strong_augment import StrongAugment, strong_augment
 from ..errors import InputError
-from ..losses import dice_ce_loss, one_hot
+from ..losses import class_argmax, dice_ce_loss, one_hot
 from ..models.ad_net import ADNet
 from ..models.diffusion import GaussianDiffusion
 from ..registry import METHODS
@@ -94,7 +94,7 @@ def hard_class_dice(logits: torch.Tensor, label: torch.Tensor, smooth: float = 1
     background included: ``(2 TP + s) / (2 TP + FP + FN + s + 1e-8)`` (A&D's ``SoftDiceLoss(smooth=1e-8,
     do_bg=True)`` on one-hot maps), float64."""
     k = logits.shape[1]
-    p = one_hot(logits.argmax(1), k).double()
+    p = one_hot(class_argmax(logits), k).double()
     t = one_hot(label, k).double()
     dims = [0] + list(range(2, p.ndim))
     tp = (p * t).sum(dims)
@@ -183,7 +183,7 @@ def pseudo_label(x0_sample: torch.Tensor, difficulty_logits: torch.Tensor, gumbe
     a = F.gumbel_softmax(x0, tau=1.0, dim=1) if gumbel else torch.softmax(x0, 1)
     if smoothing:
         a = gaussian_smooth(a)
-    return (a + torch.softmax(difficulty_logits.float(), 1)).argmax(1)
+    return class_argmax(a + torch.softmax(difficulty_logits.float(), 1))
 
 
 # ------------------------------------------------------------------------------------- method
@@ -367,7 +367,7 @@ class AD(Method):
         self.log.update({"loss/diffusion": float(l_diffusion.detach()), "loss/difficulty": float(l_difficulty.detach()),
                          "loss/student": float(l_student.detach()), "loss/supervised": float(l_plain), "weight/mu": mu,
                          "ad/pseudo_fg": float((plab > 0).float().mean()),
-                         "ad/agreement": float((x0_u.argmax(1) == psi_u.argmax(1)).float().mean())})
+                         "ad/agreement": float((class_argmax(x0_u) == class_argmax(psi_u)).float().mean())})
         self.log.update({f"ad/difficulty_w{c}": float(v) for c, v in enumerate(w.tolist())})
         return {"net": l_diffusion + l_difficulty + mu * l_student}
 

@@ -37,7 +37,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..data.postprocess import largest_component_per_class
-from ..losses import dice_ce_loss
+from ..losses import class_argmax, dice_ce_loss
 from ..registry import METHODS
 from .base import Batch, Method, MethodContext, method_options
 from .common import check_number, ema_update, make_teacher, masked_dice_ce, unlabelled_batch
@@ -132,7 +132,7 @@ class BCP(Method):
     def pseudo_labels(self, image_u: torch.Tensor) -> torch.Tensor:
         """Teacher hard labels (N, X, Y, Z) for unlabelled patches (teacher under inference mode)."""
         with torch.inference_mode():
-            plab = self.teacher(image_u).argmax(1)
+            plab = class_argmax(self.teacher(image_u))
             if self.largest_component:
                 plab = largest_component_per_class(plab, self.num_classes)
         return plab.clone()

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from ..losses import dice_ce_loss
+from ..losses import class_argmax, dice_ce_loss
 from ..registry import METHODS
 from .base import Batch, Method, MethodContext, method_options
 from .common import check_number, rampup_length, sigmoid_rampup, unlabelled_batch
@@ -34,7 +34,7 @@ def init_convs(net: nn.Module, kind: str) -> nn.Module:
 def cross_pseudo_loss(logits: torch.Tensor, other_logits: torch.Tensor) -> torch.Tensor:
     """CE of ``logits`` (N, K, ...) against the hard pseudo-label ``argmax(other_logits)``; no
     gradient reaches ``other_logits``."""
-    target = other_logits.detach().argmax(1)
+    target = class_argmax(other_logits.detach())
     return F.cross_entropy(logits.float(), target)
 
 
@@ -85,7 +85,7 @@ class CPS(Method):
         if s < x.shape[0]:
             cps_a = cross_pseudo_loss(out_a[s:], out_b[s:])
             cps_b = cross_pseudo_loss(out_b[s:], out_a[s:])
-            agree = float((out_a[s:].detach().argmax(1) == out_b[s:].detach().argmax(1)).float().mean())
+            agree = float((class_argmax(out_a[s:].detach()) == class_argmax(out_b[s:].detach())).float().mean())
         else:
             cps_a = cps_b = out_a.new_zeros((), dtype=torch.float32)
             agree = 1.0

@@ -68,7 +68,7 @@ from torch import nn
 from ..atomic import atomic_file, write_text
 from ..config import NetSpec
 from ..errors import InputError
-from ..losses import kl_soft, one_hot, soft_dice_loss
+from ..losses import class_argmax, kl_soft, one_hot, soft_dice_loss
 from ..models.ensemble import Ensemble
 from ..models.nets3d import main_output
 from ..models.slicing import SliceWise2D, predict_2d_volume, volume_to_slices
@@ -286,7 +286,7 @@ class MN(Method):
         vols = services.unlabelled()
         try:
             for cid, image in services.shard(vols):  # distributed: each rank predicts its share
-                fg = (services.predict(net, image).argmax(0) > 0).numpy()
+                fg = (class_argmax(services.predict(net, image), 0) > 0).numpy()
                 masks[cid] = {"shape": tuple(fg.shape), "bits": np.packbits(fg.ravel())}
         finally:
             net.train(was)

@@ -60,6 +60,7 @@ from ..data.nnunet import NnUNetRawReader
 from ..data.volumes import _atomic, _storage, _write_h5_datasets, read_volume, write_volume
 from ..data.readers import Reader, UAMTH5Reader
 from ..errors import InputError
+from ..losses import class_argmax
 from .base import Strict
 from .data2d import stack_slices
 
@@ -99,7 +100,7 @@ def label_to_original_grid(label: np.ndarray, shape: Sequence[int], num_classes:
     k = max(int(num_classes), int(label.max(initial=0)) + 1)
     onehot = torch.nn.functional.one_hot(torch.from_numpy(label.astype(np.int64)), k)
     probs = onehot.permute(3, 0, 1, 2).float()
-    return resample_probabilities(probs, shape).argmax(0).numpy().astype(np.uint8)
+    return class_argmax(resample_probabilities(probs, shape), 0).numpy().astype(np.uint8)
 
 
 def write_pseudo_volumes(out_dir: str | Path, cases: Mapping[str, Case], labels: Mapping[str, dict[int, np.ndarray]],
