@@ -82,6 +82,13 @@ def test_embedding_cache_is_hit(sam, sam_dir, tmp_path):
     again = SamSegmenter(pretrained=str(sam_dir), cache_dir=str(tmp_path / "emb"))
     again.image_embeddings(img, key="k")
     assert disk.encoder_calls == 1 and again.encoder_calls == 0 and again.cache_hits == 1
+    # the same key with other pixels (e.g. another resize) is recomputed, never served stale
+    other = _image(seed=2)
+    fresh = again.image_embeddings(other, key="k")
+    assert again.encoder_calls == 1 and not torch.equal(fresh, again.image_embeddings(img, key="k"))
+    third = SamSegmenter(pretrained=str(sam_dir), cache_dir=str(tmp_path / "emb"))
+    torch.testing.assert_close(third.image_embeddings(other, key="k"), fresh.half().float())  # stored as fp16
+    assert third.encoder_calls == 0
 
 
 def test_prompt_change_changes_output(sam):
