@@ -2,6 +2,7 @@
 train -> evaluate of a run."""
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import subprocess
@@ -64,3 +65,19 @@ def train_and_evaluate(cfg, split: str) -> dict:
     metrics = evaluate_run(cfg.run_dir, split=split)
     return {"summary": summary, "metrics": metrics, "resumed": resume, "train_wall_s_this_invocation": t_train,
             "train_wall_s_total": train_seconds(cfg.run_dir), "eval_wall_s": time.time() - t0}
+
+
+def merge_tree(a: dict, b: dict) -> dict:
+    """``a`` with ``b`` merged in recursively (mappings merge, everything else replaces); copies."""
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        out[k] = merge_tree(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def mining_round_row(rec: dict) -> dict:
+    """The fields of one mining round (``semi3d mine``'s summary) that the mining benchmarks record."""
+    keys = ("round", "dev_dice", "dev_dice_std", "dev_hd95", "n_candidates", "n_kept", "n_kept_foreground",
+            "n_kept_empty", "pseudo_dice_kept", "model_dice_kept", "pseudo_dice_all", "model_dice_all",
+            "pseudo_case_dice", "train_iterations", "train_s", "mine_s")
+    return {k: rec.get(k) for k in keys}

@@ -38,8 +38,7 @@ from semi3d.evaluation.report import table_markdown
 from semi3d.mining.loop import load_mining_config, run_mining
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
-from benchlib import git_commit, machine
-from mine_la import _merge, _row
+from benchlib import git_commit, machine, merge_tree, mining_round_row
 
 HERE = Path(__file__).resolve().parent
 KVASIR = HERE.parent.parent / "shared" / "data" / "Kvasir-SEG"
@@ -73,11 +72,11 @@ def run_tree(variant: str, percent: int, seed: int, runs: Path, small: str = "un
     """The mining config tree of one run (before ``--set`` overrides)."""
     n = POOL if variant == "full" else round(POOL * percent / 100)
     total = BUDGET["train"]["iterations"] + BUDGET["rounds"] * BUDGET["train"]["finetune_iterations"]
-    tree = _merge(BUDGET, {"name": run_name(variant, percent, seed, small), "output_dir": str(runs), "seed": seed,
+    tree = merge_tree(BUDGET, {"name": run_name(variant, percent, seed, small), "output_dir": str(runs), "seed": seed,
                            "images": {"splits": {"labelled": {"first": n}}}})
     tree["model"] = SMALL[small]
     if variant in ("labelled", "full"):
-        tree = _merge(tree, {"rounds": 0, "train": {"iterations": total}, "images": {"splits": {"unlabelled": "none"}}})
+        tree = merge_tree(tree, {"rounds": 0, "train": {"iterations": total}, "images": {"splits": {"unlabelled": "none"}}})
     elif variant == "identity":
         tree["refiner"] = {"name": "identity", "options": {}}
     else:
@@ -159,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         last = summary["rounds"][-1]
         result = {"name": name, "small": a.small, "variant": v, "percent": 100 if v == "full" else p, "seed": s,
                   **image_metrics(last["dev_cases"]), "command": command, "commit": git_commit(),
-                  "splits": summary["splits"], "rounds": [_row(r) for r in summary["rounds"]],
+                  "splits": summary["splits"], "rounds": [mining_round_row(r) for r in summary["rounds"]],
                   "dev_dice_per_round": [r["dev_dice"] for r in summary["rounds"]],
                   "wall_s": summary["wall_s"], "config": cfg.model_dump(mode="json"), "machine": machine()}
         results.mkdir(parents=True, exist_ok=True)

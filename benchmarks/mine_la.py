@@ -28,7 +28,7 @@ from pathlib import Path
 from semi3d.mining.loop import load_mining_config, run_mining
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
-from benchlib import git_commit, machine
+from benchlib import git_commit, machine, merge_tree, mining_round_row
 
 HERE = Path(__file__).resolve().parent
 LA = HERE.parent.parent / "shared" / "data" / "LA"
@@ -67,26 +67,12 @@ SMOKE = {  # tiny synthetic dataset in the same layout, a few seconds
 }
 
 
-def _merge(a: dict, b: dict) -> dict:
-    out = copy.deepcopy(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
-
-
 def _smoke_dataset(folder: Path) -> Path:
     from semi3d.data.synthetic import write_dataset
 
     # every case labelled: the splits hide the unlabelled ones' labels, kept only to score pseudo-labels
     return write_dataset(folder / "LA_synthetic", n_labelled=7, n_unlabelled=0, seed=0, shape=(24, 24, 8),
                          num_classes=2, format="uamt_h5", noise=0.2)
-
-
-def _row(rec: dict) -> dict:
-    keys = ("round", "dev_dice", "dev_dice_std", "dev_hd95", "n_candidates", "n_kept", "n_kept_foreground",
-            "n_kept_empty", "pseudo_dice_kept", "model_dice_kept", "pseudo_dice_all", "model_dice_all",
-            "pseudo_case_dice", "train_iterations", "train_s", "mine_s")
-    return {k: rec.get(k) for k in keys}
 
 
 def _markdown(result: dict) -> str:
@@ -129,7 +115,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if a.smoke:
         tmp = Path(tempfile.mkdtemp(prefix="mine_la_smoke_"))
         root = _smoke_dataset(tmp)
-        tree = _merge(tree, SMOKE)
+        tree = merge_tree(tree, SMOKE)
         tree["data"]["root"] = str(root)
         tree["data"]["options"]["list_file"] = str(root / "train.list")
     results_dir = Path(a.results) if a.results else (tmp / "results" if a.smoke else HERE / "results")
@@ -137,7 +123,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     out = []
     for n in a.labelled:
         name = f"mine_la_l{n}"
-        t = _merge(tree, {"name": name, "output_dir": str(runs), "data": {"splits": {"labelled": {"first": n}}}})
+        t = merge_tree(tree, {"name": name, "output_dir": str(runs), "data": {"splits": {"labelled": {"first": n}}}})
         cfg = load_mining_config(tree=t, overrides=a.set)
         summary = run_mining(cfg)
         result = {
@@ -145,7 +131,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "commit": commit, "smoke": a.smoke, "labelled": summary["splits"]["labelled"],
             "unlabelled": summary["splits"]["unlabelled"], "dev": summary["splits"]["validation"],
             "refiner": summary["refiner"], "model": summary["model"],
-            "rounds": [_row(r) for r in summary["rounds"]],
+            "rounds": [mining_round_row(r) for r in summary["rounds"]],
             "selection": [r.get("reasons") for r in summary["rounds"][1:]],
             "dev_dice_per_round": [r["dev_dice"] for r in summary["rounds"]],
             "wall_s": summary["wall_s"], "run_dir": summary["run_dir"],
