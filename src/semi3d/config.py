@@ -117,7 +117,7 @@ class SplitsConfig(_Strict):
 class PreprocessConfig(_Strict):
     target_spacing: tuple[float, float, float] | None = None
     scale: float | tuple[float, float, float] | None = None
-    normalisation: Literal["zscore", "ct", "none"] = "zscore"
+    normalisation: Literal["zscore", "minmax", "ct", "none"] = "zscore"
     ct_window: tuple[float, float] = (-1000.0, 1000.0)
     ct_stats: tuple[float, float] | None = None
 

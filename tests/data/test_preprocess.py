@@ -72,7 +72,7 @@ def test_both_spacing_and_scale_rejected():
     with pytest.raises(InputError):
         Preprocessor(target_spacing=(1, 1, 1), scale=0.5)
     with pytest.raises(InputError):
-        Preprocessor(normalisation="minmax")
+        Preprocessor(normalisation="robust")
 
 
 def test_zscore_per_channel():
@@ -83,6 +83,18 @@ def test_zscore_per_channel():
     np.testing.assert_allclose(flat.std(1), 1, atol=1e-4)
     const = Case(id="k", image=np.full((1, 4, 4, 4), 7.0, np.float32), label=None)
     np.testing.assert_array_equal(Preprocessor()(const).image, 0.0)
+
+
+def test_minmax_per_channel():
+    case = _case()
+    out = Preprocessor(normalisation="minmax")(case).image.reshape(2, -1)
+    np.testing.assert_allclose(out.min(1), 0, atol=1e-6)
+    np.testing.assert_allclose(out.max(1), 1, atol=1e-6)
+    src = case.image.reshape(2, -1).astype(np.float64)
+    want = (src - src.min(1, keepdims=True)) / (src.max(1, keepdims=True) - src.min(1, keepdims=True))
+    np.testing.assert_allclose(out, want, atol=1e-5)
+    const = Case(id="k", image=np.full((1, 4, 4, 4), 7.0, np.float32), label=None)
+    np.testing.assert_array_equal(Preprocessor(normalisation="minmax")(const).image, 0.0)
 
 
 def test_ct_window():

@@ -23,7 +23,7 @@ from .case import Case
 
 __all__ = ["Preprocessor", "resample_probabilities", "resample_affine", "PreprocessedCache"]
 
-_NORMALISATIONS = ("zscore", "ct", "none")
+_NORMALISATIONS = ("zscore", "minmax", "ct", "none")
 _ONEHOT_MAX_CLASSES = 8  # labels with more classes are resampled with nearest neighbour
 _VERSION = 1  # bump when the algorithm changes, so on-disk caches are invalidated
 
@@ -116,6 +116,7 @@ class Preprocessor:
         scale: resolution factor per axis, e.g. 0.5 halves the number of voxels along each axis.
             Mutually exclusive with ``target_spacing``; with neither the grid is kept.
         normalisation: ``"zscore"`` (per channel mean/std; only mean-centred when std < 1e-8),
+            ``"minmax"`` (per channel to [0, 1]; a constant channel becomes 0: A&D's reference code),
             ``"ct"`` (clip to ``ct_window`` in HU, then z-score with ``ct_stats`` = (mean, std) if
             given, else map the window linearly to [-1, 1]) or ``"none"``.
         ct_window: (low, high) HU clipping window for ``"ct"``.
@@ -182,6 +183,10 @@ class Preprocessor:
             std, mean = torch.std_mean(image.reshape(image.shape[0], -1), dim=1, correction=0)
             std = torch.where(std < 1e-8, torch.ones_like(std), std)
             return (image - mean[:, None, None, None]) / std[:, None, None, None]
+        if self.normalisation == "minmax":
+            flat = image.reshape(image.shape[0], -1)
+            lo, hi = flat.amin(1)[:, None, None, None], flat.amax(1)[:, None, None, None]
+            return (image - lo) / torch.where(hi - lo < 1e-8, torch.ones_like(hi), hi - lo)
         if self.normalisation == "ct":
             lo, hi = self.ct_window
             x = image.clamp(lo, hi)

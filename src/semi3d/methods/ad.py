@@ -45,7 +45,7 @@ Differences from the authors' code (xmed-lab/GenericSSL, ``code/train_diffusion.
   (the diffusion stem, each encoder level, each decoder up-convolution). The plain path gets none
   in both.
 - Intensities: theirs min-max normalises each volume to [0, 1]; the LA configs here z-score
-  (``data.preprocess.normalisation``).
+  (``data.preprocess.normalisation: minmax`` gives theirs; not yet measured).
 - Strong augmentation: theirs (batchgenerators) samples rotation and scaling with cubic
   interpolation, rotates about the first axis (the (Y, Z) plane) and, with the range (0.7, 1.0),
   scales only half of the times scaling is selected (the other half draws from [1, 1]); here
