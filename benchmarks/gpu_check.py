@@ -379,16 +379,15 @@ def main(argv=None) -> None:
            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
            "commit": os.environ.get("SEMI3D_COMMIT") or _commit(), "command": " ".join(["python", *sys.argv])}
     print(json.dumps(res), flush=True)
-    t0 = T0
     res["smoke"] = {} if a.skip_smoke else smoke(a.work)
-    res["smoke_seconds"] = time.time() - t0
+    res["smoke_seconds"] = time.time() - T0
     (a.out / "gpu_check.json").write_text(json.dumps(res, indent=1))
     if a.la is not None:
         res["la"] = la_runs(a.la, a.work, a.budget, a.labelled, a.cap, a.calib_steps, T0 + a.deadline,
                             a.variants, a.iterations)
         (a.out / "gpu_check.json").write_text(json.dumps(res, indent=1))
         pack_runs(a.work, a.out / "runs.tar.gz", a.models)
-    print("total seconds", time.time() - t0, flush=True)
+    print("total seconds", time.time() - T0, flush=True)
 
 
 if __name__ == "__main__":

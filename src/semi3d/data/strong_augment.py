@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 
+
 @dataclass
 class StrongAugment:
     """A&D's strong augmentation (``get_StrongAug(patch, 3, 0.7)``): per sample ``select`` of the six
