@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from semi3d.engine.rundir import RunDir
 from semi3d.engine.trainer import train
 from semi3d.evaluation.evaluate import evaluate_run
 
@@ -40,7 +41,7 @@ def machine(**extra) -> dict:
 def train_seconds(run_dir: Path) -> float:
     """Training wall time summed over invocations (``log.jsonl``'s ``time`` restarts on resume)."""
     total, last = 0.0, 0.0
-    for line in (Path(run_dir) / "log.jsonl").read_text().splitlines():
+    for line in RunDir(run_dir).log.read_text().splitlines():
         t = json.loads(line).get("time") if line.strip() else None
         if t is not None:
             if t < last:
@@ -56,8 +57,9 @@ def train_and_evaluate(cfg, split: str) -> dict:
     Returns ``{"summary", "metrics", "resumed", "train_wall_s_this_invocation", "train_wall_s_total",
     "eval_wall_s"}``: the trainer's summary, ``evaluate_run``'s summary (``{class or "mean": {metric:
     value}}``; per case in ``RUN/eval_<split>/metrics.json``), wall times in seconds."""
-    done = cfg.run_dir / "train_summary.json"
-    resume = not done.is_file() and (cfg.run_dir / "checkpoints" / "last.pt").is_file()
+    run = RunDir(cfg.run_dir)
+    done = run.summary
+    resume = not done.is_file() and run.last.is_file()
     t0 = time.time()
     summary = json.loads(done.read_text()) if done.is_file() else train(cfg, resume=resume)
     t_train = time.time() - t0

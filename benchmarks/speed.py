@@ -214,8 +214,8 @@ def bench_config(name: str, cfg, repeats: int, warmup: int) -> dict:
     # inference on one volume of the original grid (preprocess -> windows -> back)
     from semi3d.inference.predictor import Predictor
 
-    tr.save_model("model_final.pt")
-    pred = Predictor(tr.run_dir / "checkpoints" / "model_final.pt", device=cfg.device, precision=cfg.precision)
+    tr.save_model("final")
+    pred = Predictor(tr.run.model("final"), device=cfg.device, precision=cfg.precision)
     cid = tr.data.splits.get("validation") or tr.data.splits["labelled"]
     case = tr.data.reader.load(cid[0])
     pred(case)  # warm-up

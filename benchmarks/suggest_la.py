@@ -26,6 +26,7 @@ import yaml
 from semi3d.config import load_config, parse_overrides, set_dotted
 from semi3d.data.formats import build_reader
 from semi3d.data.splits import load_splits
+from semi3d.engine.rundir import RunDir
 from semi3d.engine.trainer import train
 from semi3d.errors import InputError
 from semi3d.evaluation.report import table_markdown
@@ -83,8 +84,9 @@ def smoke_base(runs: Path) -> Path:
                       "log_every": 1, "checkpoint_every": 1000, "progress_bar": False},
             "inference": {"overlap": 0.25}}
     cfg = load_config(tree=tree)
-    if not (cfg.run_dir / "train_summary.json").is_file():
-        train(cfg, resume=(cfg.run_dir / "checkpoints" / "last.pt").is_file())
+    run = RunDir(cfg.run_dir)
+    if not run.summary.is_file():
+        train(cfg, resume=run.last.is_file())
     return cfg.run_dir
 
 

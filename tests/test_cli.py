@@ -122,6 +122,29 @@ def test_predict_names_uamt_style_inputs_by_folder(trained, synth_root, tmp_path
     assert r.exit_code == 2 and "same output name" in r.output and not (tmp_path / "out2").exists()
 
 
+@pytest.mark.parametrize("ending", [".nrrd", ".mha"])
+def test_predict_writes_the_input_format(trained, synth_root, tmp_path, ending):
+    """NRRD / MHA in -> NRRD / MHA out (nnU-Net naming <case><ending>), with the input's geometry
+    and the labels a NIfTI copy of the same image gets; probabilities as a K-component image."""
+    import SimpleITK as sitk
+
+    from semi3d.data.volumes import read_volume, write_volume
+
+    src = sorted((synth_root / "imagesTs").iterdir())[0]
+    vol = read_volume(src)
+    write_volume(tmp_path / "in" / f"case_0000{ending}", vol.array, affine=vol.affine)
+    r = runner.invoke(app, ["predict", str(trained), str(tmp_path / "in"), str(src), "-o", str(tmp_path / "out"),
+                            "--probabilities"])
+    assert r.exit_code == 0, r.output
+    ref = src.name.replace("_0000.nii.gz", "")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        [f"case{ending}", f"case_prob{ending}", f"{ref}.nii.gz", f"{ref}_prob.nii.gz"])
+    seg, nii = read_volume(tmp_path / "out" / f"case{ending}"), read_volume(tmp_path / "out" / f"{ref}.nii.gz")
+    assert np.array_equal(seg.array, nii.array) and np.allclose(seg.affine, vol.affine, atol=1e-5)
+    prob = sitk.ReadImage(str(tmp_path / "out" / f"case_prob{ending}"))
+    assert prob.GetNumberOfComponentsPerPixel() == 3 and prob.GetSize() == vol.array.shape
+
+
 def test_predict_groups_the_channel_files_of_a_two_channel_model(synth_root, tiny_tree, tmp_path):
     """nnU-Net naming: <case>_0000 and <case>_0001 are one two-channel case, written as <case>.nii.gz
     (each used to be its own one-channel case: 'image has 1 channel(s), the model expects 2')."""

@@ -1,7 +1,7 @@
 """The package's imports run down the layers only, and no module imports itself back in a cycle.
 
 Layers, lowest first: core (errors, atomic, registry, config, losses) <- data, models <- methods <-
-engine <- inference, evaluation <- mining, reporting <- demo <- cli. Every import counts, including
+engine <- inference, evaluation, planning <- mining, reporting <- demo <- cli. Every import counts, including
 those inside functions.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import semi3d
 
 ROOT = Path(semi3d.__file__).parent
 LAYERS = [{"errors", "atomic", "registry", "config", "losses"}, {"data", "models"}, {"methods"}, {"engine"},
-          {"inference", "evaluation"}, {"mining", "reporting"}, {"demo"}, {"cli", "__main__", "__init__"}]
+          {"inference", "evaluation", "planning"}, {"mining", "reporting"}, {"demo"}, {"cli", "__main__", "__init__"}]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 
 

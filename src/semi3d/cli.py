@@ -70,12 +70,13 @@ def predict(model: Path = typer.Argument(..., help="a run folder, a checkpoints/
             out: Path = typer.Option(..., "--out", "-o", help="output folder"),
             probabilities: bool = typer.Option(False, help="also write the class probability maps"),
             which: str = typer.Option("auto", help="auto (the run's selection policy) | best | final"),
-            postprocess: Optional[str] = typer.Option(None, help="none | largest_component (default: the model's inference.postprocess)")):
-    """Segment image files with a trained model; writes <case>.nii.gz with the input's affine
-    (.h5 / .npy for h5 / npy input)."""
+            postprocess: Optional[str] = typer.Option(None, help="none | largest_component (default: the model's inference.postprocess)"),
+            precision: str = typer.Option("auto", help="auto (bf16 where the CPU/GPU has it natively) | fp32 | bf16 | fp16")):
+    """Segment image files with a trained model; writes <case>.<ending> in the input's format
+    (NIfTI, NRRD, MHA, h5, npy) with the input's affine."""
     from .inference.predictor import predict_files
 
-    for p in predict_files(model, inputs, out, probabilities, which, postprocess):
+    for p in predict_files(model, inputs, out, probabilities, which, postprocess, precision):
         console.print(str(p))
 
 
@@ -139,6 +140,23 @@ def export(run: Path, out: Path = typer.Option(..., "--out", "-o", help="bundle 
 
     for p in export_run(run, out, format, which).values():
         console.print(str(p), highlight=False)
+
+
+@app.command()
+@_clean_errors
+def plan(dataset: Path = typer.Argument(..., help="an nnU-Net v2 raw dataset folder or a UA-MT h5 folder (train.list)"),
+         out: Optional[Path] = typer.Option(None, "--out", "-o", help="config to write (default DATASET/semi3d_plan_<method>_<budget>.yaml)"),
+         budget: str = typer.Option("cpu", help="cpu | gpu: the patch, network and schedule to fit"),
+         method: str = typer.Option("mn", help="the method the config trains"),
+         pretrained2d: Optional[str] = typer.Option(None, help="M&N's 2D backbone weights (ImageNet MobileNetV2 file)")):
+    """Fingerprint a dataset and write a complete, commented training config (spacing, normalisation,
+    patch, network, M&N's slicing axis, batch size, iterations)."""
+    from .planning.plan import plan_dataset
+
+    p = plan_dataset(dataset, out, budget, method, pretrained2d)
+    for k, v in p.notes.items():
+        console.print(f"{k}: {v}", highlight=False, markup=False)
+    console.print(f"-> {p.written}")
 
 
 @app.command()

@@ -9,6 +9,7 @@ import yaml
 
 from .config import load_config
 from .data.synthetic import write_dataset
+from .engine.rundir import RunDir
 from .engine.trainer import train
 from .evaluation.evaluate import evaluate_run
 
@@ -29,10 +30,10 @@ def run_demo(out: Path = Path("runs/demo"), method: str = "supervised", override
     tree["name"] = method
     tree["method"]["name"] = method
     cfg = load_config(tree=tree, overrides=list(overrides))
-    resume = (cfg.run_dir / "checkpoints" / "last.pt").is_file()
-    train(cfg, resume=resume)
-    summary = evaluate_run(cfg.run_dir, split="test", save_predictions=True)
-    report = build_report(cfg.run_dir, None, "eval_test", False, None)
-    ev = cfg.run_dir / "eval_test"
+    run = RunDir(cfg.run_dir)
+    train(cfg, resume=run.last.is_file())
+    summary = evaluate_run(run.path, split="test", save_predictions=True)
+    report = build_report(run.path, None, "eval_test", False, None)
+    ev = run.eval_dir("test")
     return {"summary": summary, "run_dir": cfg.run_dir, "predictions": ev / "predictions",
             "metrics": ev / "metrics.json", "report": report["html"]}

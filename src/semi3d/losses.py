@@ -18,6 +18,19 @@ def class_argmax(scores: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return scores.max(dim).indices
 
 
+def soft_dice(probs: torch.Tensor, target: torch.Tensor, squared: bool = False, eps: float = 1e-5) -> torch.Tensor:
+    """Soft Dice per class (K,) over the whole batch: ``(2 sum(p t) + eps) / (den + eps)`` with
+    ``den = sum(p) + sum(t)``, or ``sum(p^2) + sum(t^2)`` when ``squared`` (V-Net style).
+
+    Args:
+        probs, target: (N, K, *spatial) float, same shape (target one-hot or soft).
+    """
+    dims = [0, *range(2, probs.ndim)]
+    inter = (probs * target).sum(dims)
+    den = (probs * probs).sum(dims) + (target * target).sum(dims) if squared else probs.sum(dims) + target.sum(dims)
+    return (2 * inter + eps) / (den + eps)
+
+
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, squared: bool = True,
                    include_background: bool = True, eps: float = 1e-5) -> torch.Tensor:
     """1 - mean over classes of the soft Dice computed over the whole batch.
@@ -27,12 +40,7 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, squared: bool = T
         target: (N, K, *spatial) probabilities (one-hot or soft), same shape.
         squared: squared terms in the denominator (V-Net style), as M&N uses.
     """
-    p = torch.softmax(logits.float(), 1)
-    t = target.float()
-    dims = [0] + list(range(2, p.ndim))
-    inter = (p * t).sum(dims)
-    den = (p * p).sum(dims) + (t * t).sum(dims) if squared else p.sum(dims) + t.sum(dims)
-    dice = (2 * inter + eps) / (den + eps)
+    dice = soft_dice(torch.softmax(logits.float(), 1), target.float(), squared, eps)
     if not include_background:
         dice = dice[1:]
     return 1 - dice.mean()
@@ -45,8 +53,34 @@ def kl_soft(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> to
     return (torch.special.xlogy(t, t) - t * torch.log_softmax(logits.float(), 1)).mean()
 
 
-def dice_ce_loss(logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Soft Dice (plain denominator, foreground classes) + cross-entropy; label (N, *spatial) int."""
+def dice_ce_loss(logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None = None,
+                 region: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+    """Cross-entropy + ``1 -`` soft Dice (batch-global, plain denominator, foreground classes; all
+    classes when K = 1): the supervised loss of every method.
+
+    Args:
+        logits: (N, K, *spatial).
+        label: (N, *spatial) int class indices.
+        weight: optional (K,) class weights for both terms: CE as ``F.cross_entropy(weight=)``
+            weighs it, Dice as ``mean_c w_c (1 - Dice_c)`` (A&D's ``DC_and_CE_loss(w_dc=w, w_ce=w)``).
+        region: optional (N, *spatial) or (*spatial) 0/1 mask of the voxels that count (BCP's mix
+            loss): CE averaged over them, Dice of the masked probabilities and one-hot labels.
+
+    With ``weight`` all ones and ``region`` all ones the value equals the plain loss (tested).
+    """
     k = logits.shape[1]
-    ce = F.cross_entropy(logits.float(), label.long(), weight=weight)
-    return ce + soft_dice_loss(logits, one_hot(label, k), squared=False, include_background=k == 1)
+    lf = logits.float()
+    w = None if weight is None else weight.to(lf.device, lf.dtype)
+    p, t = torch.softmax(lf, 1), one_hot(label, k)
+    if region is None:
+        ce = F.cross_entropy(lf, label.long(), weight=w)
+    else:
+        m = region.to(lf.dtype).expand(label.shape)
+        per_voxel = F.cross_entropy(lf, label.long(), weight=w, reduction="none")  # already times w[label]
+        counted = m if w is None else m * w[label.long()]
+        ce = (per_voxel * m).sum() / (counted.sum() + 1e-16)
+        p, t = p * m[:, None], t * m[:, None]
+    loss = 1 - soft_dice(p, t, eps=eps)[slice(1, None) if k > 1 else slice(None)]
+    if w is not None:
+        loss = loss * w[1:] if k > 1 else loss * w
+    return ce + loss.mean()

@@ -50,8 +50,9 @@ class Registry:
         return self.get(name)(**kwargs)
 
 
-NETS3D = Registry("3D network", ("semi3d.models.nets3d", "semi3d.models.ad_net", "semi3d.models.ensemble"))
-NETS2D = Registry("2D network", ("semi3d.models.seg2d", "semi3d.models.unetpp2d"))
+NETS3D = Registry("3D network", ("semi3d.models.nets3d", "semi3d.models.vnet", "semi3d.models.monai_nets",
+                                 "semi3d.models.ad_net", "semi3d.models.ensemble"))
+NETS2D = Registry("2D network", ("semi3d.models.seg2d", "semi3d.models.segformer2d", "semi3d.models.unetpp2d"))
 METHODS = Registry(
     "method",
     (

@@ -36,7 +36,7 @@ def test_load_names_the_file(tmp_path):
 def test_resave_inference_model_equals_the_final_model(tiny_tree):
     tr = Trainer(load_config(tree=tiny_tree))
     tr.fit()
-    run = tr.run_dir
+    run = tr.run.path
     out = ckpt.resave_inference_model(run, ["inference.mirror_axes=[0,1]"], run / "checkpoints" / "model_tta.pt")
     a, b = ckpt.load(run / "checkpoints" / "model_final.pt"), ckpt.load(out)
     assert a["net"] == b["net"] and a["step"] == b["step"] == tiny_tree["train"]["iterations"]

@@ -18,7 +18,7 @@ from semi3d.errors import InputError
 from semi3d.losses import dice_ce_loss
 from semi3d.methods.base import Batch, MethodContext
 from semi3d.methods.bcp import cuboid_mask, paste
-from semi3d.methods.common import ema_decay_at, masked_dice_ce, sigmoid_rampup
+from semi3d.methods.common import ema_decay_at, sigmoid_rampup
 from semi3d.methods.cps import cross_pseudo_loss
 from semi3d.methods.ua_mt import masked_consistency, predictive_entropy, uncertainty_threshold
 from semi3d.methods.urpc import pyramid_logits, rectified_pyramid_consistency
@@ -125,18 +125,6 @@ def test_sigmoid_rampup_endpoints():
     assert sigmoid_rampup(0, 100) == pytest.approx(math.exp(-5))
     assert sigmoid_rampup(50, 100) == pytest.approx(math.exp(-1.25))
     assert sigmoid_rampup(100, 100) == 1.0 and sigmoid_rampup(500, 100) == 1.0 and sigmoid_rampup(3, 0) == 1.0
-
-
-def test_masked_dice_ce_with_full_region_is_dice_ce():
-    logits, label = torch.randn(2, K, 8, 8, 8), torch.randint(0, K, (2, 8, 8, 8))
-    full = torch.ones(2, 8, 8, 8)
-    assert masked_dice_ce(logits, label, full).item() == pytest.approx(dice_ce_loss(logits, label).item(), rel=1e-5)
-    # outside the region the label does not matter
-    region = torch.zeros(8, 8, 8)
-    region[:4] = 1
-    other = label.clone()
-    other[:, 4:] = (other[:, 4:] + 1) % K
-    assert masked_dice_ce(logits, label, region).item() == pytest.approx(masked_dice_ce(logits, other, region).item())
 
 
 # ------------------------------------------------------------------------------------ Mean Teacher

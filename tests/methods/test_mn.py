@@ -170,7 +170,7 @@ def test_cotraining_lowers_both_losses_and_guides_crops(data_root, tmp_path):
     tree = tiny_tree(data_root, tmp_path, iterations=40, warmup=16, options={"epoch_length": 4, "guide_every": 8})
     tr = Trainer(load_config(tree=tree))
     tr.fit()
-    recs = _records(tr.run_dir)
+    recs = _records(tr.run.path)
     assert [r["stage"] for r in recs] == [1] * 16 + [2] * 24
     assert max(r["n_u"] for r in recs) == 2 and recs[-1]["n_u"] == 2  # lrg: floor(p * 3), never 3
     for g in ("net2d", "net3d"):
@@ -182,7 +182,7 @@ def test_cotraining_lowers_both_losses_and_guides_crops(data_root, tmp_path):
     assert state["iteration"] == 32
     _check_guides(tr)
     # the saved inference model is the 3D network
-    m = torch.load(tr.run_dir / "checkpoints" / "model_final.pt", weights_only=False)
+    m = torch.load(tr.run.model("final"), weights_only=False)
     assert m["net"]["name"] == "unet3d"
 
 
@@ -196,9 +196,9 @@ def _check_guides(tr):
         assert tuple(entry["shape"]) == tuple(v.image.shape[1:]) == (24, 20, 16)  # Z padded 14 -> 16
         mask = np.unpackbits(entry["bits"], count=int(np.prod(entry["shape"]))).reshape(entry["shape"])
         assert v.fg is not None and torch.equal(v.fg, torch.nonzero(torch.from_numpy(mask) > 0).to(torch.int32))
-    saved = np.load(tr.run_dir / "pseudo" / "guide_masks.npz")
+    saved = np.load(tr.run.path / "pseudo" / "guide_masks.npz")
     assert sorted(saved.files) == sorted(vols) and all(saved[c].dtype == np.uint8 for c in vols)
-    assert json.loads((tr.run_dir / "pseudo" / "guides.json").read_text())["iteration"] == state["iteration"]
+    assert json.loads((tr.run.path / "pseudo" / "guides.json").read_text())["iteration"] == state["iteration"]
     return state
 
 
@@ -256,7 +256,7 @@ def test_a_checkpoint_with_the_old_trainer_guides_key_resumes(data_root, tmp_pat
     first.crash_at = 6
     with pytest.raises(_Crash):
         first.fit()
-    path = first.run_dir / "checkpoints" / "last.pt"
+    path = first.run.last
     ckpt = torch.load(path, weights_only=False)
     ckpt["guides"] = ckpt["method"].pop("_extra_state")["guides"]
     torch.save(ckpt, path)
@@ -275,7 +275,7 @@ def test_resume_equals_uninterrupted_across_guide_passes(data_root, tmp_path):
     first.crash_at = 6
     with pytest.raises(_Crash):
         first.fit()
-    ckpt = torch.load(first.run_dir / "checkpoints" / "last.pt", weights_only=False)
+    ckpt = torch.load(first.run.last, weights_only=False)
     guides = ckpt["method"]["_extra_state"]["guides"]  # the method's own state, not a trainer key
     assert ckpt["step"] == 6 and guides["iteration"] == 4 and "guides" not in ckpt
     assert any(e["bits"].any() for e in guides["masks"].values())  # non-empty masks steer crops
@@ -287,7 +287,7 @@ def test_resume_equals_uninterrupted_across_guide_passes(data_root, tmp_path):
         for k in a:
             assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6, rtol=0), (g, k)
     assert full.method.guide_state()["iteration"] == resumed.method.guide_state()["iteration"] == 8
-    recs_full, recs_res = _records(full.run_dir), _records(resumed.run_dir)
+    recs_full, recs_res = _records(full.run.path), _records(resumed.run.path)
     assert [r["step"] for r in recs_res] == list(range(1, 13))
     assert [r.get("loss/net3d") for r in recs_full] == [r.get("loss/net3d") for r in recs_res]
 

@@ -59,7 +59,7 @@ def test_volumes_run_logs_and_writes_pseudo_volumes(la_like, tmp_path):
         assert r["pseudo_dice_kept"] is None or 0.0 <= r["pseudo_dice_kept"] <= 1.0
     log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert [x["round"] for x in log] == [0, 1, 2]
-    assert json.loads((run / "summary.json").read_text())["rounds"][2]["n_kept"] == rounds[2]["n_kept"]
+    assert json.loads((run / "train_summary.json").read_text())["rounds"][2]["n_kept"] == rounds[2]["n_kept"]
     assert (run / "checkpoints" / "small_round2.pt").is_file() and (run / "config.yaml").is_file()
     index = json.loads((run / "pseudo" / "round1" / "index.json").read_text())
     assert index["axis"] == 2 and set(index["cases"]) == {"syn_002", "syn_003"}
@@ -227,6 +227,6 @@ def test_cli_mine(la_like, tmp_path):
     path.write_text(yaml.safe_dump(_tree(la_like, tmp_path / "runs", rounds=1)))
     res = CliRunner().invoke(app, ["mine", str(path), "--set", "name=cli"])
     assert res.exit_code == 0, res.output
-    assert "round 1: dev Dice" in res.output and (tmp_path / "runs" / "cli" / "summary.json").is_file()
+    assert "round 1: dev Dice" in res.output and (tmp_path / "runs" / "cli" / "train_summary.json").is_file()
     bad = CliRunner().invoke(app, ["mine", str(path), "--set", "select.min_scor=1"])
     assert bad.exit_code == 2 and "min_scor" in bad.output

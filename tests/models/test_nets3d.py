@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from semi3d.errors import InputError
-from semi3d.models.nets3d import UNet3D, VNet, check_patch, count_parameters, list_nets3d
+from semi3d.models.nets3d import UNet3D, check_patch, count_parameters, list_nets3d
+from semi3d.models.vnet import VNet
 from semi3d.registry import NETS3D
 
 SHAPE = (1, 1, 32, 32, 16)  # (N, C, X, Y, Z)

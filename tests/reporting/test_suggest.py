@@ -114,7 +114,7 @@ def test_suggest_disagreement_on_an_mn_run(mn_run, tmp_path):
     from semi3d.data.dataset import make_preprocessor
     from semi3d.data.formats import build_reader
     from semi3d.inference.predictor import predict_probs
-    from semi3d.reporting.common import run_config
+    from semi3d.engine.rundir import RunDir
     from semi3d.reporting.suggest import load_method
 
     res = suggest_cases(mn_run, k=1, out=tmp_path / "s")
@@ -122,7 +122,7 @@ def test_suggest_disagreement_on_an_mn_run(mn_run, tmp_path):
     top = res["ranking"][0]
     assert 0 <= top["score"] <= 1 and "mean_js" in top
     # the score is the soft-Dice disagreement of the two checkpointed models
-    cfg = run_config(mn_run)
+    cfg = RunDir(mn_run).load_config()
     m = load_method(mn_run, cfg)
     c = build_reader(cfg.data.format, cfg.data.root).load(top["case"])
     img = torch.from_numpy(make_preprocessor(cfg.data)(Case(c.id, c.image, None, c.spacing, c.affine)).image)

@@ -207,7 +207,10 @@ def _write_itk(tmp: Path, array: np.ndarray, affine: np.ndarray, key: str | None
 
     lps = _LPS_RAS @ affine
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    img = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))  # (X,Y,Z) -> (Z,Y,X)
+    if array.ndim == 4:  # (C, X, Y, Z) -> a vector image, (Z, Y, X, C) in SimpleITK's array order
+        img = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(3, 2, 1, 0)), isVector=True)
+    else:  # (X, Y, Z) -> (Z, Y, X)
+        img = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
     img.SetSpacing(spacing.tolist())
     img.SetOrigin(lps[:3, 3].tolist())
     img.SetDirection((lps[:3, :3] / spacing).ravel().tolist())
@@ -229,8 +232,8 @@ def _write_npy(tmp: Path, array: np.ndarray, affine: np.ndarray, key: str | None
         np.save(fh, array)
 
 
-_WRITERS = {".nii.gz": (_write_nifti, (3, 4)), ".nii": (_write_nifti, (3, 4)), ".nrrd": (_write_itk, (3,)),
-            ".mha": (_write_itk, (3,)), ".npy": (_write_npy, None)}
+_WRITERS = {".nii.gz": (_write_nifti, (3, 4)), ".nii": (_write_nifti, (3, 4)), ".nrrd": (_write_itk, (3, 4)),
+            ".mha": (_write_itk, (3, 4)), ".npy": (_write_npy, None)}
 
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
@@ -268,8 +271,9 @@ def write_volume(path: PathLike, array: np.ndarray, affine: np.ndarray | None = 
 
     Args:
         path: target file; the suffix picks the format: ``.nii.gz``/``.nii`` (nibabel; (X, Y, Z) or
-            (C, X, Y, Z), stored as (X, Y, Z, C)), ``.nrrd``/``.mha`` (SimpleITK; (X, Y, Z),
-            written as the inverse of the reading conversion), ``.h5``/``.hdf5``, ``.npy`` (any shape).
+            (C, X, Y, Z), stored as (X, Y, Z, C)), ``.nrrd``/``.mha`` (SimpleITK; (X, Y, Z)
+            written as the inverse of the reading conversion, or (C, X, Y, Z) as a C-component
+            vector image), ``.h5``/``.hdf5``, ``.npy`` (any shape).
         array: the data; bool/int arrays are stored as uint8 (or int16/int32 when needed), float
             as float32.
         affine: 4x4 voxel-to-world (RAS, mm). Defaults to ``reference.affine``, then

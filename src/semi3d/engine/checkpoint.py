@@ -41,14 +41,15 @@ def resave_inference_model(run_dir: Path, overrides: list[str], out: Path) -> Pa
     ``overrides`` (e.g. ``method.options.predict=ensemble``, ``inference.mirror_axes=[0,1,2]``) and
     save its predictor as the model file ``out``: another inference model of the same training,
     nothing retrained. The overrides may not change the networks (the weights must load)."""
-    from ..config import load_config
     from ..methods.base import MethodContext
     from ..registry import METHODS
 
-    run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.yaml", list(overrides))
-    final = load(run_dir / "checkpoints" / "model_final.pt")
-    state = load(run_dir / "checkpoints" / "last.pt")
+    from .rundir import RunDir
+
+    run = RunDir(run_dir)
+    cfg = run.load_config(overrides)
+    final = load(run.model("final"))
+    state = load(run.last)
     ctx = MethodContext(cfg, final["in_channels"], final["num_classes"], cfg.train.iterations)
     method = METHODS.get(cfg.method.name)(ctx, **cfg.method.options)
     method.load_state_dict(state["method"])

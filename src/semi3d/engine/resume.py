@@ -11,7 +11,6 @@ is allowed, written into ``config.yaml`` and appended to ``resume_changes.jsonl`
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -19,6 +18,7 @@ import yaml
 from ..atomic import write_text
 from ..config import RunConfig, dump_config
 from ..errors import InputError
+from .rundir import RunDir
 
 __all__ = ["ALLOWED", "config_changes", "check_resume_config"]
 
@@ -47,11 +47,11 @@ def _allowed(key: str) -> bool:
     return any(key == p or (p.endswith(".") and key.startswith(p)) for p in ALLOWED)
 
 
-def check_resume_config(run_dir: Path, cfg: RunConfig, step: int) -> dict[str, tuple[Any, Any]]:
+def check_resume_config(run: RunDir, cfg: RunConfig, step: int) -> dict[str, tuple[Any, Any]]:
     """Compare ``cfg`` with the run's ``config.yaml``; refuse a change outside :data:`ALLOWED`,
     otherwise record the allowed changes (``config.yaml`` rewritten, ``resume_changes.jsonl``
     appended) and return them."""
-    path = Path(run_dir) / "config.yaml"
+    path = run.config
     try:
         old = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as e:
@@ -66,6 +66,6 @@ def check_resume_config(run_dir: Path, cfg: RunConfig, step: int) -> dict[str, t
                                "config; train a new run (another name) instead")
     if changes:
         write_text(path, dump_config(cfg))
-        with open(Path(run_dir) / "resume_changes.jsonl", "a") as f:
+        with open(run / "resume_changes.jsonl", "a") as f:
             f.write(json.dumps({"step": step, "changes": {k: list(v) for k, v in changes.items()}}) + "\n")
     return changes

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import write_text
+from ..atomic import atomic_file, write_text
+from .rundir import RunDir
 
 # wall-clock fields of the logged records, the only ones that differ between identical runs:
 # seconds since this process started training, mean seconds per iteration since then, and the part
@@ -38,12 +39,12 @@ def overlay(image: np.ndarray, label: np.ndarray | None, pred: np.ndarray) -> np
 
 
 class RunLog:
-    """Args: run_dir; enabled: False on distributed ranks > 0 (only rank 0 writes); tensorboard:
-    also write TensorBoard event files (needs the ``tensorboard`` package)."""
+    """Args: run_dir (a folder or :class:`RunDir`); enabled: False on distributed ranks > 0 (only
+    rank 0 writes); tensorboard: also write TensorBoard event files (needs the ``tensorboard`` package)."""
 
-    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = False):
-        self.path = Path(run_dir) / "log.jsonl"
-        self.run_dir = Path(run_dir)
+    def __init__(self, run_dir: Path | RunDir, enabled: bool = True, tensorboard: bool = False):
+        self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+        self.path = self.run.log
         self.enabled = enabled
         self.tensorboard = tensorboard and enabled
         self._tb = None
@@ -54,7 +55,7 @@ class RunLog:
             from torch.utils.tensorboard import SummaryWriter
 
             # a resumed run drops the events logged after its checkpoint, as log.jsonl does
-            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self._purge_step)
+            self._tb = SummaryWriter(str(self.run.tensorboard), purge_step=self._purge_step)
         return self._tb
 
     def write(self, step: int, rec: dict) -> None:
@@ -96,7 +97,7 @@ class RunLog:
         w = csv.DictWriter(buf, keys)
         w.writeheader()
         w.writerows(recs)
-        write_text(self.run_dir / "log.csv", buf.getvalue())
+        write_text(self.run.log_csv, buf.getvalue())
         self.plot()
         if self._tb is not None:
             self._tb.flush()
@@ -125,10 +126,9 @@ class RunLog:
             if keys and len(keys) > 1:
                 ax.legend(fontsize=7)
         fig.tight_layout()
-        tmp = self.run_dir / "progress.tmp.png"
-        fig.savefig(tmp, dpi=80)
+        with atomic_file(self.run.progress, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=80)
         plt.close(fig)
-        tmp.replace(self.run_dir / "progress.png")
 
 
 def progress_line(step: int, total: int, rec: dict, sec_per_it: float) -> str:

@@ -23,7 +23,7 @@ class TrainerServices:
 
     @property
     def artefacts(self) -> Path:
-        return Path(self._tr.run_dir)
+        return self._tr.run.path
 
     @property
     def is_main(self) -> bool:

@@ -20,7 +20,8 @@ from ..config import RunConfig, dump_config
 from ..data.augment import augment
 from ..data.dataset import DataBundle, prepare_data
 from ..data.patches import PatchSampler
-from ..data.splits import load_splits, save_splits
+from ..atomic import write_text
+from ..data.splits import save_splits
 from ..errors import InputError
 from ..losses import class_argmax
 from ..methods.base import Batch, MethodContext
@@ -33,6 +34,7 @@ from .precision import autocast, channels_last_3d, pick_device, resolve_precisio
 from .schedules import LRSchedule
 from .sliding_window import predict_probs
 from .services import TrainerServices
+from .rundir import RunDir
 from .runlog import RunLog, overlay, tensorboard_available, progress_line
 
 console = Console(stderr=True)
@@ -57,20 +59,20 @@ def resolve_tensorboard(option: bool | None) -> bool:
     return option
 
 
-def prepare_run_dir(run_dir: Path, resume: bool) -> None:
+def prepare_run_dir(run: RunDir, resume: bool) -> None:
     """Create the run folder (or check it for resume); refuse to overwrite a finished run silently."""
-    last = run_dir / "checkpoints" / "last.pt"
+    last = run.last
     if resume and not last.is_file():
         raise InputError(last, "nothing to resume: no checkpoint in this run folder")
     if not resume and last.is_file():
-        raise InputError(run_dir, "run folder already holds a checkpoint; pass --resume or choose another name")
+        raise InputError(run.path, "run folder already holds a checkpoint; pass --resume or choose another name")
     try:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_test"
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
+        probe = run / ".write_test"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise InputError(run_dir, f"cannot write the run folder: {e.strerror}") from None
+        raise InputError(run.path, f"cannot write the run folder: {e.strerror}") from None
 
 
 class Trainer:
@@ -92,7 +94,7 @@ class Trainer:
         self.cfg, self.resume = cfg, resume
         self._written: list[Path] = []
         self.dist = D.current()
-        self.run_dir = cfg.run_dir
+        self.run = RunDir(cfg.run_dir)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
@@ -103,20 +105,20 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.local_rank)
         self.precision = resolve_precision(cfg.precision, self.device)
         if self.main:
-            prepare_run_dir(self.run_dir, resume)
+            prepare_run_dir(self.run, resume)
         D.barrier()  # ranks > 0 read what rank 0 checked / created (a shared file system across nodes)
 
-        splits = load_splits(self.run_dir / "splits.json") if resume else None
+        splits = self.run.load_splits() if resume else None
         if not self.main:
             D.barrier()  # rank 0 fills the preprocessing cache first
         self.data = data or prepare_data(cfg.data, splits)
         if self.main and self.dist.enabled:
             D.barrier()
         if resume and self.data.splits != splits:
-            raise InputError(self.run_dir / "splits.json", "differs from the splits of the data given")
+            raise InputError(self.run.splits, "differs from the splits of the data given")
         if not resume and self.main:
-            self._written = [self.run_dir / "config.yaml", self.run_dir / "splits.json"]
-            self._written[0].write_text(dump_config(cfg))
+            self._written = [self.run.config, self.run.splits]
+            write_text(self._written[0], dump_config(cfg))
             save_splits(self._written[1], self.data.splits, self.data.domains)
 
         t = cfg.train
@@ -157,11 +159,11 @@ class Trainer:
         self.val_cases = self.data.cases("validation")[: t.val_max_cases]
         self.step, self.best, self.best_step = 0, -1.0, -1
         self.saved_step: int | None = None
-        self.log = RunLog(self.run_dir, enabled=self.main, tensorboard=resolve_tensorboard(t.tensorboard))
+        self.log = RunLog(self.run, enabled=self.main, tensorboard=resolve_tensorboard(t.tensorboard))
         if resume:
-            state = ckpt.load(self.run_dir / "checkpoints" / "last.pt")
+            state = ckpt.load(self.run.last)
             if self.main:
-                check_resume_config(self.run_dir, cfg, state["step"])
+                check_resume_config(self.run, cfg, state["step"])
             self._load(state)
 
     # batches -------------------------------------------------------------------------------
@@ -228,9 +230,9 @@ class Trainer:
         the diverged weights reach a checkpoint; the last checkpoint stays resumable."""
         bad = [f"{k.split('/', 1)[1]} loss is {v}" for k, v in rec.items() if k.startswith("loss/") and not math.isfinite(v)]
         if bad:
-            last = self.run_dir / "checkpoints" / "last.pt"
+            last = self.run.last
             held = f"{last} holds step {self.saved_step}" if self.saved_step is not None else "no checkpoint was written"
-            raise InputError(self.run_dir / "config.yaml",
+            raise InputError(self.run.config,
                              f"training diverged at step {step + 1}: {', '.join(bad)} (precision {self.precision}); "
                              f"stopped without saving it ({held}). Resume with --resume and a safer setting, e.g. "
                              f"--set precision=fp32 or a lower train.optimizer.lr")
@@ -300,12 +302,12 @@ class Trainer:
         ranks = s.get("rng_ranks")
         if self.dist.enabled:
             if not ranks or len(ranks) != self.dist.world_size:
-                raise InputError(self.run_dir / "checkpoints" / "last.pt",
+                raise InputError(self.run.last,
                                  f"saved by {len(ranks or [0])} process(es); resume it with the same number "
                                  f"({self.dist.world_size} now)")
             s = {**s, "rng": ranks[self.dist.rank]}
         elif ranks and len(ranks) > 1:
-            raise InputError(self.run_dir / "checkpoints" / "last.pt",
+            raise InputError(self.run.last,
                              f"saved by {len(ranks)} processes; resume it with torchrun --nproc-per-node {len(ranks)}")
         self.gen.set_state(s["rng"]["sampler"])
         torch.set_rng_state(s["rng"]["torch"])
@@ -315,14 +317,14 @@ class Trainer:
         self.method.restore(self.services)
         self.log.truncate(self.step)
 
-    def save_model(self, name: str) -> None:
-        """The inference model alone (predictor weights + what is needed to rebuild and feed it);
-        written by rank 0 only."""
+    def save_model(self, which: str) -> None:
+        """The inference model alone as ``checkpoints/model_<which>.pt`` (predictor weights + what is
+        needed to rebuild and feed it); written by rank 0 only."""
         if not self.main:
             return
         ckpt.save_atomic(ckpt.inference_record(self.method, self.cfg, self.step, self.data.in_channels,
                                                self.data.num_classes, self.data.class_names),
-                         self.run_dir / "checkpoints" / name)
+                         self.run.model(which))
 
     # the loop ------------------------------------------------------------------------------
     def fit(self, stop_at: int | None = None) -> dict:
@@ -356,23 +358,23 @@ class Trainer:
                         bar.console.print(f"step {self.step}: validation Dice {100 * v['val/dice']:.2f}")
                     if v["val/dice"] > self.best:
                         self.best, self.best_step = v["val/dice"], self.step
-                        self.save_model("model_best.pt")
+                        self.save_model("best")
                 if self.step % t.checkpoint_every == 0 or self.step in (end, t.iterations):
                     state = self._state()
                     if self.main:
-                        ckpt.save_atomic(state, self.run_dir / "checkpoints" / "last.pt")
+                        ckpt.save_atomic(state, self.run.last)
                         self.log.finish()  # log.csv and progress.png as training goes
                     self.saved_step = self.step
                     D.barrier()  # a resumed run finds every rank's checkpoint complete
                 bar.update(task, completed=self.step)
         if self.step < t.iterations:
             return {"iterations": self.step, "stopped": True}
-        self.save_model("model_final.pt")
+        self.save_model("final")
         self.log.finish()
         summary = {"iterations": self.step, "wall_time_s": time.time() - t0, "best_val_dice": self.best,
                    "best_step": self.best_step, "selection": t.selection, "world_size": self.dist.world_size}
         if self.main:
-            (self.run_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
+            write_text(self.run.summary, json.dumps(summary, indent=1))
         D.barrier()
         return summary
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..config import load_config
 from ..data.formats import build_reader
 from ..data.volumes import write_volume
-from ..data.splits import load_splits, read_id_list
+from ..data.splits import read_id_list
+from ..engine.rundir import RunDir
 from ..errors import InputError
 from ..inference.predictor import Predictor, model_file
 from .metrics import case_metrics
@@ -26,10 +26,9 @@ def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None
     ``inference.postprocess=largest_component``).
     Returns the summary (mean per class and metric).
     """
-    run_dir = Path(run_dir)
-    ov = list(overrides) + ([f"data.root={data_root}"] if data_root else [])
-    cfg = load_config(run_dir / "config.yaml", ov)
-    run_splits = load_splits(run_dir / "splits.json")
+    run = RunDir(run_dir).require()
+    cfg = run.load_config(list(overrides) + ([f"data.root={data_root}"] if data_root else []))
+    run_splits = run.load_splits()
     options = dict(cfg.data.options)
     if ids_list is not None:
         ids = read_id_list(ids_list)
@@ -48,10 +47,10 @@ def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None
             raise InputError("--split", f"unknown split {split!r}")
         ids, name = run_splits[split], split
         if not ids:
-            raise InputError(run_dir / "splits.json", f"the {split} split is empty")
-    out = Path(out) if out else run_dir / f"eval_{name}"
+            raise InputError(run.splits, f"the {split} split is empty")
+    out = Path(out) if out else run.eval_dir(name)
     reader = build_reader(cfg.data.format, cfg.data.root, **options)
-    predictor = Predictor(model_file(run_dir, which), cfg.device, cfg.precision, cfg.inference)
+    predictor = Predictor(model_file(run.path, which), cfg.device, cfg.precision, cfg.inference)
     k = predictor.num_classes
     per_case, t0 = {}, time.time()
     for i, cid in enumerate(ids):
@@ -64,7 +63,7 @@ def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None
             write_volume(out / "predictions" / f"{cid}.nii.gz", pred, affine=case.affine)
         if progress:
             progress(i + 1, len(ids), cid, per_case[cid])
-    extra = {"run": str(run_dir), "split": name, "model_step": predictor.step, "n_cases": len(ids),
+    extra = {"run": str(run.path), "split": name, "model_step": predictor.step, "n_cases": len(ids),
              "postprocess": cfg.inference.postprocess,
              "eval_time_s": time.time() - t0}
     write_metrics(out, per_case, extra)

@@ -15,6 +15,7 @@ import torch
 
 from ..config import InferenceConfig, RunConfig
 from ..data.case import Case
+from ..engine.rundir import RunDir
 from ..engine.precision import channels_last_3d, pick_device, resolve_precision, use_channels_last
 from ..engine.sliding_window import predict_probs
 from ..errors import InputError
@@ -132,25 +133,11 @@ class Predictor:
 
 
 def model_file(run_dir: Path, which: str = "auto") -> Path:
-    """The model a run's selection policy designates: ``model_best.pt`` for ``best_validation``,
-    else ``model_final.pt``; ``which`` = "best" / "final" / a file path overrides. A bundle folder
-    (``semi3d export``) is its own model."""
-    run_dir = Path(run_dir)
-    if is_bundle(run_dir):
-        return run_dir
-    if which not in ("auto", "best", "final"):
-        if not Path(which).is_file():
-            raise InputError(which, "--which takes auto, best, final or the path of a model file (checkpoints/model_*.pt)")
-        return Path(which)
-    if which == "auto":
-        try:
-            import yaml
-
-            sel = yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["selection"]
-        except (OSError, KeyError, TypeError):
-            raise InputError(run_dir, "not a semi3d run folder (no readable config.yaml)") from None
-        which = "best" if sel == "best_validation" else "final"
-    return run_dir / "checkpoints" / f"model_{which}.pt"
+    """The model a run's selection policy designates (:meth:`RunDir.selected_model`; ``which`` =
+    auto / best / final / a file path). A bundle folder (``semi3d export``) is its own model."""
+    if is_bundle(Path(run_dir)):
+        return Path(run_dir)
+    return RunDir(run_dir).selected_model(which)
 
 
 def _expand_inputs(inputs: list[Path]) -> list[Path]:
@@ -218,12 +205,14 @@ def _case_names(files: list[Path]) -> list[str]:
 
 
 def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: bool = False,
-                  which: str = "auto", postprocess: str | None = None) -> list[Path]:
-    """Segment each input image; writes ``<out>/<case>.nii.gz`` with the input's affine (``.h5`` /
-    ``.npy`` for h5 / npy input). nnU-Net style names (``<case>_0000.nii.gz``, ``<case>_0001...``)
-    are grouped into one multi-channel case per ``<case>`` (:func:`group_channels`), post-processed as ``postprocess`` (default: the model's
+                  which: str = "auto", postprocess: str | None = None, precision: str = "auto") -> list[Path]:
+    """Segment each input image; writes ``<out>/<case>.<file ending>`` in the input's own format
+    (NIfTI, NRRD, MHA, h5, npy; nnU-Net's naming) with the input's affine. nnU-Net style names
+    (``<case>_0000.nii.gz``, ``<case>_0001...``) are grouped into one multi-channel case per
+    ``<case>`` (:func:`group_channels`), post-processed as ``postprocess`` (default: the model's
     ``inference.postprocess``) says, and, with ``probabilities``, ``<case>_prob`` (K, X, Y, Z)
-    float32. Every input is read and checked before anything is written."""
+    float32 (a K-component vector image in NRRD/MHA). ``precision``: auto (bf16 where native,
+    as training) or fp32 / bf16 / fp16. Every input is read and checked before anything is written."""
     from ..data.postprocess import POSTPROCESS
     from ..data.volumes import h5_keys, read_volume, split_suffix, write_volume
     from ..data.readers import assemble_case
@@ -233,7 +222,9 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
         raise InputError(model, "no such run folder, bundle folder or model file")
     if postprocess is not None and postprocess not in POSTPROCESS:
         raise InputError("--postprocess", f"unknown {postprocess!r}; choose from {', '.join(POSTPROCESS)}")
-    pred = Predictor(model_file(model, which) if model.is_dir() else model,
+    if precision not in ("auto", "bf16", "fp16", "fp32"):
+        raise InputError("--precision", f"unknown {precision!r}; choose auto, bf16, fp16 or fp32")
+    pred = Predictor(model_file(model, which) if model.is_dir() else model, precision=precision,
                      inference=None if postprocess is None else {"postprocess": postprocess})
     spacing = pred.cfg.data.options.get("spacing")
     files = _expand_inputs(inputs)
@@ -245,7 +236,7 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
     cases = [assemble_case(n, [read_volume(f, key(f)) for f in fs], None, spacing=spacing) for n, fs in groups]
     written = []
     for (_, fs), case in zip(groups, cases):
-        ext = {".h5": ".h5", ".hdf5": ".h5", ".npy": ".npy"}.get(split_suffix(fs[0])[1], ".nii.gz")
+        ext = {".hdf5": ".h5"}.get(split_suffix(fs[0])[1], split_suffix(fs[0])[1])  # the input's format
         probs = pred(case)
         written.append(write_volume(Path(out) / f"{case.id}{ext}", pred.segment(case, probs), affine=case.affine))
         if probabilities:

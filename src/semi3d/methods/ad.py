@@ -153,29 +153,6 @@ class DifficultyWeights(nn.Module):
         return self.update_from_dice(hard_class_dice(logits.detach(), label))
 
 
-def weighted_dice_ce(logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None = None,
-                     eps: float = 1e-5) -> torch.Tensor:
-    """Class-weighted Dice + CE: ``CE(weight) + mean_c w_c (1 - Dice_c)`` over the foreground
-    classes (all classes when K = 1), soft Dice over the batch with a plain denominator.
-
-    With ``weight=None`` this equals :func:`semi3d.losses.dice_ce_loss`; with weights its gradient
-    equals that of A&D's ``DC_and_CE_loss(w_dc=w, w_ce=w)`` (``-mean(w Dice)``, up to the smoothing).
-    """
-    k = logits.shape[1]
-    lf = logits.float()
-    w = None if weight is None else weight.to(lf.device, lf.dtype)
-    ce = F.cross_entropy(lf, label.long(), weight=w)
-    p = torch.softmax(lf, 1)
-    t = one_hot(label, k)
-    dims = [0] + list(range(2, p.ndim))
-    dice = (2 * (p * t).sum(dims) + eps) / (p.sum(dims) + t.sum(dims) + eps)
-    fg = slice(1, None) if k > 1 else slice(None)
-    loss = 1 - dice[fg]
-    if w is not None:
-        loss = loss * w[fg]
-    return ce + loss.mean()
-
-
 def pseudo_label(x0_sample: torch.Tensor, difficulty_logits: torch.Tensor, gumbel: bool = True,
                  smoothing: bool = True) -> torch.Tensor:
     """A&D's pseudo-label ``argmax(smooth(gumbel_softmax(x0)) + softmax(psi))`` (N, X, Y, Z)."""
@@ -351,7 +328,7 @@ class AD(Method):
             w = self.difficulty.update(p_xi if self.difficulty_source == "diffusion" else p_psi, lab_l)
         else:
             w = torch.ones(k)
-        l_difficulty = weighted_dice_ce(p_psi, lab_l, w)
+        l_difficulty = dice_ce_loss(p_psi, lab_l, w)
         with torch.no_grad():
             l_plain = dice_ce_loss(p_psi, lab_l)  # unweighted, comparable with other methods' loss/supervised
 

@@ -40,7 +40,7 @@ from ..data.postprocess import largest_component_per_class
 from ..losses import class_argmax, dice_ce_loss
 from ..registry import METHODS
 from .base import Batch, Method, MethodContext, method_options
-from .common import check_number, ema_update, make_teacher, masked_dice_ce, unlabelled_batch
+from .common import check_number, ema_update, make_teacher, unlabelled_batch
 
 
 def cuboid_mask(spatial: tuple[int, int, int], ratio: float = 2 / 3, position: str = "random",
@@ -157,8 +157,8 @@ class BCP(Method):
         tgt_l = paste(lab_l[a], plab[a], inside)
         out_u = net(paste(img_u[b], img_l[b], inside))  # labelled cuboid in an unlabelled patch
         tgt_u = paste(plab[b], lab_l[b], inside)
-        gt = masked_dice_ce(out_l, tgt_l, outside) + masked_dice_ce(out_u, tgt_u, inside)
-        ps = masked_dice_ce(out_l, tgt_l, inside) + masked_dice_ce(out_u, tgt_u, outside)
+        gt = dice_ce_loss(out_l, tgt_l, region=outside) + dice_ce_loss(out_u, tgt_u, region=inside)
+        ps = dice_ce_loss(out_l, tgt_l, region=inside) + dice_ce_loss(out_u, tgt_u, region=outside)
         # logged as means of the two images' terms, on the scale of one Dice + CE (as stage 1)
         self.log.update({"loss/supervised": float(gt.detach()) / 2, "loss/consistency": float(ps.detach()) / 2,
                          "weight/consistency": self.alpha, "bcp/stage": 2})

@@ -11,12 +11,10 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import NetSpec
 from ..errors import InputError
-from ..losses import one_hot
 from .base import MethodContext
 
 
@@ -59,34 +57,6 @@ def teacher_noise(x: torch.Tensor, std: float = 0.1, clip: float = 0.2) -> torch
 def softmax32(logits: torch.Tensor) -> torch.Tensor:
     """Softmax over the class axis in float32 (whatever the autocast dtype)."""
     return torch.softmax(logits.float(), 1)
-
-
-def masked_dice_ce(logits: torch.Tensor, label: torch.Tensor, region: torch.Tensor,
-                   eps: float = 1e-5) -> torch.Tensor:
-    """Dice + cross-entropy restricted to ``region`` (BCP's ``mix_loss`` terms).
-
-    Args:
-        logits: (N, K, X, Y, Z).
-        label: (N, X, Y, Z) int class indices.
-        region: (N, X, Y, Z) or (X, Y, Z), 1 where the voxel counts, 0 elsewhere.
-
-    Returns:
-        CE averaged over the region's voxels plus ``1 - `` the soft Dice (batch-global, foreground
-        classes, plain denominator) of the region: with an all-ones region this equals
-        :func:`semi3d.losses.dice_ce_loss`.
-    """
-    k = logits.shape[1]
-    lf = logits.float()
-    m = region.to(lf.dtype).expand(label.shape)
-    ce = F.cross_entropy(lf, label.long(), reduction="none")
-    ce = (ce * m).sum() / (m.sum() + 1e-16)
-    p = torch.softmax(lf, 1) * m[:, None]
-    t = one_hot(label, k) * m[:, None]
-    dims = [0] + list(range(2, p.ndim))
-    dice = (2 * (p * t).sum(dims) + eps) / (p.sum(dims) + t.sum(dims) + eps)
-    if k > 1:
-        dice = dice[1:]
-    return ce + 1 - dice.mean()
 
 
 # ------------------------------------------------------------------------------------- options

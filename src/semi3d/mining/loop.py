@@ -12,7 +12,7 @@ round ``r = 1..rounds`` then
    thresholds (:mod:`~semi3d.mining.select`) as pseudo-labels (regenerated every round),
 4. fine-tunes the small model on labelled + pseudo-labelled slices (or retrains it, ``reinit``).
 
-Every round logs (``<run>/log.jsonl``, and ``summary.json`` at the end): how many pseudo-labels were
+Every round logs (``<run>/log.jsonl``, and ``train_summary.json`` at the end): how many pseudo-labels were
 kept, their Dice against the hidden ground truth of the unlabelled cases when the dataset has it
 (pooled over the kept slices; the small model's own Dice on the same slices for comparison; and
 per case over all slices), and the small model's Dice on the dev (validation) split: per case on
@@ -40,6 +40,9 @@ from pydantic import Field, ValidationError, model_validator
 
 from ..config import DataConfig, NetSpec, parse_overrides, read_yaml_tree, set_dotted
 from ..data.case import Case
+from ..atomic import write_text
+from ..engine.checkpoint import save_atomic
+from ..engine.rundir import RunDir
 from ..errors import InputError
 from ..registry import NETS2D
 from .base import PromptableSegmenter, Strict
@@ -283,7 +286,7 @@ def run_mining(cfg: MiningConfig | dict | str | Path) -> dict:
     """Run the mining loop (see the module docstring) and return its summary.
 
     Writes into ``<output_dir>/<name>/``: ``config.yaml``, ``splits.json``, ``log.jsonl`` (one
-    record per round), ``summary.json``, ``checkpoints/small_round<r>.pt`` and
+    record per round), ``train_summary.json``, ``checkpoints/small_round<r>.pt`` and
     ``pseudo/round<r>/`` (pseudo-labels, and with ``dataset_3d.enabled`` the 3D training dataset
     ``pseudo/round<r>/dataset/``, see :mod:`~semi3d.mining.export`).
 
@@ -307,23 +310,23 @@ def run_mining(cfg: MiningConfig | dict | str | Path) -> dict:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    run_dir = cfg.run_dir
+    run = RunDir(cfg.run_dir)
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run.path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise InputError(run_dir, f"cannot create folder: {e.strerror or e}") from None
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        raise InputError(run.path, f"cannot create folder: {e.strerror or e}") from None
+    write_text(run.config, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     data = load_mining_data(cfg)
-    (run_dir / "splits.json").write_text(json.dumps(data.splits, indent=1))
+    write_text(run.splits, json.dumps(data.splits, indent=1))
     if not data.labelled:
         raise InputError("splits.labelled", "no labelled sample to train the small model on")
     net = _build_net(cfg, data)
     refiner = build_refiner(cfg.refiner, device)
-    note = refiner.plan_cache(len(data.unlabelled), run_dir / "embedding_cache")
+    note = refiner.plan_cache(len(data.unlabelled), run / "embedding_cache")
     if note:
         print(note, flush=True)
-    log_path = run_dir / "log.jsonl"
-    log_path.write_text("")
+    log_path = run.log
+    write_text(log_path, "")
     records = []
 
     def finish_round(rec: dict) -> None:
@@ -332,8 +335,7 @@ def run_mining(cfg: MiningConfig | dict | str | Path) -> dict:
         with log_path.open("a") as fh:
             fh.write(json.dumps(rec) + "\n")
         if cfg.save_checkpoints:
-            (run_dir / "checkpoints").mkdir(exist_ok=True)
-            torch.save(net.state_dict(), run_dir / "checkpoints" / f"small_round{rec['round']}.pt")
+            save_atomic(net.state_dict(), run.checkpoints / f"small_round{rec['round']}.pt")
 
     t0 = time.time()
     losses = train_small_model(net, data.labelled, [], cfg.train.iterations, cfg.train, rng, device)
@@ -342,7 +344,7 @@ def run_mining(cfg: MiningConfig | dict | str | Path) -> dict:
     for r in range(1, cfg.rounds + 1):
         t0 = time.time()
         cands, keep, stats = mine_round(net, refiner, data, cfg, r, device)
-        dataset_3d = _export(cands, keep, data, cfg, run_dir / "pseudo" / f"round{r}", r)
+        dataset_3d = _export(cands, keep, data, cfg, run / "pseudo" / f"round{r}", r)
         if dataset_3d is not None:
             stats["dataset_3d"] = dataset_3d
         pseudo = [Slice2D(s.id, s.image, c.refined.label, s.group, s.index)
@@ -357,10 +359,10 @@ def run_mining(cfg: MiningConfig | dict | str | Path) -> dict:
         losses = train_small_model(net, data.labelled, pseudo, iters, cfg.train, rng, device, lr=lr)
         finish_round({"round": r, **stats, "mine_s": mine_s, "train_iterations": iters,
                       "train_loss": float(np.mean(losses[-20:])) if losses else None, "train_s": time.time() - t0})
-    summary = {"name": cfg.name, "run_dir": str(run_dir), "refiner": cfg.refiner.name, "model": cfg.model.name,
+    summary = {"name": cfg.name, "run_dir": str(run.path), "refiner": cfg.refiner.name, "model": cfg.model.name,
                "num_classes": data.num_classes, "splits": {k: len(v) for k, v in data.splits.items()},
                "rounds": records, "wall_s": time.time() - t_start}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_text(run.summary, json.dumps(summary, indent=1))
     return summary
 
 

@@ -28,7 +28,7 @@ unused parameters.
 ``NETS3D.build("ad_student", ...)`` with the same options, which is how a saved A&D model is
 rebuilt for ``semi3d predict`` / ``evaluate``.
 
-Differences from the authors' ``DiffVNet``: norm before ReLU (as :class:`~semi3d.models.nets3d.VNet`),
+Differences from the authors' ``DiffVNet``: norm before ReLU (as :class:`~semi3d.models.vnet.VNet`),
 time embedding added once per stage (theirs after every conv but the last of a stage), optional
 ``conv_dropout`` per conv block (theirs: always 0.1).
 """
@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from .nets3d import _register_class, check_input
+from .vnet import vnet_resample, vnet_stage
 
 __all__ = ["ADNet", "ADStudent", "timestep_embedding"]
 
@@ -71,17 +72,11 @@ def _norm(kind: str, ch: int) -> list[nn.Module]:
 
 
 def _stage(n_convs: int, cin: int, cout: int, norm: str, conv_dropout: float) -> nn.Sequential:
-    ops: list[nn.Module] = []
-    for i in range(n_convs):
-        ops += [nn.Conv3d(cin if i == 0 else cout, cout, 3, padding=1), *_norm(norm, cout), nn.ReLU(inplace=True)]
-        if conv_dropout > 0:
-            ops.append(nn.Dropout3d(conv_dropout))
-    return nn.Sequential(*ops)
+    return vnet_stage(n_convs, cin, cout, norm, conv_dropout, norms=_norm)
 
 
 def _resample(cin: int, cout: int, norm: str, up: bool) -> nn.Sequential:
-    conv = (nn.ConvTranspose3d if up else nn.Conv3d)(cin, cout, 2, stride=2)
-    return nn.Sequential(conv, *_norm(norm, cout), nn.ReLU(inplace=True))
+    return vnet_resample(cin, cout, norm, up, norms=_norm)
 
 
 def _n_convs(level: int) -> int:

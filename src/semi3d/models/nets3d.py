@@ -10,14 +10,15 @@ spatial axes in array order) to logits of shape ``(N, K, X, Y, Z)``. Each module
 Registered names:
 
 - ``"unet3d"``: :class:`UNet3D`, an nnU-Net-style plain-convolution U-Net.
-- ``"vnet"``: :class:`VNet`, the V-Net of the UA-MT / SASSNet / DTC left-atrium literature.
-- ``"monai_unet"``, ``"swinunetr"``, ``"dynunet"``: MONAI networks, imported on first build.
+- ``"vnet"``: :class:`semi3d.models.vnet.VNet`, the V-Net of the UA-MT / SASSNet / DTC
+  left-atrium literature.
+- ``"monai_unet"``, ``"swinunetr"``, ``"dynunet"``: MONAI networks (:mod:`semi3d.models.monai_nets`),
+  imported on first build.
 - ``"slicewise2d"``: a registered 2D network run slice by slice
   (:class:`semi3d.models.slicing.SliceWise2D`), the inference model of the ``supervised2d`` method.
 """
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -29,7 +30,7 @@ from torch import nn
 from ..errors import InputError
 from ..registry import NETS3D
 
-__all__ = ["UNet3D", "VNet", "check_patch", "count_parameters", "list_nets3d"]
+__all__ = ["UNet3D", "check_patch", "count_parameters", "list_nets3d"]
 
 Triple = tuple[int, int, int]
 
@@ -277,182 +278,7 @@ class UNet3D(nn.Module):
         return [out] + [h(f) for h, f in zip(self.aux_heads, decoded[-2::-1])]
 
 
-# -------------------------------------------------------------------------------------------- VNet
-_VNET_NORMS = ("batchnorm", "instancenorm", "groupnorm", "none")
-
-
-def _vnet_norm(kind: str, ch: int) -> list[nn.Module]:
-    if kind == "batchnorm":
-        return [nn.BatchNorm3d(ch)]
-    if kind == "instancenorm":
-        return [nn.InstanceNorm3d(ch)]  # affine=False, as in the original
-    if kind == "groupnorm":
-        return [nn.GroupNorm(16, ch)]
-    return []
-
-
-def _vnet_stage(n_convs: int, cin: int, cout: int, norm: str) -> nn.Sequential:
-    ops: list[nn.Module] = []
-    for i in range(n_convs):
-        ops += [nn.Conv3d(cin if i == 0 else cout, cout, 3, padding=1), *_vnet_norm(norm, cout), nn.ReLU(inplace=True)]
-    return nn.Sequential(*ops)
-
-
-def _vnet_resample(cin: int, cout: int, norm: str, up: bool) -> nn.Sequential:
-    conv = (nn.ConvTranspose3d if up else nn.Conv3d)(cin, cout, 2, stride=2)
-    return nn.Sequential(conv, *_vnet_norm(norm, cout), nn.ReLU(inplace=True))
-
-
-class VNet(nn.Module):
-    """V-Net of the semi-supervised left-atrium literature (UA-MT, SASSNet, DTC, MC-Net).
-
-    Same layers as those repositories' ``VNet(n_channels, n_classes, n_filters, normalization,
-    has_dropout)``: encoder stages of 1, 2, 3, 3, 3 ``conv3x3x3 -> norm -> ReLU`` blocks with
-    ``n_filters * (1, 2, 4, 8, 16)`` channels, ``2x2x2`` stride-2 conv downsampling, ``2x2x2``
-    stride-2 transposed-conv upsampling, additive skips (``up + skip``), decoder stages of 3, 3, 2, 1
-    blocks and a ``1x1x1`` output conv. Parameter names differ from the original checkpoints.
-
-    Args:
-        in_channels: number of input channels ``C``.
-        num_classes: number of output channels ``K``.
-        n_filters: channels of the first stage (``groupnorm`` needs a multiple of 16).
-        normalization: ``"batchnorm"``, ``"instancenorm"`` (non-affine), ``"groupnorm"`` (16 groups)
-            or ``"none"``.
-        has_dropout: ``Dropout3d(p=0.5)`` on the bottleneck and on the last decoder features
-            (active in training mode only).
-
-    Attributes:
-        divisor: ``(16, 16, 16)``.
-
-    Shapes:
-        input ``(N, C, X, Y, Z)`` -> output ``(N, K, X, Y, Z)``.
-    """
-
-    divisor: Triple = (16, 16, 16)
-
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        n_filters: int = 16,
-        normalization: str = "batchnorm",
-        has_dropout: bool = False,
-    ):
-        super().__init__()
-        where = "model vnet"
-        if normalization not in _VNET_NORMS:
-            raise InputError(where, f"normalization must be one of {', '.join(_VNET_NORMS)}, got {normalization!r}")
-        if not isinstance(n_filters, int) or n_filters < 1 or (normalization == "groupnorm" and n_filters % 16):
-            raise InputError(
-                where, f"n_filters must be a positive int (a multiple of 16 for groupnorm), got {n_filters!r}"
-            )
-        f = [n_filters * 2**i for i in range(5)]
-        norm = normalization
-        self.has_dropout = has_dropout
-        self.encoder = nn.ModuleList(
-            _vnet_stage(n, in_channels if i == 0 else f[i], f[i], norm) for i, n in enumerate((1, 2, 3, 3, 3))
-        )
-        self.down = nn.ModuleList(_vnet_resample(f[i], f[i + 1], norm, up=False) for i in range(4))
-        self.up = nn.ModuleList(_vnet_resample(f[i + 1], f[i], norm, up=True) for i in (3, 2, 1, 0))
-        self.decoder = nn.ModuleList(_vnet_stage(n, f[i], f[i], norm) for i, n in zip((3, 2, 1, 0), (3, 3, 2, 1)))
-        self.out_conv = nn.Conv3d(f[0], num_classes, 1)
-        self.dropout = nn.Dropout3d(p=0.5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map ``(N, C, X, Y, Z)`` to logits ``(N, K, X, Y, Z)``."""
-        check_input(x, self.divisor, "VNet")
-        skips = []
-        for i, stage in enumerate(self.encoder):
-            x = stage(x)
-            if i < 4:
-                skips.append(x)
-                x = self.down[i](x)
-        if self.has_dropout:
-            x = self.dropout(x)
-        for up, stage in zip(self.up, self.decoder):
-            x = stage(up(x) + skips.pop())
-        if self.has_dropout:
-            x = self.dropout(x)
-        return self.out_conv(x)
-
-
 _register_class("unet3d", UNet3D)
-_register_class("vnet", VNet)
-
-
-# ---------------------------------------------------------------------------------- MONAI networks
-def _monai_options(
-    name: str, cls: type, options: dict[str, Any], fixed: Iterable[str], extra: Iterable[str] = ()
-) -> None:
-    valid = set(inspect.signature(cls.__init__).parameters) - {"self", *fixed}
-    _check_options(name, options, valid | set(extra))
-
-
-@NETS3D.register("monai_unet")
-def monai_unet(in_channels: int, num_classes: int, **options: Any) -> nn.Module:
-    """MONAI ``UNet`` (``spatial_dims=3``); defaults ``channels=(16, 32, 64, 128, 256)``,
-    ``strides=(2, 2, 2, 2)``, ``num_res_units=2``. Other options pass through to MONAI.
-
-    ``divisor`` is the per-axis product of ``strides`` (16 by default).
-    Shapes: ``(N, C, X, Y, Z)`` -> ``(N, K, X, Y, Z)``.
-    """
-    from monai.networks.nets import UNet
-
-    _check_io("monai_unet", in_channels, num_classes)
-    _monai_options("monai_unet", UNet, options, ("spatial_dims", "in_channels", "out_channels"))
-    kw: dict[str, Any] = {"channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2), "num_res_units": 2, **options}
-    divisor = _divisor_of(kw["strides"], "model monai_unet strides")
-    net = UNet(spatial_dims=3, in_channels=in_channels, out_channels=num_classes, **kw)
-    return _with_divisor(net, divisor)
-
-
-@NETS3D.register("swinunetr")
-def swinunetr(in_channels: int, num_classes: int, **options: Any) -> nn.Module:
-    """MONAI ``SwinUNETR`` (``spatial_dims=3``, default ``feature_size=24``).
-
-    ``img_size`` is accepted for every MONAI version: MONAI < 1.5 needs it (default
-    ``(96, 96, 96)``; it does not change the weights), newer MONAI has dropped it and it is
-    ignored. ``divisor`` is ``32 * patch_size / 2`` per axis (32 by default). Needs ``einops``
-    (MONAI imports it only at the first forward; this builder checks for it up front).
-    Shapes: ``(N, C, X, Y, Z)`` -> ``(N, K, X, Y, Z)``.
-    """
-    from monai.networks.nets import SwinUNETR
-
-    _check_io("swinunetr", in_channels, num_classes)
-    _monai_options("swinunetr", SwinUNETR, options, ("spatial_dims", "in_channels", "out_channels"), ("img_size",))
-    if importlib.util.find_spec("einops") is None:
-        raise ImportError("model swinunetr needs the 'einops' package (pip install einops)")
-    kw: dict[str, Any] = {"feature_size": 24, **options}
-    img_size = kw.pop("img_size", (96, 96, 96))
-    if "img_size" in inspect.signature(SwinUNETR.__init__).parameters:
-        kw["img_size"] = img_size
-    patch = _triple(kw.get("patch_size", 2), "model swinunetr patch_size")
-    net = SwinUNETR(in_channels=in_channels, out_channels=num_classes, spatial_dims=3, **kw)
-    return _with_divisor(net, tuple(p * 16 for p in patch))  # type: ignore[arg-type]
-
-
-@NETS3D.register("dynunet")
-def dynunet(in_channels: int, num_classes: int, **options: Any) -> nn.Module:
-    """MONAI ``DynUNet`` (``spatial_dims=3``), by default 5 levels: ``kernel_size=[3] * 5``,
-    ``strides=[1, 2, 2, 2, 2]``, ``upsample_kernel_size=strides[1:]`` (derived from ``strides``
-    when only those are given), filters 32..320 (MONAI's default), instance norm, LeakyReLU.
-
-    ``divisor`` is the per-axis product of ``strides`` (16 by default). With
-    ``deep_supervision=True`` MONAI returns, in training mode, a stacked tensor
-    ``(N, 1 + deep_supr_num, K, X, Y, Z)``.
-    Shapes: ``(N, C, X, Y, Z)`` -> ``(N, K, X, Y, Z)``.
-    """
-    from monai.networks.nets import DynUNet
-
-    _check_io("dynunet", in_channels, num_classes)
-    _monai_options("dynunet", DynUNet, options, ("spatial_dims", "in_channels", "out_channels"))
-    kw: dict[str, Any] = dict(options)
-    kw.setdefault("strides", [1, 2, 2, 2, 2])
-    kw.setdefault("kernel_size", [3] * len(kw["strides"]))
-    kw.setdefault("upsample_kernel_size", list(kw["strides"])[1:])
-    divisor = _divisor_of(kw["strides"], "model dynunet strides")
-    net = DynUNet(spatial_dims=3, in_channels=in_channels, out_channels=num_classes, **kw)
-    return _with_divisor(net, divisor)
 
 
 # ----------------------------------------------------------------------- a 2D network, slice-wise

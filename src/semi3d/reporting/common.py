@@ -1,4 +1,4 @@
-"""Shared helpers of the reporting verbs: reading a run folder and its evaluation, and drawing
+"""Shared helpers of the reporting verbs: reading a run's evaluation metrics and drawing
 label overlays with matplotlib (Agg backend, no display needed).
 
 Arrays follow the project's convention: images ``(C, X, Y, Z)``, labels ``(X, Y, Z)`` of class
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -19,52 +19,7 @@ from ..errors import InputError
 SLICE_AXIS = 2
 
 
-# ---------------------------------------------------------------------------------- run folders
-def require_run(run_dir: Path) -> Path:
-    """``run_dir`` as a Path, after checking it is a semi3d run folder (holds config.yaml)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise InputError(run_dir, "no such run folder")
-    if not (run_dir / "config.yaml").is_file():
-        raise InputError(run_dir, "not a semi3d run folder (no config.yaml)")
-    return run_dir
-
-
-def run_config(run_dir: Path, overrides: Sequence[str] = ()):
-    """The run's resolved config (``RUN/config.yaml``) with ``key=value`` overrides."""
-    from ..config import load_config
-
-    return load_config(Path(run_dir) / "config.yaml", list(overrides))
-
-
-def run_splits(run_dir: Path) -> dict[str, list[str]]:
-    from ..data.splits import load_splits
-
-    p = Path(run_dir) / "splits.json"
-    if not p.is_file():
-        raise InputError(p, "missing: the run folder has no splits.json")
-    return load_splits(p)
-
-
-def find_metrics(run_dir: Path, eval_dir: Path | str | None = None) -> Path | None:
-    """The evaluation ``metrics.json`` to show for a run, or None when there is none.
-
-    ``eval_dir`` (a folder, absolute or relative to the run, or its name such as ``eval_test``)
-    must hold one; without it ``RUN/eval_validation`` is used, else the only ``RUN/eval_*`` folder.
-    """
-    run_dir = Path(run_dir)
-    if eval_dir is not None:
-        for cand in (Path(eval_dir), run_dir / eval_dir):
-            if (cand / "metrics.json").is_file():
-                return cand / "metrics.json"
-        raise InputError(eval_dir, "no metrics.json in this evaluation folder")
-    default = run_dir / "eval_validation" / "metrics.json"
-    if default.is_file():
-        return default
-    found = sorted(run_dir.glob("eval_*/metrics.json"))
-    return found[0] if len(found) == 1 else None
-
-
+# ---------------------------------------------------------------------------------- metrics
 def load_metrics(path: Path) -> dict:
     """A ``metrics.json`` written by :func:`semi3d.evaluation.report.write_metrics`."""
     try:

@@ -3,7 +3,7 @@
 box plot of per-case Dice across runs (``dice_boxplot.png``).
 
 Each run's evaluation is its ``eval_validation/metrics.json`` (or ``--eval NAME``, see
-:func:`semi3d.reporting.common.find_metrics`); means are over the foreground classes (the
+:meth:`semi3d.engine.rundir.RunDir.metrics`); means are over the foreground classes (the
 summary's ``"mean"`` row when there are several). Runs evaluated on different cases are flagged.
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..evaluation.report import table_markdown
-from .common import (case_means, find_metrics, foreground_mean, load_metrics, pyplot, require_run, run_config,
-                     run_splits, save_figure)
+from ..engine.rundir import RunDir
+from .common import case_means, foreground_mean, load_metrics, pyplot, save_figure
 
 __all__ = ["compare_runs", "COLUMNS"]
 
@@ -23,14 +23,15 @@ COLUMNS = ["run", "method", "labelled", "unlabelled", "cases", "dice", "dice_std
 
 
 def _run_row(run_dir: Path, eval_name: str | None) -> tuple[dict, dict[str, float]]:
-    run_dir = require_run(run_dir)
-    path = find_metrics(run_dir, eval_name)
+    run = RunDir(run_dir).require()
+    run_dir = run.path
+    path = run.metrics(eval_name)
     if path is None:
-        raise InputError(run_dir, f"no evaluation metrics (looked for {run_dir / 'eval_validation' / 'metrics.json'}); "
+        raise InputError(run_dir, f"no evaluation metrics (looked for {run.eval_dir('validation') / 'metrics.json'}); "
                                   f"run `semi3d evaluate {run_dir}` first")
     metrics = load_metrics(path)
-    cfg = run_config(run_dir)
-    splits = run_splits(run_dir)
+    cfg = run.load_config()
+    splits = run.load_splits()
     fg = foreground_mean(metrics["mean"])
     row = {"run": cfg.name, "path": str(run_dir), "evaluation": str(path.parent.name), "method": cfg.method.name,
            "labelled": len(splits["labelled"]), "unlabelled": len(splits["unlabelled"]),

@@ -2,7 +2,9 @@
 designates) as TorchScript in a MONAI-bundle-style folder::
 
     DIR/configs/metadata.json    input/output description, preprocessing, the semi3d run config
-    DIR/configs/inference.json   sliding-window inference settings (MONAI component names)
+    DIR/configs/inference.json   a complete MONAI inference config (semi3d.inference.monai_bundle):
+                                 python -m monai.bundle run --config_file DIR/configs/inference.json
+                                     --bundle_root DIR --dataset_dir IMAGES --output_dir OUT
     DIR/models/model.ts          torch.jit.trace of the 3D network (eval mode, fp32, CPU)
     DIR/models/model.pt          its state dict (MONAI convention)
     DIR/models/model_final.pt    the original semi3d checkpoint file (or model_best.pt)
@@ -29,7 +31,8 @@ import torch
 
 from ..errors import InputError
 from ..inference.predictor import BUNDLE_METADATA, BUNDLE_STATE_DICT, BUNDLE_TORCHSCRIPT, is_bundle, model_file
-from .common import require_run
+from ..engine.rundir import RunDir
+from ..inference.monai_bundle import inference_config
 
 __all__ = ["export_run", "bundle_metadata", "FORMATS"]
 
@@ -109,21 +112,6 @@ def _build_net(m: dict):
     return net.eval()
 
 
-def _inference_json(cfg) -> dict:
-    return {
-        "imports": ["$import torch"],
-        "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
-        "network": "$torch.jit.load(@bundle_root + '/models/model.ts', map_location=@device)",
-        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(cfg.data.patch_size),
-                    "sw_batch_size": cfg.inference.sw_batch_size, "overlap": cfg.inference.overlap,
-                    "mode": cfg.inference.mode},
-        "postprocessing": "softmax over channels, then argmax; resample the probabilities to the input grid first"
-                          + ("; then keep each foreground class's largest 26-connected component"
-                             if cfg.inference.postprocess == "largest_component" else ""),
-        "semi3d_usage": "semi3d predict BUNDLE_DIR IMAGE_OR_FOLDER... -o OUT_DIR",
-    }
-
-
 def _trace(net: torch.nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -175,7 +163,7 @@ def export_run(run_dir: Path, out: Path, fmt: str = "torchscript", which: str = 
     from ..config import RunConfig
     from ..engine import checkpoint as ckpt
 
-    run_dir = require_run(run_dir)
+    run_dir = RunDir(run_dir).require().path
     if fmt not in FORMATS:
         raise InputError("--format", f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
@@ -212,7 +200,7 @@ def export_run(run_dir: Path, out: Path, fmt: str = "torchscript", which: str = 
         (tmp / "docs").mkdir()
         meta_text = json.dumps(meta, indent=1)
         (tmp / BUNDLE_METADATA).write_text(meta_text)
-        (tmp / "configs" / "inference.json").write_text(json.dumps(_inference_json(cfg), indent=1))
+        (tmp / "configs" / "inference.json").write_text(json.dumps(inference_config(cfg), indent=1))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", JIT_DEPRECATED, DeprecationWarning)
             torch.jit.save(traced, str(tmp / BUNDLE_TORCHSCRIPT), _extra_files={"metadata.json": meta_text})

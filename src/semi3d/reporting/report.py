@@ -16,10 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import write_text
+from ..engine.rundir import RunDir
 from ..errors import InputError
 from ..evaluation.report import table_markdown
-from .common import (case_means, draw_errors, draw_image, draw_labels, find_metrics, foreground_mean, load_metrics,
-                     png_base64, pyplot, require_run, richest_slice, run_config, run_splits, save_figure)
+from .common import (case_means, draw_errors, draw_image, draw_labels, foreground_mean, load_metrics, png_base64,
+                     pyplot, richest_slice, save_figure)
 
 __all__ = ["build_report", "plot_curves", "metrics_rows", "pick_cases"]
 
@@ -187,13 +189,13 @@ def build_report(run_dir: Path, out: Path | None = None, eval_dir: Path | str | 
     into ``out`` (default ``RUN/report``); returns ``{"html", "markdown", ...png}`` paths.
 
     The evaluation shown is ``eval_dir`` or the run's ``eval_validation`` (see
-    :func:`semi3d.reporting.common.find_metrics`); when there is none the report says so, or with
+    :meth:`semi3d.engine.rundir.RunDir.metrics`); when there is none the report says so, or with
     ``evaluate`` the validation split is evaluated first (``semi3d evaluate RUN``).
     """
-    run_dir = require_run(run_dir)
-    overrides = [f"data.root={data_root}"] if data_root else []
-    cfg = run_config(run_dir, overrides)
-    splits = run_splits(run_dir)
+    run = RunDir(run_dir).require()
+    run_dir = run.path
+    cfg = run.load_config([f"data.root={data_root}"] if data_root else [])
+    splits = run.load_splits()
     out = Path(out) if out else run_dir / "report"
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -201,13 +203,13 @@ def build_report(run_dir: Path, out: Path | None = None, eval_dir: Path | str | 
         raise InputError(out, f"cannot create the report folder: {e.strerror}") from None
     from ..engine.runlog import RunLog
 
-    records = RunLog(run_dir).records()
-    metrics_path = find_metrics(run_dir, eval_dir)
+    records = RunLog(run).records()
+    metrics_path = run.metrics(eval_dir)
     if metrics_path is None and evaluate:
         from ..evaluation.evaluate import evaluate_run
 
         evaluate_run(run_dir, "validation", data_root=data_root)
-        metrics_path = run_dir / "eval_validation" / "metrics.json"
+        metrics_path = run.eval_dir("validation") / "metrics.json"
     written: dict[str, Path] = {}
     notes: list[str] = []
 
@@ -240,8 +242,8 @@ def build_report(run_dir: Path, out: Path | None = None, eval_dir: Path | str | 
     info = _run_info(run_dir, cfg, splits, records, metrics, metrics_path)
     md = _markdown(cfg, run_dir, info, notes, summary_rows, rows, splits, written)
     page = _html(cfg, run_dir, info, notes, summary_rows, rows, splits, written)
-    (out / "report.md").write_text(md)
-    (out / "report.html").write_text(page)
+    write_text(out / "report.md", md)
+    write_text(out / "report.html", page)
     written.update(markdown=out / "report.md", html=out / "report.html")
     return written
 
@@ -251,10 +253,10 @@ def _inference_net(run_dir: Path, cfg) -> str:
     ``model_final.pt``; e.g. ``slicewise2d`` for ``supervised2d``), else the configured 3D network."""
     from ..engine import checkpoint as ckpt
 
-    for name in ("model_best.pt", "model_final.pt"):
-        if (run_dir / "checkpoints" / name).is_file():
-            net = ckpt.load(run_dir / "checkpoints" / name)["net"]
-            return f"{net['name']} {json.dumps(net['options'])}"
+    saved = RunDir(run_dir).saved_model()
+    if saved is not None:
+        net = ckpt.load(saved)["net"]
+        return f"{net['name']} {json.dumps(net['options'])}"
     return f"{cfg.model.net3d.name} {json.dumps(cfg.model.net3d.options)}"
 
 
@@ -263,7 +265,7 @@ def _run_info(run_dir: Path, cfg, splits, records, metrics, metrics_path) -> lis
     if cfg.model.net2d is not None:
         info.append(("2D network", f"{cfg.model.net2d.name}"))
     info.append(("cases", ", ".join(f"{k} {len(v)}" for k, v in splits.items())))
-    ts = run_dir / "train_summary.json"
+    ts = RunDir(run_dir).summary
     if ts.is_file():
         s = json.loads(ts.read_text())
         info.append(("training", f"{s.get('iterations')} iterations in {s.get('wall_time_s', 0):.0f} s, "
@@ -308,7 +310,7 @@ def _markdown(cfg, run_dir, info, notes, summary_rows, rows, splits, written) ->
 
 
 def _config_text(run_dir: Path) -> str:
-    text = (Path(run_dir) / "config.yaml").read_text()
+    text = RunDir(run_dir).config.read_text()
     return text if text.endswith("\n") else text + "\n"
 
 

@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .common import draw_heat, draw_image, draw_labels, pyplot, require_run, richest_slice, run_config, run_splits, save_figure
+from ..engine.rundir import RunDir
+from .common import draw_heat, draw_image, draw_labels, pyplot, richest_slice, save_figure
 
 __all__ = ["entropy_map", "region_entropy", "soft_dice_disagreement", "js_divergence_map", "rank_cases",
            "suggest_cases"]
@@ -141,13 +142,13 @@ def load_method(run_dir: Path, cfg=None):
     from ..methods.base import MethodContext
     from ..registry import METHODS
 
-    run_dir = Path(run_dir)
-    cfg = cfg or run_config(run_dir)
-    last = run_dir / "checkpoints" / "last.pt"
+    run = RunDir(run_dir)
+    cfg = cfg or run.load_config()
+    last = run.last
     if not last.is_file():
         raise InputError(last, "no checkpoint: the run has not been trained (or was moved)")
     state = ckpt.load(last)
-    io = _io_of(run_dir, state)
+    io = _io_of(run, state)
     ctx = MethodContext(cfg, io[0], io[1], cfg.train.iterations)
     method = METHODS.get(cfg.method.name)(ctx, **cfg.method.options)
     try:
@@ -157,18 +158,17 @@ def load_method(run_dir: Path, cfg=None):
     return method.eval()
 
 
-def _io_of(run_dir: Path, state: dict) -> tuple[int, int]:
+def _io_of(run: RunDir, state: dict) -> tuple[int, int]:
     """(in_channels, num_classes) from the inference model file, else from the method state."""
-    for name in ("model_final.pt", "model_best.pt"):
-        p = run_dir / "checkpoints" / name
-        if p.is_file():
-            from ..engine import checkpoint as ckpt
+    saved = run.saved_model(("final", "best"))
+    if saved is not None:
+        from ..engine import checkpoint as ckpt
 
-            m = ckpt.load(p)
-            return int(m["in_channels"]), int(m["num_classes"])
+        m = ckpt.load(saved)
+        return int(m["in_channels"]), int(m["num_classes"])
     convs = [v for k, v in state["method"].items() if k.endswith("weight") and v.ndim == 5]
     if not convs:
-        raise InputError(run_dir, "cannot tell the number of channels and classes: no model_final.pt")
+        raise InputError(run.path, "cannot tell the number of channels and classes: no model_final.pt")
     return int(convs[0].shape[1]), int(convs[-1].shape[0])
 
 
@@ -183,13 +183,14 @@ def suggest_cases(run_dir: Path, k: int = 5, out: Path | None = None, data_root:
     from ..engine.precision import channels_last_3d, pick_device, resolve_precision, use_channels_last
     from ..inference.predictor import Predictor, model_file, predict_probs
 
-    run_dir = require_run(run_dir)
+    run = RunDir(run_dir).require()
+    run_dir = run.path
     if k < 1:
         raise InputError("--k", f"must be >= 1, got {k}")
-    cfg = run_config(run_dir, [f"data.root={data_root}"] if data_root else [])
-    pool = run_splits(run_dir)["unlabelled"]
+    cfg = run.load_config([f"data.root={data_root}"] if data_root else [])
+    pool = run.load_splits()["unlabelled"]
     if not pool:
-        raise InputError(run_dir / "splits.json", "the run has no unlabelled cases to rank")
+        raise InputError(run.splits, "the run has no unlabelled cases to rank")
     device = pick_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     two_models = False

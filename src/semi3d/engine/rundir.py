@@ -1,0 +1,141 @@
+"""The layout of one run folder, in one place.
+
+A run folder (``runs/<name>/`` by default; ``RunConfig.run_dir``) holds::
+
+    config.yaml            the resolved config the run trained with
+    splits.json            labelled / unlabelled / validation / test case ids (and domains)
+    checkpoints/last.pt    the resumable training state (nets, optimiser, RNGs, method state)
+    checkpoints/model_best.pt, model_final.pt   the models `predict` loads (`model(which)`)
+    log.jsonl, log.csv, progress.png, tensorboard/   training logs
+    train_summary.json     what `fit()` returned
+    resume_changes.jsonl   config keys a resume changed, one line per resume
+    eval_<split>/          `semi3d evaluate` output (predictions, metrics.json)
+    pseudo/, report/, suggest/, embedding_cache/   artefacts of methods and apps
+
+Every module that reads or writes a run folder goes through :class:`RunDir`.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import InputError
+
+__all__ = ["RunDir"]
+
+
+class RunDir:
+    """Paths and readers of one run folder; ``RunDir(path)`` touches nothing on disk."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __truediv__(self, name: str) -> Path:  # an artefact folder or file of a method / app
+        return self.path / name
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def splits(self) -> Path:
+        return self.path / "splits.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "train_summary.json"
+
+    @property
+    def log(self) -> Path:
+        return self.path / "log.jsonl"
+
+    @property
+    def log_csv(self) -> Path:
+        return self.path / "log.csv"
+
+    @property
+    def progress(self) -> Path:
+        return self.path / "progress.png"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    def model(self, which: str) -> Path:
+        """``checkpoints/model_<which>.pt`` (``which``: best or final)."""
+        return self.checkpoints / f"model_{which}.pt"
+
+    def eval_dir(self, split: str) -> Path:
+        return self.path / f"eval_{split}"
+
+    # ------------------------------------------------------------------ readers
+    def require(self) -> RunDir:
+        """Self, after checking the folder exists and holds ``config.yaml``."""
+        if not self.path.is_dir():
+            raise InputError(self.path, "no such run folder")
+        if not self.config.is_file():
+            raise InputError(self.path, "not a semi3d run folder (no config.yaml)")
+        return self
+
+    def load_config(self, overrides: Sequence[str] = ()):
+        """The run's resolved config with ``key=value`` overrides."""
+        from ..config import load_config
+
+        return load_config(self.config, list(overrides))
+
+    def load_splits(self) -> dict[str, list[str]]:
+        from ..data.splits import load_splits
+
+        if not self.splits.is_file():
+            raise InputError(self.splits, "missing: the run folder has no splits.json")
+        return load_splits(self.splits)
+
+    def selected_model(self, which: str = "auto") -> Path:
+        """The model file the run's selection policy designates: ``model_best.pt`` for
+        ``best_validation``, else ``model_final.pt``; ``which`` = best / final / a file path overrides."""
+        if which not in ("auto", "best", "final"):
+            if not Path(which).is_file():
+                raise InputError(which, "--which takes auto, best, final or the path of a model file "
+                                        "(checkpoints/model_*.pt)")
+            return Path(which)
+        if which == "auto":
+            try:
+                import yaml
+
+                sel = yaml.safe_load(self.config.read_text())["train"]["selection"]
+            except (OSError, KeyError, TypeError):
+                raise InputError(self.path, "not a semi3d run folder (no readable config.yaml)") from None
+            which = "best" if sel == "best_validation" else "final"
+        return self.model(which)
+
+    def saved_model(self, order: Sequence[str] = ("best", "final")) -> Path | None:
+        """The first of ``model_<which>.pt`` in ``order`` that exists, else None."""
+        return next((p for p in map(self.model, order) if p.is_file()), None)
+
+    def metrics(self, eval_dir: Path | str | None = None) -> Path | None:
+        """The evaluation ``metrics.json`` to show, or None when there is none.
+
+        ``eval_dir`` (a folder, absolute or relative to the run, or a name such as ``eval_test``)
+        must hold one; without it ``eval_validation`` is used, else the only ``eval_*`` folder."""
+        if eval_dir is not None:
+            for cand in (Path(eval_dir), self.path / eval_dir):
+                if (cand / "metrics.json").is_file():
+                    return cand / "metrics.json"
+            raise InputError(eval_dir, "no metrics.json in this evaluation folder")
+        default = self.eval_dir("validation") / "metrics.json"
+        if default.is_file():
+            return default
+        found = sorted(self.path.glob("eval_*/metrics.json"))
+        return found[0] if len(found) == 1 else None

@@ -1,0 +1,1 @@
+"""Experiment planning: dataset fingerprint -> a complete training config (``semi3d plan``)."""

@@ -1,0 +1,94 @@
+"""A dataset's fingerprint: what planning needs to know about the cases (nnU-Net's
+``DatasetFingerprintExtractor``, for every format semi3d reads).
+
+Geometry comes from every case (spacing and shape are cheap); intensity statistics and class shares
+from the labelled cases, reading each image once. Axis order is the :class:`~semi3d.data.case.Case`
+one: spacing in mm and shapes along (X, Y, Z).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..data.readers import Reader
+
+__all__ = ["Fingerprint", "ChannelStats", "fingerprint"]
+
+SAMPLES_PER_CASE = 10_000  # foreground intensities kept per case and channel (nnU-Net: 10,000)
+
+
+@dataclass
+class ChannelStats:
+    """Foreground intensity statistics of one channel, over the labelled cases (raw units, e.g. HU)."""
+    name: str
+    mean: float
+    std: float
+    p00_5: float
+    p99_5: float
+
+
+@dataclass
+class Fingerprint:
+    """Attributes:
+        n_cases, n_labelled: cases read, of which labelled.
+        spacings: per case (X, Y, Z) mm; shapes: per case (X, Y, Z) voxels.
+        channels: one :class:`ChannelStats` per image channel (foreground voxels of labelled cases).
+        class_names: K names, background first; class_share: fraction of labelled voxels per class.
+    """
+    n_cases: int
+    n_labelled: int
+    spacings: list[tuple[float, float, float]]
+    shapes: list[tuple[int, int, int]]
+    channels: list[ChannelStats]
+    class_names: list[str]
+    class_share: list[float] = field(default_factory=list)
+
+    @property
+    def median_spacing(self) -> np.ndarray:
+        return np.median(np.asarray(self.spacings, dtype=float), axis=0)
+
+    def median_shape_at(self, spacing) -> np.ndarray:
+        """Median case shape (X, Y, Z) once resampled to ``spacing`` mm."""
+        extent = np.asarray(self.shapes, dtype=float) * np.asarray(self.spacings, dtype=float)
+        return np.median(extent / np.asarray(spacing, dtype=float), axis=0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def fingerprint(reader: Reader, ids: list[str] | None = None, seed: int = 0, progress=None) -> Fingerprint:
+    """Read every case of ``reader`` (or ``ids``) once and summarise it (see :class:`Fingerprint`).
+    Foreground intensities are subsampled to :data:`SAMPLES_PER_CASE` per case with ``seed``."""
+    rng = np.random.default_rng(seed)
+    ids = list(ids if ids is not None else reader.case_ids())
+    spacings, shapes, samples, n_lab = [], [], None, 0
+    counts = np.zeros(0, dtype=np.int64)
+    names = list(reader.channel_names)
+    for i, cid in enumerate(ids):
+        case = reader.load(cid)
+        spacings.append(tuple(float(s) for s in case.spacing))
+        shapes.append(tuple(int(s) for s in case.image.shape[1:]))
+        if case.label is not None:
+            n_lab += 1
+            c = np.bincount(case.label.ravel().astype(np.int64), minlength=max(len(counts), reader.num_classes or 0))
+            counts = np.pad(counts, (0, len(c) - len(counts))) + c
+            fg = case.label > 0
+            if not fg.any():
+                fg = np.ones_like(fg)
+            vox = case.image[:, fg]  # (C, N) raw intensities of the foreground
+            pick = rng.choice(vox.shape[1], min(SAMPLES_PER_CASE, vox.shape[1]), replace=False)
+            samples = [[] for _ in range(len(vox))] if samples is None else samples
+            for ch, s in zip(samples, vox[:, pick]):
+                ch.append(s)
+        if progress:
+            progress(i + 1, len(ids), cid)
+    channels = []
+    for j, name in enumerate(names):
+        v = np.concatenate(samples[j]) if samples else np.zeros(1)
+        channels.append(ChannelStats(name, float(v.mean()), float(v.std()), float(np.percentile(v, 0.5)),
+                                     float(np.percentile(v, 99.5))))
+    k = max(len(counts), reader.num_classes or 2)
+    class_names = list(reader.class_names or ["background", *(f"class_{c}" for c in range(1, k))])
+    share = (counts / counts.sum()).tolist() if counts.sum() else []
+    return Fingerprint(len(ids), n_lab, spacings, shapes, channels, class_names, share)

@@ -1,0 +1,212 @@
+"""``semi3d plan``: fingerprint a dataset and write a complete, commented training config, so a
+user never picks a spacing, patch or network by hand (nnU-Net's experiment planning, adapted to
+semi3d's methods and to a CPU or GPU budget).
+
+The rules, in the order they are applied (axes X, Y, Z; spacing in mm):
+
+1. **Target spacing**: the median spacing. When the coarsest axis is more than 3x the finest
+   (anisotropic data), that axis takes the 10th percentile of its spacings instead, as nnU-Net does,
+   so thin-slice cases are not thrown away.
+2. **Resolution for the budget** (CPU only): when the patch the budget allows would cover less
+   than half of the median case, every axis is coarsened by the same factor until it covers half
+   (LA: 0.625 mm -> ~1.1 mm). A GPU budget keeps the target spacing.
+3. **Patch**: the median case shape at that spacing, shrunk with its aspect ratio kept until it
+   fits the budget's voxel count, then rounded to multiples of the network divisor (the longest
+   axis in mm trimmed while the rounding overshoots the budget).
+4. **Network**: a U-Net whose levels halve an axis only while its feature map stays >= 4 voxels and
+   its spacing is within 2x the finest axis (nnU-Net's anisotropic pooling), at most 5 (CPU) /
+   6 (GPU) levels; 16 / 32 filters at full resolution.
+5. **Normalisation** per the ``dataset.json`` modality: CT -> clip to the foreground's 0.5-99.5th
+   percentiles, then z-score with the foreground mean/std; anything else -> z-score per case.
+6. **M&N's 2D model** slices the high-resolution plane: the slicing axis is the coarsest one.
+7. **Batch size and iterations** from the budget: the CPU values are those of the measured LA CPU
+   configs (``configs/la_mn_cpu.yaml``, ~41 min on a 2-core CPU with native bf16); the GPU values
+   follow the paper-scale configs and are not measured by semi3d.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..data.formats import build_reader
+from ..errors import InputError
+from .fingerprint import Fingerprint, fingerprint
+
+__all__ = ["BUDGETS", "Budget", "Plan", "make_plan", "plan_dataset"]
+
+ANISOTROPY = 3.0
+
+
+@dataclass(frozen=True)
+class Budget:
+    patch_voxels: int     # the most voxels in one training patch
+    batch_size: int
+    base: int             # U-Net filters at full resolution
+    max_levels: int
+    min_coverage: float   # coarsen the spacing until the patch covers this share of the median case
+    iterations: int
+    warmup_iterations: int  # M&N's stage 1
+
+
+BUDGETS = {"cpu": Budget(64 * 64 * 48, 4, 16, 5, 0.5, 1840, 400),
+           "gpu": Budget(160 * 160 * 64, 2, 32, 6, 0.0, 16000, 2000)}
+
+
+@dataclass
+class Plan:
+    """What :func:`make_plan` decided; ``config`` is the RunConfig tree, ``notes`` the why of each value."""
+    target_spacing: tuple[float, float, float]
+    patch_size: tuple[int, int, int]
+    strides: list[tuple[int, int, int]]
+    slicing_axis: int
+    config: dict
+    notes: dict[str, str]
+    written: Path | None = None  # the config file plan_dataset wrote
+
+
+def _target_spacing(fp: Fingerprint) -> tuple[np.ndarray, str]:
+    t = fp.median_spacing.copy()
+    worst = int(np.argmax(t))
+    if t[worst] > ANISOTROPY * t.min():
+        t[worst] = float(np.percentile(np.asarray(fp.spacings)[:, worst], 10))
+        return t, f"median spacing; anisotropic (>{ANISOTROPY:g}x), so axis {worst} takes its 10th percentile"
+    return t, "median spacing of the cases"
+
+
+def _strides(patch: np.ndarray, spacing: np.ndarray, max_levels: int) -> list[tuple[int, int, int]]:
+    size, sp, out = patch.astype(float), spacing.astype(float), []
+    while len(out) < max_levels - 1:
+        s = tuple(int(size[a] / 2 >= 4 and sp[a] <= 2 * sp.min()) + 1 for a in range(3))
+        if s == (1, 1, 1):
+            break
+        out.append(s)
+        size, sp = size / s, sp * s
+    return out
+
+
+def make_plan(fp: Fingerprint, budget: str = "cpu", method: str = "mn", root: str = ".",
+              data_format: str = "nnunet", options: dict | None = None, pretrained2d: str | None = None,
+              has_test: bool = False) -> Plan:
+    """The plan for a fingerprinted dataset (the rules are in the module docstring)."""
+    if budget not in BUDGETS:
+        raise InputError("--budget", f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
+    b = BUDGETS[budget]
+    spacing, why_spacing = _target_spacing(fp)
+    median = fp.median_shape_at(spacing)
+    need = float(np.prod(median)) * b.min_coverage
+    if need > b.patch_voxels:
+        f = (need / b.patch_voxels) ** (1 / 3)
+        spacing, median = spacing * f, median / f
+        why_spacing += f"; coarsened {f:.2f}x so a {b.patch_voxels}-voxel patch covers {b.min_coverage:.0%} of the median case"
+    shrink = min(1.0, (b.patch_voxels / float(np.prod(median))) ** (1 / 3))
+    patch0 = np.maximum(median * shrink, 4)
+    strides = _strides(patch0, spacing, b.max_levels)
+    divisor = np.prod(np.asarray(strides or [(1, 1, 1)]), axis=0)
+    patch = np.maximum(np.round(patch0 / divisor), 1).astype(int) * divisor
+    while np.prod(patch) > b.patch_voxels and (patch > divisor).any():  # rounding up overshot: trim the longest axis (mm)
+        a = int(np.argmax(np.where(patch > divisor, patch * spacing, -1)))
+        patch[a] -= divisor[a]
+    axis = int(np.argmax(spacing)) if spacing.max() > 1.01 * spacing.min() else 2
+    ct = [c for c in fp.channels if c.name.upper() == "CT"]
+    if ct:
+        c = ct[0]
+        pre = {"target_spacing": [round(float(s), 4) for s in spacing], "normalisation": "ct",
+               "ct_window": [round(c.p00_5, 2), round(c.p99_5, 2)], "ct_stats": [round(c.mean, 3), round(c.std, 3)]}
+        why_norm = "CT: clip to the foreground's 0.5-99.5th percentiles, z-score with its mean/std"
+    else:
+        pre = {"target_spacing": [round(float(s), 4) for s in spacing], "normalisation": "zscore"}
+        why_norm = f"{', '.join(c.name for c in fp.channels)}: z-score per case and channel"
+    net3d = {"name": "unet3d", "options": {"levels": len(strides) + 1, "base": b.base, "norm": "instance",
+                                           "strides": [list(s) for s in strides]}}
+    model: dict = {"net3d": net3d}
+    method_options: dict = {}
+    if method == "mn":
+        model["net2d"] = {"name": "unet2d_mobilenet_v2",
+                          "options": {"pretrained": pretrained2d, "decoder_channels": [128, 64, 32, 16, 16]}}
+        method_options = {"warmup_iterations": b.warmup_iterations, "epoch_length": 8, "sampling": "lrg",
+                          "views": [axis], "guide_every": max(8, (b.iterations - b.warmup_iterations) // 3),
+                          "loss_weights": [1.0, 1.0], "predict": "net3d"}
+    n_val = max(1, round(0.2 * fp.n_labelled)) if fp.n_labelled > 1 else 0
+    config = {
+        "name": f"plan_{method}_{budget}", "output_dir": "runs", "seed": 0,
+        "data": {"format": data_format, "root": str(root), "options": dict(options or {}),
+                 "num_classes": len(fp.class_names), "class_names": fp.class_names,
+                 "splits": {"labelled": {"first": fp.n_labelled - n_val}, "validation": {"last": n_val},
+                            "unlabelled": "rest", **({"test": {}} if has_test else {})},
+                 "preprocess": pre, "patch_size": [int(p) for p in patch], "fg_oversample": 0.33},
+        "model": model,
+        "method": {"name": method, "options": method_options},
+        "train": {"iterations": b.iterations, "batch_size": b.batch_size,
+                  "optimizer": {"name": "adamw", "lr": 0.001, "weight_decay": 0.01},
+                  "schedule": ({"name": "cosine", "warmup": 40, "cycles": [b.warmup_iterations], "min_factor": 0.0}
+                               if method == "mn" else {"name": "poly", "power": 0.9}),
+                  "val_every": max(1, b.iterations // 4), "selection": "final"},
+        "inference": {"overlap": 0.5, "mirror_axes": []},
+    }
+    notes = {
+        "target_spacing": why_spacing,
+        "normalisation": why_norm,
+        "patch_size": f"median case {np.round(median).astype(int).tolist()} voxels at the target spacing, scaled "
+                      f"to <= {b.patch_voxels} voxels, multiples of the divisor {divisor.astype(int).tolist()}",
+        "strides": "halve an axis while its feature map stays >= 4 and its spacing <= 2x the finest",
+        "views": f"M&N slices across axis {axis} (the coarsest; Z when isotropic)",
+        "splits": f"{fp.n_labelled} labelled cases: the last {n_val} validate, the rest train; unlabelled: the rest"
+                  + ("; test: the dataset's test cases (imagesTs)" if has_test else ""),
+        "budget": f"{budget}: batch {b.batch_size}, {b.iterations} iterations"
+                  + (" (measured LA CPU schedule)" if budget == "cpu" else " (paper scale, not measured)"),
+    }
+    return Plan(tuple(float(s) for s in spacing), tuple(int(p) for p in patch), strides, axis, config, notes)
+
+
+def _detect_format(root: Path) -> tuple[str, dict]:
+    if (root / "dataset.json").is_file():
+        return "nnunet", {}
+    if (root / "train.list").is_file():
+        return "uamt_h5", {"list_file": str(root / "train.list")}
+    raise InputError(root, "cannot tell the dataset format: expected dataset.json (nnU-Net v2) or train.list (UA-MT h5)")
+
+
+def plan_dataset(root: Path, out: Path | None = None, budget: str = "cpu", method: str = "mn",
+                 pretrained2d: str | None = None, progress=None) -> Plan:
+    """Fingerprint the dataset at ``root`` (nnU-Net v2 raw or UA-MT h5, detected), plan it, and
+    write the commented config to ``out`` (default ``<root>/semi3d_plan_<method>_<budget>.yaml``)
+    and the fingerprint beside it (``.fingerprint.json``). Returns the :class:`Plan`."""
+    from ..atomic import write_text
+    from ..registry import METHODS
+
+    root = Path(root)
+    if budget not in BUDGETS:
+        raise InputError("--budget", f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
+    if not root.is_dir():
+        raise InputError(root, "no such dataset folder")
+    if method not in METHODS.names():
+        raise InputError("--method", f"unknown method {method!r}; choose one of {', '.join(METHODS.names())}")
+    fmt, options = _detect_format(root)
+    reader = build_reader(fmt, root, **options)
+    fp = fingerprint(reader, progress=progress)
+    if fp.n_labelled == 0:
+        raise InputError(root, "no labelled case: planning needs labels for the foreground statistics")
+    has_test = bool(getattr(reader, "test_case_ids", list)())
+    plan = make_plan(fp, budget, method, str(root), fmt, options, pretrained2d, has_test)
+    out = Path(out) if out else root / f"semi3d_plan_{method}_{budget}.yaml"
+    write_text(out, render(plan))
+    write_text(out.with_suffix(".fingerprint.json"), json.dumps(fp.to_dict(), indent=1))
+    plan.written = out
+    return plan
+
+
+def render(plan: Plan) -> str:
+    """The config as YAML with a header that says why each planned value is what it is."""
+    import yaml
+
+    head = ["# Written by `semi3d plan`; edit freely. Why each planned value is what it is:"]
+    head += [f"#   {k}: {v}" for k, v in plan.notes.items()]
+    if plan.config["method"]["name"] == "mn" and not plan.config["model"]["net2d"]["options"]["pretrained"]:
+        head.append("#   net2d.options.pretrained: set it to ImageNet MobileNetV2 weights (torchvision's "
+                    "mobilenet_v2-b0353104.pth); M&N's 2D model is meant to start pretrained")
+    body = yaml.safe_dump(plan.config, sort_keys=False, default_flow_style=None, width=110)
+    return "\n".join(head) + "\n" + body
+

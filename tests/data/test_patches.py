@@ -1,0 +1,57 @@
+"""data/patches.py: the padding rule, foreground oversampling and the sampler's reproducibility."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from semi3d.data.case import Case
+from semi3d.data.patches import PatchSampler, pad_image, pad_spec
+
+
+def test_pad_spec_centres_and_is_zero_when_large_enough():
+    assert pad_spec((10, 20, 5), (16, 16, 8)) == [1, 2, 0, 0, 3, 3]  # Z (3: 1 + 2), Y (0), X (6: 3 + 3)
+    assert pad_spec((16, 16, 8), (16, 16, 8)) == [0] * 6
+
+
+def test_pad_image_uses_each_channels_minimum_and_crops_back():
+    img = torch.stack([torch.full((4, 6, 6), 2.0), torch.arange(144.0).reshape(4, 6, 6) - 7])
+    padded, crop = pad_image(img, (8, 6, 6))
+    assert padded.shape == (2, 8, 6, 6)
+    assert torch.equal(padded[crop], img)
+    assert (padded[0, :2] == 2.0).all() and (padded[1, :2] == -7.0).all() and (padded[1, 6:] == -7.0).all()
+
+
+def _case(label_at=None, shape=(20, 20, 20)):
+    label = np.zeros(shape, np.uint8)
+    if label_at is not None:
+        label[label_at] = 1
+    return Case("c", np.random.default_rng(0).normal(size=(1, *shape)).astype(np.float32), label)
+
+
+def test_foreground_oversampling_centres_crops_on_foreground():
+    corner = (slice(0, 2), slice(0, 2), slice(0, 2))  # foreground only in one corner
+    always = PatchSampler([_case(corner)], (8, 8, 8), 1.0, torch.Generator().manual_seed(0))
+    for _ in range(20):
+        _, lab, _ = always.sample(1)
+        assert lab.sum() > 0  # every crop holds foreground
+    never = PatchSampler([_case(corner)], (8, 8, 8), 0.0, torch.Generator().manual_seed(0))
+    hits = sum(int(never.sample(1)[1].sum() > 0) for _ in range(200))
+    assert hits < 40  # uniform corners: P(crop covers the corner) = (2/13)^3 ~ 0.4 %
+
+
+def test_small_cases_are_padded_and_labels_padded_with_background():
+    s = PatchSampler([_case((slice(0, 4),) * 3, shape=(6, 10, 10))], (8, 8, 8), 0.5, torch.Generator().manual_seed(0))
+    img, lab, ids = s.sample(3)
+    assert img.shape == (3, 1, 8, 8, 8) and lab.shape == (3, 8, 8, 8) and ids == ["c"] * 3
+    assert s.vols[0].image.shape[1] == 8 and s.vols[0].label[0].sum() == 0  # X padded by 1 each side
+
+
+@pytest.mark.parametrize("fg", [0.0, 0.5])
+def test_same_generator_state_same_patches(fg):
+    cases = [_case((slice(5, 9),) * 3)]
+    a = PatchSampler(cases, (8, 8, 8), fg, torch.Generator().manual_seed(3))
+    b = PatchSampler(cases, (8, 8, 8), fg, torch.Generator().manual_seed(3))
+    for _ in range(5):
+        (xa, ya, _), (xb, yb, _) = a.sample(2), b.sample(2)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)

@@ -1,0 +1,102 @@
+"""semi3d plan: the fingerprint's known answers, the planning rules, and a planned config that trains."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from semi3d.cli import app
+from semi3d.config import load_config
+from semi3d.data.formats import build_reader
+from semi3d.data.synthetic import write_dataset
+from semi3d.planning.fingerprint import ChannelStats, Fingerprint, fingerprint
+from semi3d.planning.plan import BUDGETS, make_plan, plan_dataset
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def aniso(tmp_path_factory):
+    """Thick slices along X (4 mm) against 0.8 mm in-plane: the high-resolution plane is Y-Z."""
+    return write_dataset(tmp_path_factory.mktemp("plan") / "aniso", n_labelled=5, n_unlabelled=2,
+                         shape=(12, 48, 40), spacing=(4.0, 0.8, 0.8))
+
+
+def test_fingerprint_known_answers(aniso):
+    reader = build_reader("nnunet", aniso)
+    fp = fingerprint(reader)
+    assert fp.n_cases == 7 and fp.n_labelled == 5 and fp.class_names == reader.class_names
+    assert np.allclose(fp.spacings, [(4.0, 0.8, 0.8)] * 7) and fp.shapes == [(12, 48, 40)] * 7  # NIfTI: float32
+    cases = [reader.load(c) for c in reader.labelled_ids()]
+    counts = sum(np.bincount(c.label.ravel(), minlength=3) for c in cases)
+    assert np.allclose(fp.class_share, counts / counts.sum())
+    fg = np.concatenate([c.image[0][c.label > 0] for c in cases])  # < 10,000 per case: no subsampling
+    assert fp.channels[0].mean == pytest.approx(fg.mean(), rel=1e-5)
+    assert fp.channels[0].p99_5 == pytest.approx(np.percentile(fg, 99.5), rel=1e-5)
+
+
+def test_plan_follows_the_anisotropy(aniso, tmp_path):
+    plan = plan_dataset(aniso, tmp_path / "p.yaml", budget="cpu", method="mn")
+    assert plan.target_spacing == pytest.approx((4.0, 0.8, 0.8))
+    assert plan.slicing_axis == 0 and plan.config["method"]["options"]["views"] == [0]  # slices of the Y-Z plane
+    assert plan.strides[0] == (1, 2, 2)  # X (5x coarser) is not pooled until the others catch up
+    divisor = np.prod(plan.strides, axis=0)
+    assert all(p % d == 0 for p, d in zip(plan.patch_size, divisor))
+    assert np.prod(plan.patch_size) <= BUDGETS["cpu"].patch_voxels
+    text = (tmp_path / "p.yaml").read_text()
+    assert text.startswith("# Written by `semi3d plan`") and "anisotropic" in text
+    cfg = load_config(tmp_path / "p.yaml")  # a complete, valid config
+    assert cfg.data.patch_size == plan.patch_size and cfg.model.net3d.options["strides"][0] == [1, 2, 2]
+    assert (tmp_path / "p.fingerprint.json").is_file()
+
+
+def _fp(spacings, name="MRI", shape=(200, 200, 100)):
+    n = len(spacings)
+    return Fingerprint(n, n, [tuple(s) for s in spacings], [shape] * n,
+                       [ChannelStats(name, 40.0, 120.0, -980.0, 1500.0)], ["background", "organ"], [0.9, 0.1])
+
+
+def test_target_spacing_takes_the_10th_percentile_of_a_thick_axis():
+    spacings = [(0.7, 0.7, 5.0)] * 8 + [(0.7, 0.7, 1.0)] * 2  # two thin-slice cases
+    plan = make_plan(_fp(spacings), budget="gpu")
+    assert plan.target_spacing[2] == pytest.approx(np.percentile([5.0] * 8 + [1.0] * 2, 10))
+    assert plan.target_spacing[:2] == (0.7, 0.7)
+
+
+def test_cpu_budget_coarsens_a_large_case_and_gpu_keeps_it():
+    fp = _fp([(0.625, 0.625, 0.625)] * 3, shape=(185, 142, 88))  # LA-like
+    cpu, gpu = make_plan(fp, "cpu"), make_plan(fp, "gpu")
+    assert gpu.target_spacing == (0.625, 0.625, 0.625) and cpu.target_spacing[0] > 1.0
+    covered = np.prod(cpu.patch_size) / np.prod(fp.median_shape_at(cpu.target_spacing))
+    assert 0.35 < covered <= 1.0
+
+
+def test_ct_gets_clipping_and_foreground_statistics():
+    pre = make_plan(_fp([(1.0, 1.0, 1.0)] * 2, name="CT"), "cpu", method="supervised").config["data"]["preprocess"]
+    assert pre["normalisation"] == "ct" and pre["ct_window"] == [-980.0, 1500.0] and pre["ct_stats"] == [40.0, 120.0]
+    pre = make_plan(_fp([(1.0, 1.0, 1.0)] * 2), "cpu", method="supervised").config["data"]["preprocess"]
+    assert pre["normalisation"] == "zscore"
+
+
+def test_the_planned_config_trains(aniso, tmp_path):
+    plan = plan_dataset(aniso, tmp_path / "sup.yaml", method="supervised")
+    tree = yaml.safe_load((tmp_path / "sup.yaml").read_text())
+    assert tree["method"] == {"name": "supervised", "options": {}} and "net2d" not in tree["model"]
+    from semi3d.engine.trainer import train
+
+    tree["output_dir"] = str(tmp_path / "runs")
+    cfg = load_config(tree=tree, overrides=["train.iterations=2", "train.val_every=2", "train.batch_size=1",
+                                            "model.net3d.options.base=4", "train.progress_bar=false"])
+    summary = train(cfg)
+    assert summary["iterations"] == 2 and plan.patch_size == cfg.data.patch_size
+
+
+def test_cli_plan_and_its_errors(aniso, tmp_path):
+    r = CliRunner().invoke(app, ["plan", str(aniso), "-o", str(tmp_path / "c.yaml"), "--method", "supervised"])
+    assert r.exit_code == 0, r.output
+    assert "target_spacing" in r.output and (tmp_path / "c.yaml").is_file()
+    r = CliRunner().invoke(app, ["plan", str(tmp_path / "nope")])
+    assert r.exit_code == 2 and "no such dataset folder" in r.output
+    r = CliRunner().invoke(app, ["plan", str(aniso), "--budget", "tpu", "-o", str(tmp_path / "d.yaml")])
+    assert r.exit_code == 2 and "unknown budget" in r.output and not (tmp_path / "d.yaml").exists()
