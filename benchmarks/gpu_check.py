@@ -129,8 +129,8 @@ def smoke(work: Path) -> dict:
         part = load_config(tree={**tree, "name": "resume_part"})
         Trainer(part).fit(stop_at=4)
         Trainer(part, resume=True).fit()
-        a = torch.load(full.run.path / "checkpoints/last.pt", weights_only=False)["method"]
-        b = torch.load(part.run.path / "checkpoints/last.pt", weights_only=False)["method"]
+        a = torch.load(full.run_dir / "checkpoints/last.pt", weights_only=False)["method"]
+        b = torch.load(part.run_dir / "checkpoints/last.pt", weights_only=False)["method"]
         diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a if a[k].is_floating_point())
         out["ad/resume"] = {"ok": True, "max_abs_state_diff": diff}
     except Exception as e:
