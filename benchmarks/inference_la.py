@@ -26,7 +26,7 @@ from pathlib import Path
 
 from semi3d.engine.checkpoint import resave_inference_model
 from semi3d.evaluation.evaluate import evaluate_run
-from semi3d.evaluation.report import table_markdown
+from semi3d.evaluation.summary import table_markdown
 
 from benchlib import git_commit, machine
 

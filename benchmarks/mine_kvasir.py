@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from semi3d.evaluation.report import table_markdown
+from semi3d.evaluation.summary import table_markdown
 from semi3d.mining.loop import load_mining_config, run_mining
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from semi3d.evaluation.evaluate import evaluate_run
-from semi3d.evaluation.report import table_markdown
+from semi3d.evaluation.summary import table_markdown
 
 from benchlib import git_commit
 

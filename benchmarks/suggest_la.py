@@ -29,7 +29,7 @@ from semi3d.data.splits import load_splits
 from semi3d.engine.rundir import RunDir
 from semi3d.engine.trainer import train
 from semi3d.errors import InputError
-from semi3d.evaluation.report import table_markdown
+from semi3d.evaluation.summary import table_markdown
 from semi3d.reporting.common import case_means, foreground_mean
 from semi3d.reporting.suggest import suggest_cases
 

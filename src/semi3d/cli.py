@@ -91,7 +91,7 @@ def evaluate(run: Path, split: str = typer.Option("validation", help="a split of
              out: Optional[Path] = typer.Option(None, help="output folder (default RUN/eval_<split>)")):
     """Dice / Jaccard / HD95 / ASD per class and case on the original grid -> metrics.json/csv."""
     from .evaluation.evaluate import evaluate_run
-    from .evaluation.report import format_table
+    from .evaluation.summary import format_table
 
     summary = evaluate_run(run, split, ids_list, data_root, set, which, save_predictions, out,
                            progress=lambda i, n, cid, m: console.print(f"[{i}/{n}] {cid}", highlight=False))
@@ -178,7 +178,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="folder for the synthe
          set: list[str] = typer.Option([], "--set", help="override the demo config: key=value")):
     """Synthetic dataset -> train -> predict -> evaluate, on CPU in a few minutes."""
     from .demo import run_demo
-    from .evaluation.report import format_table
+    from .evaluation.summary import format_table
 
     res = run_demo(out, method, set)
     console.print(format_table(res["summary"], title="demo: held-out synthetic test cases"))
@@ -212,7 +212,10 @@ def show_config(config: Optional[Path] = typer.Argument(None, help="a config fil
     from .config import RunConfig, dump_config, load_config
 
     if schema:
-        console.print_json(json.dumps(RunConfig.model_json_schema()))
+        from .registry import METHODS
+
+        options = {n: METHODS.get(n).Options.model_json_schema() for n in METHODS.names()}
+        console.print_json(json.dumps({**RunConfig.model_json_schema(), "method_options": options}))
     elif config is None:
         raise InputError("config", "give a config file to resolve, or --schema")
     else:

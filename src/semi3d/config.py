@@ -79,11 +79,13 @@ class AugmentConfig:
         return cls(**{f.name: 0.0 for f in fields(cls) if f.name in _PROBS})
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """The one base of semi3d's option models: unknown keys are errors."""
+
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
-class SplitSpec(_Strict):
+class SplitSpec(StrictModel):
     """Which cases form one split. The source is ``ids``, else the ids in ``list`` (one per line),
     else the dataset pool; ``domain`` keeps only the cases of that domain tag (or tags, see
     ``data.domains``); then ``first``/``last`` N of that order or ``random`` N (seeded)."""
@@ -103,7 +105,7 @@ class SplitSpec(_Strict):
         return self
 
 
-class SplitsConfig(_Strict):
+class SplitsConfig(StrictModel):
     """Split resolution order: test, validation, labelled, then unlabelled = the rest of the pool
     (``unlabelled: none`` disables it). The test split is sealed: it may never overlap the others."""
 
@@ -114,7 +116,7 @@ class SplitsConfig(_Strict):
     test: SplitSpec | None = None
 
 
-class PreprocessConfig(_Strict):
+class PreprocessConfig(StrictModel):
     target_spacing: tuple[float, float, float] | None = None
     scale: float | tuple[float, float, float] | None = None
     normalisation: Literal["zscore", "minmax", "ct", "none"] = "zscore"
@@ -122,7 +124,7 @@ class PreprocessConfig(_Strict):
     ct_stats: tuple[float, float] | None = None
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     format: Literal["nnunet", "uamt_h5", "folder"] = "nnunet"
     root: Path
     options: dict[str, Any] = {}
@@ -137,22 +139,22 @@ class DataConfig(_Strict):
     augment: AugmentConfig = AugmentConfig()  # applied by data/augment.py
 
 
-class NetSpec(_Strict):
+class NetSpec(StrictModel):
     name: str
     options: dict[str, Any] = {}
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     net3d: NetSpec = NetSpec(name="unet3d", options={"levels": 4, "base": 16})
     net2d: NetSpec | None = None
 
 
-class MethodConfig(_Strict):
+class MethodConfig(StrictModel):
     name: str = "supervised"
     options: dict[str, Any] = {}
 
 
-class OptimConfig(_Strict):
+class OptimConfig(StrictModel):
     name: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
@@ -160,7 +162,7 @@ class OptimConfig(_Strict):
     nesterov: bool = False
 
 
-class ScheduleConfig(_Strict):
+class ScheduleConfig(StrictModel):
     """``poly``: lr * (1 - t/T)^power. ``cosine``: linear warm-up over ``warmup`` iterations, then
     cosine decay to ``min_factor`` within each cycle; ``cycles`` lists the iteration at which each
     cycle ends (the last one defaults to the run's end) and the lr restarts at every boundary."""
@@ -172,7 +174,7 @@ class ScheduleConfig(_Strict):
     min_factor: float = Field(0.0, ge=0, le=1)
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     iterations: int = Field(1000, ge=1)
     batch_size: int = Field(2, ge=1)
     optimizer: OptimConfig = OptimConfig()
@@ -191,7 +193,7 @@ class TrainConfig(_Strict):
     tensorboard: bool | None = None
 
 
-class InferenceConfig(_Strict):
+class InferenceConfig(StrictModel):
     overlap: float = Field(0.5, ge=0, lt=1)
     mode: Literal["gaussian", "constant"] = "gaussian"
     sw_batch_size: int = Field(2, ge=1)
@@ -210,7 +212,7 @@ class InferenceConfig(_Strict):
         return v
 
 
-class RunConfig(_Strict):
+class RunConfig(StrictModel):
     name: str = "run"
     output_dir: Path = Path("runs")
     seed: int = 0

@@ -163,13 +163,6 @@ def test_nnunet_dataset_key_lists_the_files(tmp_path):
         NnUNetRawReader(root)
 
 
-def test_nnunet_ignore_label_is_refused(tmp_path):
-    root = _nnunet(tmp_path / "ds", labels={"background": 0, "organ": 1, "ignore": 2})
-    with pytest.raises(InputError, match="ignore label") as e:
-        NnUNetRawReader(root)
-    assert "dataset.json" in str(e.value)
-
-
 def test_nnunet_missing_channel(tmp_path):
     root = _nnunet(tmp_path / "ds", channels=2)
     (root / "imagesUnlabelled" / "b_0001.nii.gz").unlink()

@@ -72,3 +72,17 @@ def test_written_dataset_reads_back(tmp_path, fmt):
 def test_unknown_format(tmp_path):
     with pytest.raises(InputError, match="unknown synthetic dataset format"):
         write_dataset(tmp_path, format="dicom")
+
+
+def test_nnunet_v2_verifies_the_synthetic_dataset(tmp_path):
+    """nnU-Net's own integrity check accepts what the writer produces (the unlabelled pool outside
+    imagesTr), and rejects the old layout with unlabelled images inside imagesTr."""
+    verify = pytest.importorskip("nnunetv2.experiment_planning.verify_dataset_integrity").verify_dataset_integrity
+    import shutil
+
+    root = write_dataset(tmp_path / "Dataset001_Syn", n_labelled=3, n_unlabelled=2, n_test=1, shape=(16, 16, 12))
+    verify(str(root), num_processes=1)
+    extra = next((root / "imagesUnlabelled").iterdir())
+    shutil.copy(extra, root / "imagesTr" / extra.name)
+    with pytest.raises(AssertionError, match="expected number of training cases"):
+        verify(str(root), num_processes=1)

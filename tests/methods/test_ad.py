@@ -309,7 +309,7 @@ def test_difficulty_weights_can_be_disabled():
     for n, b in m.difficulty.named_buffers():  # never updated (the state dict keeps its keys)
         assert torch.equal(b, before[n]), n
     on = build({"strong_augment": False})
-    assert on.options["difficulty"] is True
+    assert on.options.difficulty is True
     on.training_step(batch, 0)
     assert not torch.equal(on.difficulty.weights, torch.ones(K))  # the default updates them
     with pytest.raises(InputError, match="difficulty"):

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from semi3d.cli import app
 from semi3d.errors import InputError
-from semi3d.reporting.suggest import (SliceModel, candidate_region, entropy_map, js_divergence_map, rank_cases,
+from semi3d.models.slicing import SliceWise2D
+from semi3d.reporting.suggest import (candidate_region, entropy_map, js_divergence_map, rank_cases,
                                       region_entropy, soft_dice_disagreement, suggest_cases)
 
 
@@ -79,16 +80,6 @@ def test_rank_cases():
         rank_cases(scores, 0)
 
 
-def test_slice_model_gives_the_2d_models_probabilities():
-    from semi3d.models.slicing import predict_2d_volume
-
-    net = torch.nn.Conv2d(1, 3, 3, padding=1)
-    x = torch.randn(2, 1, 6, 5, 4)
-    wrapped = SliceModel(net, (0, 2))
-    with torch.no_grad():
-        assert torch.allclose(torch.softmax(wrapped(x), 1), predict_2d_volume(net, x, (0, 2)), atol=1e-6)
-
-
 # ------------------------------------------------------------------------------ the verb
 def test_suggest_entropy_on_a_supervised_run(sup_run, tmp_path):
     out = tmp_path / "sugg"
@@ -128,7 +119,7 @@ def test_suggest_disagreement_on_an_mn_run(mn_run, tmp_path):
     img = torch.from_numpy(make_preprocessor(cfg.data)(Case(c.id, c.image, None, c.spacing, c.affine)).image)
     dev = torch.device("cpu")
     p3 = predict_probs(m.groups["net3d"], img, cfg.data.patch_size, cfg.inference, dev).numpy()
-    p2 = predict_probs(SliceModel(m.groups["net2d"], m.views), img, cfg.data.patch_size, cfg.inference, dev).numpy()
+    p2 = predict_probs(SliceWise2D(m.groups["net2d"], m.views), img, cfg.data.patch_size, cfg.inference, dev).numpy()
     assert top["score"] == pytest.approx(soft_dice_disagreement(p2, p3), abs=1e-5)
 
 

@@ -13,8 +13,10 @@ to the dataset folder or absolute; ``data.options.unlabelled`` in a config). The
 semi3d versions, unlabelled images inside ``imagesTr`` without a label (which nnU-Net's integrity
 check rejects), is still read, with a warning.
 
-Region-based labels and nnU-Net's ignore label (a label named ``ignore``) are refused: semi3d would
-otherwise train the ignored voxels as a class.
+nnU-Net's ignore label (a label named ``ignore``, the highest value) is not a class: its voxels are
+read as :data:`semi3d.losses.IGNORE_INDEX` and count in no loss and no metric (``num_classes`` and
+``class_names`` leave it out). A&D refuses it (its diffusion runs on one-hot labels). Region-based
+labels are refused.
 """
 from __future__ import annotations
 
@@ -89,13 +91,16 @@ class NnUNetRawReader(Reader):
         regions = [name for name, v in labels.items() if isinstance(v, (list, tuple))]
         if regions:
             raise InputError(where, f"region-based labels are not supported ({', '.join(regions)})")
-        if "ignore" in labels:
-            raise InputError(where, "nnU-Net's ignore label ('ignore') is not supported yet: its voxels would be "
-                                    "trained as a class; remove it or relabel those voxels")
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in labels.values()) or \
                 sorted(labels.values()) != list(range(len(labels))):
             raise InputError(where, f"label values must be the integers 0..{len(labels) - 1}, "
                                     f"got {sorted(labels.values(), key=str)}")
+        if "ignore" in labels:  # nnU-Net: the highest value; its voxels count in no loss and no metric
+            if labels["ignore"] != len(labels) - 1:
+                raise InputError(where, f"the ignore label must have the highest value ({len(labels) - 1}), "
+                                        f"got {labels['ignore']}")
+            self.ignore_value = labels["ignore"]
+            labels = {k: v for k, v in labels.items() if k != "ignore"}
         self.class_names = sorted(labels, key=labels.get)
         self.num_classes = len(labels)
 

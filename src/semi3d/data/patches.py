@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..losses import IGNORE_INDEX
 from .case import Case
 
 
@@ -47,7 +48,7 @@ class _Volume:
         if lab is not None and any(spec):
             lab = F.pad(lab, spec, value=0)
         self.id, self.image, self.label = case.id, img, lab
-        self.fg = None if lab is None else torch.nonzero(lab > 0).to(torch.int32)  # (M, 3)
+        self.fg = None if lab is None else torch.nonzero((lab > 0) & (lab != IGNORE_INDEX)).to(torch.int32)  # (M, 3)
 
     def set_guide(self, mask: np.ndarray | None) -> None:
         """Foreground coordinates for guided crops of an unlabelled case (mask (X, Y, Z), padded like

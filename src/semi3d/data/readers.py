@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..losses import IGNORE_INDEX
 from .case import Case
 from .volumes import PathLike, Volume, _short, h5_keys, read_volume, split_suffix
 
@@ -50,8 +51,13 @@ def _as_image(vol: Volume) -> np.ndarray:
     return image
 
 
-def _as_label(vol: Volume, num_classes: int | None) -> np.ndarray:
+def _as_label(vol: Volume, num_classes: int | None, ignore_value: int | None = None) -> np.ndarray:
     label = vol.array
+    ignored = None if ignore_value is None else label == ignore_value
+    if ignored is not None and ignored.any():
+        label = np.where(ignored, 0, label)  # validated without them, marked IGNORE_INDEX below
+    else:
+        ignored = None
     if label.dtype.kind == "b":
         label = label.astype(np.uint8)
     elif label.dtype.kind == "f":
@@ -64,12 +70,15 @@ def _as_label(vol: Volume, num_classes: int | None) -> np.ndarray:
         wrong = np.unique(label[(label < 0) | (label > top)])
         allowed = "non-negative" if num_classes is None else f"in 0..{num_classes - 1}"
         raise InputError(vol.path, f"label values {_fmt_values(wrong)} are not {allowed}")
-    return label.astype(np.uint8 if hi < 256 else np.int32, copy=False)
+    out = label.astype(np.uint8 if hi < 256 else np.int32, copy=False)
+    if ignored is not None:
+        out[ignored] = IGNORE_INDEX
+    return out
 
 
 def assemble_case(case_id: str, channels: Sequence[Volume], label: Volume | None = None,
                   num_classes: int | None = None, spacing: Sequence[float] | None = None,
-                  domain: str = "default") -> Case:
+                  domain: str = "default", ignore_value: int | None = None) -> Case:
     """Validate volumes and build a :class:`Case`.
 
     Args:
@@ -80,6 +89,8 @@ def assemble_case(case_id: str, channels: Sequence[Volume], label: Volume | None
         spacing: voxel size in mm (X, Y, Z) used when the first channel's file stores none;
             the affine is then diag(spacing, 1).
         domain: domain tag copied to the case.
+        ignore_value: the label value of nnU-Net's ``ignore`` label, stored as
+            :data:`semi3d.losses.IGNORE_INDEX` (excluded from losses and metrics).
 
     Raises:
         InputError: channels or label on a different grid (shape, or affine beyond AFFINE_TOL),
@@ -92,7 +103,7 @@ def assemble_case(case_id: str, channels: Sequence[Volume], label: Volume | None
     lab = None
     if label is not None:
         _check_grid(ref, label, "label")
-        lab = _as_label(label, num_classes)
+        lab = _as_label(label, num_classes, ignore_value)
     sp = tuple(float(s) for s in (ref.spacing or spacing or (1.0, 1.0, 1.0)))
     affine = ref.affine if ref.affine is not None else np.diag([*sp, 1.0])
     return Case(case_id, image, lab, sp, affine, domain, str(ref.path))  # type: ignore[arg-type]
@@ -137,6 +148,7 @@ class Reader:
     channel_names: list[str]
     domain: str = "default"
     spacing: tuple[float, float, float] | None = None  # used when the files store none
+    ignore_value: int | None = None  # nnU-Net's ignore label value (mapped to IGNORE_INDEX)
 
     def case_ids(self) -> list[str]:
         """All training cases, sorted (or in list-file order)."""
@@ -160,7 +172,7 @@ class Reader:
         """Read and validate one case: image (C, X, Y, Z) float32, label (X, Y, Z) or None."""
         self._require(case_id)
         channels, label = self._volumes(case_id)
-        return assemble_case(case_id, channels, label, self.num_classes, self.spacing, self.domain)
+        return assemble_case(case_id, channels, label, self.num_classes, self.spacing, self.domain, self.ignore_value)
 
     def labelled_ids(self) -> list[str]:
         return [c for c in self.case_ids() if self.has_label(c)]

@@ -23,7 +23,7 @@ from ..data.patches import PatchSampler
 from ..atomic import write_text
 from ..data.splits import save_splits
 from ..errors import InputError
-from ..losses import class_argmax
+from ..losses import class_argmax, hard_dice
 from ..methods.base import Batch, MethodContext
 from ..models.nets3d import check_patch
 from ..registry import METHODS
@@ -156,6 +156,9 @@ class Trainer:
         self.services = TrainerServices(self)
         if self.sampler_u is None and self.method.needs_unlabelled:  # fail now, not mid-run
             raise InputError("splits.unlabelled", f"method {cfg.method.name!r} needs unlabelled cases but the split is empty")
+        if getattr(self.data.reader, "ignore_value", None) is not None and not self.method.ignore_label:
+            raise InputError(f"method {cfg.method.name}", "does not support nnU-Net's ignore label, which this "
+                                                          "dataset declares; use another method or relabel those voxels")
         self.val_cases = self.data.cases("validation")[: t.val_max_cases]
         self.step, self.best, self.best_step = 0, -1.0, -1
         self.saved_step: int | None = None
@@ -269,10 +272,7 @@ class Trainer:
                 z = c.image.shape[-1] // 2
                 self.log.image(self.step, overlay_tag, overlay(c.image[0, :, :, z], c.label[:, :, z], pred[:, :, z].numpy()))
                 overlay_tag = None
-            for j in range(1, k):
-                p, r = pred == j, ref == j
-                den = p.sum() + r.sum()
-                dices[j - 1] += 1.0 if den == 0 else float(2 * (p & r).sum() / den)
+            dices += hard_dice(pred, ref, k)
         net.train(was)
         return D.all_reduce_sum(dices) / max(len(self.val_cases), 1)
 

@@ -11,7 +11,7 @@ from ..engine.rundir import RunDir
 from ..errors import InputError
 from ..inference.predictor import Predictor, model_file
 from .metrics import case_metrics
-from .report import summarise, write_metrics
+from .summary import summarise, write_metrics
 
 
 def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None = None,

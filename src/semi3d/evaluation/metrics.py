@@ -32,6 +32,7 @@ import numpy as np
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 
 from semi3d.errors import InputError
+from semi3d.losses import IGNORE_INDEX
 
 __all__ = ["binary_metrics", "case_metrics"]
 
@@ -171,7 +172,9 @@ def case_metrics(
     Args:
         pred: predicted label map, shape (X, Y, Z), integer values in ``0..num_classes-1``
             (0 is background).
-        ref: reference label map, same shape, axis order and value range.
+        ref: reference label map, same shape, axis order and value range; voxels holding
+            :data:`semi3d.losses.IGNORE_INDEX` (nnU-Net's ignore label) are set to background in
+            both maps first: they add no true or false positive (as nnU-Net's masked evaluation).
         num_classes: number of classes K including background (K >= 2).
         spacing: voxel size per axis in (X, Y, Z) order, e.g. in mm; None if unknown.
         class_names: names of the foreground classes 1..K-1 (K-1 names), or of all K classes
@@ -189,6 +192,9 @@ def case_metrics(
     """
     pred = np.atleast_1d(np.asarray(pred))
     ref = np.atleast_1d(np.asarray(ref))
+    ignored = ref == IGNORE_INDEX
+    if pred.shape == ref.shape and ignored.any():  # nnU-Net's ignore label: those voxels are left out
+        pred, ref = np.where(ignored, 0, pred), np.where(ignored, 0, ref)
     if pred.shape != ref.shape:
         raise InputError("case_metrics", f"prediction shape {pred.shape} != reference shape {ref.shape}")
     if int(num_classes) != num_classes or num_classes < 2:

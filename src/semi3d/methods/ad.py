@@ -62,8 +62,11 @@ Differences from the authors' code (xmed-lab/GenericSSL, ``code/train_diffusion.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from ..config import NetSpec
@@ -73,8 +76,8 @@ from ..losses import class_argmax, dice_ce_loss, one_hot
 from ..models.ad_net import ADNet
 from ..models.diffusion import GaussianDiffusion
 from ..registry import METHODS
-from .base import Batch, Method, MethodContext, method_options
-from .common import check_number, rampup_length, sigmoid_rampup, unlabelled_batch
+from .base import Batch, Method, MethodContext, MethodOptions, method_options
+from .common import rampup_length, sigmoid_rampup, unlabelled_batch
 
 
 def gaussian_smooth(x: torch.Tensor, kernel_size: int = 3, sigma: float = 1.0) -> torch.Tensor:
@@ -242,45 +245,56 @@ class AD(Method):
     """
 
     needs_unlabelled = True
-    DEFAULTS: dict = {"width": 32, "depth": 5, "normalization": "batchnorm", "dropout": 0.5, "conv_dropout": 0.1,
-                      "temb_dim": 128, "unlabelled_batch": None, "timesteps": 1000, "beta_start": 1e-4,
-                      "beta_end": 0.02, "ddim_steps": 10, "mu": 10.0, "mu_rampup": None, "ema": 0.99,
-                      "difficulty": True, "difficulty_window": 50, "difficulty_power": 0.2,
-                      "difficulty_source": "diffusion", "gumbel": True, "smoothing": True, "strong_augment": True}
+    ignore_label = False  # the diffusion decoder denoises one-hot labels: an ignored voxel has none
+
+    class Options(MethodOptions):  # the network's own options are checked by ADNet
+        width: int = 32
+        depth: int = 5
+        normalization: str = "batchnorm"
+        dropout: float = 0.5
+        conv_dropout: float = 0.1
+        temb_dim: int = 128
+        unlabelled_batch: int | None = Field(None, ge=1)
+        timesteps: int = Field(1000, ge=1)
+        beta_start: float = Field(1e-4, gt=0, le=1)
+        beta_end: float = Field(0.02, gt=0, le=1)
+        ddim_steps: int = Field(10, ge=1)
+        mu: float = Field(10.0, ge=0)
+        mu_rampup: float | None = Field(None, ge=0)
+        ema: float = Field(0.99, ge=0, le=1)
+        difficulty: bool = True
+        difficulty_window: float = Field(50, ge=1)
+        difficulty_power: float = Field(0.2, ge=0)
+        difficulty_source: Literal["diffusion", "difficulty"] = "diffusion"
+        gumbel: bool = True
+        smoothing: bool = True
+        strong_augment: bool | dict = True
 
     def __init__(self, ctx: MethodContext, **options):
         super().__init__(ctx)
         name = ctx.cfg.method.name
-        o = method_options(name, options, self.DEFAULTS)
-        self.n_u = unlabelled_batch(name, ctx, o["unlabelled_batch"])
-        steps = check_number(name, "timesteps", o["timesteps"], lo=1, integer=True)
-        b0 = float(check_number(name, "beta_start", o["beta_start"], lo=0, hi=1, lo_open=True))
-        b1 = float(check_number(name, "beta_end", o["beta_end"], lo=b0, hi=1))
+        o = method_options(name, options, self.Options)
+        self.n_u = unlabelled_batch(ctx, o.unlabelled_batch)
+        steps, b0, b1, ddim = o.timesteps, o.beta_start, o.beta_end, o.ddim_steps
+        if b1 < b0:
+            raise InputError(f"method.options.beta_end ({name})", f"must be >= beta_start ({b0}), got {b1}")
         if b1 * 1000.0 / steps >= 1:
             raise InputError(f"method.options.beta_end ({name})", f"beta_end * 1000 / timesteps must be < 1, got {b1 * 1000.0 / steps}")
-        ddim = check_number(name, "ddim_steps", o["ddim_steps"], lo=1, hi=steps, integer=True)
-        self.mu = float(check_number(name, "mu", o["mu"], lo=0))
-        self.rampup = rampup_length(name, ctx, o["mu_rampup"], key="mu_rampup")
-        self.ema = float(check_number(name, "ema", o["ema"], lo=0, hi=1))
-        window = check_number(name, "difficulty_window", o["difficulty_window"], lo=1)
-        power = check_number(name, "difficulty_power", o["difficulty_power"], lo=0)
-        if o["difficulty_source"] not in ("diffusion", "difficulty"):
-            raise InputError(f"method.options.difficulty_source ({name})",
-                             f"expected 'diffusion' or 'difficulty', got {o['difficulty_source']!r}")
-        self.difficulty_source = o["difficulty_source"]
-        if not isinstance(o["difficulty"], bool):
-            raise InputError(f"method.options.difficulty ({name})", f"expected true or false, got {o['difficulty']!r}")
-        self.use_difficulty = o["difficulty"]
-        self.gumbel, self.smoothing = bool(o["gumbel"]), bool(o["smoothing"])
-        self.augment = StrongAugment.from_option(o["strong_augment"])
-        self.net_options = {k: o[k] for k in ("width", "depth", "normalization", "dropout", "conv_dropout")}
+        if ddim > steps:
+            raise InputError(f"method.options.ddim_steps ({name})", f"must be <= timesteps ({steps}), got {ddim}")
+        self.mu, self.ema = o.mu, o.ema
+        self.rampup = rampup_length(ctx, o.mu_rampup)
+        self.difficulty_source, self.use_difficulty = o.difficulty_source, o.difficulty
+        self.gumbel, self.smoothing = o.gumbel, o.smoothing
+        self.augment = StrongAugment.from_option(o.strong_augment)
+        self.net_options = {k: getattr(o, k) for k in ("width", "depth", "normalization", "dropout", "conv_dropout")}
         try:
-            net = ADNet(ctx.in_channels, self.num_classes, temb_dim=o["temb_dim"], **self.net_options)
+            net = ADNet(ctx.in_channels, self.num_classes, temb_dim=o.temb_dim, **self.net_options)
         except InputError as e:
             raise InputError(f"method.options ({name})", e.problem) from None
         self.groups = nn.ModuleDict({"net": net})
         self.diffusion = GaussianDiffusion(steps, b0, b1, ddim)
-        self.difficulty = DifficultyWeights(self.num_classes, window, power)
+        self.difficulty = DifficultyWeights(self.num_classes, o.difficulty_window, o.difficulty_power)
         self.options = o
 
     @property

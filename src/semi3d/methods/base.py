@@ -19,13 +19,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, TypeVar
 
 import numpy as np
 import torch
+from pydantic import ConfigDict, ValidationError
 from torch import nn
 
-from ..config import NetSpec, RunConfig
+from ..config import NetSpec, RunConfig, StrictModel
 from ..errors import InputError
 from ..registry import NETS2D, NETS3D
 
@@ -86,7 +87,9 @@ class Method(nn.Module):
     """Base class. Subclasses set ``self.groups`` (an ``nn.ModuleDict``) in ``__init__``."""
 
     groups: nn.ModuleDict
+    Options: type[MethodOptions]  # the typed ``method.options`` (``semi3d config --schema`` lists them)
     needs_unlabelled: bool = False  # True: the trainer refuses an empty unlabelled split up front
+    ignore_label: bool = True  # False: the trainer refuses a dataset with nnU-Net's ignore label up front
 
     def __init__(self, ctx: MethodContext):
         super().__init__()
@@ -143,9 +146,27 @@ class Method(nn.Module):
         return self.ctx.cfg.model.net3d
 
 
-def method_options(name: str, options: dict, allowed: dict[str, Any]) -> dict[str, Any]:
-    """Merge user options over defaults; an unknown key is an error naming it."""
-    bad = set(options) - set(allowed)
-    if bad:
-        raise InputError(f"method.options ({name})", f"unknown option {sorted(bad)[0]!r}; valid: {', '.join(sorted(allowed))}")
-    return {**allowed, **options}
+class MethodOptions(StrictModel):
+    """Base of every method's typed ``method.options`` (a subclass named ``Options`` next to the
+    method): unknown keys and wrong values are one-line errors; ``bool`` is never a number."""
+
+    model_config = ConfigDict(**StrictModel.model_config, strict=True, frozen=True)
+
+
+O = TypeVar("O", bound=MethodOptions)
+
+
+def method_options(name: str, options: dict, model: type[O]) -> O:
+    """``options`` validated as ``model``; the first problem as :class:`InputError` naming the key."""
+    try:
+        return model.model_validate(dict(options))
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = err["loc"]  # (option, then list indices; union member tags such as 'int' are dropped)
+        key = ".".join(str(x) for x in loc[:1] + tuple(i for i in loc[1:] if isinstance(i, int)))
+        if err["type"] == "extra_forbidden":
+            raise InputError(f"method.options ({name})",
+                             f"unknown option {key!r}; valid: {', '.join(sorted(model.model_fields))}") from None
+        where = f"method.options.{key} ({name})" if key else f"method.options ({name})"
+        msg = err["msg"].removeprefix("Value error, ")
+        raise InputError(where, f"{msg}, got {err['input']!r}" if key else msg) from None

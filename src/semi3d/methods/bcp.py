@@ -32,15 +32,18 @@ Dice + CE as ``dice_ce_loss`` sums them (BCP averages), so the scale matches the
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 from torch import nn
 
 from ..errors import InputError
 from ..data.postprocess import largest_component_per_class
 from ..losses import class_argmax, dice_ce_loss
 from ..registry import METHODS
-from .base import Batch, Method, MethodContext, method_options
-from .common import check_number, ema_update, make_teacher, unlabelled_batch
+from .base import Batch, Method, MethodContext, MethodOptions, method_options
+from .common import ema_update, make_teacher, unlabelled_batch
 
 
 def cuboid_mask(spatial: tuple[int, int, int], ratio: float = 2 / 3, position: str = "random",
@@ -97,28 +100,32 @@ class BCP(Method):
 
     needs_unlabelled = True
 
+    class Options(MethodOptions):
+        unlabelled_batch: int | None = Field(None, ge=1)
+        pretrain_iterations: int | None = Field(None, ge=0)
+        alpha: float = Field(0.5, ge=0)
+        mask_ratio: float = Field(2 / 3, gt=0, le=1)
+        cuboid: Literal["random", "center"] = "random"
+        ema_decay: float = Field(0.99, ge=0, le=1)
+        largest_component: bool = True
+
     def __init__(self, ctx: MethodContext, **options):
         super().__init__(ctx)
         name = ctx.cfg.method.name
-        o = method_options(name, options, {"unlabelled_batch": None, "pretrain_iterations": None, "alpha": 0.5,
-                                           "mask_ratio": 2 / 3, "cuboid": "random", "ema_decay": 0.99,
-                                           "largest_component": True})
-        self.n_u = unlabelled_batch(name, ctx, o["unlabelled_batch"])
+        o = method_options(name, options, self.Options)
+        self.n_u = unlabelled_batch(ctx, o.unlabelled_batch)
         if self.n_u != ctx.cfg.train.batch_size:
             raise InputError(f"method.options.unlabelled_batch ({name})",
                              f"must equal train.batch_size ({ctx.cfg.train.batch_size}): BCP pairs each labelled "
                              f"patch with an unlabelled one, got {self.n_u}")
         total = ctx.total_iterations
-        pre = o["pretrain_iterations"]
-        self.pretrain = round(total * 2 / 17) if pre is None else check_number(
-            name, "pretrain_iterations", pre, lo=0, hi=total, integer=True)
-        self.alpha = float(check_number(name, "alpha", o["alpha"], lo=0))
-        self.mask_ratio = float(check_number(name, "mask_ratio", o["mask_ratio"], lo=0, hi=1, lo_open=True))
-        if o["cuboid"] not in ("random", "center"):
-            raise InputError(f"method.options.cuboid ({name})", f"expected 'random' or 'center', got {o['cuboid']!r}")
-        self.cuboid = o["cuboid"]
-        self.ema_decay = float(check_number(name, "ema_decay", o["ema_decay"], lo=0, hi=1))
-        self.largest_component = bool(o["largest_component"])
+        pre = o.pretrain_iterations
+        if pre is not None and pre > total:
+            raise InputError(f"method.options.pretrain_iterations ({name})",
+                             f"must be <= train.iterations ({total}), got {pre}")
+        self.pretrain = round(total * 2 / 17) if pre is None else pre
+        self.alpha, self.mask_ratio, self.cuboid = o.alpha, o.mask_ratio, o.cuboid
+        self.ema_decay, self.largest_component = o.ema_decay, o.largest_component
         self.needs_unlabelled = self.pretrain < total  # stage 2 takes place
         self.groups = nn.ModuleDict({"net": self.build_net3d()})
         self.teacher = make_teacher(self.groups["net"])

@@ -11,11 +11,11 @@ import math
 from typing import Any
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from ..config import NetSpec
-from ..errors import InputError
-from .base import MethodContext
+from .base import MethodContext, MethodOptions
 
 
 def sigmoid_rampup(current: float, length: float) -> float:
@@ -60,35 +60,27 @@ def softmax32(logits: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------- options
-def check_number(name: str, key: str, value: Any, lo: float | None = None, hi: float | None = None,
-                 integer: bool = False, lo_open: bool = False) -> Any:
-    """Return ``value`` if it is a number within [lo, hi] (``(lo, hi]`` with ``lo_open``), else raise
-    :class:`InputError` naming ``method.options.<key>``."""
-    where = f"method.options.{key} ({name})"
-    kind = "an integer" if integer else "a number"
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if not ok or isinstance(value, bool):
-        raise InputError(where, f"expected {kind}, got {value!r}")
-    if lo is not None and (value <= lo if lo_open else value < lo):
-        raise InputError(where, f"must be {'>' if lo_open else '>='} {lo}, got {value!r}")
-    if hi is not None and value > hi:
-        raise InputError(where, f"must be <= {hi}, got {value!r}")
-    return value
+class SemiOptions(MethodOptions):
+    """Options shared by the semi-supervised baselines.
+
+    unlabelled_batch: unlabelled patches per step (default ``train.batch_size``).
+    consistency_rampup: iterations of the sigmoid ramp-up of the unsupervised weight (default: the
+        whole run, which is what UA-MT (40 x 150 of 6,000 iterations) and SSL4MIS (200 x 150 of
+        30,000) amount to).
+    """
+
+    unlabelled_batch: int | None = Field(None, ge=1)
+    consistency_rampup: float | None = Field(None, ge=0)
 
 
-def unlabelled_batch(name: str, ctx: MethodContext, value: Any) -> int:
+def unlabelled_batch(ctx: MethodContext, value: int | None) -> int:
     """The ``unlabelled_batch`` option: unlabelled patches per step, default ``train.batch_size``."""
-    if value is None:
-        return ctx.cfg.train.batch_size
-    return check_number(name, "unlabelled_batch", value, lo=1, integer=True)
+    return ctx.cfg.train.batch_size if value is None else value
 
 
-def rampup_length(name: str, ctx: MethodContext, value: Any, key: str = "consistency_rampup") -> float:
-    """A ramp-up length in iterations; ``None`` means the whole run (``train.iterations``), which
-    is what UA-MT (40 x 150 of 6,000 iterations) and SSL4MIS (200 x 150 of 30,000) amount to."""
-    if value is None:
-        return float(ctx.total_iterations)
-    return float(check_number(name, key, value, lo=0))
+def rampup_length(ctx: MethodContext, value: float | None) -> float:
+    """A ramp-up length in iterations; ``None`` means the whole run (``train.iterations``)."""
+    return float(ctx.total_iterations) if value is None else float(value)
 
 
 def predictor_spec_with(ctx: MethodContext, override: dict[str, Any]) -> NetSpec:

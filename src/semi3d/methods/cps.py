@@ -8,15 +8,17 @@ other's logits)``; the other's prediction is detached, so each cross term only t
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from ..errors import InputError
 from ..losses import class_argmax, dice_ce_loss
 from ..registry import METHODS
 from .base import Batch, Method, MethodContext, method_options
-from .common import check_number, rampup_length, sigmoid_rampup, unlabelled_batch
+from .common import SemiOptions, rampup_length, sigmoid_rampup, unlabelled_batch
 
 _CONVS = (nn.Conv3d, nn.ConvTranspose3d, nn.Conv2d, nn.ConvTranspose2d)
 
@@ -55,19 +57,20 @@ class CPS(Method):
 
     needs_unlabelled = True
 
+    class Options(SemiOptions):
+        cps_weight: float = Field(0.1, ge=0)
+        labelled_cps: bool = True
+        init: Literal["kaiming_xavier", "default"] = "kaiming_xavier"
+
     def __init__(self, ctx: MethodContext, **options):
         super().__init__(ctx)
-        name = ctx.cfg.method.name
-        o = method_options(name, options, {"unlabelled_batch": None, "cps_weight": 0.1, "consistency_rampup": None,
-                                           "labelled_cps": True, "init": "kaiming_xavier"})
-        self.n_u = unlabelled_batch(name, ctx, o["unlabelled_batch"])
-        self.cps_weight = float(check_number(name, "cps_weight", o["cps_weight"], lo=0))
-        self.rampup = rampup_length(name, ctx, o["consistency_rampup"])
-        self.labelled_cps = bool(o["labelled_cps"])
-        if o["init"] not in ("kaiming_xavier", "default"):
-            raise InputError(f"method.options.init ({name})", f"expected 'kaiming_xavier' or 'default', got {o['init']!r}")
+        o = method_options(ctx.cfg.method.name, options, self.Options)
+        self.n_u = unlabelled_batch(ctx, o.unlabelled_batch)
+        self.cps_weight = o.cps_weight
+        self.rampup = rampup_length(ctx, o.consistency_rampup)
+        self.labelled_cps = o.labelled_cps
         net_a, net_b = self.build_net3d(), self.build_net3d()
-        if o["init"] == "kaiming_xavier":
+        if o.init == "kaiming_xavier":
             init_convs(net_a, "kaiming")
             init_convs(net_b, "xavier")
         self.groups = nn.ModuleDict({"net_a": net_a, "net_b": net_b})

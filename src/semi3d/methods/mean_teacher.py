@@ -11,12 +11,13 @@ those repositories.
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from ..losses import dice_ce_loss
 from ..registry import METHODS
 from .base import Batch, Method, MethodContext, method_options
-from .common import (check_number, ema_decay_at, ema_update, make_teacher, predictor_spec_with, rampup_length,
+from .common import (SemiOptions, ema_decay_at, ema_update, make_teacher, predictor_spec_with, rampup_length,
                      sigmoid_rampup, softmax32, teacher_noise, unlabelled_batch)
 
 
@@ -35,27 +36,30 @@ class MeanTeacher(Method):
     """
 
     needs_unlabelled = True
-    DEFAULTS: dict = {"unlabelled_batch": None, "consistency": 0.1, "consistency_rampup": None, "ema_decay": 0.99,
-                      "noise_std": 0.1, "noise_clip": 0.2, "labelled_consistency": True}
+
+    class Options(SemiOptions):
+        consistency: float = Field(0.1, ge=0)
+        ema_decay: float = Field(0.99, ge=0, le=1)
+        noise_std: float = Field(0.1, ge=0)
+        noise_clip: float = Field(0.2, ge=0)
+        labelled_consistency: bool = True
 
     def __init__(self, ctx: MethodContext, **options):
         super().__init__(ctx)
-        name = ctx.cfg.method.name
-        o = method_options(name, options, self.DEFAULTS)
-        self.n_u = unlabelled_batch(name, ctx, o["unlabelled_batch"])
-        self.consistency = float(check_number(name, "consistency", o["consistency"], lo=0))
-        self.rampup = rampup_length(name, ctx, o["consistency_rampup"])
-        self.ema_decay = float(check_number(name, "ema_decay", o["ema_decay"], lo=0, hi=1))
-        self.noise_std = float(check_number(name, "noise_std", o["noise_std"], lo=0))
-        self.noise_clip = float(check_number(name, "noise_clip", o["noise_clip"], lo=0))
-        self.labelled_consistency = bool(o["labelled_consistency"])
+        o = method_options(ctx.cfg.method.name, options, self.Options)
+        self.n_u = unlabelled_batch(ctx, o.unlabelled_batch)
+        self.consistency = o.consistency
+        self.rampup = rampup_length(ctx, o.consistency_rampup)
+        self.ema_decay = o.ema_decay
+        self.noise_std, self.noise_clip = o.noise_std, o.noise_clip
+        self.labelled_consistency = o.labelled_consistency
         self.options = o
         self.net_override = self.network_override(o)
         self.groups = nn.ModuleDict({"net": self.build_net3d(**self.net_override)})
         self.teacher = make_teacher(self.groups["net"])
 
     # hooks for subclasses -------------------------------------------------------------------
-    def network_override(self, options: dict) -> dict:
+    def network_override(self, options: "MeanTeacher.Options") -> dict:
         """Options forced on the 3D network (none for Mean Teacher)."""
         return {}
 

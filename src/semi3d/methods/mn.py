@@ -59,10 +59,11 @@ import json
 import math
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
+from pydantic import AfterValidator, Field
 from torch import nn
 
 from ..atomic import atomic_file, write_text
@@ -73,15 +74,12 @@ from ..models.ensemble import Ensemble
 from ..models.nets3d import main_output
 from ..models.slicing import SliceWise2D, predict_2d_volume, volume_to_slices
 from ..registry import METHODS
-from .base import Batch, Method, MethodContext, method_options
+from .base import Batch, Method, MethodContext, MethodOptions, method_options
 from .common import slicewise_spec
 from .sampling import KINDS, BatchComposer
 
 __all__ = ["MN", "soft_target_loss"]
 
-DEFAULTS: dict[str, Any] = dict(warmup_iterations=None, epoch_length=8, sampling="lrg", fixed_unlabelled=0,
-                                views=[2], guide_every=0, guide_at=[], loss_weights=[1.0, 1.0],
-                                slices_per_step=0, predict="net3d")
 
 
 def soft_target_loss(logits: torch.Tensor, target: torch.Tensor, w_dice: float = 1.0,
@@ -93,10 +91,13 @@ def soft_target_loss(logits: torch.Tensor, target: torch.Tensor, w_dice: float =
     background included (``1 - mean_k 2 sum(p t) / (sum p^2 + sum t^2)``), plus
     ``KL(target || softmax)`` averaged over every element (``N * K * voxels``).
 
-    Returns ``(w_dice * dice + w_kl * kl, dice, kl)``.
+    Voxels whose target is all zeros (ignored voxels, see :func:`semi3d.losses.one_hot`) count in
+    neither term. Returns ``(w_dice * dice + w_kl * kl, dice, kl)``.
     """
-    dice = soft_dice_loss(logits, target, squared=True, include_background=True)
-    kl = kl_soft(logits, target)
+    valid = target.sum(1, keepdim=True) > 0
+    mask = None if bool(valid.all()) else valid.float()
+    dice = soft_dice_loss(logits, target, squared=True, include_background=True, mask=mask)
+    kl = kl_soft(logits, target, mask=mask)
     return w_dice * dice + w_kl * kl, dice, kl
 
 
@@ -112,35 +113,51 @@ def _frozen(net: nn.Module):
         net.train(was)
 
 
-def loss_weights(where: str, lw) -> tuple[float, float]:
-    """The ``loss_weights`` option ``[dice, kl]``: two finite non-negative numbers, not both 0."""
-    if (not isinstance(lw, (list, tuple)) or len(lw) != 2
-            or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0 for x in lw)
-            or sum(lw) <= 0):
-        raise InputError(f"{where} loss_weights", f"expected two non-negative weights (dice, kl), not both 0, got {lw!r}")
-    return float(lw[0]), float(lw[1])
+def _loss_weights(lw: list[float]) -> list[float]:
+    if len(lw) != 2 or any(not math.isfinite(x) or x < 0 for x in lw) or sum(lw) <= 0:
+        raise ValueError("expected two non-negative weights (dice, kl), not both 0")
+    return lw
 
 
-def _int(where: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise InputError(where, f"expected an integer >= {low}, got {value!r}")
-    return value
+def _views(v: int | list[int]) -> list[int]:
+    views = [v] if isinstance(v, int) else v
+    if not views or len(set(views)) != len(views) or any(x not in (0, 1, 2) for x in views):
+        raise ValueError("expected distinct spatial axes among 0, 1, 2 (e.g. [2] or [0, 1, 2])")
+    return views
+
+
+LossWeights = Annotated[list[float], AfterValidator(_loss_weights)]  # M&N's [dice, kl], also supervised2d's
+
+
+class MNOptions(MethodOptions):
+    """M&N's ``method.options`` (see the module docstring)."""
+
+    warmup_iterations: int | None = Field(None, ge=1)
+    epoch_length: int = Field(8, ge=1)
+    sampling: Literal[KINDS] = "lrg"  # type: ignore[valid-type]  # sampling.py's kinds
+    fixed_unlabelled: int = 0
+    views: Annotated[int | list[int], AfterValidator(_views)] = [2]
+    guide_every: int = Field(0, ge=0)
+    guide_at: list[int] = []
+    loss_weights: LossWeights = [1.0, 1.0]
+    slices_per_step: int = Field(0, ge=0)
+    predict: Literal["net3d", "ensemble"] = "net3d"
 
 
 @METHODS.register("mn")
 class MN(Method):
     """M&N co-training (see the module docstring for the schedule and the options)."""
 
+    Options = MNOptions
+
     def __init__(self, ctx: MethodContext, **options):
         super().__init__(ctx)
-        o = method_options("mn", options, DEFAULTS)
+        o = method_options("mn", options, MNOptions)
         cfg = ctx.cfg
         where = "method.options (mn)"
         total = ctx.total_iterations
         cycles = list(cfg.train.schedule.cycles)
-        w = o["warmup_iterations"]
-        if w is not None:
-            w = _int(f"{where} warmup_iterations", w, 1)
+        w = o.warmup_iterations
         if not cycles:
             raise InputError("train.schedule.cycles",
                              "M&N's stage 1 ends at the first lr cycle boundary: set train.schedule.cycles to "
@@ -156,33 +173,18 @@ class MN(Method):
                              f"stage 1 ends at iteration {w}, which must lie inside the run's {total} iterations "
                              "(train.iterations), or stage 2 never starts")
         self.warmup = w
-        self.epoch_length = _int(f"{where} epoch_length", o["epoch_length"], 1)
-        if o["sampling"] not in KINDS:
-            raise InputError(f"{where} sampling", f"{o['sampling']!r}: choose one of {', '.join(KINDS)}")
-        self.composer = BatchComposer(o["sampling"], cfg.train.batch_size, w, total, o["fixed_unlabelled"])
+        self.epoch_length = o.epoch_length
+        self.composer = BatchComposer(o.sampling, cfg.train.batch_size, w, total, o.fixed_unlabelled)
         # stage 2 trains on unlabelled patches: an empty unlabelled split is refused before training
-        self.needs_unlabelled = o["sampling"] != "labelled_only"
-
-        views = o["views"]
-        views = [views] if isinstance(views, int) and not isinstance(views, bool) else views
-        if (not isinstance(views, (list, tuple)) or not views or len(set(views)) != len(views)
-                or any(isinstance(v, bool) or v not in (0, 1, 2) for v in views)):
-            raise InputError(f"{where} views", f"expected distinct spatial axes among 0, 1, 2 (e.g. [2] or [0, 1, 2]), got {views!r}")
-        self.views = tuple(int(v) for v in views)
-
-        self.slices_per_step = _int(f"{where} slices_per_step", o["slices_per_step"], 0)
-        self.guide_every = _int(f"{where} guide_every", o["guide_every"], 0)
-        guide_at = o["guide_at"]
-        if not isinstance(guide_at, (list, tuple)):
-            raise InputError(f"{where} guide_at", f"expected a list of iteration counts, got {guide_at!r}")
-        for g in guide_at:
-            _int(f"{where} guide_at", g, w)
-        self.guide_at = frozenset(int(g) for g in guide_at)
-
-        self.w_dice, self.w_kl = loss_weights(where, o["loss_weights"])
-        if o["predict"] not in ("net3d", "ensemble"):
-            raise InputError(f"{where} predict", f"{o['predict']!r}: choose net3d or ensemble")
-        self.predict = o["predict"]
+        self.needs_unlabelled = o.sampling != "labelled_only"
+        self.views = tuple(o.views)
+        self.slices_per_step, self.guide_every = o.slices_per_step, o.guide_every
+        early = [g for g in o.guide_at if g < w]
+        if early:
+            raise InputError(f"{where} guide_at", f"pseudo-mask passes must come after stage 1 (>= {w}), got {early[0]}")
+        self.guide_at = frozenset(o.guide_at)
+        self.w_dice, self.w_kl = o.loss_weights
+        self.predict = o.predict
 
         net2d = self.build_net2d()
         if ctx.channels_last:  # 2D convolutions NHWC too (the trainer converts the 3D ones)

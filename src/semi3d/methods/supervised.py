@@ -6,7 +6,7 @@ from torch import nn
 from ..data.strong_augment import StrongAugment, strong_augment
 from ..losses import dice_ce_loss
 from ..registry import METHODS
-from .base import Batch, Method, MethodContext, method_options
+from .base import Batch, Method, MethodContext, MethodOptions, method_options
 
 
 @METHODS.register("supervised")
@@ -20,10 +20,13 @@ class Supervised(Method):
             ``data.augment`` at no-op then, as the A&D configs do).
     """
 
+    class Options(MethodOptions):
+        strong_augment: bool | dict = False
+
     def __init__(self, ctx: MethodContext, **options):
         super().__init__(ctx)
-        o = method_options("supervised", options, {"strong_augment": False})
-        self.augment = StrongAugment.from_option(o["strong_augment"])
+        o = method_options("supervised", options, self.Options)
+        self.augment = StrongAugment.from_option(o.strong_augment)
         self.groups = nn.ModuleDict({"net": self.build_net3d()})
 
     def training_step(self, batch: Batch, step: int):

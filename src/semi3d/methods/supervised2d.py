@@ -28,8 +28,8 @@ Logged per step: ``dice/net2d`` and ``kl/net2d``.
 """
 from __future__ import annotations
 
-
 import torch
+from pydantic import Field
 from torch import nn
 
 from ..config import NetSpec
@@ -37,30 +37,32 @@ from ..errors import InputError
 from ..losses import one_hot
 from ..models.slicing import SliceWise2D, spatial_axes, volume_to_slices
 from ..registry import METHODS
-from .base import Batch, Method, MethodContext, method_options
+from .base import Batch, Method, MethodContext, MethodOptions, method_options
 from .common import slicewise_spec
-from .mn import loss_weights, soft_target_loss
+from .mn import LossWeights, soft_target_loss
 
-DEFAULTS = dict(axis=2, loss_weights=[1.0, 1.0], slices_per_step=0)
+
+class Supervised2DOptions(MethodOptions):
+    axis: int | list[int] = 2
+    loss_weights: LossWeights = [1.0, 1.0]
+    slices_per_step: int = Field(0, ge=0)
 
 
 @METHODS.register("supervised2d")
 class Supervised2D(Method):
     """Labelled-only training of the 2D slice model (see the module docstring)."""
 
+    Options = Supervised2DOptions
+
     def __init__(self, ctx: MethodContext, **options):
         super().__init__(ctx)
-        o = method_options("supervised2d", options, DEFAULTS)
-        where = "method.options (supervised2d)"
+        o = method_options("supervised2d", options, Supervised2DOptions)
         try:
-            self.axes = spatial_axes(o["axis"])
+            self.axes = spatial_axes(o.axis)
         except ValueError as e:
-            raise InputError(f"{where} axis", str(e)) from None
-        self.w_dice, self.w_kl = loss_weights(where, o["loss_weights"])
-        n = o["slices_per_step"]
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise InputError(f"{where} slices_per_step", f"expected an integer >= 0, got {n!r}")
-        self.slices_per_step = n
+            raise InputError("method.options.axis (supervised2d)", str(e)) from None
+        self.w_dice, self.w_kl = o.loss_weights
+        self.slices_per_step = o.slices_per_step
         if ctx.cfg.model.net2d is None:
             raise InputError("model.net2d", "method 'supervised2d' trains a 2D slice network: set model.net2d "
                                             "(e.g. {name: unet2d_efficientnet_lite0, options: {pretrained: package}})")

@@ -24,9 +24,10 @@ from __future__ import annotations
 import math
 
 import torch
+from pydantic import Field
 
 from ..registry import METHODS
-from .common import check_number, sigmoid_rampup, softmax32, teacher_noise
+from .common import sigmoid_rampup, softmax32, teacher_noise
 from .mean_teacher import MeanTeacher
 
 
@@ -59,12 +60,12 @@ class UAMT(MeanTeacher):
     voxels kept by the mask).
     """
 
-    DEFAULTS = {**MeanTeacher.DEFAULTS, "mc_passes": 8, "mc_dropout": 0.3}
+    class Options(MeanTeacher.Options):
+        mc_passes: int = Field(8, ge=1)
+        mc_dropout: float = Field(0.3, ge=0, le=0.95)
 
-    def network_override(self, options: dict) -> dict:
-        name = self.ctx.cfg.method.name
-        self.mc_passes = int(check_number(name, "mc_passes", options["mc_passes"], lo=1, integer=True))
-        p = float(check_number(name, "mc_dropout", options["mc_dropout"], lo=0, hi=0.95))
+    def network_override(self, options: "UAMT.Options") -> dict:
+        self.mc_passes, p = options.mc_passes, options.mc_dropout
         spec = self.ctx.cfg.model.net3d
         if p > 0 and spec.name == "unet3d" and "dropout" not in spec.options:
             return {"dropout": p}

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from ..errors import InputError
 from ..losses import dice_ce_loss
 from ..registry import METHODS
 from .base import Batch, Method, MethodContext, method_options
-from .common import check_number, predictor_spec_with, rampup_length, sigmoid_rampup, unlabelled_batch
+from .common import SemiOptions, predictor_spec_with, rampup_length, sigmoid_rampup, unlabelled_batch
 
 
 def pyramid_logits(out, spatial: tuple[int, ...]) -> list[torch.Tensor]:
@@ -82,13 +83,16 @@ class URPC(Method):
 
     needs_unlabelled = True
 
+    class Options(SemiOptions):
+        consistency: float = Field(0.1, ge=0)
+
     def __init__(self, ctx: MethodContext, **options):
         super().__init__(ctx)
         name = ctx.cfg.method.name
-        o = method_options(name, options, {"unlabelled_batch": None, "consistency": 0.1, "consistency_rampup": None})
-        self.n_u = unlabelled_batch(name, ctx, o["unlabelled_batch"])
-        self.consistency = float(check_number(name, "consistency", o["consistency"], lo=0))
-        self.rampup = rampup_length(name, ctx, o["consistency_rampup"])
+        o = method_options(name, options, self.Options)
+        self.n_u = unlabelled_batch(ctx, o.unlabelled_batch)
+        self.consistency = o.consistency
+        self.rampup = rampup_length(ctx, o.consistency_rampup)
         spec = ctx.cfg.model.net3d
         try:
             net = self.build_net3d(deep_supervision=True)

@@ -13,17 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
 
+from ..config import StrictModel
 from ..errors import InputError
 
 __all__ = ["Prompt", "PromptableSegmenter", "Segmentation", "Strict", "as_image"]
 
 
-class Strict(BaseModel):
-    """Base of the mining option models: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+Strict = StrictModel  # the mining option models' base (semi3d.config's)
 
 
 @dataclass

@@ -21,7 +21,7 @@ SLICE_AXIS = 2
 
 # ---------------------------------------------------------------------------------- metrics
 def load_metrics(path: Path) -> dict:
-    """A ``metrics.json`` written by :func:`semi3d.evaluation.report.write_metrics`."""
+    """A ``metrics.json`` written by :func:`semi3d.evaluation.summary.write_metrics`."""
     try:
         m = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:

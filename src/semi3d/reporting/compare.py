@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from ..errors import InputError
-from ..evaluation.report import table_markdown
+from ..evaluation.summary import table_markdown
 from ..engine.rundir import RunDir
 from .common import case_means, foreground_mean, load_metrics, pyplot, save_figure
 

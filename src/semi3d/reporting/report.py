@@ -19,7 +19,7 @@ import numpy as np
 from ..atomic import write_text
 from ..engine.rundir import RunDir
 from ..errors import InputError
-from ..evaluation.report import table_markdown
+from ..evaluation.summary import table_markdown
 from .common import (case_means, draw_errors, draw_image, draw_labels, foreground_mean, load_metrics, png_base64,
                      pyplot, richest_slice, save_figure)
 

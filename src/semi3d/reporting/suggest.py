@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from ..errors import InputError
 from ..engine.rundir import RunDir
+from ..errors import InputError
+from ..models.slicing import SliceWise2D
 from .common import draw_heat, draw_image, draw_labels, pyplot, richest_slice, save_figure
 
 __all__ = ["entropy_map", "region_entropy", "soft_dice_disagreement", "js_divergence_map", "rank_cases",
@@ -121,21 +121,6 @@ def rank_cases(scores: Mapping[str, float], k: int | None = None) -> list[tuple[
 
 
 # ---------------------------------------------------------------------------------- models
-class SliceModel(nn.Module):
-    """A 2D network as a volume model: (N, C, X, Y, Z) -> log-probabilities (N, K, X, Y, Z) of
-    :func:`semi3d.models.slicing.predict_2d_volume` along ``views`` (softmax of the output gives
-    the probabilities back, so it plugs into the sliding-window predictor)."""
-
-    def __init__(self, net2d: nn.Module, views=(2,)):
-        super().__init__()
-        self.net2d, self.views = net2d, tuple(views)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from ..models.slicing import predict_2d_volume
-
-        return torch.log(predict_2d_volume(self.net2d, x, self.views).clamp_min(1e-8))
-
-
 def load_method(run_dir: Path, cfg=None):
     """The run's method (all its networks) rebuilt from ``checkpoints/last.pt``, in eval mode on CPU."""
     from ..engine import checkpoint as ckpt
@@ -202,7 +187,7 @@ def suggest_cases(run_dir: Path, k: int = 5, out: Path | None = None, data_root:
         net3d = groups["net3d"].to(device).eval()
         if use_channels_last(cfg.train.channels_last, device):
             channels_last_3d(net3d)
-        net2d = SliceModel(groups["net2d"], getattr(method, "views", (2,))).to(device).eval()
+        net2d = SliceWise2D(groups["net2d"], getattr(method, "views", (2,))).to(device).eval()
         num_classes = method.num_classes
     else:  # the inference model the run's selection policy designates
         predictor = Predictor(model_file(run_dir), cfg.device, cfg.precision)

@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from semi3d.errors import InputError
-from semi3d.evaluation.report import format_table, summarise, table_markdown, write_metrics
+from semi3d.evaluation.summary import format_table, summarise, table_markdown, write_metrics
 
 
 def _row(dice, hd95):

@@ -1,0 +1,112 @@
+"""nnU-Net's ignore label: read as IGNORE_INDEX, not a class, left out of every loss and metric."""
+from __future__ import annotations
+
+import copy
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from semi3d.config import load_config
+from semi3d.data.case import Case
+from semi3d.data.formats import build_reader
+from semi3d.data.patches import PatchSampler
+from semi3d.data.synthetic import write_dataset
+from semi3d.engine.trainer import Trainer
+from semi3d.errors import InputError
+from semi3d.evaluation.metrics import case_metrics
+from semi3d.losses import IGNORE_INDEX, dice_ce_loss, one_hot
+from semi3d.methods.mn import soft_target_loss
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def ignore_root(tmp_path_factory):
+    """The synthetic nnU-Net dataset (3 classes) with a 4th label ``ignore`` = 3 over the first 6 X
+    planes of every training label."""
+    root = write_dataset(tmp_path_factory.mktemp("ign") / "ds", n_labelled=4, n_unlabelled=2, n_test=1,
+                         shape=(24, 24, 16), num_classes=3)
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["labels"]["ignore"] = 3
+    (root / "dataset.json").write_text(json.dumps(meta))
+    for f in (root / "labelsTr").glob("*.nii.gz"):
+        img = nib.load(f)
+        lab = np.asarray(img.dataobj).copy()
+        lab[:6] = 3
+        nib.save(nib.Nifti1Image(lab, img.affine), f)
+    return root
+
+
+def test_reader_maps_the_ignore_label(ignore_root):
+    r = build_reader("nnunet", ignore_root)
+    assert r.num_classes == 3 and r.class_names == ["background", "organ", "lesion"] and r.ignore_value == 3
+    case = r.load(r.labelled_ids()[0])
+    assert (case.label[:6] == IGNORE_INDEX).all() and case.label[6:].max() <= 2
+
+
+def test_ignore_must_be_the_highest_value(ignore_root, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(ignore_root, bad)
+    meta = json.loads((bad / "dataset.json").read_text())
+    meta["labels"] = {"background": 0, "ignore": 1, "organ": 2, "lesion": 3}
+    (bad / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="ignore label must have the highest value"):
+        build_reader("nnunet", bad)
+
+
+def test_losses_do_not_see_ignored_voxels():
+    torch.manual_seed(0)
+    logits, label = torch.randn(2, 3, 6, 6, 6), torch.randint(0, 3, (2, 6, 6, 6))
+    label[:, :2] = IGNORE_INDEX
+    other = label.clone()
+    logits2 = logits.clone()
+    logits2[:, :, :2] = torch.randn(2, 3, 2, 6, 6) * 5  # any prediction there
+    assert dice_ce_loss(logits, label).item() == pytest.approx(dice_ce_loss(logits2, other).item(), rel=1e-6)
+    x = logits.clone().requires_grad_()
+    dice_ce_loss(x, label).backward()
+    assert x.grad[:, :, :2].abs().max() == 0 and x.grad[:, :, 2:].abs().max() > 0
+    # known answer: the same as the loss on the kept voxels alone
+    kept = dice_ce_loss(logits[:, :, 2:], label[:, 2:])
+    assert dice_ce_loss(logits, label).item() == pytest.approx(kept.item(), rel=1e-5)
+    t = one_hot(label, 3)
+    assert (t[:, :, :2] == 0).all() and (t[:, :, 2:].sum(1) == 1).all()
+    a, b = soft_target_loss(logits, t)[0], soft_target_loss(logits2, t)[0]  # M&N's loss, too
+    assert a.item() == pytest.approx(b.item(), rel=1e-6)
+    assert a.item() == pytest.approx(soft_target_loss(logits[:, :, 2:], t[:, :, 2:])[0].item(), rel=1e-5)
+
+
+def test_metrics_and_foreground_sampling_skip_ignored_voxels():
+    ref = np.zeros((10, 10, 10), np.int64)
+    ref[2:6, 2:6, 2:6] = 1
+    ref[8:] = IGNORE_INDEX
+    pred = np.where(ref == IGNORE_INDEX, 1, ref)  # "wrong" only where ignored
+    assert case_metrics(pred, ref, 2, (1, 1, 1))["class1"]["dice"] == 1.0
+    lab = np.full((16, 16, 16), IGNORE_INDEX, np.uint8)
+    lab[:2, :2, :2] = 1
+    s = PatchSampler([Case("c", np.zeros((1, 16, 16, 16), np.float32), lab)], (8, 8, 8), 1.0, torch.Generator())
+    assert len(s.vols[0].fg) == 8  # the 8 class-1 voxels, not the ignored ones
+
+
+def _tree(tiny_tree, root, tmp_path, method="supervised", **options):
+    t = copy.deepcopy(tiny_tree)
+    t["data"]["root"], t["output_dir"], t["name"] = str(root), str(tmp_path), method
+    t["method"] = {"name": method, "options": options}
+    t["train"]["iterations"] = 4
+    return t
+
+
+def test_training_and_evaluation_with_an_ignore_label(ignore_root, tiny_tree, tmp_path):
+    from semi3d.evaluation.evaluate import evaluate_run
+
+    cfg = load_config(tree=_tree(tiny_tree, ignore_root, tmp_path))
+    assert Trainer(cfg).fit()["iterations"] == 4
+    metrics = evaluate_run(cfg.run_dir, split="validation")
+    assert set(metrics) == {"organ", "lesion", "mean"}  # no 'ignore' class
+    with pytest.raises(InputError, match="does not support nnU-Net's ignore label"):
+        Trainer(load_config(tree=_tree(tiny_tree, ignore_root, tmp_path, "ad", width=4, depth=3)))
+    assert not (tmp_path / "ad").exists()  # refused during setup: no run folder left
