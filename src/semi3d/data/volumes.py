@@ -66,7 +66,8 @@ def _short(exc: BaseException) -> str:
     return (lines[0] if lines else type(exc).__name__)[:200]
 
 
-def _spacing_of(affine: np.ndarray | None) -> tuple[float, float, float] | None:
+def spacing_of(affine: np.ndarray | None) -> tuple[float, float, float] | None:
+    """Voxel size (X, Y, Z) in mm: the lengths of the affine's first three columns."""
     if affine is None:
         return None
     return tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))  # type: ignore[return-value]
@@ -121,7 +122,7 @@ def _read_h5(path: Path, key: str | None):
             raise InputError(path, f"no dataset {key!r} (has: {', '.join(names) or 'none'})")
         ds = f[key]
         affine = np.asarray(ds.attrs["affine"], dtype=float) if "affine" in ds.attrs else None
-        return ds[()], affine, _spacing_of(affine)
+        return ds[()], affine, spacing_of(affine)
 
 
 def _read_npy(path: Path, key: str | None):

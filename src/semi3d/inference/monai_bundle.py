@@ -13,7 +13,6 @@ therefore needs ``semi3d`` importable (``pip install semi3d``).
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -24,16 +23,12 @@ from monai.transforms import MapTransform
 
 from ..config import RunConfig
 from ..data.case import Case
-from ..losses import class_argmax
+from ..data.volumes import spacing_of
+from .predictor import label_map, read_bundle_metadata
 
 __all__ = ["Preprocessd", "Invertd", "inference_config"]
 
 _SHAPE, _CROP = "semi3d_shape", "semi3d_crop"
-
-
-def _bundle_config(bundle_root: str | Path) -> RunConfig:
-    meta = json.loads((Path(bundle_root) / "configs" / "metadata.json").read_text())
-    return RunConfig.model_validate(meta["semi3d"]["config"])
 
 
 class Preprocessd(MapTransform):
@@ -46,7 +41,7 @@ class Preprocessd(MapTransform):
         super().__init__(keys)
         from ..data.dataset import make_preprocessor
 
-        cfg = _bundle_config(bundle_root)
+        cfg = read_bundle_metadata(Path(bundle_root))[1]
         self.pre, self.patch = make_preprocessor(cfg.data), tuple(cfg.data.patch_size)
 
     def __call__(self, data):
@@ -56,7 +51,7 @@ class Preprocessd(MapTransform):
         for key in self.key_iterator(d):
             img = d[key]
             affine = np.asarray(img.affine, dtype=float)
-            spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
+            spacing = spacing_of(affine)
             arr = np.asarray(img.numpy(), dtype=np.float32)
             pre = self.pre(Case("bundle", arr, None, spacing, affine))
             padded, crop = pad_image(torch.from_numpy(pre.image), self.patch)
@@ -75,11 +70,10 @@ class Invertd(MapTransform):
 
     def __init__(self, keys, bundle_root: str, image_key: str = "image"):
         super().__init__(keys)
-        self.postprocess = _bundle_config(bundle_root).inference.postprocess
+        self.postprocess = read_bundle_metadata(Path(bundle_root))[1].inference.postprocess
         self.image_key = image_key
 
     def __call__(self, data):
-        from ..data.postprocess import POSTPROCESS
         from ..data.preprocess import resample_probabilities
 
         d = dict(data)
@@ -91,8 +85,7 @@ class Invertd(MapTransform):
             probs = probs[(slice(None), *(slice(a, None if b < 0 else b) for a, b in crop))]
             if list(probs.shape[1:]) != shape:
                 probs = resample_probabilities(probs, shape)
-            label = class_argmax(probs, 0).numpy().astype(np.uint8)
-            label = POSTPROCESS[self.postprocess](label, probs.shape[0])
+            label = label_map(probs, self.postprocess)
             meta = {k: v for k, v in ref.meta.items() if k not in (_SHAPE, _CROP, "affine")}
             name = str(meta.get("filename_or_obj", "case"))
             meta["filename_or_obj"] = re.sub(r"_\d{4}(\.nii(\.gz)?)$", r"\1", name)

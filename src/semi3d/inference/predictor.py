@@ -31,6 +31,27 @@ def is_bundle(path: Path) -> bool:
     return Path(path).is_dir() and (Path(path) / BUNDLE_METADATA).is_file()
 
 
+def read_bundle_metadata(folder: Path) -> tuple[dict, RunConfig]:
+    """The ``semi3d`` part of a bundle's ``configs/metadata.json`` and the run config inside it."""
+    import json
+
+    meta_path = Path(folder) / BUNDLE_METADATA
+    try:
+        m = json.loads(meta_path.read_text())["semi3d"]
+        return m, RunConfig.model_validate(m["config"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(meta_path, f"not a semi3d bundle metadata file ({type(e).__name__}: {e})") from None
+
+
+def label_map(probs: torch.Tensor, postprocess: str) -> np.ndarray:
+    """Probabilities (K, X, Y, Z) -> label map (X, Y, Z) uint8: the argmax, then ``postprocess``
+    (an ``inference.postprocess`` name)."""
+    from ..data.postprocess import POSTPROCESS
+
+    label = class_argmax(probs, 0).numpy().astype(np.uint8)
+    return POSTPROCESS[postprocess](label, probs.shape[0])
+
+
 class Predictor:
     """A trained model plus the preprocessing and patch size it was trained with.
 
@@ -82,15 +103,7 @@ class Predictor:
             channels_last_3d(self.net)
 
     def _load_bundle(self, folder: Path) -> dict:
-        import json
-
-        meta_path = folder / BUNDLE_METADATA
-        try:
-            meta = json.loads(meta_path.read_text())
-            m = meta["semi3d"]
-            self.cfg = RunConfig.model_validate(m["config"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise InputError(meta_path, f"not a semi3d bundle metadata file ({type(e).__name__}: {e})") from None
+        m, self.cfg = read_bundle_metadata(folder)
         state = folder / BUNDLE_STATE_DICT
         if state.is_file() and "net" in m:  # the run's own network and weights: identical predictions
             try:
@@ -125,11 +138,7 @@ class Predictor:
     def segment(self, case: Case, probs: torch.Tensor | None = None) -> np.ndarray:
         """The label map (X, Y, Z) uint8 on the case's original grid: the argmax of ``probs``
         (default ``self(case)``), then ``inference.postprocess``."""
-        from ..data.postprocess import POSTPROCESS
-
-        probs = self(case) if probs is None else probs
-        label = class_argmax(probs, 0).numpy().astype(np.uint8)
-        return POSTPROCESS[self.cfg.inference.postprocess](label, self.num_classes)
+        return label_map(self(case) if probs is None else probs, self.cfg.inference.postprocess)
 
 
 def model_file(run_dir: Path, which: str = "auto") -> Path:
