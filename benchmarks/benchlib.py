@@ -69,6 +69,13 @@ def train_and_evaluate(cfg, split: str) -> dict:
             "train_wall_s_total": train_seconds(cfg.run_dir), "eval_wall_s": time.time() - t0}
 
 
+def mine(cfg) -> dict:
+    """Run a mining config (``MiningConfig``), resuming its run folder when it holds this run."""
+    from semi3d.mining.loop import run_mining
+
+    return run_mining(cfg, resume=RunDir(cfg.run_dir).config.is_file())
+
+
 def merge_tree(a: dict, b: dict) -> dict:
     """``a`` with ``b`` merged in recursively (mappings merge, everything else replaces); copies."""
     out = copy.deepcopy(a)

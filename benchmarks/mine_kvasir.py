@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from semi3d.evaluation.summary import table_markdown
-from semi3d.mining.loop import load_mining_config, run_mining
+from semi3d.mining.config import load_mining_config
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
-from benchlib import git_commit, machine, merge_tree, mining_round_row
+from benchlib import git_commit, machine, merge_tree, mine, mining_round_row
 
 HERE = Path(__file__).resolve().parent
 KVASIR = HERE.parent.parent / "shared" / "data" / "Kvasir-SEG"
@@ -64,7 +64,6 @@ BUDGET = {  # every run; --set key=value overrides any of it
     "iterate": {"rounds": 1, "feed_mask": False, "feed_model_mask": True},
     "select": {"unit": "slice", "min_score": 0.5, "min_agreement": 0.7, "keep_empty": True, "empty_max_prob": 0.35},
     "save_pseudo": "none",
-    "save_checkpoints": False,
 }
 
 
@@ -154,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         done.add(name)
         cfg = load_mining_config(tree=run_tree(v, p, s, runs, a.small), overrides=a.set)
-        summary = run_mining(cfg)
+        summary = mine(cfg)  # resumes an interrupted run
         last = summary["rounds"][-1]
         result = {"name": name, "small": a.small, "variant": v, "percent": 100 if v == "full" else p, "seed": s,
                   **image_metrics(last["dev_cases"]), "command": command, "commit": git_commit(),

@@ -25,10 +25,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from semi3d.mining.loop import load_mining_config, run_mining
+from semi3d.mining.config import load_mining_config
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
-from benchlib import git_commit, machine, merge_tree, mining_round_row
+from benchlib import git_commit, machine, merge_tree, mine, mining_round_row
 
 HERE = Path(__file__).resolve().parent
 LA = HERE.parent.parent / "shared" / "data" / "LA"
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         name = f"mine_la_l{n}"
         t = merge_tree(tree, {"name": name, "output_dir": str(runs), "data": {"splits": {"labelled": {"first": n}}}})
         cfg = load_mining_config(tree=t, overrides=a.set)
-        summary = run_mining(cfg)
+        summary = mine(cfg)  # resumes an interrupted run
         result = {
             "name": name, "command": "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *argv_used]),
             "commit": commit, "smoke": a.smoke, "labelled": summary["splits"]["labelled"],

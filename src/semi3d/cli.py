@@ -188,12 +188,13 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="folder for the synthe
 
 @app.command()
 @_clean_errors
-def mine(config: Path, set: list[str] = typer.Option([], "--set", help="override: key=value (YAML value)")):
+def mine(config: Path, set: list[str] = typer.Option([], "--set", help="override: key=value (YAML value)"),
+         resume: bool = typer.Option(False, "--resume", help="continue an interrupted run of the same config")):
     """Knowledge mining: small 2D model -> prompts -> promptable refiner (random walker or SAM) ->
     selected pseudo-labels -> fine-tuning, for several rounds (see semi3d.mining.loop)."""
     from .mining.loop import run_mining_file
 
-    summary = run_mining_file(config, set)
+    summary = run_mining_file(config, set, resume)
     for r in summary["rounds"]:
         kept = f", kept {r['n_kept']}/{r['n_candidates']}" if "n_kept" in r else ""
         console.print(f"round {r['round']}: dev Dice {100 * r['dev_dice']:.2f}{kept}")

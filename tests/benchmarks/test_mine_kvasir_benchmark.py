@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from semi3d.mining.loop import load_mining_config
+from semi3d.mining.config import load_mining_config
 
 
 @pytest.fixture

@@ -55,3 +55,15 @@ def test_same_generator_state_same_patches(fg):
     for _ in range(5):
         (xa, ya, _), (xb, yb, _) = a.sample(2), b.sample(2)
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_case_weights_steer_which_case_is_drawn():
+    a, b = _case(), _case()
+    b.id = "b"
+    only_b = PatchSampler([a, b], (8, 8, 8), 0.0, torch.Generator().manual_seed(0), weights=[0.0, 1.0])
+    assert {only_b.sample(1)[2][0] for _ in range(20)} == {"b"}
+    mostly_b = PatchSampler([a, b], (8, 8, 8), 0.0, torch.Generator().manual_seed(0), weights=[1.0, 3.0])
+    share = sum(mostly_b.sample(1)[2][0] == "b" for _ in range(400)) / 400
+    assert 0.68 < share < 0.82  # 0.75 expected
+    with pytest.raises(ValueError, match="non-negative"):
+        PatchSampler([a, b], (8, 8, 8), 0.0, torch.Generator(), weights=[1.0])

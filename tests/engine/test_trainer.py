@@ -94,6 +94,17 @@ def test_test_split_can_never_be_trained_on(tiny_tree, synth_root):
         Trainer(load_config(tree=tiny_tree))
 
 
+def test_init_weights_are_the_starting_point_and_an_unknown_group_is_named(tiny_tree):
+    first = Trainer(load_config(tree=tiny_tree))
+    start = {k: v + 1.0 for k, v in first.method.groups["net"].state_dict().items() if v.is_floating_point()}
+    tiny_tree["name"] = "tiny_init"
+    again = Trainer(load_config(tree=tiny_tree), init={"net": {**first.method.groups["net"].state_dict(), **start}})
+    assert all(torch.equal(again.method.groups["net"].state_dict()[k], v) for k, v in start.items())
+    tiny_tree["name"] = "tiny_init2"
+    with pytest.raises(InputError, match="unknown group 'student'"):
+        Trainer(load_config(tree=tiny_tree), init={"student": {}})
+
+
 def test_unknown_group_optimizer_named(tiny_tree):
     tiny_tree["train"]["group_optimizers"] = {"net2d": {"lr": 1e-3}}
     with pytest.raises(InputError, match="net2d"):

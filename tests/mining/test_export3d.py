@@ -19,7 +19,8 @@ from semi3d.data.readers import FolderReader
 from semi3d.data.synthetic import write_dataset
 from semi3d.errors import InputError
 from semi3d.mining.export import label_to_original_grid, write_pseudo_dataset
-from semi3d.mining.loop import load_mining_config, run_mining
+from semi3d.mining.config import load_mining_config
+from semi3d.mining.loop import run_mining
 
 H5 = "2018LA_Seg_Training Set"
 
@@ -57,7 +58,7 @@ def test_mining_writes_a_3d_dataset_that_trains(la_like, tmp_path):
                      "preprocess": {"scale": [1.0, 1.0, 0.5]}},  # mined on 24x24x4, written back on 24x24x8
             "model": {"name": "unetpp2d", "options": {"widths": [4, 8]}},
             "train": {"iterations": 25, "finetune_iterations": 2, "batch_size": 4, "patch": [24, 24], "lr": 0.01},
-            "rounds": 1, "save_checkpoints": False,
+            "rounds": 1,
             "select": {"unit": "case", "min_score": 0.0, "min_agreement": 0.0, "keep_empty": True,
                        "empty_max_prob": 1.0},
             "dataset_3d": {"enabled": True, "min_kept_fraction": 1.0}}

@@ -6,13 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from semi3d.data.case import Case
 from semi3d.data.volumes import read_volume
 from semi3d.data.synthetic import write_dataset
 from semi3d.errors import InputError
 from semi3d.mining.export import write_pseudo_volumes
-from semi3d.mining.loop import load_mining_config, load_mining_data, run_mining
+from semi3d.mining import train2d
+from semi3d.mining.config import load_mining_config
+from semi3d.mining.loop import load_mining_data, run_mining
 
 TINY_TRAIN = {"iterations": 25, "finetune_iterations": 5, "batch_size": 4, "patch": [24, 24]}
 
@@ -90,7 +93,7 @@ def test_multiclass_nnunet_without_hidden_truth(synth_root, tmp_path):
 
 
 def test_other_registered_2d_model_and_reinit(la_like, tmp_path):
-    tree = _tree(la_like, tmp_path, rounds=1, save_pseudo="none", save_checkpoints=False,
+    tree = _tree(la_like, tmp_path, rounds=1, save_pseudo="none",
                  model={"name": "unet2d_mobilenet_v2", "options": {"decoder_channels": [16, 8, 8, 8, 8]}},
                  train={**TINY_TRAIN, "iterations": 3, "finetune_iterations": 2, "reinit": True, "patch": [32, 32]})
     summary = run_mining(tree)
@@ -212,7 +215,7 @@ def test_benchmark_script_smoke(tmp_path, load_benchmark):
     assert "| round | dev_dice" in md and "Synthetic smoke data" in md
     # the real benchmark budget is a valid config
     assert mod.BUDGET["data"]["splits"]["validation"] == {"last": 16}
-    from semi3d.mining.loop import MiningConfig
+    from semi3d.mining.config import MiningConfig
 
     MiningConfig.model_validate({**mod.BUDGET, "name": "x"})
 
@@ -230,3 +233,55 @@ def test_cli_mine(la_like, tmp_path):
     assert "round 1: dev Dice" in res.output and (tmp_path / "runs" / "cli" / "train_summary.json").is_file()
     bad = CliRunner().invoke(app, ["mine", str(path), "--set", "select.min_scor=1"])
     assert bad.exit_code == 2 and "min_scor" in bad.output
+    again = CliRunner().invoke(app, ["mine", str(path), "--set", "name=cli"])
+    assert again.exit_code == 2 and "--resume" in again.output
+    done = CliRunner().invoke(app, ["mine", str(path), "--set", "name=cli", "--resume"])  # finished: nothing retrained
+    assert done.exit_code == 0 and "round 1: dev Dice" in done.output, done.output
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_mining_run_resumes_to_the_same_result(la_like, tmp_path, monkeypatch):
+    def tree(out):
+        return _tree(la_like, out, rounds=2, save_pseudo="none", refiner={"name": "identity"},
+                     train={**TINY_TRAIN, "iterations": 6, "finetune_iterations": 4, "checkpoint_every": 2,
+                            "log_every": 2})
+    whole = run_mining(tree(tmp_path / "a"))
+
+    real = train2d.Trainer
+
+    class StopsInRound1(real):  # the process dies in round 1's training, after its step 2
+        def fit(self, stop_at=None):
+            if self.run.path.name == "round1":
+                super().fit(stop_at=2)
+                raise _Interrupted
+            return super().fit(stop_at)
+
+    monkeypatch.setattr(train2d, "Trainer", StopsInRound1)
+    with pytest.raises(_Interrupted):
+        run_mining(tree(tmp_path / "b"))
+    monkeypatch.setattr(train2d, "Trainer", real)
+    run = tmp_path / "b" / "m"
+    assert [json.loads(x)["round"] for x in (run / "log.jsonl").read_text().splitlines()] == [0]
+    with pytest.raises(InputError, match="holds a mining run already"):
+        run_mining(tree(tmp_path / "b"))
+    with pytest.raises(InputError, match="differs from the config given"):
+        run_mining({**tree(tmp_path / "b"), "rounds": 3}, resume=True)
+    resumed = run_mining(tree(tmp_path / "b"), resume=True)
+
+    for a, b in zip(whole["rounds"], resumed["rounds"]):
+        assert a["dev_dice"] == b["dev_dice"] and a["train_loss"] == b["train_loss"]
+        assert a.get("n_kept") == b.get("n_kept")
+    wa = torch.load(tmp_path / "a" / "m" / "checkpoints" / "small_round2.pt")
+    wb = torch.load(run / "checkpoints" / "small_round2.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_nothing_to_resume_and_a_bad_config_leaves_no_folder(la_like, tmp_path):
+    with pytest.raises(InputError, match="nothing to resume"):
+        run_mining(_tree(la_like, tmp_path), resume=True)
+    with pytest.raises(InputError, match="beta"):
+        run_mining(_tree(la_like, tmp_path, refiner={"name": "random_walker", "options": {"beta": -1}}))
+    assert not Path(tmp_path / "m").exists()

@@ -20,14 +20,21 @@ def make_preprocessor(cfg: DataConfig) -> Preprocessor:
 
 @dataclass
 class DataBundle:
-    """Everything the trainer and the evaluator need to reach the cases."""
+    """Everything the trainer and the evaluator need to reach the cases.
+
+    ``cache`` is anything with ``get(case id) -> Case`` (the preprocessing cache, or a dict of
+    cases held in memory); ``weights`` the relative sampling weight of each labelled case id
+    (None: uniform); ``channels`` the number of image channels when the reader does not name them.
+    """
 
     reader: object
     splits: dict[str, list[str]]
-    cache: PreprocessedCache
+    cache: PreprocessedCache | dict[str, Case]
     num_classes: int
     class_names: list[str]
     domains: dict[str, str] = None  # type: ignore[assignment]  # domain tag per case id ({} = none)
+    weights: dict[str, float] | None = None
+    channels: int | None = None
 
     def cases(self, split: str) -> list[Case]:
         """Preprocessed cases of a split (unlabelled cases lose their label, if they had one)."""
@@ -43,7 +50,7 @@ class DataBundle:
 
     @property
     def in_channels(self) -> int:
-        return len(getattr(self.reader, "channel_names", None) or [0])
+        return self.channels or len(getattr(self.reader, "channel_names", None) or [0])
 
 
 def prepare_data(cfg: DataConfig, splits: dict[str, list[str]] | None = None) -> DataBundle:

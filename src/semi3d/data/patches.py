@@ -72,15 +72,21 @@ class PatchSampler:
         fg_oversample: probability that a crop is centred on a random foreground voxel (label > 0,
             or the guide mask of an unlabelled case) rather than placed uniformly.
         generator: the source of all randomness.
+        weights: relative sampling weight of each case (None: every case equally likely).
 
     ``sample(n)`` returns ``(image (n, C, X, Y, Z) float32, label (n, X, Y, Z) int64 or None, ids)``.
     """
 
-    def __init__(self, cases: list[Case], patch_size, fg_oversample: float, generator: torch.Generator):
+    def __init__(self, cases: list[Case], patch_size, fg_oversample: float, generator: torch.Generator,
+                 weights: list[float] | None = None):
         self.patch = tuple(int(p) for p in patch_size)
         self.vols = [_Volume(c, self.patch) for c in cases]
         self.fg_oversample = fg_oversample
         self.g = generator
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        if self.weights is not None and (len(self.weights) != len(self.vols) or not (self.weights >= 0).all()
+                                         or self.weights.sum() <= 0):
+            raise ValueError(f"weights: {len(self.vols)} non-negative values with a positive sum expected")
 
     def __len__(self) -> int:
         return len(self.vols)
@@ -106,7 +112,9 @@ class PatchSampler:
             return None, None, []
         imgs, labs, ids = [], [], []
         for _ in range(n):
-            v = self.vols[self._rand(len(self.vols))]
+            pick = self._rand(len(self.vols)) if self.weights is None else \
+                int(torch.multinomial(self.weights, 1, generator=self.g))
+            v = self.vols[pick]
             x, y, z = self._corner(v)
             px, py, pz = self.patch
             imgs.append(v.image[:, x:x + px, y:y + py, z:z + pz])

@@ -76,12 +76,17 @@ def prepare_run_dir(run: RunDir, resume: bool) -> None:
 
 
 class Trainer:
-    """Trains ``cfg.method`` on ``cfg.data``; ``fit()`` returns a summary dict."""
+    """Trains ``cfg.method`` on ``cfg.data``; ``fit()`` returns a summary dict.
 
-    def __init__(self, cfg: RunConfig, resume: bool = False, data: DataBundle | None = None):
+    ``data``: the cases, when the caller holds them already (default: read ``cfg.data``);
+    ``init``: initial weights ``{group: state_dict}`` (fine-tuning; a resume takes its checkpoint's).
+    """
+
+    def __init__(self, cfg: RunConfig, resume: bool = False, data: DataBundle | None = None,
+                 init: dict[str, dict] | None = None):
         created = not cfg.run_dir.exists()
         try:
-            self._setup(cfg, resume, data)
+            self._setup(cfg, resume, data, init or {})
         except InputError:  # nothing partial: a run folder this call created goes again
             if created and self.dist.is_main:
                 shutil.rmtree(cfg.run_dir, ignore_errors=True)
@@ -90,7 +95,7 @@ class Trainer:
                     f.unlink(missing_ok=True)
             raise
 
-    def _setup(self, cfg: RunConfig, resume: bool, data: DataBundle | None) -> None:
+    def _setup(self, cfg: RunConfig, resume: bool, data: DataBundle | None, init: dict[str, dict]) -> None:
         self.cfg, self.resume = cfg, resume
         self._written: list[Path] = []
         self.dist = D.current()
@@ -128,6 +133,10 @@ class Trainer:
                             self.schedule.factor, channels_last=self.channels_last)
         self.method = METHODS.get(cfg.method.name)(ctx, **cfg.method.options).to(self.device)
         check_patch(cfg.data.patch_size, self.method)  # a clear error now, not a torch one at step 1
+        for g, state in init.items():
+            if g not in self.method.groups:
+                raise InputError("init", f"unknown group {g!r}; groups: {', '.join(self.method.groups)}")
+            self.method.groups[g].load_state_dict(state)
         if self.channels_last:
             channels_last_3d(self.method)
         if self.dist.enabled:
@@ -150,7 +159,9 @@ class Trainer:
         self.aug = d.augment
         if self.main:
             console.print(f"[bold]semi3d[/] {cfg.method.name} ({self.dist.world_size} process(es)): preprocessing {sum(map(len, self.data.splits.values()))} cases ...")
-        self.sampler_l = PatchSampler(self.data.cases("labelled"), d.patch_size, d.fg_oversample, self.gen)
+        labelled, w = self.data.cases("labelled"), self.data.weights
+        self.sampler_l = PatchSampler(labelled, d.patch_size, d.fg_oversample, self.gen,
+                                      None if w is None else [w[c.id] for c in labelled])
         unl = self.data.cases("unlabelled")
         self.sampler_u = PatchSampler(unl, d.patch_size, d.fg_oversample, self.gen) if unl else None
         self.services = TrainerServices(self)

