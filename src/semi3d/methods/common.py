@@ -15,7 +15,7 @@ from pydantic import Field
 from torch import nn
 
 from ..config import NetSpec
-from .base import MethodContext, MethodOptions
+from .base import Method, MethodContext, MethodOptions, method_options
 
 
 def sigmoid_rampup(current: float, length: float) -> float:
@@ -81,6 +81,21 @@ def unlabelled_batch(ctx: MethodContext, value: int | None) -> int:
 def rampup_length(ctx: MethodContext, value: float | None) -> float:
     """A ramp-up length in iterations; ``None`` means the whole run (``train.iterations``)."""
     return float(ctx.total_iterations) if value is None else float(value)
+
+
+class SemiMethod(Method):
+    """Base of the baselines whose ``Options`` extend :class:`SemiOptions` (Mean Teacher, UA-MT,
+    CPS, URPC): ``__init__`` parses the options into ``self.options`` and sets ``self.n_u``
+    (unlabelled patches per step) and ``self.rampup`` (ramp-up length in iterations)."""
+
+    needs_unlabelled = True
+    Options: type[SemiOptions] = SemiOptions
+
+    def __init__(self, ctx: MethodContext, options: dict[str, Any]):
+        super().__init__(ctx)
+        self.options = o = method_options(ctx.cfg.method.name, options, self.Options)
+        self.n_u = unlabelled_batch(ctx, o.unlabelled_batch)
+        self.rampup = rampup_length(ctx, o.consistency_rampup)
 
 
 def predictor_spec_with(ctx: MethodContext, override: dict[str, Any]) -> NetSpec:

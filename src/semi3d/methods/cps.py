@@ -17,8 +17,8 @@ from torch import nn
 
 from ..losses import class_argmax, dice_ce_loss
 from ..registry import METHODS
-from .base import Batch, Method, MethodContext, method_options
-from .common import SemiOptions, rampup_length, sigmoid_rampup, unlabelled_batch
+from .base import Batch, MethodContext
+from .common import SemiMethod, SemiOptions, sigmoid_rampup
 
 _CONVS = (nn.Conv3d, nn.ConvTranspose3d, nn.Conv2d, nn.ConvTranspose2d)
 
@@ -41,7 +41,7 @@ def cross_pseudo_loss(logits: torch.Tensor, other_logits: torch.Tensor) -> torch
 
 
 @METHODS.register("cps")
-class CPS(Method):
+class CPS(SemiMethod):
     """Options:
         unlabelled_batch: unlabelled patches per step (default ``train.batch_size``).
         cps_weight: maximal weight of the cross pseudo-supervision terms (default 0.1, SSL4MIS).
@@ -55,7 +55,6 @@ class CPS(Method):
     ``weight/cps``, ``cps/agreement`` (share of voxels where the two argmaxes agree).
     """
 
-    needs_unlabelled = True
 
     class Options(SemiOptions):
         cps_weight: float = Field(0.1, ge=0)
@@ -63,11 +62,9 @@ class CPS(Method):
         init: Literal["kaiming_xavier", "default"] = "kaiming_xavier"
 
     def __init__(self, ctx: MethodContext, **options):
-        super().__init__(ctx)
-        o = method_options(ctx.cfg.method.name, options, self.Options)
-        self.n_u = unlabelled_batch(ctx, o.unlabelled_batch)
+        super().__init__(ctx, options)
+        o = self.options
         self.cps_weight = o.cps_weight
-        self.rampup = rampup_length(ctx, o.consistency_rampup)
         self.labelled_cps = o.labelled_cps
         net_a, net_b = self.build_net3d(), self.build_net3d()
         if o.init == "kaiming_xavier":

@@ -16,13 +16,13 @@ from torch import nn
 
 from ..losses import dice_ce_loss
 from ..registry import METHODS
-from .base import Batch, Method, MethodContext, method_options
-from .common import (SemiOptions, ema_decay_at, ema_update, make_teacher, predictor_spec_with, rampup_length,
-                     sigmoid_rampup, softmax32, teacher_noise, unlabelled_batch)
+from .base import Batch, MethodContext
+from .common import (SemiMethod, SemiOptions, ema_decay_at, ema_update, make_teacher, predictor_spec_with,
+                     sigmoid_rampup, softmax32, teacher_noise)
 
 
 @METHODS.register("mean_teacher")
-class MeanTeacher(Method):
+class MeanTeacher(SemiMethod):
     """Options:
         unlabelled_batch: unlabelled patches per step (default ``train.batch_size``).
         consistency: maximal consistency weight (default 0.1, as UA-MT / SSL4MIS).
@@ -35,7 +35,6 @@ class MeanTeacher(Method):
     Logged: ``loss/supervised``, ``loss/consistency``, ``weight/consistency``, ``ema/decay``.
     """
 
-    needs_unlabelled = True
 
     class Options(SemiOptions):
         consistency: float = Field(0.1, ge=0)
@@ -45,15 +44,12 @@ class MeanTeacher(Method):
         labelled_consistency: bool = True
 
     def __init__(self, ctx: MethodContext, **options):
-        super().__init__(ctx)
-        o = method_options(ctx.cfg.method.name, options, self.Options)
-        self.n_u = unlabelled_batch(ctx, o.unlabelled_batch)
+        super().__init__(ctx, options)
+        o = self.options
         self.consistency = o.consistency
-        self.rampup = rampup_length(ctx, o.consistency_rampup)
         self.ema_decay = o.ema_decay
         self.noise_std, self.noise_clip = o.noise_std, o.noise_clip
         self.labelled_consistency = o.labelled_consistency
-        self.options = o
         self.net_override = self.network_override(o)
         self.groups = nn.ModuleDict({"net": self.build_net3d(**self.net_override)})
         self.teacher = make_teacher(self.groups["net"])

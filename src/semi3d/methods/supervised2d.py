@@ -48,22 +48,19 @@ from .common import slicewise_spec
 from .mn import LossWeights, soft_target_loss
 
 
-class Supervised2DOptions(MethodOptions):
-    axis: int | list[int] = 2
-    loss_weights: LossWeights = [1.0, 1.0]
-    slices_per_step: int = Field(0, ge=0)
-    loss: Literal["mn", "dice_ce"] = "mn"
-
-
 @METHODS.register("supervised2d")
 class Supervised2D(Method):
-    """Labelled-only training of the 2D slice model (see the module docstring)."""
+    """Labelled-only training of the 2D slice model (see the module docstring for the options)."""
 
-    Options = Supervised2DOptions
+    class Options(MethodOptions):
+        axis: int | list[int] = 2
+        loss_weights: LossWeights = [1.0, 1.0]
+        slices_per_step: int = Field(0, ge=0)
+        loss: Literal["mn", "dice_ce"] = "mn"
 
     def __init__(self, ctx: MethodContext, **options):
         super().__init__(ctx)
-        o = method_options("supervised2d", options, Supervised2DOptions)
+        o = method_options("supervised2d", options, self.Options)
         try:
             self.axes = spatial_axes(o.axis)
         except ValueError as e:

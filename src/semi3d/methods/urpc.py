@@ -29,8 +29,8 @@ from torch import nn
 from ..errors import InputError
 from ..losses import dice_ce_loss
 from ..registry import METHODS
-from .base import Batch, Method, MethodContext, method_options
-from .common import SemiOptions, predictor_spec_with, rampup_length, sigmoid_rampup, unlabelled_batch
+from .base import Batch, MethodContext
+from .common import SemiMethod, SemiOptions, predictor_spec_with, sigmoid_rampup
 
 
 def pyramid_logits(out, spatial: tuple[int, ...]) -> list[torch.Tensor]:
@@ -71,7 +71,7 @@ def rectified_pyramid_consistency(logits: list[torch.Tensor]) -> tuple[torch.Ten
 
 
 @METHODS.register("urpc")
-class URPC(Method):
+class URPC(SemiMethod):
     """Options:
         unlabelled_batch: unlabelled patches per step (default ``train.batch_size``).
         consistency: maximal consistency weight (default 0.1, SSL4MIS).
@@ -81,18 +81,13 @@ class URPC(Method):
     ``urpc/kl`` (mean KL divergence of the levels from their average).
     """
 
-    needs_unlabelled = True
 
     class Options(SemiOptions):
         consistency: float = Field(0.1, ge=0)
 
     def __init__(self, ctx: MethodContext, **options):
-        super().__init__(ctx)
-        name = ctx.cfg.method.name
-        o = method_options(name, options, self.Options)
-        self.n_u = unlabelled_batch(ctx, o.unlabelled_batch)
-        self.consistency = o.consistency
-        self.rampup = rampup_length(ctx, o.consistency_rampup)
+        super().__init__(ctx, options)
+        self.consistency = self.options.consistency
         spec = ctx.cfg.model.net3d
         try:
             net = self.build_net3d(deep_supervision=True)

@@ -10,6 +10,7 @@ most foreground of the best, median and worst case, the split and the resolved c
 from __future__ import annotations
 
 import html
+import re
 import json
 from pathlib import Path
 from typing import Any
@@ -240,8 +241,8 @@ def build_report(run_dir: Path, out: Path | None = None, eval_dir: Path | str | 
             notes.append(f"Overlays skipped: {e}")
 
     info = _run_info(run_dir, cfg, splits, records, metrics, metrics_path)
-    md = _markdown(cfg, run_dir, info, notes, summary_rows, rows, splits, written)
-    page = _html(cfg, run_dir, info, notes, summary_rows, rows, splits, written)
+    blocks = _blocks(cfg, run_dir, info, notes, summary_rows, rows, splits, written)
+    md, page = _markdown(blocks, written), _html(blocks, written, cfg.name)
     write_text(out / "report.md", md)
     write_text(out / "report.html", page)
     written.update(markdown=out / "report.md", html=out / "report.html")
@@ -288,50 +289,67 @@ def _case_cols(rows: list[dict]) -> list[str]:
     return ["rank", "case", *(per_class if multi else []), "dice", "jaccard", "hd95", "asd", "hd95_mm", "asd_mm"]
 
 
-def _markdown(cfg, run_dir, info, notes, summary_rows, rows, splits, written) -> str:
-    parts = [f"# Run report: {cfg.name}\n"]
-    parts += [f"- **{k}**: {v}" for k, v in info]
-    parts.append("")
-    parts += [f"> {n}\n" for n in notes]
+_MEANS = ["class", "dice", "dice_std", "jaccard", "hd95", "asd", "hd95_mm", "asd_mm"]
+
+
+def _blocks(cfg, run_dir, info, notes, summary_rows, rows, splits, written) -> list[tuple]:
+    """The page as blocks both renderers share: ``("h1"|"h2"|"p"|"note"|"pre", text)``,
+    ``("info", [(key, value)])``, ``("table", rows, columns)``, ``("img", alt, written key)``,
+    ``("list", [(split, ids)])``; text in ``p`` may hold `code` spans."""
+    out: list[tuple] = [("h1", f"Run report: {cfg.name}"), ("info", info), *(("note", n) for n in notes)]
     if "curves" in written:
-        parts.append("## Training curves\n\n![training curves](curves.png)\n")
+        out += [("h2", "Training curves"), ("img", "training curves", "curves")]
     if rows:
-        parts.append("## Evaluation\n\nMean per class (Dice, Jaccard in [0, 1]; HD95, ASD in voxels and mm):\n")
-        parts.append(table_markdown(summary_rows, ["class", "dice", "dice_std", "jaccard", "hd95", "asd", "hd95_mm", "asd_mm"]))
-        parts.append("Per case, worst first (means over the foreground classes):\n")
-        parts.append(table_markdown(rows, _case_cols(rows)))
+        out += [("h2", "Evaluation"), ("p", "Mean per class (Dice, Jaccard in [0, 1]; HD95, ASD in voxels and mm):"),
+                ("table", summary_rows, _MEANS), ("p", "Per case, worst first (means over the foreground classes):"),
+                ("table", rows, _case_cols(rows))]
     if "cases" in written:
-        parts.append("## Best, median and worst case\n\nThe axial (Z) slice with the most ground-truth foreground.\n\n"
-                     "![best, median and worst case](cases.png)\n")
-    parts.append("## Split\n")
-    parts += [f"- **{k}** ({len(v)}): {', '.join(v) if v else '-'}" for k, v in splits.items()]
-    parts.append(f"\n## Configuration\n\n`config.yaml` of the run:\n\n```yaml\n{_config_text(run_dir)}```\n")
+        out += [("h2", "Best, median and worst case"),
+                ("p", "The axial (Z) slice with the most ground-truth foreground."), ("img", "best, median and worst case", "cases")]
+    text = RunDir(run_dir).config.read_text()
+    out += [("h2", "Split"), ("list", list(splits.items())), ("h2", "Configuration"),
+            ("p", "`config.yaml` of the run:"), ("pre", text if text.endswith("\n") else text + "\n")]
+    return out
+
+
+def _markdown(blocks: list[tuple], written: dict[str, Path]) -> str:
+    md = {"h1": "# {}\n", "h2": "## {}\n", "p": "{}\n", "note": "> {}\n", "pre": "```yaml\n{}```\n"}
+    parts = []
+    for kind, *args in blocks:
+        if kind in md:
+            parts.append(md[kind].format(args[0]))
+        elif kind == "info":
+            parts += [f"- **{k}**: {v}" for k, v in args[0]] + [""]
+        elif kind == "table":
+            parts.append(table_markdown(args[0], args[1]))
+        elif kind == "img":
+            parts.append(f"![{args[0]}]({written[args[1]].name})\n")
+        else:  # list
+            parts += [f"- **{k}** ({len(v)}): {', '.join(v) if v else '-'}" for k, v in args[0]] + [""]
     return "\n".join(parts)
 
 
-def _config_text(run_dir: Path) -> str:
-    text = RunDir(run_dir).config.read_text()
-    return text if text.endswith("\n") else text + "\n"
-
-
-def _html(cfg, run_dir, info, notes, summary_rows, rows, splits, written) -> str:
+def _html(blocks: list[tuple], written: dict[str, Path], title: str) -> str:
     e = html.escape
-    body = [f"<h1>Run report: {e(cfg.name)}</h1>", "<table>"]
-    body += [f"<tr><th>{e(k)}</th><td style='text-align:left'>{e(v)}</td></tr>" for k, v in info]
-    body.append("</table>")
-    body += [f"<p class='note'>{e(n)}</p>" for n in notes]
-    if "curves" in written:
-        body.append(f"<h2>Training curves</h2><img alt='training curves' src='{png_base64(written['curves'])}'>")
-    if rows:
-        body.append("<h2>Evaluation</h2><p>Mean per class (Dice, Jaccard in [0, 1]; HD95, ASD in voxels and mm):</p>")
-        body.append(_html_table(summary_rows, ["class", "dice", "dice_std", "jaccard", "hd95", "asd", "hd95_mm", "asd_mm"]))
-        body.append("<p>Per case, worst first (means over the foreground classes):</p>")
-        body.append(_html_table(rows, _case_cols(rows)))
-    if "cases" in written:
-        body.append("<h2>Best, median and worst case</h2><p>The axial (Z) slice with the most ground-truth "
-                    f"foreground.</p><img alt='cases' src='{png_base64(written['cases'])}'>")
-    body.append("<h2>Split</h2><ul>")
-    body += [f"<li><b>{e(k)}</b> ({len(v)}): {e(', '.join(v) if v else '-')}</li>" for k, v in splits.items()]
-    body.append(f"</ul><h2>Configuration</h2><p><code>config.yaml</code> of the run:</p><pre>{e(_config_text(run_dir))}</pre>")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(cfg.name)} - semi3d report</title>"
+    body = []
+    for kind, *args in blocks:
+        if kind in ("h1", "h2"):
+            body.append(f"<{kind}>{e(args[0])}</{kind}>")
+        elif kind == "p":
+            body.append("<p>" + re.sub(r"`([^`]+)`", r"<code>\1</code>", e(args[0])) + "</p>")
+        elif kind == "note":
+            body.append(f"<p class='note'>{e(args[0])}</p>")
+        elif kind == "pre":
+            body.append(f"<pre>{e(args[0])}</pre>")
+        elif kind == "info":
+            body.append("<table>" + "".join(f"<tr><th>{e(k)}</th><td style='text-align:left'>{e(v)}</td></tr>"
+                                            for k, v in args[0]) + "</table>")
+        elif kind == "table":
+            body.append(_html_table(args[0], args[1]))
+        elif kind == "img":
+            body.append(f"<img alt='{e(args[0])}' src='{png_base64(written[args[1]])}'>")
+        else:  # list
+            body.append("<ul>" + "".join(f"<li><b>{e(k)}</b> ({len(v)}): {e(', '.join(v) if v else '-')}</li>"
+                                         for k, v in args[0]) + "</ul>")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)} - semi3d report</title>"
             f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")
