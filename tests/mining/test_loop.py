@@ -279,7 +279,11 @@ def test_an_interrupted_mining_run_resumes_to_the_same_result(la_like, tmp_path,
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_nothing_to_resume_and_a_bad_config_leaves_no_folder(la_like, tmp_path):
+def test_nothing_to_resume_and_a_bad_config_leaves_no_folder(la_like, tmp_path, monkeypatch):
+    with monkeypatch.context() as m:
+        m.setenv("WORLD_SIZE", "2")
+        with pytest.raises(InputError, match="without torchrun"):
+            run_mining(_tree(la_like, tmp_path))
     with pytest.raises(InputError, match="nothing to resume"):
         run_mining(_tree(la_like, tmp_path), resume=True)
     with pytest.raises(InputError, match="beta"):

@@ -33,12 +33,13 @@ def _stack_probs(probs: list[np.ndarray], axis: int) -> np.ndarray:
     return np.moveaxis(np.stack(probs), 0, _spatial_dim(axis) - 1)
 
 
-def evaluate_dev(net: torch.nn.Module, data: Any, cfg: Any, device: torch.device) -> dict:
+def evaluate_dev(net: torch.nn.Module, data: Any, cfg: Any, device: torch.device, precision: str = "fp32") -> dict:
     """Dice (and HD95) of the small model on the dev split: per case (volumes) or image.
-    ``data``: the run's :class:`~semi3d.mining.loop.MiningData`; ``cfg``: its ``MiningConfig``."""
+    ``data``: the run's :class:`~semi3d.mining.loop.MiningData`; ``cfg``: its ``MiningConfig``;
+    ``precision``: of the forward passes (resolved)."""
     if not data.dev:
         return {"dev_dice": None, "dev_cases": {}}
-    probs = predict_probabilities(net, data.dev, cfg.train.predict_batch, device)
+    probs = predict_probabilities(net, data.dev, cfg.train.predict_batch, device, precision)
     per: dict[str, dict[str, float]] = {}
     k = data.num_classes
     if data.volumes:

@@ -118,11 +118,12 @@ def load_mining_data(cfg: MiningConfig) -> MiningData:
 
 # --------------------------------------------------------------------------------------- mining
 def mine_round(net: torch.nn.Module, refiner: PromptableSegmenter, data: MiningData, cfg: MiningConfig,
-               round_index: int, device: torch.device) -> tuple[list[Candidate], list[bool], dict]:
+               round_index: int, device: torch.device, precision: str = "fp32"
+               ) -> tuple[list[Candidate], list[bool], dict]:
     """Predict, prompt, refine and select on every unlabelled slice. Returns the candidates, the
     keep flags and the round's statistics (selection report + Dice against hidden truth)."""
     k = data.num_classes
-    probs = predict_probabilities(net, data.unlabelled, cfg.train.predict_batch, device)
+    probs = predict_probabilities(net, data.unlabelled, cfg.train.predict_batch, device, precision)
     cands = []
     for i, (s, p) in enumerate(zip(data.unlabelled, probs)):
         model_label = p.argmax(0).astype(np.uint8)
@@ -230,10 +231,14 @@ def run_mining(cfg: MiningConfig | dict | str | Path, resume: bool = False) -> d
     """
     if not isinstance(cfg, MiningConfig):
         cfg = load_mining_config(tree=cfg) if isinstance(cfg, dict) else load_mining_config(cfg)
-    from ..engine.precision import pick_device
+    from ..engine.distributed import env_world_size
+    from ..engine.precision import pick_device, resolve_precision
 
+    if env_world_size() > 1:
+        raise InputError("semi3d mine", "runs in one process: launch it without torchrun")
     t_start = time.time()
     device = pick_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     run = RunDir(cfg.run_dir)
@@ -271,7 +276,7 @@ def run_mining(cfg: MiningConfig | dict | str | Path, resume: bool = False) -> d
                 "train_s": time.time() - t0}
 
     def finish_round(net: torch.nn.Module, rec: dict) -> None:
-        rec.update(evaluate_dev(net, data, cfg, device))
+        rec.update(evaluate_dev(net, data, cfg, device, precision))
         ckpt.save_atomic(net.state_dict(), run.checkpoints / f"small_round{rec['round']}.pt")
         with run.log.open("a") as fh:  # after the checkpoint: a logged round is a finished one
             fh.write(json.dumps(rec) + "\n")
@@ -290,7 +295,7 @@ def run_mining(cfg: MiningConfig | dict | str | Path, resume: bool = False) -> d
                                **train(0, net, [], cfg.train.iterations, cfg.train.lr)})
             continue
         t0 = time.time()
-        cands, keep, stats = mine_round(net, refiner, data, cfg, r, device)
+        cands, keep, stats = mine_round(net, refiner, data, cfg, r, device, precision)
         dataset_3d = _export(cands, keep, data, cfg, run / "pseudo" / f"round{r}", r)
         if dataset_3d is not None:
             stats["dataset_3d"] = dataset_3d

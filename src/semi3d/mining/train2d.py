@@ -32,6 +32,7 @@ from ..config import (AugmentConfig, DataConfig, MethodConfig, ModelConfig, NetS
                       ScheduleConfig, TrainConfig)
 from ..data.case import Case
 from ..data.dataset import DataBundle
+from ..engine.precision import autocast
 from ..engine.rundir import RunDir
 from ..engine.trainer import Trainer
 from .base import Strict
@@ -117,8 +118,9 @@ def largest_slice(slices: Sequence[Slice2D]) -> tuple[int, int]:
 
 @torch.no_grad()
 def predict_probabilities(net: nn.Module, slices: Sequence[Slice2D], batch: int = 32,
-                          device: torch.device | str = "cpu") -> list[np.ndarray]:
-    """Softmax probabilities ``(K, H, W)`` float32 of every slice (runs of equal-sized slices batched)."""
+                          device: torch.device | str = "cpu", precision: str = "fp32") -> list[np.ndarray]:
+    """Softmax probabilities ``(K, H, W)`` float32 of every slice (runs of equal-sized slices
+    batched), the forward passes in ``precision`` (resolved: fp32 / bf16 / fp16)."""
     device = torch.device(device)
     net.to(device).eval()
     out: list[np.ndarray] = []
@@ -129,7 +131,9 @@ def predict_probabilities(net: nn.Module, slices: Sequence[Slice2D], batch: int 
         while j < len(slices) and j - i < batch and slices[j].image.shape == shape:
             j += 1
         x = torch.from_numpy(np.stack([s.image for s in slices[i:j]])).to(device)
-        probs = torch.softmax(net(x).float(), 1).cpu().numpy()
+        with autocast(device, precision):
+            logits = net(x)
+        probs = torch.softmax(logits.float(), 1).cpu().numpy()
         out += list(probs)
         i = j
     return out
