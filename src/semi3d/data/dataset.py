@@ -49,6 +49,11 @@ class DataBundle:
         return out
 
     @property
+    def ignore_value(self) -> int | None:
+        """The label value of nnU-Net's ``ignore`` label in the source files, or None (no such label)."""
+        return getattr(self.reader, "ignore_value", None)
+
+    @property
     def in_channels(self) -> int:
         return self.channels or len(getattr(self.reader, "channel_names", None) or [0])
 

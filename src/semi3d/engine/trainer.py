@@ -167,7 +167,7 @@ class Trainer:
         self.services = TrainerServices(self)
         if self.sampler_u is None and self.method.needs_unlabelled:  # fail now, not mid-run
             raise InputError("splits.unlabelled", f"method {cfg.method.name!r} needs unlabelled cases but the split is empty")
-        if getattr(self.data.reader, "ignore_value", None) is not None and not self.method.ignore_label:
+        if self.data.ignore_value is not None and not self.method.ignore_label:
             raise InputError(f"method {cfg.method.name}", "does not support nnU-Net's ignore label, which this "
                                                           "dataset declares; use another method or relabel those voxels")
         self.val_cases = self.data.cases("validation")[: t.val_max_cases]

@@ -84,7 +84,7 @@ def load_mining_data(cfg: MiningConfig) -> MiningData:
         from ..data.dataset import prepare_data
 
         bundle = prepare_data(cfg.data)
-        if getattr(bundle.reader, "ignore_value", None) is not None:
+        if bundle.ignore_value is not None:
             raise InputError(cfg.data.root, "declares nnU-Net's ignore label, which knowledge mining does not "
                                             "support yet (its prompts and pseudo-label scores read every voxel)")
         splits = {k: list(v) for k, v in bundle.splits.items()}
