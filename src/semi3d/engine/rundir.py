@@ -24,6 +24,18 @@ from ..errors import InputError
 __all__ = ["RunDir"]
 
 
+class _At:
+    """A fixed path of a run folder: ``<run>/<name>``, or ``<run>/<under>/<name>``."""
+
+    def __init__(self, name: str, under: str | None = None):
+        self.name, self.under = name, under
+
+    def __get__(self, run: "RunDir | None", owner: type) -> Path:
+        if run is None:
+            return self  # type: ignore[return-value]
+        return (run.path if self.under is None else getattr(run, self.under)) / self.name
+
+
 class RunDir:
     """Paths and readers of one run folder; ``RunDir(path)`` touches nothing on disk."""
 
@@ -37,41 +49,15 @@ class RunDir:
         return self.path / name
 
     # ------------------------------------------------------------------ paths
-    @property
-    def config(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
-    def splits(self) -> Path:
-        return self.path / "splits.json"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def last(self) -> Path:
-        return self.checkpoints / "last.pt"
-
-    @property
-    def summary(self) -> Path:
-        return self.path / "train_summary.json"
-
-    @property
-    def log(self) -> Path:
-        return self.path / "log.jsonl"
-
-    @property
-    def log_csv(self) -> Path:
-        return self.path / "log.csv"
-
-    @property
-    def progress(self) -> Path:
-        return self.path / "progress.png"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.path / "tensorboard"
+    config = _At("config.yaml")
+    splits = _At("splits.json")
+    checkpoints = _At("checkpoints")
+    last = _At("last.pt", under="checkpoints")
+    summary = _At("train_summary.json")
+    log = _At("log.jsonl")
+    log_csv = _At("log.csv")
+    progress = _At("progress.png")
+    tensorboard = _At("tensorboard")
 
     def model(self, which: str) -> Path:
         """``checkpoints/model_<which>.pt`` (``which``: best or final)."""
