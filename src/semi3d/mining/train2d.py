@@ -18,7 +18,6 @@ with a poly learning-rate decay (power 0.9) over the iterations of each training
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -33,7 +32,7 @@ from ..config import (AugmentConfig, DataConfig, MethodConfig, ModelConfig, NetS
 from ..data.case import Case
 from ..data.dataset import DataBundle
 from ..engine.precision import autocast
-from ..engine.rundir import RunDir
+from ..engine.runlog import RunLog
 from ..engine.trainer import Trainer
 from .base import Strict
 from .data2d import Slice2D
@@ -101,14 +100,13 @@ def round_config(run_dir: Path, source: DataConfig, model: NetSpec, options: Tra
 def train_small_model(net: nn.Module, data: DataBundle, cfg: RunConfig, resume: bool = False) -> list[float]:
     """Train ``net`` (a 2D network, its weights the starting point) in place on ``data`` as the
     trainer run ``cfg`` (resuming it when ``resume``); returns the logged losses (every
-    ``train.log_every`` steps). Nothing is trained for ``train.iterations == 0`` (allowed here)."""
+    ``train.log_every`` steps)."""
     init = {"net2d": net.state_dict()}
     trainer = Trainer(cfg, resume=resume, data=data, init=init)
     trainer.fit()
     net.load_state_dict(trainer.method.groups["net2d"].state_dict())
     net.eval()
-    rows = [json.loads(line) for line in RunDir(cfg.run_dir).log.read_text().splitlines() if line.strip()]
-    return [r["loss/net2d"] for r in rows if "loss/net2d" in r]
+    return [r["loss/net2d"] for r in RunLog(cfg.run_dir, enabled=False).records() if "loss/net2d" in r]
 
 
 def largest_slice(slices: Sequence[Slice2D]) -> tuple[int, int]:
