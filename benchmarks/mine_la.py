@@ -102,7 +102,7 @@ def _markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--labelled", type=int, nargs="+", default=[4, 8])
+    ap.add_argument("--labelled", type=int, nargs="+", default=None, help="default: 4 8 (2 with --smoke)")
     ap.add_argument("--set", action="append", default=[], help="key=value override of the run config")
     ap.add_argument("--runs", default="runs/bench_mine")
     ap.add_argument("--results", default=None, help="default: benchmarks/results (a temp folder with --smoke)")
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results_dir = Path(a.results) if a.results else (tmp / "results" if a.smoke else HERE / "results")
     runs = Path(a.runs) if not a.smoke or a.runs != "runs/bench_mine" else tmp / "runs"  # type: ignore[operator]
     out = []
-    for n in a.labelled:
+    for n in a.labelled or ([2] if a.smoke else [4, 8]):
         name = f"mine_la_l{n}"
         t = merge_tree(tree, {"name": name, "output_dir": str(runs), "data": {"splits": {"labelled": {"first": n}}}})
         cfg = load_mining_config(tree=t, overrides=a.set)

@@ -64,11 +64,22 @@ def test_fixed_and_labelled_only():
     assert lab.plan(500, 0.1) == (4, 0)
 
 
+def test_min_unlabelled_raises_the_start_of_stage_2():
+    plain = BatchComposer("lrg", 4, 100, 1000)
+    floor1 = BatchComposer("lrg", 4, 100, 1000, min_unlabelled=1)
+    assert plain.n_unlabelled(100) == 0 and floor1.n_unlabelled(100) == 1  # first step of stage 2
+    assert floor1.n_unlabelled(99) == 0  # stage 1 stays labelled-only
+    assert [floor1.n_unlabelled(s) for s in (400, 600, 999)] == [plain.n_unlabelled(s) for s in (400, 600, 999)]
+    assert BatchComposer("lrg_lr", 4, 100, 1000, min_unlabelled=2).n_unlabelled(100, 1.0) == 2
+
+
 def test_bad_settings():
     with pytest.raises(InputError, match="choose one of"):
         BatchComposer("random", 4, 1, 10)
     with pytest.raises(InputError, match="0..3"):
         BatchComposer("fixed", 4, 1, 10, fixed_unlabelled=4)
+    with pytest.raises(InputError, match="min_unlabelled.*0..3"):
+        BatchComposer("lrg", 4, 1, 10, min_unlabelled=4)
     with pytest.raises(InputError, match="at least 2"):
         BatchComposer("lrg", 1, 1, 10)
     with pytest.raises(InputError, match="inside the run"):

@@ -206,7 +206,7 @@ def test_config_errors(la_like, tmp_path):
 
 def test_benchmark_script_smoke(tmp_path, load_benchmark):
     mod = load_benchmark("mine_la")
-    [result] = mod.main(["--smoke", "--labelled", "2", "--results", str(tmp_path / "res"),
+    [result] = mod.main(["--smoke", "--results", str(tmp_path / "res"),
                          "--runs", str(tmp_path / "runs"), "--set", "rounds=1"])
     assert result["labelled"] == 2 and result["dev"] == 2 and result["unlabelled"] == 3
     assert [r["round"] for r in result["rounds"]] == [0, 1]

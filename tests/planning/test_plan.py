@@ -49,6 +49,8 @@ def test_plan_follows_the_anisotropy(aniso, tmp_path):
     cfg = load_config(tmp_path / "p.yaml")  # a complete, valid config
     assert cfg.data.patch_size == plan.patch_size and cfg.model.net3d.options["strides"][0] == [1, 2, 2]
     assert (tmp_path / "p.fingerprint.json").is_file()
+    # M&N gets its reference augmentation (zoom on every patch, no flips), measured better on LA
+    assert (cfg.data.augment.p_flip, cfg.data.augment.p_rot90, cfg.data.augment.p_scale) == (0.0, 0.0, 1.0)
 
 
 def _fp(spacings, name="MRI", shape=(200, 200, 100)):
@@ -83,6 +85,7 @@ def test_the_planned_config_trains(aniso, tmp_path):
     plan = plan_dataset(aniso, tmp_path / "sup.yaml", method="supervised")
     tree = yaml.safe_load((tmp_path / "sup.yaml").read_text())
     assert tree["method"] == {"name": "supervised", "options": {}} and "net2d" not in tree["model"]
+    assert "augment" not in tree["data"]  # the package defaults
     from semi3d.engine.trainer import train
 
     tree["output_dir"] = str(tmp_path / "runs")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_text
 from ..config import SplitSpec, SplitsConfig
 from ..errors import InputError
 
@@ -135,7 +136,7 @@ def save_splits(path: Path, splits: dict[str, list[str]], domains: dict[str, str
     """Write the splits and, under ``"domains"``, the domain tag of every case in them
     (``"default"`` for a case without one)."""
     tags = {i: (domains or {}).get(i, "default") for k in SPLITS for i in splits.get(k, [])}
-    Path(path).write_text(json.dumps({**{k: list(splits.get(k, [])) for k in SPLITS}, "domains": tags}, indent=1))
+    write_text(path, json.dumps({**{k: list(splits.get(k, [])) for k in SPLITS}, "domains": tags}, indent=1))
 
 
 def load_domains(path: Path) -> dict[str, str]:

@@ -35,6 +35,8 @@ Options (``method.options``), defaults in brackets:
 - ``epoch_length`` [8]: iterations per alternating epoch ``R``.
 - ``sampling`` ["lrg"]: ``"lrg"``, ``"lrg_lr"``, ``"fixed"`` or ``"labelled_only"``.
 - ``fixed_unlabelled`` [0]: ``n_u`` in stage 2 for ``sampling="fixed"``.
+- ``min_unlabelled`` [0]: the least ``n_u`` in stage 2 for ``"lrg"`` / ``"lrg_lr"`` (beyond the paper;
+  1 puts unlabelled patches in from the first step of stage 2 instead of after its first ``1 / B``).
 - ``views`` [[2]]: axes the 2D model slices along (0 = X, 1 = Y, 2 = Z); ``[0, 1, 2]`` fuses three
   views by the mean of their probabilities.
 - ``guide_every`` [0]: iterations between pseudo-mask passes for guided crops (0 = off).
@@ -136,6 +138,7 @@ class MNOptions(MethodOptions):
     epoch_length: int = Field(8, ge=1)
     sampling: Literal[KINDS] = "lrg"  # type: ignore[valid-type]  # sampling.py's kinds
     fixed_unlabelled: int = 0
+    min_unlabelled: int = 0
     views: Annotated[int | list[int], AfterValidator(_views)] = [2]
     guide_every: int = Field(0, ge=0)
     guide_at: list[int] = []
@@ -174,7 +177,8 @@ class MN(Method):
                              "(train.iterations), or stage 2 never starts")
         self.warmup = w
         self.epoch_length = o.epoch_length
-        self.composer = BatchComposer(o.sampling, cfg.train.batch_size, w, total, o.fixed_unlabelled)
+        self.composer = BatchComposer(o.sampling, cfg.train.batch_size, w, total, o.fixed_unlabelled,
+                                      o.min_unlabelled)
         # stage 2 trains on unlabelled patches: an empty unlabelled split is refused before training
         self.needs_unlabelled = o.sampling != "labelled_only"
         self.views = tuple(o.views)
