@@ -6,7 +6,8 @@ import pytest
 
 from semi3d.errors import InputError
 from semi3d.mining.base import Prompt
-from semi3d.mining.prompts import PromptOptions, mask_components, prompts_from_label, prompts_from_mask
+from semi3d.mining.prompts import (PromptOptions, confident_label, mask_components, prompts_from_label,
+                                   prompts_from_mask)
 from scipy import ndimage
 
 EXACT = PromptOptions(margin=0, margin_px=0, jitter=0)
@@ -84,6 +85,18 @@ def test_components_largest_first_small_ones_dropped():
         assert not any(m[int(y), int(x)] for x, y in p.negative)
     assert len(prompts_from_mask(m, PromptOptions(max_components=1))) == 1
     assert prompts_from_mask(np.zeros((8, 8), bool)) == []
+
+
+def test_confident_label_drops_doubtful_components():
+    prob = np.zeros((3, 20, 20), np.float32)
+    prob[0] = 1.0
+    prob[:, 2:6, 2:6] = np.array([0.05, 0.9, 0.05])[:, None, None]    # class 1, sure
+    prob[:, 10:14, 10:14] = np.array([0.4, 0.55, 0.05])[:, None, None]  # class 1, doubtful
+    prob[:, 15:18, 2:5] = np.array([0.3, 0.1, 0.6])[:, None, None]      # class 2, doubtful
+    assert (confident_label(prob, 0.0) == prob.argmax(0)).all()  # off: the plain argmax
+    lab = confident_label(prob, 0.7)
+    assert (lab[2:6, 2:6] == 1).all() and (lab[10:14, 10:14] == 0).all() and (lab[15:18, 2:5] == 0).all()
+    assert (confident_label(prob, 0.5)[15:18, 2:5] == 2).all() and lab.dtype == np.uint8
 
 
 def test_label_map_gives_prompts_per_class():

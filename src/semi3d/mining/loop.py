@@ -43,6 +43,7 @@ from ..data.case import Case
 from ..atomic import write_text
 from ..engine import checkpoint as ckpt
 from ..engine.rundir import RunDir
+from ..engine.runlog import RunLog
 from ..errors import InputError
 from ..registry import NETS2D
 from .base import PromptableSegmenter
@@ -50,6 +51,7 @@ from .config import MiningConfig, build_refiner, load_mining_config
 from .data2d import Slice2D, read_image_folder, volume_slices
 from .export import write_pseudo_dataset, write_pseudo_masks_png, write_pseudo_volumes
 from .iterative import refine_iteratively
+from .prompts import confident_label
 from .select import Candidate, select_pseudo_labels
 from .evaluation import evaluate_dev, pooled_dice
 from .train2d import largest_slice, predict_probabilities, round_config, slice_data, train_small_model
@@ -126,7 +128,7 @@ def mine_round(net: torch.nn.Module, refiner: PromptableSegmenter, data: MiningD
     probs = predict_probabilities(net, data.unlabelled, cfg.train.predict_batch, device, precision)
     cands = []
     for i, (s, p) in enumerate(zip(data.unlabelled, probs)):
-        model_label = p.argmax(0).astype(np.uint8)
+        model_label = confident_label(p, cfg.prompts.min_confidence)
         rng = np.random.default_rng([cfg.seed, round_index, i])
         refined = refine_iteratively(refiner, s.image, model_label, k, cfg.prompts, cfg.iterate, rng, key=s.id)
         cands.append(Candidate(s.id, s.group, model_label, refined, float(p[1:].max()) if k > 1 else 0.0))
@@ -198,8 +200,7 @@ def _check_run(cfg: MiningConfig, run: RunDir, resume: bool) -> set[int]:
     if run.config.read_text() != _config_text(cfg):
         raise InputError(run.config, "differs from the config given; resume with the same config, or start "
                                      "another run (name=...)")
-    lines = run.log.read_text().splitlines() if run.log.is_file() else []
-    return {json.loads(line)["round"] for line in lines if line.strip()}
+    return {rec["round"] for rec in RunLog(run).records()}
 
 
 def _config_text(cfg: MiningConfig) -> str:
@@ -278,8 +279,7 @@ def run_mining(cfg: MiningConfig | dict | str | Path, resume: bool = False) -> d
     def finish_round(net: torch.nn.Module, rec: dict) -> None:
         rec.update(evaluate_dev(net, data, cfg, device, precision))
         ckpt.save_atomic(net.state_dict(), run.checkpoints / f"small_round{rec['round']}.pt")
-        with run.log.open("a") as fh:  # after the checkpoint: a logged round is a finished one
-            fh.write(json.dumps(rec) + "\n")
+        RunLog(run).write(rec["round"], rec)  # after the checkpoint: a logged round is a finished one
 
     def fresh_net(r: int) -> torch.nn.Module:
         torch.manual_seed(cfg.seed + r)
@@ -308,7 +308,7 @@ def run_mining(cfg: MiningConfig | dict | str | Path, resume: bool = False) -> d
         else:
             iters, lr = cfg.train.finetune_iterations, cfg.train.finetune_lr or cfg.train.lr
         finish_round(net, {"round": r, **stats, "mine_s": mine_s, **train(r, net, pseudo, iters, lr)})
-    records = [json.loads(line) for line in run.log.read_text().splitlines() if line.strip()]
+    records = [{k: v for k, v in rec.items() if k != "step"} for rec in RunLog(run).records()]
     summary = {"name": cfg.name, "run_dir": str(run.path), "refiner": cfg.refiner.name, "model": cfg.model.name,
                "num_classes": data.num_classes, "splits": {k: len(v) for k, v in data.splits.items()},
                "rounds": records, "wall_s": time.time() - t_start}
