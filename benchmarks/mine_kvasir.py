@@ -67,11 +67,11 @@ BUDGET = {  # every run; --set key=value overrides any of it
 }
 
 
-def run_tree(variant: str, percent: int, seed: int, runs: Path, small: str = "unetpp") -> dict:
+def run_tree(variant: str, percent: int, seed: int, runs: Path, small: str = "unetpp", tag: str = "") -> dict:
     """The mining config tree of one run (before ``--set`` overrides)."""
     n = POOL if variant == "full" else round(POOL * percent / 100)
     total = BUDGET["train"]["iterations"] + BUDGET["rounds"] * BUDGET["train"]["finetune_iterations"]
-    tree = merge_tree(BUDGET, {"name": run_name(variant, percent, seed, small), "output_dir": str(runs), "seed": seed,
+    tree = merge_tree(BUDGET, {"name": run_name(variant, percent, seed, small, tag), "output_dir": str(runs), "seed": seed,
                            "images": {"splits": {"labelled": {"first": n}}}})
     tree["model"] = SMALL[small]
     if variant in ("labelled", "full"):
@@ -83,10 +83,10 @@ def run_tree(variant: str, percent: int, seed: int, runs: Path, small: str = "un
     return tree
 
 
-def run_name(variant: str, percent: int, seed: int, small: str = "unetpp") -> str:
-    """``mine_kvasir_[<small>_]<variant>_p<P>_s<seed>`` (no prefix for the default U-Net++)."""
+def run_name(variant: str, percent: int, seed: int, small: str = "unetpp", tag: str = "") -> str:
+    """``mine_kvasir_[<small>_]<variant><tag>_p<P>_s<seed>`` (no prefix for the default U-Net++)."""
     prefix = "" if small == "unetpp" else small + "_"
-    return f"mine_kvasir_{prefix}{variant}_p{100 if variant == 'full' else percent}_s{seed}"
+    return f"mine_kvasir_{prefix}{variant}{tag}_p{100 if variant == 'full' else percent}_s{seed}"
 
 
 def image_metrics(dev_cases: dict) -> dict:
@@ -100,12 +100,12 @@ def table(results: Path) -> list[dict]:
     groups: dict[tuple[str, int, str], list[dict]] = {}
     for p in sorted(results.glob("mine_kvasir_*_p*_s*.json")):
         r = json.loads(p.read_text())
-        groups.setdefault((r["variant"], r["percent"], r.get("small", "unetpp")), []).append(r)
+        groups.setdefault((r["variant"], r["percent"], r.get("small", "unetpp"), r.get("tag", "")), []).append(r)
     rows = []
     order = list(SMALL)
-    for (v, pc, sm), rs in sorted(groups.items(), key=lambda kv: (order.index(kv[0][2]), kv[0][1],
-                                                                 VARIANTS.index(kv[0][0]))):
-        row = {"small": sm, "percent": pc, "variant": v, "seeds": len(rs)}
+    for (v, pc, sm, tag), rs in sorted(groups.items(), key=lambda kv: (order.index(kv[0][2]), kv[0][1],
+                                                                      VARIANTS.index(kv[0][0]), kv[0][3])):
+        row = {"small": sm, "percent": pc, "variant": v + tag, "seeds": len(rs)}
         for k in ("dice", "iou"):
             row[k] = float(np.mean([r[k] for r in rs]))
         row["dice_per_seed"] = " / ".join(f"{r['dice']:.4f}" for r in rs)
@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
     ap.add_argument("--small", default="unetpp", choices=list(SMALL), help="the small model (module docstring)")
     ap.add_argument("--set", action="append", default=[], help="key=value override of every run's config")
+    ap.add_argument("--tag", default="", help="suffix of the variants' names for an ablation, e.g. --tag _conf "
+                    "--set prompts.min_confidence=0.8")
     ap.add_argument("--runs", default="runs/bench_kvasir")
     ap.add_argument("--results", default=str(HERE / "results"))
     ap.add_argument("--only-table", action="store_true")
@@ -148,14 +150,14 @@ def main(argv: list[str] | None = None) -> None:
     todo = [] if a.only_table else [(v, p, s) for s in a.seeds for p in a.percent for v in a.variants]
     done = set()
     for v, p, s in todo:
-        name = run_name(v, p, s, a.small)
+        name = run_name(v, p, s, a.small, a.tag)
         if name in done or (results / f"{name}.json").is_file():
             continue
         done.add(name)
-        cfg = load_mining_config(tree=run_tree(v, p, s, runs, a.small), overrides=a.set)
+        cfg = load_mining_config(tree=run_tree(v, p, s, runs, a.small, a.tag), overrides=a.set)
         summary = mine(cfg)  # resumes an interrupted run
         last = summary["rounds"][-1]
-        result = {"name": name, "small": a.small, "variant": v, "percent": 100 if v == "full" else p, "seed": s,
+        result = {"name": name, "small": a.small, "variant": v, "tag": a.tag, "percent": 100 if v == "full" else p, "seed": s,
                   **image_metrics(last["dev_cases"]), "command": command, "commit": git_commit(),
                   "splits": summary["splits"], "rounds": [mining_round_row(r) for r in summary["rounds"]],
                   "dev_dice_per_round": [r["dev_dice"] for r in summary["rounds"]],

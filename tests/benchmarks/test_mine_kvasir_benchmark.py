@@ -29,6 +29,7 @@ def test_run_configs(mod, tmp_path):
     mb = load_mining_config(tree=mod.run_tree("litemedsam", 75, 0, tmp_path, "mbv2"))
     assert mb.model.name == "unet2d_mobilenet_v2" and mb.name == "mine_kvasir_mbv2_litemedsam_p75_s0"
     assert mb.images.splits.labelled.first == 600 and cfgs["litemedsam"].model.name == "unetpp2d"
+    assert mod.run_name("litemedsam", 25, 0, "mbv2", "_conf") == "mine_kvasir_mbv2_litemedsam_conf_p25_s0"
 
 
 def test_image_metrics_and_table(mod, tmp_path):
@@ -40,8 +41,11 @@ def test_image_metrics_and_table(mod, tmp_path):
             {"variant": "litemedsam", "percent": 25, "dice": dice, "iou": dice / 2, "rounds": rounds, "wall_s": 60}))
     (tmp_path / "mine_kvasir_labelled_p25_s0.json").write_text(json.dumps(
         {"variant": "labelled", "percent": 25, "dice": 0.5, "iou": 0.3, "rounds": [{"round": 0}], "wall_s": 30}))
+    (tmp_path / "mine_kvasir_litemedsam_conf_p25_s0.json").write_text(json.dumps(  # an ablation (--tag _conf)
+        {"variant": "litemedsam", "tag": "_conf", "percent": 25, "dice": 0.9, "iou": 0.8, "rounds": rounds,
+         "wall_s": 60}))
     rows = mod.table(tmp_path)
-    assert [(r["variant"], r["seeds"]) for r in rows] == [("labelled", 1), ("litemedsam", 2)]
+    assert [(r["variant"], r["seeds"]) for r in rows] == [("labelled", 1), ("litemedsam", 2), ("litemedsam_conf", 1)]
     assert rows[1]["dice"] == pytest.approx(0.7) and rows[1]["pseudo_dice_kept"] == 0.9
     assert rows[0]["pseudo_dice_kept"] is None
     assert "| 25 | litemedsam | 2 |" in mod.write_table(tmp_path)
