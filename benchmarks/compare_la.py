@@ -18,6 +18,10 @@ with this invocation's ``--tag``.
     python benchmarks/compare_la.py --table la_table --only-table     # rebuild the table from results
     python benchmarks/compare_la.py --methods mn --tag _fixed --set method.options.sampling=fixed \
         --set method.options.fixed_unlabelled=2 --table la_mn_ablations   # an ablation row
+    python benchmarks/compare_la.py --table la_table_41min --only-table --reference la_mn_l8_b16_s21
+        # also list a run_la.py result (a method's own config; e.g. the run whose wall time is the budget)
+
+Every row names its result files, their commits and commands below the table.
 """
 from __future__ import annotations
 
@@ -155,21 +159,47 @@ def variants(book: dict, minutes: float, methods: list[str], tag: str = "") -> l
     return sorted(out, key=lambda mt: (order.index(mt[0]), mt[1] != ""))
 
 
+def _row(method: str, labelled: int, rs: list[dict]) -> dict:
+    """A table row: the metrics, iterations and training minutes averaged over the results ``rs``."""
+    row = {"method": method, "labelled": labelled, "seeds": len(rs)}
+    for k in ("dice", "jaccard", "hd95", "asd"):
+        row[k] = float(np.mean([r[k] for r in rs]))
+    row["iterations"] = round(float(np.mean([r["iterations"] for r in rs])))
+    row["train_min"] = float(np.mean([r["train_wall_s_total"] for r in rs])) / 60
+    row["runs"] = [{"name": r["name"], "commit": r["commit"], "command": r["command"]} for r in rs]
+    row["commit"] = ", ".join(dict.fromkeys(str(r["commit"])[:7] for r in rs))
+    return row
+
+
 def table_rows(results: Path, book: dict, methods: list[str], tag: str, labelled: list[int],
                seeds: list[int], minutes: float) -> list[dict]:
-    """One row per (method, tag, labelled) of :func:`variants` with a result in ``results``: the
-    metrics, iterations and training wall time averaged over the ``seeds`` found."""
+    """One row per (method, tag, labelled) of :func:`variants` with a result in ``results`` (averaged
+    over the ``seeds`` found), then one per (method, labelled) of the book's ``references``
+    (``run_la.py`` results of a method's own config, named ``<method> (own config)``)."""
     rows = []
     for m, t in variants(book, minutes, methods, tag):
         for n in sorted(set(labelled) | {4, 8}):
             rs = [json.loads(p.read_text()) for s in seeds
                   if (p := results / f"{run_name(m, n, s, minutes, t)}.json").is_file()]
             if rs:
-                row = {"method": m + t, "labelled": n, "seeds": len(rs)}
-                for k in ("dice", "jaccard", "hd95", "asd", "iterations", "train_wall_s_total"):
-                    row[k] = float(np.mean([r[k] for r in rs]))
-                rows.append(row)
+                rows.append(_row(m + t, n, rs))
+    refs: dict[tuple[str, int], list[dict]] = {}
+    for name in book.get("references", []):
+        r = json.loads((results / f"{name}.json").read_text())
+        refs.setdefault((r["method"], r["labelled"]), []).append(r)
+    rows += [_row(f"{m} (own config)", n, rs) for (m, n), rs in sorted(refs.items(), key=lambda kv: -kv[0][1])]
     return rows
+
+
+def table_text(rows: list[dict], minutes: float, book_name: str) -> str:
+    """The table's Markdown: the rows, then every row's runs with their commits and commands."""
+    cols = ["method", "labelled", "seeds", "dice", "jaccard", "hd95", "asd", "iterations", "train_min", "commit"]
+    runs = [f"- `{x['name']}` (commit {x['commit']}): `{x['command']}`" for r in rows for x in r["runs"]]
+    return (f"# LA dev split (last 16 ids of train.list), {minutes:g} CPU minutes of training per run\n\n"
+            "Dice/Jaccard as fractions, HD95/ASD in voxels of the original grid (medpy convention); "
+            f"iteration counts per method from `{book_name}` (its step time measured on this machine); "
+            "a method marked (own config) ran its own config and schedule (`run_la.py`).\n\n"
+            + table_markdown(rows, cols) + "\nRuns:\n\n" + "\n".join(runs) + "\n")
 
 
 def main(argv=None) -> None:
@@ -184,9 +214,18 @@ def main(argv=None) -> None:
                     "e.g. --methods mn --tag _fixed --set method.options.sampling=fixed)")
     ap.add_argument("--table", default="la_table")
     ap.add_argument("--only-table", action="store_true")
+    ap.add_argument("--reference", nargs="+", default=[], help="run_la.py result names (results/<name>.json) "
+                    "to list in the table, kept in its budget file")
     a = ap.parse_args(argv)
     results = HERE / "results"
     book = results / f"{a.table}_budget.json"
+    if a.reference:
+        for name in a.reference:
+            if not (results / f"{name}.json").is_file():
+                raise SystemExit(f"--reference {name}: no result file {results / name}.json")
+        kept = json.loads(book.read_text()) if book.is_file() else {}
+        kept["references"] = sorted(set(kept.get("references", [])) | set(a.reference))
+        book.write_text(json.dumps(kept, indent=1))
     if not a.only_table:
         from run_la import main as run_one
 
@@ -201,14 +240,10 @@ def main(argv=None) -> None:
             run_one([config, "--name", run_name(m, n, s, a.minutes, a.tag), *sum((["--set", x] for x in sets), [])])
     rows = table_rows(results, json.loads(book.read_text()) if book.is_file() else {}, a.methods, a.tag,
                       a.labelled, a.seeds, a.minutes)
-    cols = ["method", "labelled", "seeds", "dice", "jaccard", "hd95", "asd", "iterations", "train_wall_s_total"]
     (results / f"{a.table}.json").write_text(json.dumps(rows, indent=1))
-    (results / f"{a.table}.md").write_text(
-        f"# LA dev split (last 16 ids of train.list), {a.minutes:g} CPU minutes of training per run\n\n"
-        "Dice/Jaccard as fractions, HD95/ASD in voxels of the original grid (medpy convention); "
-        f"iteration counts per method from `{book.name}` (its step time measured on this machine).\n\n"
-        + table_markdown(rows, cols) + "\n")
-    print(table_markdown(rows, cols))
+    text = table_text(rows, a.minutes, book.name)
+    (results / f"{a.table}.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

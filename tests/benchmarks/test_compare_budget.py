@@ -91,7 +91,18 @@ def test_a_table_lists_every_budgeted_variant(compare_la, tmp_path):
     for name, dice in [("la_mn_l8_s0_14min", 0.8), ("la_mn_fixed_l8_s0_14min", 0.7), ("la_mn_fixed_l8_s1_14min", 0.6),
                        ("la_mn_3views_l4_s0_14min", 0.5)]:
         (tmp_path / f"{name}.json").write_text(json.dumps(
-            {"dice": dice, "jaccard": 0, "hd95": 1, "asd": 1, "iterations": 10, "train_wall_s_total": 60}))
+            {"name": name, "dice": dice, "jaccard": 0, "hd95": 1, "asd": 1, "iterations": 10, "train_wall_s_total": 60,
+             "commit": "abcdef0123", "command": f"python run {name}"}))
     rows = compare_la.table_rows(tmp_path, book, ["mn"], "", [8], [0, 1], 14)
     assert [(r["method"], r["labelled"], r["seeds"], round(r["dice"], 2)) for r in rows] == [
         ("mn", 8, 1, 0.8), ("mn_fixed", 8, 2, 0.65), ("mn_3views", 4, 1, 0.5)]
+    # a run_la.py result of a method's own config, listed after the budgeted rows; every row names its runs
+    (tmp_path / "own.json").write_text(json.dumps(
+        {"name": "own", "method": "mn", "labelled": 8, "dice": 0.9, "jaccard": 0, "hd95": 1, "asd": 1,
+         "iterations": 1840, "train_wall_s_total": 2460, "commit": "1234567890", "command": "python run_la.py own"}))
+    rows = compare_la.table_rows(tmp_path, {**book, "references": ["own"]}, ["mn"], "", [8], [0, 1], 14)
+    assert (rows[-1]["method"], rows[-1]["dice"], rows[-1]["train_min"], rows[-1]["commit"]) == (
+        "mn (own config)", 0.9, 41.0, "1234567")
+    text = compare_la.table_text(rows, 14, "b.json")
+    assert "| mn (own config) | 8 | 1 | 0.9000 |" in text and "- `own` (commit 1234567890): `python run_la.py own`" in text
+    assert "- `la_mn_fixed_l8_s1_14min` (commit abcdef0123)" in text
