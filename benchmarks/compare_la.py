@@ -88,7 +88,8 @@ def step_seconds(config: str, sets: list[str], steps: int = 5, warmup: int = 3) 
     epochs of stage 2 at mid-cycle; other methods: the middle of the run, past any pre-training
     stage), and the fixed costs of the run: its validations and M&N's pseudo-mask passes, whose
     counts do not change when the schedule is scaled. ``warmup`` untimed steps first at each point:
-    with one, BCP's 16-filter step on a bf16 CPU measured 1.78 s and then ran at 0.73 s."""
+    with one, BCP's 16-filter stage-2 step on a bf16 CPU measured 1.78 s where its run stepped at
+    1.2-1.5 s (tests sharing the CPU); with three, 1.01 s against the run's median of 1.04 s."""
     from semi3d.engine.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
