@@ -12,11 +12,11 @@ stage 2, with ``B`` the batch size and ``T`` the total iterations:
 - ``"lrg_lr"``: the same idea read off the lr itself, ``n_u = min(floor((1 - lr / lr_max) * B), B - 1)``
   with ``lr / lr_max`` the schedule's factor (beyond the paper; falls back with each restart).
 - ``"fixed"``: ``n_u = fixed_unlabelled``.
+- ``"labelled_only"``: ``n_u = 0`` always.
 
 ``min_unlabelled`` (beyond the paper) raises the two guided kinds' ``n_u`` to at least that many from
 the first step of stage 2 on: ``lrg`` starts stage 2 with ``floor(p * B) = 0`` for its first ``1 / B``
 (a quarter at ``B = 4``).
-- ``"labelled_only"``: ``n_u = 0`` always.
 """
 from __future__ import annotations
 

@@ -18,9 +18,9 @@ For every connected component (8-connected, at least ``min_area`` pixels) of a c
 
 With ``min_confidence`` > 0 the mining loop first removes from the small model's label map every
 component whose mean probability of its class is below it (:func:`confident_label`), so only
-confident components are prompted and become pseudo-labels (beyond the paper: at 25 % of Kvasir's
-labels, boxes drawn around the model's doubtful blobs kept LiteMedSAM's masks at the model's own
-quality).
+confident components are prompted and become pseudo-labels (beyond the paper; at 25 % of Kvasir's
+labels LiteMedSAM's pseudo-labels from every component's box were barely better than the model's own
+masks; whether confident boxes help is not yet measured).
 
 Points are ``(x, y)`` = ``(column, row)``, see :mod:`semi3d.mining.base`.
 """
