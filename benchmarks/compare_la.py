@@ -129,10 +129,15 @@ def budget_key(method: str, tag: str, minutes: float) -> str:
     return f"{method}{tag}_{minutes:g}min"
 
 
+def load_book(path: Path) -> dict:
+    """A table's budget file (``{}`` before its first measurement)."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def budget(path: Path, method: str, config: str, sets: list[str], minutes: float, tag: str = "") -> int:
     """The iteration count of ``method`` for ``minutes`` per run, measured once and kept in ``path``:
     (budget - fixed costs) / seconds per step."""
-    book, key = (json.loads(path.read_text()) if path.is_file() else {}), budget_key(method, tag, minutes)
+    book, key = load_book(path), budget_key(method, tag, minutes)
     if key not in book:
         m = step_seconds(config, sets)
         iters = max(1, int((minutes * 60 - m["fixed_s"]) / m["step_s"]))
@@ -224,7 +229,7 @@ def main(argv=None) -> None:
         for name in a.reference:
             if not (results / f"{name}.json").is_file():
                 raise SystemExit(f"--reference {name}: no result file {results / name}.json")
-        kept = json.loads(book.read_text()) if book.is_file() else {}
+        kept = load_book(book)
         kept["references"] = sorted(set(kept.get("references", [])) | set(a.reference))
         book.write_text(json.dumps(kept, indent=1))
     if not a.only_table:
@@ -239,7 +244,7 @@ def main(argv=None) -> None:
             config, sets = CONFIGS.get(m, a.base_config), method_sets(m, n, s) + a.set
             sets += budget_sets(load_config(config, sets).model_dump(mode="json"), iters[m])
             run_one([config, "--name", run_name(m, n, s, a.minutes, a.tag), *sum((["--set", x] for x in sets), [])])
-    rows = table_rows(results, json.loads(book.read_text()) if book.is_file() else {}, a.methods, a.tag,
+    rows = table_rows(results, load_book(book), a.methods, a.tag,
                       a.labelled, a.seeds, a.minutes)
     (results / f"{a.table}.json").write_text(json.dumps(rows, indent=1))
     text = table_text(rows, a.minutes, book.name)
