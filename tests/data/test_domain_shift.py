@@ -121,6 +121,20 @@ def test_bad_parameters_are_input_errors():
         apply_shift(np.zeros((4, 4)), DOMAINS["B"])
 
 
+def test_scaled_moves_the_shift_away_from_the_identity():
+    b = DOMAINS["B"]
+    assert b.scaled(1) == b and b.scaled(0).is_identity and DOMAINS["C"].scaled(0).is_identity
+    b2 = b.scaled(2)
+    assert b2.gamma == pytest.approx(b.gamma ** 2) and b2.contrast == pytest.approx(b.contrast ** 2)
+    assert (b2.bias, b2.noise, *b2.blur) == pytest.approx((2 * b.bias, 2 * b.noise, *(2 * x for x in b.blur)))
+    # a stronger shift moves the image further from the original (same seed)
+    img = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
+    dist = [np.abs(unit(apply_shift(img, b.scaled(s), seed=3), img) - unit(img, img)).mean() for s in (0.5, 1, 2)]
+    assert dist[0] < dist[1] < dist[2]
+    with pytest.raises(InputError):
+        b.scaled(-1)
+
+
 def test_interleave_and_domain_of():
     assert interleave(["a0", "a1", "a2"], ["b0"], ["c0", "c1"]) == ["a0", "b0", "c0", "a1", "c1", "a2"]
     assert domain_of("B_syn_001") == "B" and domain_of("syn_001") == "default"

@@ -83,6 +83,17 @@ class ScannerShift:
     def is_identity(self) -> bool:
         return self == ScannerShift()
 
+    def scaled(self, strength: float) -> "ScannerShift":
+        """The same kind of shift, ``strength`` times as far from the identity: gamma and contrast
+        raised to the power ``strength`` (factors, so 2 = squared), bias, blur and noise multiplied
+        by it. ``scaled(1)`` is the shift itself, ``scaled(0)`` the identity."""
+        if not strength >= 0:
+            raise InputError("domain shift", f"strength must be >= 0, got {strength}")
+        s = float(strength)
+        return ScannerShift(gamma=self.gamma ** s, bias=self.bias * s, contrast=self.contrast ** s,
+                            blur=tuple(b * s for b in self.blur), noise=self.noise * s,
+                            rician=self.rician and s > 0)
+
 
 #: Named simulated domains. ``A`` is the data as acquired; ``B`` .. ``D`` differ in the ways
 #: scanners / protocols do: intensity response (gamma), coil shading (bias), contrast, resolution
