@@ -38,6 +38,7 @@ import argparse
 import json
 import shlex
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from semi3d.config import load_config
@@ -70,19 +71,23 @@ def domain_plan(ids: list[str], n_dev: int) -> tuple[dict[str, list[str]], dict[
     return plan, {"B": n_dev, "D": n_dev}
 
 
-def make_domains(la_root: Path, list_file: Path, out: Path, n_dev: int, seed: int) -> Path:
+def make_domains(la_root: Path, list_file: Path, out: Path, n_dev: int, seed: int, strength: float = 1.0) -> Path:
+    """The simulated-domain copy of LA in ``out`` (written unless it holds this plan, seed and these
+    shifts): :data:`DOMAINS` at ``strength`` (``ScannerShift.scaled``)."""
     ids = read_id_list(list_file)
     plan, n_test = domain_plan(ids, n_dev)
+    shifts = {d: DOMAINS[d].scaled(strength) for d in plan}
     info = out / "domains.json"
     if info.is_file():
         old = json.loads(info.read_text())
         have = {d: [c["source_id"] for c in old["cases"].values() if c["domain"] == d] for d in plan}
-        if have == plan and old.get("seed") == seed:
+        params = json.loads(json.dumps({d: asdict(x) for d, x in shifts.items()}))
+        if have == plan and old.get("seed") == seed and old.get("domains") == params:
             print(f"domains: {out} exists with this plan", flush=True)
             return out
     print(f"domains: writing {sum(map(len, plan.values()))} volumes to {out} ...", flush=True)
     semidg = interleave(*[[f"{d}_{i}" for i in plan[d][: len(plan[d]) - n_test.get(d, 0)]] for d in "ABC"])
-    return write_domain_dataset(la_root, out, plan, src_options={"list_file": str(list_file)}, domains=DOMAINS,
+    return write_domain_dataset(la_root, out, plan, src_options={"list_file": str(list_file)}, domains=shifts,
                                 seed=seed, n_test=n_test, lists={"semidg_train": semidg})
 
 
@@ -163,6 +168,9 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--domains-root", default="runs/data/LA_domains", help="where the simulated domains go")
     ap.add_argument("--n-dev", type=int, default=16, help="last ids of the list: the test cases")
     ap.add_argument("--domain-seed", type=int, default=0)
+    ap.add_argument("--strength", type=float, default=1.0, help="the simulated shifts' strength "
+                    "(ScannerShift.scaled; shift_gap_la.py measures the gap each gives); other than 1 it "
+                    "adds _x<strength> to --tag and --domains-root, so runs and data of strengths never mix")
     ap.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["uda", "semidg"])
     ap.add_argument("--methods", nargs="+", default=["ad", "supervised", "mn"])
     ap.add_argument("--labelled", type=int, default=8, help="SemiDG: labelled cases (first of the interleaved list)")
@@ -176,9 +184,11 @@ def main(argv=None) -> list[dict]:
                     help="CPU budget: training wall time per run; sets each method's iterations from its "
                          "measured step time and scales its schedule (as compare_la.py); default: the configs' iterations")
     a = ap.parse_args(argv)
+    if a.strength != 1:
+        a.tag, a.domains_root = f"{a.tag}_x{a.strength:g}", f"{a.domains_root}_x{a.strength:g}"
     la_root = Path(a.la_root)
     domains_root = make_domains(la_root, Path(a.list_file) if a.list_file else la_root / "train.list",
-                                Path(a.domains_root), a.n_dev, a.domain_seed)
+                                Path(a.domains_root), a.n_dev, a.domain_seed, a.strength)
     out = Path(a.results)
     out.mkdir(parents=True, exist_ok=True)
     todo = [(s, m) for s in a.settings for m in a.methods
@@ -196,7 +206,7 @@ def main(argv=None) -> list[dict]:
                 rows.append(json.loads(path.read_text()))
                 continue
             res = run_one(setting, method, a, *planned[setting, method])
-            res["minutes_budget"] = a.minutes
+            res["minutes_budget"], res["strength"] = a.minutes, a.strength
             path.write_text(json.dumps(res, indent=1))
             rows.append(res)
             print(json.dumps({k: res[k] for k in ("name", "dice", "hd95", "iterations")}), flush=True)

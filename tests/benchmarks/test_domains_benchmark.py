@@ -5,6 +5,7 @@ import json
 import pytest
 import yaml
 
+from semi3d.data.domain_shift import DOMAINS
 from semi3d.data.splits import read_id_list
 from semi3d.data.synthetic import write_dataset
 
@@ -77,20 +78,24 @@ def test_domains_la_minutes_budget_sets_iterations_from_measured_step_time(tmp_p
     monkeypatch.chdir(tmp_path)
     args = ["--la-root", str(src), "--n-dev", "2", "--labelled", "2", "--runs", "runs", "--domains-root", "doms",
             "--results", "results", "--settings", "uda", "--methods", "ad", "supervised", "--minutes", "0.05",
-            "--tag", "_b"]
+            "--tag", "_b", "--strength", "2"]
     args += [x for s in SETS + ["train.iterations=100", "train.val_every=50"] for x in ("--set", s)]
     args += [x for m in ("ad", "supervised") for kv in SET_FOR[m] for x in ("--set-for", m, kv)]
     rows = domains_la.main(args)
 
     book = json.loads((tmp_path / "results" / "domains_la_budget.json").read_text())
-    assert sorted(book) == ["ad_uda_b_0.05min", "supervised_uda_b_0.05min"]
+    # --strength 2: its own tag and domain data, the shifts scaled
+    assert sorted(book) == ["ad_uda_b_x2_0.05min", "supervised_uda_b_x2_0.05min"]
+    info = json.loads((tmp_path / "doms_x2" / "domains.json").read_text())
+    assert info["domains"]["B"]["gamma"] == pytest.approx(DOMAINS["B"].gamma ** 2) and not (tmp_path / "doms").exists()
     for r in rows:
-        entry = book[f"{r['method']}_uda_b_0.05min"]
+        assert r["strength"] == 2.0 and r["name"].endswith("_b_x2")
+        entry = book[f"{r['method']}_uda_b_x2_0.05min"]
         assert entry["step_s"] > 0 and r["iterations"] == entry["iterations"] >= 1
         assert r["minutes_budget"] == 0.05 and f"train.iterations={entry['iterations']}" in r["overrides"]
         # the schedule is scaled with the iteration count (val_every 50 of 100)
         assert f"train.val_every={max(1, round(50 * entry['iterations'] / 100))}" in r["overrides"]
     # the cheaper step gets more iterations under the same budget
     it = {r["method"]: r["iterations"] for r in rows}
-    assert book["supervised_uda_b_0.05min"]["step_s"] < book["ad_uda_b_0.05min"]["step_s"]
+    assert book["supervised_uda_b_x2_0.05min"]["step_s"] < book["ad_uda_b_x2_0.05min"]["step_s"]
     assert it["supervised"] >= it["ad"]
