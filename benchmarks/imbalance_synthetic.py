@@ -13,7 +13,7 @@ without its difficulty-aware class weights.
    A&D's strength), ``ad`` (A&D) and ``ad_uniform`` (A&D with ``method.options.difficulty=false``:
    uniform class weights, everything else equal). One resumable run each. For this CPU budget the
    network is small (width 8, depth 4) and trained without dropout, AdamW lr 3e-3 (see ``run_config``).
-3. Evaluates each run on the test split and writes ``<results>/imbalance_synthetic.json`` and
+3. Evaluates each run on the test split and writes ``<results>/imbalance_synthetic<tag>.json`` and
    ``.md``: per-class Dice (classes ordered by voxel share, the rarest last), mean Dice, HD95,
    iterations and training wall time per method, the command and the commit.
 
@@ -151,9 +151,10 @@ def run_one(variant: str, a, profile: dict, data: Path) -> dict:
     return row
 
 
-def write_results(out: Path, rows: list[dict], plan: dict, command: str, overrides: list[str]) -> dict:
-    """``out/imbalance_synthetic.json`` and ``.md``: per-class Dice (rarest class last), mean Dice,
-    HD95 (voxels), iterations and wall time per method."""
+def write_results(out: Path, rows: list[dict], plan: dict, command: str, overrides: list[str],
+                  name: str = NAME) -> dict:
+    """``out/<name>.json`` and ``.md`` (``imbalance_synthetic<tag>``): per-class Dice (rarest class
+    last), mean Dice, HD95 (voxels), iterations and wall time per method."""
     frac = plan["class_fraction"]
     classes = sorted((c for c in frac if c != "background"), key=lambda c: -frac[c])
     commit = git_commit()
@@ -163,13 +164,13 @@ def write_results(out: Path, rows: list[dict], plan: dict, command: str, overrid
            "dataset": plan, "classes_by_share": classes, "runs": rows,
            "machine": machine()}
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{NAME}.json").write_text(json.dumps(res, indent=1))
+    (out / f"{name}.json").write_text(json.dumps(res, indent=1))
     cols = ["method", *[f"Dice {c} ({100 * frac[c]:.2f} %)" for c in classes], "mean Dice", "HD95 (vox)",
             "iterations", "train wall (s)"]
     table = [{"method": r["variant"], **{col: r["per_class"][c]["dice"] for col, c in zip(cols[1:], classes)},
               "mean Dice": r["dice"], "HD95 (vox)": r["hd95"], "iterations": r["iterations"],
               "train wall (s)": round(r["train_wall_s"])} for r in rows]
-    (out / f"{NAME}.md").write_text(
+    (out / f"{name}.md").write_text(
         "# A&D on class-imbalanced synthetic data\n\n" + note + "\n\n"
         + f"{plan['classes']} classes, volumes {'x'.join(map(str, plan['shape']))}, {plan['labelled']} labelled + "
         f"{plan['unlabelled']} unlabelled training cases, {plan['test_cases']} sealed test cases (data seed "
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data", default=None, help="dataset folder (default <runs>/data/imbalance_synthetic_K<K>_...)")
     ap.add_argument("--runs", default=None, help="run folders (default runs/bench; --smoke: a new temporary folder)")
     ap.add_argument("--results", default=None, help="default benchmarks/results (--smoke: <runs>/results)")
-    ap.add_argument("--tag", default="", help="suffix of the run names")
+    ap.add_argument("--tag", default="", help="suffix of the run names and the results files")
     args = sys.argv[1:] if argv is None else list(argv)
     a = ap.parse_args(args)
     profile = PROFILES["smoke" if a.smoke else "default"]
@@ -212,8 +213,8 @@ def main(argv: list[str] | None = None) -> dict:
     plan = make_data(data, plan)
     rows = [run_one(v, a, profile, data) for v in a.methods]
     command = f"PYTHONPATH=src python {Path(__file__).resolve().relative_to(ROOT)} {shlex.join(args)}".rstrip()
-    res = write_results(results, rows, plan, command, a.set)
-    print(f"results: {results / NAME}.json, .md", flush=True)
+    res = write_results(results, rows, plan, command, a.set, NAME + a.tag)
+    print(f"results: {results / (NAME + a.tag)}.json, .md", flush=True)
     return res
 
 

@@ -46,3 +46,7 @@ def test_imbalance_benchmark_smoke(bench, tmp_path, one_thread):
     # rerun: finished runs are reused, not retrained
     again = bench.main(["--smoke", "--runs", str(tmp_path)])
     assert again["runs"] == saved["runs"]
+    # a tagged run writes its own results files, leaving the untagged ones alone
+    tagged = bench.main(["--smoke", "--runs", str(tmp_path), "--methods", "supervised", "--tag", "_t"])
+    assert json.loads((tmp_path / "results" / "imbalance_synthetic_t.json").read_text())["runs"] == tagged["runs"]
+    assert json.loads((tmp_path / "results" / "imbalance_synthetic.json").read_text()) == saved
