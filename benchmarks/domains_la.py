@@ -38,11 +38,10 @@ import argparse
 import json
 import shlex
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from semi3d.config import load_config
-from semi3d.data.domain_shift import DOMAINS, interleave, write_domain_dataset
+from semi3d.data.domain_shift import DOMAINS, holds_domain_dataset, interleave, write_domain_dataset
 from semi3d.data.splits import read_id_list
 from semi3d.evaluation.summary import table_markdown
 
@@ -77,14 +76,9 @@ def make_domains(la_root: Path, list_file: Path, out: Path, n_dev: int, seed: in
     ids = read_id_list(list_file)
     plan, n_test = domain_plan(ids, n_dev)
     shifts = {d: DOMAINS[d].scaled(strength) for d in plan}
-    info = out / "domains.json"
-    if info.is_file():
-        old = json.loads(info.read_text())
-        have = {d: [c["source_id"] for c in old["cases"].values() if c["domain"] == d] for d in plan}
-        params = json.loads(json.dumps({d: asdict(x) for d, x in shifts.items()}))
-        if have == plan and old.get("seed") == seed and old.get("domains") == params:
-            print(f"domains: {out} exists with this plan", flush=True)
-            return out
+    if holds_domain_dataset(out, plan, shifts, seed):
+        print(f"domains: {out} exists with this plan", flush=True)
+        return out
     print(f"domains: writing {sum(map(len, plan.values()))} volumes to {out} ...", flush=True)
     semidg = interleave(*[[f"{d}_{i}" for i in plan[d][: len(plan[d]) - n_test.get(d, 0)]] for d in "ABC"])
     return write_domain_dataset(la_root, out, plan, src_options={"list_file": str(list_file)}, domains=shifts,

@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from semi3d.data.domain_shift import DOMAINS, write_domain_dataset
+from semi3d.data.domain_shift import DOMAINS, holds_domain_dataset, write_domain_dataset
 from semi3d.engine.rundir import RunDir
 from semi3d.evaluation.evaluate import evaluate_run
 from semi3d.evaluation.summary import table_markdown
@@ -37,15 +37,11 @@ def render(run: RunDir, split: str, domains: list[str], strength: float, root: P
     parameters)."""
     cfg, ids = run.load_config(), run.load_splits()[split]
     shifts = {d: DOMAINS[d].scaled(strength) for d in domains}
-    info = root / "domains.json"
-    if info.is_file():
-        old = json.loads(info.read_text())
-        cases = {d: [c["source_id"] for c in old["cases"].values() if c["domain"] == d] for d in domains}
-        params = json.loads(json.dumps({d: asdict(s) for d, s in shifts.items()}))
-        if cases == {d: ids for d in domains} and old["domains"] == params and old["seed"] == seed:
-            return root
+    plan = {d: ids for d in domains}
+    if holds_domain_dataset(root, plan, shifts, seed):
+        return root
     print(f"rendering {len(ids)} cases in {', '.join(domains)} at strength {strength:g} -> {root}", flush=True)
-    return write_domain_dataset(cfg.data.root, root, {d: ids for d in domains}, src_format=cfg.data.format,
+    return write_domain_dataset(cfg.data.root, root, plan, src_format=cfg.data.format,
                                 src_options=cfg.data.options, domains=shifts, seed=seed, format=cfg.data.format)
 
 

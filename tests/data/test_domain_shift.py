@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from semi3d.data.domain_shift import (DOMAINS, ScannerShift, apply_shift, case_seed, domain_of, interleave,
-                                      write_domain_dataset)
+from semi3d.data.domain_shift import (DOMAINS, ScannerShift, apply_shift, case_seed, domain_of, holds_domain_dataset,
+                                      interleave, write_domain_dataset)
 from semi3d.data.readers import UAMTH5Reader
 from semi3d.data.synthetic import write_dataset
 from semi3d.errors import InputError
@@ -159,6 +159,11 @@ def test_write_domain_dataset(src, tmp_path):
     info = json.loads((out / "domains.json").read_text())
     assert info["cases"]["D_syn_004"] == {"domain": "D", "source_id": "syn_004"}
     assert info["domains"]["B"]["gamma"] == DOMAINS["B"].gamma and info["seed"] == 0
+    # what was written is recognised; another plan, seed or shift is not
+    assert holds_domain_dataset(out, plan, DOMAINS, 0) and not holds_domain_dataset(tmp_path / "none", plan, DOMAINS, 0)
+    assert not holds_domain_dataset(out, plan, DOMAINS, 1)
+    assert not holds_domain_dataset(out, {**plan, "D": ids[5:]}, DOMAINS, 0)
+    assert not holds_domain_dataset(out, plan, {**DOMAINS, "B": DOMAINS["B"].scaled(2)}, 0)
 
     reader, source = UAMTH5Reader(out, list_file="all.list"), UAMTH5Reader(src, list_file="train.list")
     for new_id in lst("all"):

@@ -48,8 +48,8 @@ from .formats import build_reader
 from .volumes import write_h5, write_volume
 from .readers import PathLike, UAMTH5Reader
 
-__all__ = ["ScannerShift", "DOMAINS", "apply_shift", "case_seed", "domain_of", "interleave",
-           "write_domain_dataset", "write_id_list"]
+__all__ = ["ScannerShift", "DOMAINS", "apply_shift", "case_seed", "domain_of", "holds_domain_dataset",
+           "interleave", "write_domain_dataset", "write_id_list"]
 
 
 @dataclass(frozen=True)
@@ -184,6 +184,20 @@ def write_id_list(path: PathLike, ids: Sequence[str]) -> Path:
     except OSError as e:
         raise InputError(path, f"cannot write: {e.strerror or e}") from None
     return path
+
+
+def holds_domain_dataset(root: PathLike, plan: Mapping[str, Sequence[str]], domains: Mapping[str, ScannerShift],
+                         seed: int) -> bool:
+    """Whether ``root`` holds what :func:`write_domain_dataset` writes for ``plan`` (the same source
+    ids per domain, in order), the shifts ``domains`` of the planned domains and ``seed``, by its
+    ``domains.json`` (so a caller can reuse it instead of rendering again)."""
+    info = Path(root) / "domains.json"
+    if not info.is_file():
+        return False
+    old = json.loads(info.read_text())
+    have = {d: [c["source_id"] for c in old["cases"].values() if c["domain"] == d] for d in plan}
+    params = json.loads(json.dumps({d: asdict(domains[d]) for d in plan}))
+    return have == {d: list(v) for d, v in plan.items()} and old.get("seed") == seed and old.get("domains") == params
 
 
 def write_domain_dataset(src_root: PathLike, out_root: PathLike, plan: Mapping[str, Sequence[str]], *,
