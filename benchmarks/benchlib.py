@@ -50,6 +50,16 @@ def train_seconds(run_dir: Path) -> float:
     return total + last
 
 
+def foreground(metrics: dict) -> dict:
+    """The summary a result reports from ``evaluate_run``'s ``{class or "mean": {metric: value}}``
+    (foreground classes only): the ``"mean"`` over them when there are several, else the one class's."""
+    if "mean" in metrics:
+        return metrics["mean"]
+    if len(metrics) != 1:
+        raise ValueError(f"expected one foreground class or a 'mean' summary, got {sorted(metrics)}")
+    return next(iter(metrics.values()))
+
+
 def train_and_evaluate(cfg, split: str) -> dict:
     """Train the run of ``cfg`` (resumed from ``checkpoints/last.pt`` when there; not retrained when
     ``train_summary.json`` says it finished) and evaluate its model on ``split``.

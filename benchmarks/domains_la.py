@@ -46,7 +46,7 @@ from semi3d.data.splits import read_id_list
 from semi3d.evaluation.summary import table_markdown
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
-from benchlib import git_commit, machine, train_and_evaluate
+from benchlib import foreground, git_commit, machine, train_and_evaluate
 from compare_la import budget, budget_sets
 
 HERE = Path(__file__).resolve().parent
@@ -137,8 +137,7 @@ def run_one(setting: str, method: str, a, config: Path, sets: list[str]) -> dict
     name = run_name(setting, method, a.tag)
     cfg = load_config(config, sets)
     r = train_and_evaluate(cfg, "test")
-    metrics = r["metrics"]
-    fg = metrics.get("mean") or metrics[cfg.data.class_names[1] if cfg.data.class_names else "class1"]
+    fg = foreground(r["metrics"])
     splits = json.loads((cfg.run_dir / "splits.json").read_text())
     tags = splits.get("domains", {})
     return {

@@ -20,7 +20,7 @@ from semi3d.engine.precision import resolve_precision, pick_device
 from semi3d.evaluation.summary import table_markdown
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
-from benchlib import git_commit, machine, train_and_evaluate
+from benchlib import foreground, git_commit, machine, train_and_evaluate
 
 HERE = Path(__file__).resolve().parent
 
@@ -36,7 +36,7 @@ def main(argv=None) -> dict:
     cfg = load_config(a.config, [f"name={a.name}", f"output_dir={a.runs}", *a.set])
     commit = git_commit()
     r = train_and_evaluate(cfg, "validation")
-    fg = r["metrics"].get("mean") or r["metrics"][cfg.data.class_names[1] if cfg.data.class_names else "class1"]
+    fg = foreground(r["metrics"])
     result = {
         "name": a.name, "command": "python benchmarks/run_la.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:])),
         "invoked_as": "python " + " ".join(shlex.quote(x) for x in sys.argv),  # e.g. compare_la.py, which ran this

@@ -26,7 +26,7 @@ from semi3d.engine.rundir import RunDir
 from semi3d.evaluation.evaluate import evaluate_run
 from semi3d.evaluation.summary import table_markdown
 
-from benchlib import git_commit, machine
+from benchlib import foreground, git_commit, machine
 
 HERE = Path(__file__).resolve().parent
 
@@ -46,7 +46,7 @@ def render(run: RunDir, split: str, domains: list[str], strength: float, root: P
 
 
 def _row(run: RunDir, domain: str, strength: float, metrics: dict, ref: dict | None) -> dict:
-    fg = metrics.get("mean") or next(iter(metrics.values()))
+    fg = foreground(metrics)
     return {"run": run.path.name, "domain": domain, "strength": strength, "dice": fg["dice"], "hd95": fg["hd95"],
             "dice_drop": None if ref is None else ref["dice"] - fg["dice"]}
 
