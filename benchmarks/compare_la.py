@@ -36,6 +36,7 @@ import numpy as np
 
 from semi3d.config import load_config
 from semi3d.evaluation.summary import table_markdown
+from semi3d.atomic import write_text
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
 from speed import phases
@@ -142,7 +143,7 @@ def budget(path: Path, method: str, config: str, sets: list[str], minutes: float
         m = step_seconds(config, sets)
         iters = max(1, int((minutes * 60 - m["fixed_s"]) / m["step_s"]))
         book[key] = {**m, "minutes": minutes, "iterations": iters, "measured": time.strftime("%Y-%m-%d %H:%M")}
-        path.write_text(json.dumps(book, indent=1))
+        write_text(path, json.dumps(book, indent=1))
         print(f"budget {method}: {m['step_s']:.2f} s/step + {m['fixed_s']:.0f} s fixed -> {iters} iterations", flush=True)
     return book[key]["iterations"]
 
@@ -231,7 +232,7 @@ def main(argv=None) -> None:
                 raise SystemExit(f"--reference {name}: no result file {results / name}.json")
         kept = load_book(book)
         kept["references"] = sorted(set(kept.get("references", [])) | set(a.reference))
-        book.write_text(json.dumps(kept, indent=1))
+        write_text(book, json.dumps(kept, indent=1))
     if not a.only_table:
         from run_la import main as run_one
 
@@ -246,9 +247,9 @@ def main(argv=None) -> None:
             run_one([config, "--name", run_name(m, n, s, a.minutes, a.tag), *sum((["--set", x] for x in sets), [])])
     rows = table_rows(results, load_book(book), a.methods, a.tag,
                       a.labelled, a.seeds, a.minutes)
-    (results / f"{a.table}.json").write_text(json.dumps(rows, indent=1))
+    write_text(results / f"{a.table}.json", json.dumps(rows, indent=1))
     text = table_text(rows, a.minutes, book.name)
-    (results / f"{a.table}.md").write_text(text)
+    write_text(results / f"{a.table}.md", text)
     print(text)
 
 

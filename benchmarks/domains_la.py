@@ -44,6 +44,7 @@ from semi3d.config import load_config
 from semi3d.data.domain_shift import DOMAINS, holds_domain_dataset, interleave, write_domain_dataset
 from semi3d.data.splits import read_id_list
 from semi3d.evaluation.summary import table_markdown
+from semi3d.atomic import write_text
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
 from benchlib import foreground, git_commit, machine, train_and_evaluate
@@ -200,12 +201,12 @@ def main(argv=None) -> list[dict]:
                 continue
             res = run_one(setting, method, a, *planned[setting, method])
             res["minutes_budget"], res["strength"] = a.minutes, a.strength
-            path.write_text(json.dumps(res, indent=1))
+            write_text(path, json.dumps(res, indent=1))
             rows.append(res)
             print(json.dumps({k: res[k] for k in ("name", "dice", "hd95", "iterations")}), flush=True)
     cols = ["setting", "method", "labelled", "unlabelled", "test_cases", "dice", "jaccard", "hd95", "asd", "iterations",
             "train_wall_s_this_invocation"]
-    (out / f"domains_la{a.tag}.md").write_text(
+    write_text(out / f"domains_la{a.tag}.md",
         "# A&D vs supervised and M&N on simulated LA scanner domains\n\n"
         + "".join(f"- {k}: {v}\n" for k, v in SETTINGS.items())
         + f"\n`{'python ' + ' '.join(shlex.quote(x) for x in sys.argv)}`\n\n" + table_markdown(rows, cols) + "\n")

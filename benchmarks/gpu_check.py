@@ -33,6 +33,8 @@ import numpy as np
 import torch
 import yaml
 
+from semi3d.atomic import write_text
+
 T0 = time.time()
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -70,7 +72,7 @@ def pack_la(out: Path, root: Path = ROOT.parent / "shared/data/LA", scale: float
             f.create_dataset("image", data=q, compression="gzip")  # z-scored again there: the scale is moot
             if case.label is not None:
                 f.create_dataset("label", data=case.label.astype(np.uint8), compression="gzip")
-    (out / "train.list").write_text("\n".join(ids) + "\n")
+    write_text(out / "train.list", "\n".join(ids) + "\n")
     print(f"{len(ids)} cases -> {out} ({sum(p.stat().st_size for p in out.rglob('*.h5')) / 2**20:.1f} MiB)")
 
 
@@ -219,7 +221,7 @@ def la_runs(la: Path, work: Path, budget: float, labelled: list[int], cap: int, 
         for k, v in sets.items():
             set_dotted(tree, k, v)
         path = work / f"{tree['name']}.yaml"
-        path.write_text(yaml.safe_dump(tree))
+        write_text(path, yaml.safe_dump(tree))
         log = open(work / f"{tree['name']}.log", "w")
         jobs[tree["name"]] = (subprocess.Popen([sys.executable, "-m", "semi3d", "train", str(path)], stdout=log,
                                                stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "3"}), tree)
@@ -366,10 +368,10 @@ def main(argv=None) -> None:
     if a.cmd == "recal":
         res = {"command": " ".join(["python", *sys.argv]), "commit": _commit(), "machine": "CPU, fp32",
                "models": bn_recalibration(a.config, a.models, a.la)}
-        a.out.write_text(json.dumps(res, indent=1))
+        write_text(a.out, json.dumps(res, indent=1))
         return None
     if a.cmd == "table":
-        a.out.write_text(to_markdown({p.stem: json.loads(p.read_text()) for p in a.results}))
+        write_text(a.out, to_markdown({p.stem: json.loads(p.read_text()) for p in a.results}))
         return None
     global DEVICE, SMOKE_ITERATIONS, VAL_MAX_CASES
     DEVICE, SMOKE_ITERATIONS, VAL_MAX_CASES = a.device, a.smoke_iterations, a.val_max_cases
@@ -381,11 +383,11 @@ def main(argv=None) -> None:
     print(json.dumps(res), flush=True)
     res["smoke"] = {} if a.skip_smoke else smoke(a.work)
     res["smoke_seconds"] = time.time() - T0
-    (a.out / "gpu_check.json").write_text(json.dumps(res, indent=1))
+    write_text(a.out / "gpu_check.json", json.dumps(res, indent=1))
     if a.la is not None:
         res["la"] = la_runs(a.la, a.work, a.budget, a.labelled, a.cap, a.calib_steps, T0 + a.deadline,
                             a.variants, a.iterations)
-        (a.out / "gpu_check.json").write_text(json.dumps(res, indent=1))
+        write_text(a.out / "gpu_check.json", json.dumps(res, indent=1))
         pack_runs(a.work, a.out / "runs.tar.gz", a.models)
     print("total seconds", time.time() - T0, flush=True)
 

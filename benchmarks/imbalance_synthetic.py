@@ -41,6 +41,7 @@ import torch
 from semi3d.config import load_config
 from semi3d.data.synthetic import class_names, imbalanced_class_scale, make_cases, write_dataset
 from semi3d.evaluation.summary import table_markdown
+from semi3d.atomic import write_text
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
 from benchlib import git_commit, machine, train_and_evaluate
@@ -86,7 +87,7 @@ def make_data(root: Path, plan: dict) -> dict:
     labels = np.stack([c.label for c in make_cases(n + plan["test_cases"], **gen)])  # the same cases
     share = np.bincount(labels.ravel(), minlength=plan["classes"]) / labels.size
     out = {**plan, "class_fraction": dict(zip(class_names(plan["classes"]), share.tolist()))}
-    info.write_text(json.dumps(out, indent=1))  # last: a half-written dataset is written again
+    write_text(info, json.dumps(out, indent=1))  # last: a half-written dataset is written again
     return out
 
 
@@ -146,7 +147,7 @@ def run_one(variant: str, a, profile: dict, data: Path) -> dict:
            "dice_std": metrics["mean"]["dice_std"], "iterations": r["summary"]["iterations"],
            "train_wall_s": r["train_wall_s_total"], "eval_wall_s": r["eval_wall_s"], "resumed": r["resumed"],
            "threads": torch.get_num_threads()}
-    row_file.write_text(json.dumps(row, indent=1))
+    write_text(row_file, json.dumps(row, indent=1))
     print(json.dumps({k: row[k] for k in ("variant", "dice", "hd95", "iterations", "train_wall_s", "resumed")}), flush=True)
     return row
 
@@ -164,13 +165,13 @@ def write_results(out: Path, rows: list[dict], plan: dict, command: str, overrid
            "dataset": plan, "classes_by_share": classes, "runs": rows,
            "machine": machine()}
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(res, indent=1))
+    write_text(out / f"{name}.json", json.dumps(res, indent=1))
     cols = ["method", *[f"Dice {c} ({100 * frac[c]:.2f} %)" for c in classes], "mean Dice", "HD95 (vox)",
             "iterations", "train wall (s)"]
     table = [{"method": r["variant"], **{col: r["per_class"][c]["dice"] for col, c in zip(cols[1:], classes)},
               "mean Dice": r["dice"], "HD95 (vox)": r["hd95"], "iterations": r["iterations"],
               "train wall (s)": round(r["train_wall_s"])} for r in rows]
-    (out / f"{name}.md").write_text(
+    write_text(out / f"{name}.md",
         "# A&D on class-imbalanced synthetic data\n\n" + note + "\n\n"
         + f"{plan['classes']} classes, volumes {'x'.join(map(str, plan['shape']))}, {plan['labelled']} labelled + "
         f"{plan['unlabelled']} unlabelled training cases, {plan['test_cases']} sealed test cases (data seed "

@@ -27,6 +27,7 @@ from pathlib import Path
 from semi3d.engine.checkpoint import resave_inference_model
 from semi3d.evaluation.evaluate import evaluate_run
 from semi3d.evaluation.summary import table_markdown
+from semi3d.atomic import write_text
 
 from benchlib import git_commit, machine
 
@@ -66,12 +67,12 @@ def main(argv=None) -> list[dict]:
     command = "python benchmarks/inference_la.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
     commit, out = git_commit(), Path(a.results)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{a.name}.json").write_text(json.dumps({"command": command, "commit": commit, "machine": machine(),
+    write_text(out / f"{a.name}.json", json.dumps({"command": command, "commit": commit, "machine": machine(),
                                                     "rows": rows}, indent=1))
     flat = [{"run": r["run"], "variant": v, **{m: r[v][m] for m in ("dice", "jaccard", "hd95", "asd", "eval_s")}}
             for r in rows for v in chosen]
     cols = ["run", "variant", "dice", "jaccard", "hd95", "asd", "eval_s"]
-    (out / f"{a.name}.md").write_text(f"# {a.name}\n\n`{command}` (commit {commit})\n\n"
+    write_text(out / f"{a.name}.md", f"# {a.name}\n\n`{command}` (commit {commit})\n\n"
                                       f"Dev split (last 16 ids of train.list), final model; mirror axes "
                                       f"[{a.mirror_axes}]; HD95 / ASD in voxels.\n\n" + table_markdown(flat, cols))
     print(table_markdown(flat, cols))

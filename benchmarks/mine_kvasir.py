@@ -36,6 +36,7 @@ import numpy as np
 
 from semi3d.evaluation.summary import table_markdown
 from semi3d.mining.config import load_mining_config
+from semi3d.atomic import write_text
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
 from benchlib import git_commit, machine, merge_tree, mine, mining_round_row
@@ -127,8 +128,8 @@ def write_table(results: Path) -> str:
             "`model_dice_kept`: the last round's kept pseudo-labels (refined) and the small model's own masks on the "
             "same images, pooled Dice against the hidden masks. Per-run files: `mine_kvasir_<variant>_p<P>_s<seed>"
             ".json` (command, commit, machine, config, every round).\n\n" + table_markdown(rows, cols) + "\n")
-    (results / "mine_kvasir.json").write_text(json.dumps(rows, indent=1))
-    (results / "mine_kvasir.md").write_text(text)
+    write_text(results / "mine_kvasir.json", json.dumps(rows, indent=1))
+    write_text(results / "mine_kvasir.md", text)
     return text
 
 
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
                   "dev_dice_per_round": [r["dev_dice"] for r in summary["rounds"]],
                   "wall_s": summary["wall_s"], "config": cfg.model_dump(mode="json"), "machine": machine()}
         results.mkdir(parents=True, exist_ok=True)
-        (results / f"{name}.json").write_text(json.dumps(result, indent=1))
+        write_text(results / f"{name}.json", json.dumps(result, indent=1))
         print(f"{name}: dev Dice {result['dice']:.4f} IoU {result['iou']:.4f} "
               f"({summary['wall_s'] / 60:.1f} min)", flush=True)
     print(write_table(results))

@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 from semi3d.mining.config import load_mining_config
+from semi3d.atomic import write_text
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
 from benchlib import git_commit, machine, merge_tree, mine, mining_round_row
@@ -139,8 +140,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "machine": machine(),
         }
         results_dir.mkdir(parents=True, exist_ok=True)
-        (results_dir / f"{name}.json").write_text(json.dumps(result, indent=1))
-        (results_dir / f"{name}.md").write_text(_markdown(result))
+        write_text(results_dir / f"{name}.json", json.dumps(result, indent=1))
+        write_text(results_dir / f"{name}.md", _markdown(result))
         print(_markdown(result))
         out.append(result)
     return out

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from semi3d.evaluation.evaluate import evaluate_run
 from semi3d.evaluation.summary import table_markdown
+from semi3d.atomic import write_text
 
 from benchlib import git_commit
 
@@ -50,11 +51,11 @@ def main(argv=None) -> list[dict]:
     command = "python benchmarks/postprocess_la.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
     commit, out = git_commit(), Path(a.results)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{a.name}.json").write_text(json.dumps({"command": command, "commit": commit, "rows": rows}, indent=1))
+    write_text(out / f"{a.name}.json", json.dumps({"command": command, "commit": commit, "rows": rows}, indent=1))
     flat = [{"run": r["run"], **{f"{m}_{pp[:4]}": r[pp][m] for m in ("dice", "hd95", "asd") for pp in MODES},
              "changed": f"{r['cases_changed']}/{r['n_cases']}"} for r in rows]
     cols = ["run", "dice_none", "dice_larg", "hd95_none", "hd95_larg", "asd_none", "asd_larg", "changed"]
-    (out / f"{a.name}.md").write_text(f"# {a.name}\n\n`{command}` (commit {commit})\n\n"
+    write_text(out / f"{a.name}.md", f"# {a.name}\n\n`{command}` (commit {commit})\n\n"
                                       "Dev split (last 16 ids of train.list); `_none` = argmax, `_larg` = "
                                       "largest connected component kept; HD95 / ASD in voxels.\n\n"
                                       + table_markdown(flat, cols))

@@ -18,6 +18,7 @@ from pathlib import Path
 from semi3d.config import load_config
 from semi3d.engine.precision import resolve_precision, pick_device
 from semi3d.evaluation.summary import table_markdown
+from semi3d.atomic import write_text
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
 from benchlib import foreground, git_commit, machine, train_and_evaluate
@@ -50,9 +51,9 @@ def main(argv=None) -> dict:
     }
     out = Path(a.results)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{a.name}.json").write_text(json.dumps(result, indent=1))
+    write_text(out / f"{a.name}.json", json.dumps(result, indent=1))
     cols = ["name", "method", "labelled", "dice", "jaccard", "hd95", "asd", "iterations", "train_wall_s_total"]
-    (out / f"{a.name}.md").write_text(f"# {a.name}\n\n`{result['command']}` (commit {commit})\n\n"
+    write_text(out / f"{a.name}.md", f"# {a.name}\n\n`{result['command']}` (commit {commit})\n\n"
                                       + table_markdown([result], cols) + "\n")
     print(json.dumps(result, indent=1))
     return result

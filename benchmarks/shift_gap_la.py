@@ -25,6 +25,7 @@ from semi3d.data.domain_shift import DOMAINS, holds_domain_dataset, write_domain
 from semi3d.engine.rundir import RunDir
 from semi3d.evaluation.evaluate import evaluate_run
 from semi3d.evaluation.summary import table_markdown
+from semi3d.atomic import write_text
 
 from benchlib import foreground, git_commit, machine
 
@@ -78,10 +79,10 @@ def main(argv=None) -> list[dict]:
     out = Path(a.results)
     out.mkdir(parents=True, exist_ok=True)
     shifts = {f"{d}@{s:g}": asdict(DOMAINS[d].scaled(s)) for s in a.strengths for d in a.domains}
-    (out / f"{a.name}.json").write_text(json.dumps(
+    write_text(out / f"{a.name}.json", json.dumps(
         {"command": command, "commit": git_commit(), "machine": machine(), "split": a.split, "seed": a.seed,
          "shifts": shifts, "wall_s": time.time() - t0, "rows": rows}, indent=1))
-    (out / f"{a.name}.md").write_text(
+    write_text(out / f"{a.name}.md",
         "# Simulated scanner shifts: in-domain (A) vs rendered domains, nothing retrained\n\n"
         f"`{command}`\n\n" + table_markdown(rows, ["run", "domain", "strength", "dice", "dice_drop", "hd95"]) + "\n")
     return rows

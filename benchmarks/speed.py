@@ -35,6 +35,7 @@ import torch
 from semi3d.config import load_config
 from semi3d.engine.precision import autocast
 from semi3d.engine.trainer import Trainer
+from semi3d.atomic import write_text
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
 from benchlib import git_commit, machine
@@ -261,8 +262,8 @@ def main(argv=None) -> dict:
            "commit": git_commit(), "machine": machine(), "results": results}
     dest = Path(a.results)
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / f"{a.name}.json").write_text(json.dumps(out, indent=1))
-    (dest / f"{a.name}.md").write_text(to_markdown(out))
+    write_text(dest / f"{a.name}.json", json.dumps(out, indent=1))
+    write_text(dest / f"{a.name}.md", to_markdown(out))
     print(to_markdown(out))
     return out
 

@@ -32,6 +32,7 @@ from semi3d.errors import InputError
 from semi3d.evaluation.summary import table_markdown
 from semi3d.reporting.common import case_means, foreground_mean
 from semi3d.reporting.suggest import suggest_cases
+from semi3d.atomic import write_text
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
 from benchlib import git_commit, train_and_evaluate
@@ -153,10 +154,10 @@ def main(argv=None) -> dict:
     }
     results.mkdir(parents=True, exist_ok=True)
     stem = f"suggest_la_{name}" if not a.smoke else f"suggest_smoke_{name}"
-    (results / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    write_text(results / f"{stem}.json", json.dumps(result, indent=1))
     rows = [{"strategy": s, "added": " ".join(v["added"]), "labelled": v["labelled"], "dice": v["dice"],
              "jaccard": v["jaccard"], "hd95": v["hd95"], "asd": v["asd"]} for s, v in outcome.items()]
-    (results / f"{stem}.md").write_text(
+    write_text(results / f"{stem}.md",
         f"# {stem}\n\n`{result['command']}` (commit {commit})\n\nBase run `{base}` ({base_cfg.method.name}, "
         f"{len(splits['labelled'])} labelled); +{a.k} cases per strategy; criterion: {sug['criterion']}.\n\n"
         + table_markdown(rows, ["strategy", "labelled", "dice", "jaccard", "hd95", "asd", "added"]) + "\n")
