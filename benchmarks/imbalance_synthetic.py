@@ -38,10 +38,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from semi3d.atomic import write_text
 from semi3d.config import load_config
 from semi3d.data.synthetic import class_names, imbalanced_class_scale, make_cases, write_dataset
 from semi3d.evaluation.summary import table_markdown
-from semi3d.atomic import write_text
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
 from benchlib import git_commit, machine, train_and_evaluate

@@ -24,10 +24,10 @@ import sys
 import time
 from pathlib import Path
 
+from semi3d.atomic import write_text
 from semi3d.engine.checkpoint import resave_inference_model
 from semi3d.evaluation.evaluate import evaluate_run
 from semi3d.evaluation.summary import table_markdown
-from semi3d.atomic import write_text
 
 from benchlib import git_commit, machine
 

@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+from semi3d.atomic import write_text
 from semi3d.evaluation.summary import table_markdown
 from semi3d.mining.config import load_mining_config
-from semi3d.atomic import write_text
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
 from benchlib import git_commit, machine, merge_tree, mine, mining_round_row

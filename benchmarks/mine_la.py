@@ -25,8 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from semi3d.mining.config import load_mining_config
 from semi3d.atomic import write_text
+from semi3d.mining.config import load_mining_config
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
 from benchlib import git_commit, machine, merge_tree, mine, mining_round_row

@@ -15,9 +15,9 @@ import shlex
 import sys
 from pathlib import Path
 
+from semi3d.atomic import write_text
 from semi3d.evaluation.evaluate import evaluate_run
 from semi3d.evaluation.summary import table_markdown
-from semi3d.atomic import write_text
 
 from benchlib import git_commit
 

@@ -15,10 +15,10 @@ import shlex
 import sys
 from pathlib import Path
 
+from semi3d.atomic import write_text
 from semi3d.config import load_config
 from semi3d.engine.precision import resolve_precision, pick_device
 from semi3d.evaluation.summary import table_markdown
-from semi3d.atomic import write_text
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
 from benchlib import foreground, git_commit, machine, train_and_evaluate

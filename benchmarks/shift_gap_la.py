@@ -21,11 +21,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from semi3d.atomic import write_text
 from semi3d.data.domain_shift import DOMAINS, holds_domain_dataset, write_domain_dataset
 from semi3d.engine.rundir import RunDir
 from semi3d.evaluation.evaluate import evaluate_run
 from semi3d.evaluation.summary import table_markdown
-from semi3d.atomic import write_text
 
 from benchlib import foreground, git_commit, machine
 

@@ -32,10 +32,10 @@ from pathlib import Path
 
 import torch
 
+from semi3d.atomic import write_text
 from semi3d.config import load_config
 from semi3d.engine.precision import autocast
 from semi3d.engine.trainer import Trainer
-from semi3d.atomic import write_text
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
 from benchlib import git_commit, machine

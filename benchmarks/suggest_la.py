@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from semi3d.atomic import write_text
 from semi3d.config import load_config, parse_overrides, set_dotted
 from semi3d.data.formats import build_reader
 from semi3d.data.splits import load_splits
@@ -32,7 +33,6 @@ from semi3d.errors import InputError
 from semi3d.evaluation.summary import table_markdown
 from semi3d.reporting.common import case_means, foreground_mean
 from semi3d.reporting.suggest import suggest_cases
-from semi3d.atomic import write_text
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
 from benchlib import git_commit, train_and_evaluate
