@@ -18,6 +18,19 @@ from semi3d.evaluation.evaluate import evaluate_run
 ROOT = Path(__file__).resolve().parent.parent
 
 
+WEIGHTS = Path(__file__).resolve().parent.parent.parent / "shared" / "weights"
+SMALL_MODELS = {  # mining's small 2D model: the paper's U-Net++ (from scratch), or a U-Net on an ImageNet MobileNetV2
+    "unetpp": {"name": "unetpp2d", "options": {"widths": [8, 16, 32, 64]}},
+    "mbv2": {"name": "unet2d_mobilenet_v2", "options": {"pretrained": str(WEIGHTS / "mobilenet_v2-b0353104.pth"),
+                                                         "decoder_channels": [128, 64, 32, 16, 16]}},
+}
+
+
+def small_prefix(small: str) -> str:
+    """The run-name prefix of a small model: none for the paper's U-Net++, else ``<small>_``."""
+    return "" if small == "unetpp" else small + "_"
+
+
 def git_commit() -> str:
     """The short hash of the repository's HEAD (the code a result was produced with)."""
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,

@@ -39,18 +39,13 @@ from semi3d.evaluation.summary import table_markdown
 from semi3d.mining.config import load_mining_config
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
-from benchlib import git_commit, machine, merge_tree, mine, mining_round_row
+from benchlib import SMALL_MODELS, git_commit, machine, merge_tree, mine, mining_round_row, small_prefix
 
 HERE = Path(__file__).resolve().parent
 KVASIR = HERE.parent.parent / "shared" / "data" / "Kvasir-SEG"
 POOL = 800  # train.list minus the 100 dev ids
 VARIANTS = ["labelled", "identity", "litemedsam", "full"]
-SMALL = {  # the small model: the paper's U-Net++ (from scratch), or a U-Net on an ImageNet MobileNetV2
-    "unetpp": {"name": "unetpp2d", "options": {"widths": [8, 16, 32, 64]}},  # 0.32 s/step on the 2-core CPU
-    "mbv2": {"name": "unet2d_mobilenet_v2",  # 0.36 s/step
-             "options": {"pretrained": str(HERE.parent.parent / "shared" / "weights" / "mobilenet_v2-b0353104.pth"),
-                         "decoder_channels": [128, 64, 32, 16, 16]}},
-}
+SMALL = SMALL_MODELS  # on Kvasir: U-Net++ 0.32 s/step, MobileNetV2 U-Net 0.36 s/step on the 2-core CPU
 
 BUDGET = {  # every run; --set key=value overrides any of it
     "device": "cpu",
@@ -86,8 +81,7 @@ def run_tree(variant: str, percent: int, seed: int, runs: Path, small: str = "un
 
 def run_name(variant: str, percent: int, seed: int, small: str = "unetpp", tag: str = "") -> str:
     """``mine_kvasir_[<small>_]<variant><tag>_p<P>_s<seed>`` (no prefix for the default U-Net++)."""
-    prefix = "" if small == "unetpp" else small + "_"
-    return f"mine_kvasir_{prefix}{variant}{tag}_p{100 if variant == 'full' else percent}_s{seed}"
+    return f"mine_kvasir_{small_prefix(small)}{variant}{tag}_p{100 if variant == 'full' else percent}_s{seed}"
 
 
 def image_metrics(dev_cases: dict) -> dict:

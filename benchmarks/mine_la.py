@@ -1,24 +1,48 @@
-"""Knowledge mining on LA, slice-wise, with the weight-free random-walker refiner.
+"""Knowledge mining on LA, slice-wise: a refiner (random walker, LiteMedSAM, or the small model's own
+masks) against the labelled-only small model at the same total iterations.
 
 Protocol: labelled = the first N ids of ``train.list``, dev = its last 16 ids (never trained on),
 unlabelled = the rest (their labels are hidden from training and used only to score the
-pseudo-labels). Half resolution (``scale 0.5``), axial slices (Z). A small U-Net++ is trained on
-the labelled slices (round 0), then 3 mining rounds: predict the unlabelled slices -> prompts ->
-random-walker refinement -> selection -> fine-tuning on labelled + pseudo-labelled slices. For
-every round: Dice / HD95 (voxels) on the dev split on the original grid, how many pseudo-labels
-were kept and their Dice against the hidden ground truth. Budget: about 10-15 minutes per N on the
-2-core development CPU (see BUDGET), so both N fit in about 30 minutes.
+pseudo-labels). Half resolution (``scale 0.5``), axial slices (Z). A small 2D model (``--small``:
+the paper's U-Net++ from scratch, or a U-Net on ImageNet MobileNetV2) is trained on the labelled
+slices (round 0), then 3 mining rounds: predict the unlabelled slices -> prompts -> refinement ->
+selection -> fine-tuning on labelled + pseudo-labelled slices. Variants (``--variants``):
 
-    PYTHONPATH=src .venv/bin/python benchmarks/mine_la.py                 # N = 4 and 8
-    PYTHONPATH=src .venv/bin/python benchmarks/mine_la.py --labelled 4
+- ``random_walker``: the weight-free refiner (points + box, 2 refinement passes);
+- ``litemedsam``: LiteMedSAM with one box per component of the model's mask, as on Kvasir
+  (``mine_kvasir.py``); image embeddings are cached on disk in ``<runs>/la_embeddings`` and shared
+  by every run (about 1.2 s per slice once on the 2-core CPU);
+- ``identity``: self-training on the model's own masks, the same selection and fine-tuning;
+- ``labelled``: no mining, the mining runs' total iterations (600 + 3 x 200).
+
+For every round: Dice / HD95 (voxels) of the small model on the dev split on the original grid,
+how many pseudo-labels were kept and their Dice against the hidden ground truth.
+
+The 3D route (the issue's "mined slices stacked into pseudo-labelled volumes, then a 3D model"):
+``--set dataset_3d.enabled=true --set select.unit=case`` writes, after the last round, the real +
+accepted pseudo-labelled cases as a UA-MT dataset in ``<run>/pseudo/round3/dataset`` (see
+``semi3d.mining.export``); train and score a 3D model on it with ``run_la.py``::
+
+    D=runs/bench_mine/mine_la_mbv2_litemedsam_l8_s0/pseudo/round3/dataset
+    PYTHONPATH=src .venv/bin/python benchmarks/run_la.py configs/la_supervised_cpu.yaml --name NAME \
+        --set data.root=$D --set data.options.list_file=$D/train.list \
+        --set data.splits.labelled.list=$D/labelled.list --set data.splits.validation.list=$D/dev.list
+
+Commands::
+
+    PYTHONPATH=src .venv/bin/python benchmarks/mine_la.py                 # random walker, N = 4 and 8
+    PYTHONPATH=src .venv/bin/python benchmarks/mine_la.py --small mbv2 --variants labelled identity litemedsam
     PYTHONPATH=src .venv/bin/python benchmarks/mine_la.py --smoke --results /tmp/r   # tiny synthetic check
 
-Writes ``benchmarks/results/mine_la_l<N>.json`` and ``.md`` (``--results`` elsewhere).
+Writes ``benchmarks/results/<run name>.json`` and ``.md`` (``--results`` elsewhere): ``mine_la_l<N>``
+for the random walker with the U-Net++ and seed 0 (the first benchmark), else
+``mine_la_[<small>_]<variant>_l<N>_s<seed>``.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import shlex
 import sys
@@ -29,7 +53,7 @@ from semi3d.atomic import write_text
 from semi3d.mining.config import load_mining_config
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
-from benchlib import git_commit, machine, merge_tree, mine, mining_round_row
+from benchlib import SMALL_MODELS, git_commit, machine, merge_tree, mine, mining_round_row, small_prefix
 
 HERE = Path(__file__).resolve().parent
 LA = HERE.parent.parent / "shared" / "data" / "LA"
@@ -47,21 +71,53 @@ BUDGET = {  # the LA run; --set key=value overrides any of it
         "preprocess": {"scale": 0.5, "normalisation": "zscore"},
     },
     "axis": 2,
-    "model": {"name": "unetpp2d", "options": {"widths": [8, 16, 32, 64]}},
     "train": {"iterations": 600, "finetune_iterations": 200, "batch_size": 8, "patch": None, "lr": 0.002,
               "finetune_lr": 0.001, "pseudo_fraction": 0.5, "fg_fraction": 0.5},
     "rounds": 3,
-    "refiner": {"name": "random_walker", "options": {"beta": 130, "smooth_sigma": 1.0}},
-    "prompts": {"n_positive": 3, "n_negative": 4, "margin": 0.05, "margin_px": 2, "jitter": 0.05},
-    "iterate": {"rounds": 2, "tol": 0.01, "feed_mask": True, "feed_model_mask": True},
     "select": {"unit": "slice", "min_score": 0.5, "min_agreement": 0.8, "keep_empty": True, "empty_max_prob": 0.35},
     "eval": {"original_grid": True, "hd95": True},
     "save_pseudo": "nii.gz",
 }
 
+VARIANTS = {  # the refiner and its prompting; "labelled" = no mining, the mining runs' total iterations
+    "random_walker": {"refiner": {"name": "random_walker", "options": {"beta": 130, "smooth_sigma": 1.0}},
+                      "prompts": {"n_positive": 3, "n_negative": 4, "margin": 0.05, "margin_px": 2, "jitter": 0.05},
+                      "iterate": {"rounds": 2, "tol": 0.01, "feed_mask": True, "feed_model_mask": True}},
+    # LiteMedSAM as on Kvasir (mine_kvasir.py): one box per component of the small model's mask, one pass;
+    # embeddings cached on disk under the runs folder (keyed by the slice's pixels), shared by every run
+    "litemedsam": {"refiner": {"name": "litemedsam", "options": {}},
+                   "prompts": {"n_positive": 0, "n_negative": 0, "margin": 0.05, "margin_px": 2, "jitter": 0.0,
+                               "min_area": 8},
+                   "iterate": {"rounds": 1, "feed_mask": False, "feed_model_mask": True}},
+    "identity": {"refiner": {"name": "identity", "options": {}}},  # self-training: the model's own masks
+    "labelled": {},
+}
+
+
+def run_tree(variant: str, n: int, seed: int, runs: Path, small: str = "unetpp", base: dict | None = None) -> dict:
+    """The mining config tree of one run (before ``--set`` overrides), built on ``base`` (default ``BUDGET``)."""
+    tree = merge_tree(BUDGET if base is None else base, {"name": run_name(variant, n, seed, small), "output_dir": str(runs), "seed": seed,
+                               "data": {"splits": {"labelled": {"first": n}}}})
+    tree["model"] = copy.deepcopy(SMALL_MODELS[small])
+    tree.update(copy.deepcopy(VARIANTS[variant]))
+    if variant == "labelled":
+        total = tree["train"]["iterations"] + tree["rounds"] * tree["train"]["finetune_iterations"]
+        tree = merge_tree(tree, {"rounds": 0, "train": {"iterations": total}, "data": {"splits": {"unlabelled": "none"}}})
+    elif variant == "litemedsam":
+        tree["refiner"]["options"]["cache_dir"] = str(runs / "la_embeddings")
+    return tree
+
+
+def run_name(variant: str, n: int, seed: int, small: str = "unetpp") -> str:
+    """``mine_la_[<small>_]<variant>_l<N>_s<seed>``; ``mine_la_l<N>`` for the first benchmark's
+    (random walker, U-Net++, seed 0), so its results keep their name."""
+    if (variant, small, seed) == ("random_walker", "unetpp", 0):
+        return f"mine_la_l{n}"
+    return f"mine_la_{small_prefix(small)}{variant}_l{n}_s{seed}"
+
+
 SMOKE = {  # tiny synthetic dataset in the same layout, a few seconds
     "data": {"splits": {"validation": {"last": 2}}, "preprocess": {"scale": 1.0}},
-    "model": {"options": {"widths": [4, 8]}},
     "train": {"iterations": 20, "finetune_iterations": 5, "batch_size": 4, "predict_batch": 16},
     "rounds": 2,
     "eval": {"hd95": False},
@@ -104,11 +160,17 @@ def _markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--labelled", type=int, nargs="+", default=None, help="default: 4 8 (2 with --smoke)")
-    ap.add_argument("--set", action="append", default=[], help="key=value override of the run config")
+    ap.add_argument("--variants", nargs="+", default=["random_walker"], choices=list(VARIANTS))
+    ap.add_argument("--small", default="unetpp", choices=list(SMALL_MODELS), help="the small 2D model")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--set", action="append", default=[], help="key=value override of the run config, e.g. "
+                    "dataset_3d.enabled=true for the 3D route (module docstring)")
     ap.add_argument("--runs", default="runs/bench_mine")
     ap.add_argument("--results", default=None, help="default: benchmarks/results (a temp folder with --smoke)")
     ap.add_argument("--smoke", action="store_true", help="tiny synthetic dataset and budget: checks the pipeline")
     a = ap.parse_args(argv)
+    if a.smoke and a.small != "unetpp":
+        ap.error("--smoke trains a tiny U-Net++ only (no --small)")
     argv_used = list(argv) if argv is not None else sys.argv[1:]
     commit = git_commit()
     tmp = None
@@ -122,13 +184,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results_dir = Path(a.results) if a.results else (tmp / "results" if a.smoke else HERE / "results")
     runs = Path(a.runs) if not a.smoke or a.runs != "runs/bench_mine" else tmp / "runs"  # type: ignore[operator]
     out = []
-    for n in a.labelled or ([2] if a.smoke else [4, 8]):
-        name = f"mine_la_l{n}"
-        t = merge_tree(tree, {"name": name, "output_dir": str(runs), "data": {"splits": {"labelled": {"first": n}}}})
-        cfg = load_mining_config(tree=t, overrides=a.set)
+    for n, variant, seed in itertools.product(a.labelled or ([2] if a.smoke else [4, 8]), a.variants, a.seeds):
+        t = run_tree(variant, n, seed, runs, a.small, base=tree)
+        name = t["name"]
+        cfg = load_mining_config(tree=t, overrides=[*(["model.options.widths=[4, 8]"] if a.smoke else []), *a.set])
         summary = mine(cfg)  # resumes an interrupted run
         result = {
-            "name": name, "command": "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *argv_used]),
+            "name": name, "variant": variant, "small": a.small, "seed": seed, "command": "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *argv_used]),
             "commit": commit, "smoke": a.smoke, "labelled": summary["splits"]["labelled"],
             "unlabelled": summary["splits"]["unlabelled"], "dev": summary["splits"]["validation"],
             "refiner": summary["refiner"], "model": summary["model"],

@@ -213,11 +213,30 @@ def test_benchmark_script_smoke(tmp_path, load_benchmark):
     assert (tmp_path / "res" / "mine_la_l2.json").is_file()
     md = (tmp_path / "res" / "mine_la_l2.md").read_text()
     assert "| round | dev_dice" in md and "Synthetic smoke data" in md
-    # the real benchmark budget is a valid config
-    assert mod.BUDGET["data"]["splits"]["validation"] == {"last": 16}
-    from semi3d.mining.config import MiningConfig
+    assert result["variant"] == "random_walker" and result["config"]["refiner"]["name"] == "random_walker"
 
-    MiningConfig.model_validate({**mod.BUDGET, "name": "x"})
+
+def test_benchmark_script_variants(tmp_path, load_benchmark):
+    """mine_la.py: every variant of the real budget is a valid config; the labelled-only control gets
+    the mining runs' total iterations and no unlabelled split; LiteMedSAM caches embeddings under the
+    runs folder; the first benchmark's runs keep their names; a variant runs end to end (smoke)."""
+    mod = load_benchmark("mine_la")
+    b = mod.BUDGET
+    cfgs = {v: load_mining_config(tree=mod.run_tree(v, 8, 1, tmp_path, "mbv2")) for v in mod.VARIANTS}
+    assert cfgs["labelled"].rounds == 0 and cfgs["labelled"].data.splits.unlabelled == "none"
+    assert cfgs["labelled"].train.iterations == b["train"]["iterations"] + b["rounds"] * b["train"]["finetune_iterations"]
+    lm = cfgs["litemedsam"]
+    assert lm.refiner.name == "litemedsam" and lm.refiner.options["cache_dir"] == str(tmp_path / "la_embeddings")
+    assert lm.prompts.n_positive == 0 and lm.iterate.rounds == 1 and lm.model.name == "unet2d_mobilenet_v2"
+    assert cfgs["identity"].refiner.name == "identity" and cfgs["identity"].rounds == 3
+    assert lm.data.splits.validation.last == 16 and lm.data.splits.labelled.first == 8 and lm.seed == 1
+    assert lm.name == "mine_la_mbv2_litemedsam_l8_s1" and mod.run_name("random_walker", 4, 0) == "mine_la_l4"
+    assert mod.run_name("identity", 4, 0) == "mine_la_identity_l4_s0"
+    [res] = mod.main(["--smoke", "--results", str(tmp_path / "res"), "--runs", str(tmp_path / "runs"),
+                      "--variants", "labelled", "--seeds", "1"])
+    assert res["name"] == "mine_la_labelled_l2_s1" and res["seed"] == 1 and [r["round"] for r in res["rounds"]] == [0]
+    assert res["rounds"][0]["train_iterations"] == 20 + 2 * 5  # the smoke budget's 20 + rounds x 5
+    assert (tmp_path / "res" / "mine_la_labelled_l2_s1.json").is_file()
 
 
 def test_cli_mine(la_like, tmp_path):
