@@ -79,30 +79,32 @@ BUDGET = {  # the LA run; --set key=value overrides any of it
     "save_pseudo": "nii.gz",
 }
 
+BOXES = {  # LiteMedSAM's prompting, as on Kvasir (mine_kvasir.py): one box per component of the model's mask
+    "prompts": {"n_positive": 0, "n_negative": 0, "margin": 0.05, "margin_px": 2, "jitter": 0.0, "min_area": 8},
+    "iterate": {"rounds": 1, "feed_mask": False, "feed_model_mask": True},
+}
 VARIANTS = {  # the refiner and its prompting; "labelled" = no mining, the mining runs' total iterations
     "random_walker": {"refiner": {"name": "random_walker", "options": {"beta": 130, "smooth_sigma": 1.0}},
                       "prompts": {"n_positive": 3, "n_negative": 4, "margin": 0.05, "margin_px": 2, "jitter": 0.05},
                       "iterate": {"rounds": 2, "tol": 0.01, "feed_mask": True, "feed_model_mask": True}},
-    # LiteMedSAM as on Kvasir (mine_kvasir.py): one box per component of the small model's mask, one pass;
-    # embeddings cached on disk under the runs folder (keyed by the slice's pixels), shared by every run
-    "litemedsam": {"refiner": {"name": "litemedsam", "options": {}},
-                   "prompts": {"n_positive": 0, "n_negative": 0, "margin": 0.05, "margin_px": 2, "jitter": 0.0,
-                               "min_area": 8},
-                   "iterate": {"rounds": 1, "feed_mask": False, "feed_model_mask": True}},
-    "identity": {"refiner": {"name": "identity", "options": {}}},  # self-training: the model's own masks
+    # LiteMedSAM's embeddings are cached on disk under the runs folder (keyed by the slice's pixels)
+    "litemedsam": {"refiner": {"name": "litemedsam", "options": {}}, **BOXES},
+    "identity": {"refiner": {"name": "identity", "options": {}}, **BOXES},  # self-training: the model's own masks
     "labelled": {},
 }
 
 
 def run_tree(variant: str, n: int, seed: int, runs: Path, small: str = "unetpp", base: dict | None = None) -> dict:
     """The mining config tree of one run (before ``--set`` overrides), built on ``base`` (default ``BUDGET``)."""
-    tree = merge_tree(BUDGET if base is None else base, {"name": run_name(variant, n, seed, small), "output_dir": str(runs), "seed": seed,
-                               "data": {"splits": {"labelled": {"first": n}}}})
+    tree = merge_tree(BUDGET if base is None else base, {"name": run_name(variant, n, seed, small), "seed": seed,
+                                                         "output_dir": str(runs),
+                                                         "data": {"splits": {"labelled": {"first": n}}}})
     tree["model"] = copy.deepcopy(SMALL_MODELS[small])
     tree.update(copy.deepcopy(VARIANTS[variant]))
     if variant == "labelled":
         total = tree["train"]["iterations"] + tree["rounds"] * tree["train"]["finetune_iterations"]
-        tree = merge_tree(tree, {"rounds": 0, "train": {"iterations": total}, "data": {"splits": {"unlabelled": "none"}}})
+        tree = merge_tree(tree, {"rounds": 0, "train": {"iterations": total},
+                                 "data": {"splits": {"unlabelled": "none"}}})
     elif variant == "litemedsam":
         tree["refiner"]["options"]["cache_dir"] = str(runs / "la_embeddings")
     return tree
@@ -190,7 +192,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         cfg = load_mining_config(tree=t, overrides=[*(["model.options.widths=[4, 8]"] if a.smoke else []), *a.set])
         summary = mine(cfg)  # resumes an interrupted run
         result = {
-            "name": name, "variant": variant, "small": a.small, "seed": seed, "command": "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *argv_used]),
+            "name": name, "variant": variant, "small": a.small, "seed": seed,
+            "command": "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *argv_used]),
             "commit": commit, "smoke": a.smoke, "labelled": summary["splits"]["labelled"],
             "unlabelled": summary["splits"]["unlabelled"], "dev": summary["splits"]["validation"],
             "refiner": summary["refiner"], "model": summary["model"],

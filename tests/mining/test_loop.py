@@ -224,11 +224,13 @@ def test_benchmark_script_variants(tmp_path, load_benchmark):
     b = mod.BUDGET
     cfgs = {v: load_mining_config(tree=mod.run_tree(v, 8, 1, tmp_path, "mbv2")) for v in mod.VARIANTS}
     assert cfgs["labelled"].rounds == 0 and cfgs["labelled"].data.splits.unlabelled == "none"
-    assert cfgs["labelled"].train.iterations == b["train"]["iterations"] + b["rounds"] * b["train"]["finetune_iterations"]
+    total = b["train"]["iterations"] + b["rounds"] * b["train"]["finetune_iterations"]
+    assert cfgs["labelled"].train.iterations == total
     lm = cfgs["litemedsam"]
     assert lm.refiner.name == "litemedsam" and lm.refiner.options["cache_dir"] == str(tmp_path / "la_embeddings")
     assert lm.prompts.n_positive == 0 and lm.iterate.rounds == 1 and lm.model.name == "unet2d_mobilenet_v2"
     assert cfgs["identity"].refiner.name == "identity" and cfgs["identity"].rounds == 3
+    assert cfgs["identity"].prompts == lm.prompts  # the control prompts as LiteMedSAM does
     assert lm.data.splits.validation.last == 16 and lm.data.splits.labelled.first == 8 and lm.seed == 1
     assert lm.name == "mine_la_mbv2_litemedsam_l8_s1" and mod.run_name("random_walker", 4, 0) == "mine_la_l4"
     assert mod.run_name("identity", 4, 0) == "mine_la_identity_l4_s0"
