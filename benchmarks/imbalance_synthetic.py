@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0, help="training seed")
     ap.add_argument("--set", action="append", default=[], help="config override for every run (A&D's keys)")
-    ap.add_argument("--data", default=None, help="dataset folder (default <runs>/data/imbalance_synthetic_K<K>_...)")
+    ap.add_argument("--data", default=None, help="dataset folder (default <runs>/data/imbalance_synthetic_K<K>_S<smallest>_..., one per plan)")
     ap.add_argument("--runs", default=None, help="run folders (default runs/bench; --smoke: a new temporary folder)")
     ap.add_argument("--results", default=None, help="default benchmarks/results (--smoke: <runs>/results)")
     ap.add_argument("--tag", default="", help="suffix of the run names and the results files")
@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> dict:
     plan = {"classes": a.classes, "smallest": a.smallest, "class_scale": imbalanced_class_scale(a.classes, a.smallest),
             "shape": profile["shape"], "labelled": a.labelled, "unlabelled": a.unlabelled,
             "test_cases": a.test_cases, "seed": a.data_seed}
-    data = Path(a.data or a.runs / "data" / f"{NAME}_K{a.classes}_L{a.labelled}_U{a.unlabelled}_T{a.test_cases}")
+    data = Path(a.data or a.runs / "data" / (f"{NAME}_K{a.classes}_S{a.smallest:g}_L{a.labelled}_U{a.unlabelled}"
+                                             f"_T{a.test_cases}_D{a.data_seed}"))  # every plan its own folder
     plan = make_data(data, plan)
     rows = [run_one(v, a, profile, data) for v in a.methods]
     command = f"PYTHONPATH=src python {Path(__file__).resolve().relative_to(ROOT)} {shlex.join(args)}".rstrip()

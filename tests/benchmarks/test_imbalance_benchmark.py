@@ -1,13 +1,12 @@
 """benchmarks/imbalance_synthetic.py in its smoke mode: every method has a Dice for every foreground
 class, the supervised run shares A&D's inference network, the ablation runs without difficulty
-weights, and a rerun reuses the finished runs."""
+weights, a rerun reuses the finished runs, and every data plan gets its own folder."""
 import json
 
 import pytest
 import yaml
 
 from semi3d.data.synthetic import class_names
-
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +49,7 @@ def test_imbalance_benchmark_smoke(bench, tmp_path, one_thread):
     tagged = bench.main(["--smoke", "--runs", str(tmp_path), "--methods", "supervised", "--tag", "_t"])
     assert json.loads((tmp_path / "results" / "imbalance_synthetic_t.json").read_text())["runs"] == tagged["runs"]
     assert json.loads((tmp_path / "results" / "imbalance_synthetic.json").read_text()) == saved
+    # another plan (rarest class size) gets its own dataset folder instead of an error
+    bench.main(["--smoke", "--runs", str(tmp_path), "--methods", "supervised", "--tag", "_s8", "--smallest", "0.8"])
+    plans = {p.parent.name: json.loads(p.read_text())["smallest"] for p in (tmp_path / "data").glob("*/plan.json")}
+    assert sorted(plans.values()) == [0.5, 0.8] and all("_S0.8_" in k for k, v in plans.items() if v == 0.8)
