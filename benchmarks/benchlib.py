@@ -16,9 +16,7 @@ from semi3d.engine.trainer import train
 from semi3d.evaluation.evaluate import evaluate_run
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-WEIGHTS = Path(__file__).resolve().parent.parent.parent / "shared" / "weights"
+WEIGHTS = ROOT.parent / "shared" / "weights"
 SMALL_MODELS = {  # mining's small 2D model: the paper's U-Net++ (from scratch), or a U-Net on an ImageNet MobileNetV2
     "unetpp": {"name": "unetpp2d", "options": {"widths": [8, 16, 32, 64]}},
     "mbv2": {"name": "unet2d_mobilenet_v2", "options": {"pretrained": str(WEIGHTS / "mobilenet_v2-b0353104.pth"),
