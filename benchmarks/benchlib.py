@@ -18,9 +18,9 @@ from semi3d.evaluation.evaluate import evaluate_run
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = ROOT.parent / "shared" / "weights"
 SMALL_MODELS = {  # mining's small 2D model: the paper's U-Net++ (from scratch), or a U-Net on an ImageNet MobileNetV2
-    "unetpp": {"name": "unetpp2d", "options": {"widths": [8, 16, 32, 64]}},
+    "unetpp": {"name": "unetpp2d", "options": {"widths": [8, 16, 32, 64]}},  # Kvasir: 0.32 s/step on the 2-core CPU
     "mbv2": {"name": "unet2d_mobilenet_v2", "options": {"pretrained": str(WEIGHTS / "mobilenet_v2-b0353104.pth"),
-                                                         "decoder_channels": [128, 64, 32, 16, 16]}},
+                                                         "decoder_channels": [128, 64, 32, 16, 16]}},  # 0.36 s/step
 }
 
 

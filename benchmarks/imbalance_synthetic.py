@@ -164,7 +164,6 @@ def write_results(out: Path, rows: list[dict], plan: dict, command: str, overrid
     res = {"benchmark": NAME, "command": command, "commit": commit, "overrides": overrides, "note": note,
            "dataset": plan, "classes_by_share": classes, "runs": rows,
            "machine": machine()}
-    out.mkdir(parents=True, exist_ok=True)
     write_text(out / f"{name}.json", json.dumps(res, indent=1))
     cols = ["method", *[f"Dice {c} ({100 * frac[c]:.2f} %)" for c in classes], "mean Dice", "HD95 (vox)",
             "iterations", "train wall (s)"]
@@ -195,7 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0, help="training seed")
     ap.add_argument("--set", action="append", default=[], help="config override for every run (A&D's keys)")
-    ap.add_argument("--data", default=None, help="dataset folder (default <runs>/data/imbalance_synthetic_K<K>_S<smallest>_..., one per plan)")
+    ap.add_argument("--data", default=None,
+                    help="dataset folder (default <runs>/data/imbalance_synthetic_K<K>_S<smallest>_..., one per plan)")
     ap.add_argument("--runs", default=None, help="run folders (default runs/bench; --smoke: a new temporary folder)")
     ap.add_argument("--results", default=None, help="default benchmarks/results (--smoke: <runs>/results)")
     ap.add_argument("--tag", default="", help="suffix of the run names and the results files")

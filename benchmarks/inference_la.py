@@ -66,7 +66,6 @@ def main(argv=None) -> list[dict]:
     rows = [run_variants(r, chosen, a.mirror_axes) for r in a.runs]
     command = "python benchmarks/inference_la.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
     commit, out = git_commit(), Path(a.results)
-    out.mkdir(parents=True, exist_ok=True)
     write_text(out / f"{a.name}.json", json.dumps({"command": command, "commit": commit, "machine": machine(),
                                                     "rows": rows}, indent=1))
     flat = [{"run": r["run"], "variant": v, **{m: r[v][m] for m in ("dice", "jaccard", "hd95", "asd", "eval_s")}}

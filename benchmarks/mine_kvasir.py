@@ -45,13 +45,11 @@ HERE = Path(__file__).resolve().parent
 KVASIR = HERE.parent.parent / "shared" / "data" / "Kvasir-SEG"
 POOL = 800  # train.list minus the 100 dev ids
 VARIANTS = ["labelled", "identity", "litemedsam", "full"]
-SMALL = SMALL_MODELS  # on Kvasir: U-Net++ 0.32 s/step, MobileNetV2 U-Net 0.36 s/step on the 2-core CPU
-
 BUDGET = {  # every run; --set key=value overrides any of it
     "device": "cpu",
     "images": {"root": str(KVASIR), "images": "images", "masks": "masks", "max_size": 256,
                "splits": {"validation": {"last": 100}, "labelled": {"first": 200}, "unlabelled": "rest"}},
-    "model": SMALL["unetpp"],
+    "model": SMALL_MODELS["unetpp"],
     "train": {"iterations": 600, "finetune_iterations": 200, "batch_size": 8, "patch": [128, 128], "lr": 0.002,
               "finetune_lr": 0.001, "pseudo_fraction": 0.5, "fg_fraction": 0.5, "predict_batch": 16},
     "rounds": 2,
@@ -69,7 +67,7 @@ def run_tree(variant: str, percent: int, seed: int, runs: Path, small: str = "un
     total = BUDGET["train"]["iterations"] + BUDGET["rounds"] * BUDGET["train"]["finetune_iterations"]
     tree = merge_tree(BUDGET, {"name": run_name(variant, percent, seed, small, tag), "output_dir": str(runs), "seed": seed,
                            "images": {"splits": {"labelled": {"first": n}}}})
-    tree["model"] = SMALL[small]
+    tree["model"] = SMALL_MODELS[small]
     if variant in ("labelled", "full"):
         tree = merge_tree(tree, {"rounds": 0, "train": {"iterations": total}, "images": {"splits": {"unlabelled": "none"}}})
     elif variant == "identity":
@@ -97,7 +95,7 @@ def table(results: Path) -> list[dict]:
         r = json.loads(p.read_text())
         groups.setdefault((r["variant"], r["percent"], r.get("small", "unetpp"), r.get("tag", "")), []).append(r)
     rows = []
-    order = list(SMALL)
+    order = list(SMALL_MODELS)
     for (v, pc, sm, tag), rs in sorted(groups.items(), key=lambda kv: (order.index(kv[0][2]), kv[0][1],
                                                                       VARIANTS.index(kv[0][0]), kv[0][3])):
         row = {"small": sm, "percent": pc, "variant": v + tag, "seeds": len(rs)}
@@ -132,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--percent", type=int, nargs="+", default=[25, 75])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
-    ap.add_argument("--small", default="unetpp", choices=list(SMALL), help="the small model (module docstring)")
+    ap.add_argument("--small", default="unetpp", choices=list(SMALL_MODELS), help="the small model (module docstring)")
     ap.add_argument("--set", action="append", default=[], help="key=value override of every run's config")
     ap.add_argument("--tag", default="", help="suffix of the variants' names for an ablation, e.g. --tag _conf "
                     "--set prompts.min_confidence=0.8")
@@ -157,7 +155,6 @@ def main(argv: list[str] | None = None) -> None:
                   "splits": summary["splits"], "rounds": [mining_round_row(r) for r in summary["rounds"]],
                   "dev_dice_per_round": [r["dev_dice"] for r in summary["rounds"]],
                   "wall_s": summary["wall_s"], "config": cfg.model_dump(mode="json"), "machine": machine()}
-        results.mkdir(parents=True, exist_ok=True)
         write_text(results / f"{name}.json", json.dumps(result, indent=1))
         print(f"{name}: dev Dice {result['dice']:.4f} IoU {result['iou']:.4f} "
               f"({summary['wall_s'] / 60:.1f} min)", flush=True)

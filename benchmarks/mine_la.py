@@ -204,7 +204,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "config": cfg.model_dump(mode="json"),
             "machine": machine(),
         }
-        results_dir.mkdir(parents=True, exist_ok=True)
         write_text(results_dir / f"{name}.json", json.dumps(result, indent=1))
         write_text(results_dir / f"{name}.md", _markdown(result))
         print(_markdown(result))

@@ -50,7 +50,6 @@ def main(argv=None) -> list[dict]:
     rows = [compare(r) for r in a.runs]
     command = "python benchmarks/postprocess_la.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
     commit, out = git_commit(), Path(a.results)
-    out.mkdir(parents=True, exist_ok=True)
     write_text(out / f"{a.name}.json", json.dumps({"command": command, "commit": commit, "rows": rows}, indent=1))
     flat = [{"run": r["run"], **{f"{m}_{pp[:4]}": r[pp][m] for m in ("dice", "hd95", "asd") for pp in MODES},
              "changed": f"{r['cases_changed']}/{r['n_cases']}"} for r in rows]

@@ -50,7 +50,6 @@ def main(argv=None) -> dict:
         "machine": machine(precision=resolve_precision(cfg.precision, pick_device(cfg.device))),
     }
     out = Path(a.results)
-    out.mkdir(parents=True, exist_ok=True)
     write_text(out / f"{a.name}.json", json.dumps(result, indent=1))
     cols = ["name", "method", "labelled", "dice", "jaccard", "hd95", "asd", "iterations", "train_wall_s_total"]
     write_text(out / f"{a.name}.md", f"# {a.name}\n\n`{result['command']}` (commit {commit})\n\n"

@@ -261,7 +261,6 @@ def main(argv=None) -> dict:
     out = {"command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
            "commit": git_commit(), "machine": machine(), "results": results}
     dest = Path(a.results)
-    dest.mkdir(parents=True, exist_ok=True)
     write_text(dest / f"{a.name}.json", json.dumps(out, indent=1))
     write_text(dest / f"{a.name}.md", to_markdown(out))
     print(to_markdown(out))
