@@ -310,3 +310,22 @@ def test_nothing_to_resume_and_a_bad_config_leaves_no_folder(la_like, tmp_path, 
     with pytest.raises(InputError, match="beta"):
         run_mining(_tree(la_like, tmp_path, refiner={"name": "random_walker", "options": {"beta": -1}}))
     assert not Path(tmp_path / "m").exists()
+
+
+def test_benchmark_probe_scores_each_prompt_source(tmp_path, load_benchmark):
+    """mine_probe.py on a finished self-training run: the identity refiner returns the model's
+    masks ('refined' = 'model') and the hidden label from its own prompts ('oracle' = 1.0); 'hit'
+    drops exactly the components that miss the label."""
+    mod = load_benchmark("mine_probe")
+    label = np.zeros((8, 8), np.uint8)
+    label[0:2, 0:2] = 1
+    label[5:7, 5:7] = 1
+    truth = np.zeros((8, 8), np.uint8)
+    truth[1:3, 1:3] = 1
+    assert (mod._hit(label, truth) == np.where(np.arange(8)[:, None] < 4, label, 0)).all()
+    summary = run_mining(_kvasir_tree(tmp_path, {"name": "identity"}))
+    rows = {r["variant"]: r for r in mod.main([summary["run_dir"], "--results", str(tmp_path / "res")])}
+    assert rows["refined"]["dice_pooled"] == pytest.approx(rows["model"]["dice_pooled"])
+    assert rows["oracle"]["dice_pooled"] == 1.0 and rows["oracle"]["n_prompted"] == 4
+    assert rows["hit"]["dice_pooled"] >= rows["model"]["dice_pooled"]
+    assert "| oracle |" in (tmp_path / "res" / "mine_probe.md").read_text()
