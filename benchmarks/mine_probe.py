@@ -18,6 +18,10 @@ applied: every unlabelled image counts. The refiner's embedding cache (the run's
 reused, so a probe costs its decoder passes.
 
     PYTHONPATH=src python benchmarks/mine_probe.py runs/bench_kvasir/mine_kvasir_mbv2_litemedsam_p25_s0
+    ... --set prompts.margin=0.2 --name mine_probe_margin20   # the same model, other prompts
+
+``--set`` overrides the run's mining config for the probe (prompt options, refiner options); the
+model, data and images stay the run's.
 
 Writes ``benchmarks/results/<name>.json|md`` (default name ``mine_probe``).
 """
@@ -64,11 +68,11 @@ def _hit(label: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return out
 
 
-def probe(run_path: Path, round_index: int = 0, limit: int | None = None) -> dict:
+def probe(run_path: Path, round_index: int = 0, limit: int | None = None, overrides: list[str] = ()) -> dict:
     """The probe of one mining run (see the module docstring): ``{"run", "round", "n_images",
     "rows": [{"variant", "dice_pooled", "dice_mean", "n_prompted"}], "seconds"}``."""
     run = RunDir(run_path).require()
-    cfg = load_mining_config(run.config)
+    cfg = load_mining_config(run.config, list(overrides))
     device = pick_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     data = load_mining_data(cfg)
@@ -110,20 +114,21 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("runs", nargs="+", help="finished mining run folders (semi3d mine / mine_kvasir.py)")
     ap.add_argument("--round", type=int, default=0, help="the small model after this round prompts")
     ap.add_argument("--limit", type=int, default=None, help="probe the first N unlabelled images only")
+    ap.add_argument("--set", action="append", default=[], help="key=value override of the runs' mining config")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--results", default=str(HERE / "results"))
     ap.add_argument("--name", default="mine_probe")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    probes = [probe(Path(r), a.round, a.limit) for r in a.runs]
+    probes = [probe(Path(r), a.round, a.limit, a.set) for r in a.runs]
     for p in probes:
         print(json.dumps(p), flush=True)
     command = "python " + " ".join(shlex.quote(x) for x in sys.argv)
     rows = [{"run": p["run"], "images": p["n_images"], **r} for p in probes for r in p["rows"]]
     out = Path(a.results)
     write_text(out / f"{a.name}.json", json.dumps(
-        {"command": command, "commit": git_commit(), "machine": machine(), "round": a.round, "probes": probes},
+        {"command": command, "commit": git_commit(), "machine": machine(), "round": a.round, "overrides": a.set, "probes": probes},
         indent=1))
     write_text(out / f"{a.name}.md",
                "# Mining probe: the small model's masks vs the refiner prompted from them, from their true "
