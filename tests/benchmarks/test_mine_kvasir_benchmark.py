@@ -22,6 +22,8 @@ def test_run_configs(mod, tmp_path):
     assert cfgs["labelled"].images.splits.labelled.first == 200 and cfgs["labelled"].images.splits.unlabelled == "none"
     assert cfgs["full"].images.splits.labelled.first == 800 and cfgs["full"].train.iterations == total
     assert cfgs["identity"].refiner.name == "identity" and cfgs["identity"].rounds == b["rounds"]
+    assert cfgs["schedule"].unlabelled_max == 0 and cfgs["schedule"].rounds == b["rounds"]
+    assert cfgs["identity"].unlabelled_max is None and cfgs["schedule"].refiner.name == "identity"
     lm = cfgs["litemedsam"]
     assert lm.refiner.name == "litemedsam" and lm.refiner.options["cache_dir"] == str(tmp_path / "kvasir_embeddings")
     assert lm.images.splits.validation.last == 100 and lm.seed == 1

@@ -239,6 +239,10 @@ def test_benchmark_script_variants(tmp_path, load_benchmark):
     assert res["name"] == "mine_la_labelled_l2_s1" and res["seed"] == 1 and [r["round"] for r in res["rounds"]] == [0]
     assert res["rounds"][0]["train_iterations"] == 20 + 2 * 5  # the smoke budget's 20 + rounds x 5
     assert (tmp_path / "res" / "mine_la_labelled_l2_s1.json").is_file()
+    [sched] = mod.main(["--smoke", "--results", str(tmp_path / "res"), "--runs", str(tmp_path / "runs"),
+                        "--variants", "schedule", "--set", "rounds=1"])
+    r1 = sched["rounds"][1]  # the rounds' schedule, labelled slices only: nothing mined, 5 iterations trained
+    assert sched["unlabelled"] == 0 and r1["n_candidates"] == 0 and r1["n_kept"] == 0 and r1["train_iterations"] == 5
 
 
 def test_cli_mine(la_like, tmp_path):
