@@ -46,7 +46,7 @@ from semi3d.mining.config import build_refiner, load_mining_config
 from semi3d.mining.evaluation import pooled_dice
 from semi3d.mining.iterative import label_dice, refine_iteratively
 from semi3d.mining.loop import load_mining_data
-from semi3d.mining.prompts import confident_label
+from semi3d.mining.prompts import confident_label, mask_components
 from semi3d.mining.train2d import predict_probabilities
 from semi3d.registry import NETS2D
 
@@ -58,13 +58,11 @@ VARIANTS = ("model", "refined", "largest", "hit", "oracle")
 
 def _hit(label: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """``label`` without its 8-connected components (per class) that share no pixel with ``truth``'s class."""
-    from scipy import ndimage
-
     out = np.zeros_like(label)
     for c in np.unique(label[label > 0]):
-        lab, n = ndimage.label(label == c, structure=np.ones((3, 3), bool))
-        touched = np.unique(lab[(lab > 0) & (truth == c)])
-        out[np.isin(lab, touched)] = c
+        for comp in mask_components(label == c):
+            if (comp & (truth == c)).any():
+                out[comp] = c
     return out
 
 
@@ -127,9 +125,8 @@ def main(argv=None) -> list[dict]:
     command = "python " + " ".join(shlex.quote(x) for x in sys.argv)
     rows = [{"run": p["run"], "images": p["n_images"], **r} for p in probes for r in p["rows"]]
     out = Path(a.results)
-    write_text(out / f"{a.name}.json", json.dumps(
-        {"command": command, "commit": git_commit(), "machine": machine(), "round": a.round, "overrides": a.set, "probes": probes},
-        indent=1))
+    write_text(out / f"{a.name}.json", json.dumps({"command": command, "commit": git_commit(), "machine": machine(),
+                                                    "round": a.round, "overrides": a.set, "probes": probes}, indent=1))
     write_text(out / f"{a.name}.md",
                "# Mining probe: the small model's masks vs the refiner prompted from them, from their true "
                "components only, and from the hidden labels\n\n"
