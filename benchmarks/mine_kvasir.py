@@ -15,7 +15,7 @@ or a U-Net on an ImageNet-pretrained MobileNetV2) and the same total training it
 - ``schedule``: the mining runs' exact schedule (first training, then ``rounds`` fine-tunings) with
   no unlabelled image (``unlabelled_max: 0``), so on the labelled images only: separates what the
   rounds' learning-rate restarts do from what the pseudo-labels do (at 25 % it scored -5 to +7 Dice
-  from ``labelled`` per seed; the same control as the earlier ``identity --tag _nopseudo --set
+  from ``labelled`` per seed; it reproduced bit for bit the earlier ``identity --tag _nopseudo --set
   select.min_score=2 --set select.keep_empty=false`` runs, which rejected every pseudo-label);
 - ``full``: the small model on all 800 images (P = 100, run once per seed).
 
