@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import json
 import platform
+import shlex
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +29,13 @@ SMALL_MODELS = {  # mining's small 2D model: the paper's U-Net++ (from scratch),
 def small_prefix(small: str) -> str:
     """The run-name prefix of a small model: none for the paper's U-Net++, else ``<small>_``."""
     return "" if small == "unetpp" else small + "_"
+
+
+def command_line(script: str, argv: list[str] | None = None) -> str:
+    """The command a result records: ``python benchmarks/<script's file name> ARGS``, with ``argv``
+    (the arguments a script's ``main`` was given) or, when None, the process's own, quoted for a shell."""
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join(["python", f"benchmarks/{Path(script).name}", *map(shlex.quote, args)])
 
 
 def git_commit() -> str:

@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 from pathlib import Path
 
 from semi3d.atomic import write_text
@@ -47,7 +45,7 @@ from semi3d.data.splits import read_id_list
 from semi3d.evaluation.summary import table_markdown
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
-from benchlib import foreground, git_commit, machine, train_and_evaluate
+from benchlib import command_line, foreground, git_commit, machine, train_and_evaluate
 from compare_la import budget, budget_sets
 
 HERE = Path(__file__).resolve().parent
@@ -134,7 +132,7 @@ def with_budget(setting: str, method: str, a, config: Path, sets: list[str]) -> 
     return sets + budget_sets(load_config(config, sets).model_dump(mode="json"), iters)
 
 
-def run_one(setting: str, method: str, a, config: Path, sets: list[str]) -> dict:
+def run_one(setting: str, method: str, a, command: str, config: Path, sets: list[str]) -> dict:
     name = run_name(setting, method, a.tag)
     cfg = load_config(config, sets)
     r = train_and_evaluate(cfg, "test")
@@ -144,7 +142,7 @@ def run_one(setting: str, method: str, a, config: Path, sets: list[str]) -> dict
     return {
         "name": name, "setting": setting, "setting_description": SETTINGS[setting], "method": cfg.method.name,
         "net2d": cfg.model.net2d.name if cfg.model.net2d else None,
-        "command": "python " + " ".join(shlex.quote(x) for x in sys.argv), "config": str(config.relative_to(ROOT)),
+        "command": command, "config": str(config.relative_to(ROOT)),
         "overrides": sets, "commit": git_commit(), "labelled": len(splits["labelled"]), "unlabelled": len(splits["unlabelled"]),
         "test_cases": len(splits["test"]), "eval_split": "test",
         "split_domains": {k: sorted({tags.get(i, "default") for i in splits[k]}) for k in ("labelled", "unlabelled", "test")},
@@ -178,6 +176,7 @@ def main(argv=None) -> list[dict]:
                     help="CPU budget: training wall time per run; sets each method's iterations from its "
                          "measured step time and scales its schedule (as compare_la.py); default: the configs' iterations")
     a = ap.parse_args(argv)
+    command = command_line(__file__, argv)
     if a.strength != 1:
         a.tag, a.domains_root = f"{a.tag}_x{a.strength:g}", f"{a.domains_root}_x{a.strength:g}"
     la_root = Path(a.la_root)
@@ -199,7 +198,7 @@ def main(argv=None) -> list[dict]:
             if path.is_file():
                 rows.append(json.loads(path.read_text()))
                 continue
-            res = run_one(setting, method, a, *planned[setting, method])
+            res = run_one(setting, method, a, command, *planned[setting, method])
             res["minutes_budget"], res["strength"] = a.minutes, a.strength
             write_text(path, json.dumps(res, indent=1))
             rows.append(res)
@@ -209,7 +208,7 @@ def main(argv=None) -> list[dict]:
     write_text(out / f"domains_la{a.tag}.md",
         "# A&D vs supervised and M&N on simulated LA scanner domains\n\n"
         + "".join(f"- {k}: {v}\n" for k, v in SETTINGS.items())
-        + f"\n`{'python ' + ' '.join(shlex.quote(x) for x in sys.argv)}`\n\n" + table_markdown(rows, cols) + "\n")
+        + f"\n`{command}`\n\n" + table_markdown(rows, cols) + "\n")
     return rows
 
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -29,7 +27,7 @@ from semi3d.engine.checkpoint import resave_inference_model
 from semi3d.evaluation.evaluate import evaluate_run
 from semi3d.evaluation.summary import table_markdown
 
-from benchlib import git_commit, machine
+from benchlib import command_line, git_commit, machine
 
 HERE = Path(__file__).resolve().parent
 
@@ -64,7 +62,7 @@ def main(argv=None) -> list[dict]:
     a = ap.parse_args(argv)
     chosen = a.variants.split(",")
     rows = [run_variants(r, chosen, a.mirror_axes) for r in a.runs]
-    command = "python benchmarks/inference_la.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
+    command = command_line(__file__, argv)
     commit, out = git_commit(), Path(a.results)
     write_text(out / f"{a.name}.json", json.dumps({"command": command, "commit": commit, "machine": machine(),
                                                     "rows": rows}, indent=1))

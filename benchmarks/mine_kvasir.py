@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +42,7 @@ from semi3d.evaluation.summary import table_markdown
 from semi3d.mining.config import load_mining_config
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
-from benchlib import SMALL_MODELS, git_commit, machine, merge_tree, mine, mining_round_row, small_prefix
+from benchlib import SMALL_MODELS, command_line, git_commit, machine, merge_tree, mine, mining_round_row, small_prefix
 
 HERE = Path(__file__).resolve().parent
 KVASIR = HERE.parent.parent / "shared" / "data" / "Kvasir-SEG"
@@ -146,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only-table", action="store_true")
     a = ap.parse_args(argv)
     results, runs = Path(a.results), Path(a.runs)
-    command = "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    command = command_line(__file__, argv)
     todo = [] if a.only_table else [(v, p, s) for s in a.seeds for p in a.percent for v in a.variants]
     done = set()
     for v, p, s in todo:

@@ -47,8 +47,6 @@ import argparse
 import copy
 import itertools
 import json
-import shlex
-import sys
 import tempfile
 from pathlib import Path
 
@@ -56,7 +54,7 @@ from semi3d.atomic import write_text
 from semi3d.mining.config import load_mining_config
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
-from benchlib import SMALL_MODELS, git_commit, machine, merge_tree, mine, mining_round_row, small_prefix
+from benchlib import SMALL_MODELS, command_line, git_commit, machine, merge_tree, mine, mining_round_row, small_prefix
 
 HERE = Path(__file__).resolve().parent
 LA = HERE.parent.parent / "shared" / "data" / "LA"
@@ -177,7 +175,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     a = ap.parse_args(argv)
     if a.smoke and a.small != "unetpp":
         ap.error("--smoke trains a tiny U-Net++ only (no --small)")
-    argv_used = list(argv) if argv is not None else sys.argv[1:]
     commit = git_commit()
     tmp = None
     tree = copy.deepcopy(BUDGET)
@@ -197,7 +194,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         summary = mine(cfg)  # resumes an interrupted run
         result = {
             "name": name, "variant": variant, "small": a.small, "seed": seed,
-            "command": "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *argv_used]),
+            "command": command_line(__file__, argv),
             "commit": commit, "smoke": a.smoke, "labelled": summary["splits"]["labelled"],
             "unlabelled": summary["splits"]["unlabelled"], "dev": summary["splits"]["validation"],
             "refiner": summary["refiner"], "model": summary["model"],

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -50,7 +48,7 @@ from semi3d.mining.prompts import confident_label, mask_components
 from semi3d.mining.train2d import predict_probabilities
 from semi3d.registry import NETS2D
 
-from benchlib import git_commit, machine
+from benchlib import command_line, git_commit, machine
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = ("model", "refined", "largest", "hit", "oracle")
@@ -122,7 +120,7 @@ def main(argv=None) -> list[dict]:
     probes = [probe(Path(r), a.round, a.limit, a.set) for r in a.runs]
     for p in probes:
         print(json.dumps(p), flush=True)
-    command = "python " + " ".join(shlex.quote(x) for x in sys.argv)
+    command = command_line(__file__, argv)
     rows = [{"run": p["run"], "images": p["n_images"], **r} for p in probes for r in p["rows"]]
     out = Path(a.results)
     write_text(out / f"{a.name}.json", json.dumps({"command": command, "commit": git_commit(), "machine": machine(),

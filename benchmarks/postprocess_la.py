@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 from pathlib import Path
 
 from semi3d.atomic import write_text
 from semi3d.evaluation.evaluate import evaluate_run
 from semi3d.evaluation.summary import table_markdown
 
-from benchlib import git_commit
+from benchlib import command_line, git_commit
 
 HERE = Path(__file__).resolve().parent
 MODES = ("none", "largest_component")
@@ -48,7 +46,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--results", default=str(HERE / "results"))
     a = ap.parse_args(argv)
     rows = [compare(r) for r in a.runs]
-    command = "python benchmarks/postprocess_la.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
+    command = command_line(__file__, argv)
     commit, out = git_commit(), Path(a.results)
     write_text(out / f"{a.name}.json", json.dumps({"command": command, "commit": commit, "rows": rows}, indent=1))
     flat = [{"run": r["run"], **{f"{m}_{pp[:4]}": r[pp][m] for m in ("dice", "hd95", "asd") for pp in MODES},

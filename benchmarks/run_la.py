@@ -21,7 +21,7 @@ from semi3d.engine.precision import resolve_precision, pick_device
 from semi3d.evaluation.summary import table_markdown
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
-from benchlib import foreground, git_commit, machine, train_and_evaluate
+from benchlib import command_line, foreground, git_commit, machine, train_and_evaluate
 
 HERE = Path(__file__).resolve().parent
 
@@ -39,7 +39,7 @@ def main(argv=None) -> dict:
     r = train_and_evaluate(cfg, "validation")
     fg = foreground(r["metrics"])
     result = {
-        "name": a.name, "command": "python benchmarks/run_la.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:])),
+        "name": a.name, "command": command_line(__file__, argv),
         "invoked_as": "python " + " ".join(shlex.quote(x) for x in sys.argv),  # e.g. compare_la.py, which ran this
         "config": a.config, "overrides": a.set, "commit": commit, "method": cfg.method.name,
         "labelled": len(json.loads((cfg.run_dir / "splits.json").read_text())["labelled"]),

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -27,7 +25,7 @@ from semi3d.engine.rundir import RunDir
 from semi3d.evaluation.evaluate import evaluate_run
 from semi3d.evaluation.summary import table_markdown
 
-from benchlib import foreground, git_commit, machine
+from benchlib import command_line, foreground, git_commit, machine
 
 HERE = Path(__file__).resolve().parent
 
@@ -75,7 +73,7 @@ def main(argv=None) -> list[dict]:
                                  out=run.eval_dir(f"shift_{d}_s{s:g}"))
                 rows.append(_row(run, d, s, m, ref))
                 print(json.dumps(rows[-1]), flush=True)
-    command = "python " + " ".join(shlex.quote(x) for x in sys.argv)
+    command = command_line(__file__, argv)
     out = Path(a.results)
     out.mkdir(parents=True, exist_ok=True)
     shifts = {f"{d}@{s:g}": asdict(DOMAINS[d].scaled(s)) for s in a.strengths for d in a.domains}

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ from semi3d.reporting.common import case_means, foreground_mean
 from semi3d.reporting.suggest import suggest_cases
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
-from benchlib import git_commit, train_and_evaluate
+from benchlib import command_line, git_commit, train_and_evaluate
 
 HERE = Path(__file__).resolve().parent
 
@@ -143,7 +142,7 @@ def main(argv=None) -> dict:
 
     rand = [v["dice"] for s, v in outcome.items() if s.startswith("random")]
     result = {
-        "name": name, "command": "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv or sys.argv[1:])]),
+        "name": name, "command": command_line(__file__, argv),
         "commit": commit, "base_run": str(base), "method": base_cfg.method.name, "k": a.k,
         "base_labelled": len(splits["labelled"]), "pool": len(pool), "criterion": sug["criterion"],
         "suggestion_scores": {r["case"]: r["score"] for r in sug["ranking"]}, "suggest_wall_s": t_suggest,

@@ -333,6 +333,8 @@ def test_benchmark_probe_scores_each_prompt_source(tmp_path, load_benchmark):
     assert rows["oracle"]["dice_pooled"] == 1.0 and rows["oracle"]["n_prompted"] == 4
     assert rows["hit"]["dice_pooled"] >= rows["model"]["dice_pooled"]
     assert "| oracle |" in (tmp_path / "res" / "mine_probe.md").read_text()
+    saved = json.loads((tmp_path / "res" / "mine_probe.json").read_text())  # the probe's own arguments, not pytest's
+    assert saved["command"] == f"python benchmarks/mine_probe.py {summary['run_dir']} --results {tmp_path / 'res'}"
     big = {r["variant"]: r for r in mod.main([summary["run_dir"], "--results", str(tmp_path / "res"),
                                               "--set", "prompts.min_area=100000", "--name", "p1"])}
     assert big["refined"]["n_prompted"] == big["oracle"]["n_prompted"] == 0  # --set reaches the prompts
