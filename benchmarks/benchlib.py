@@ -114,6 +114,28 @@ def merge_tree(a: dict, b: dict) -> dict:
     return out
 
 
+def mining_variant(tree: dict, variant: str, embeddings: Path) -> dict:
+    """The mining benchmarks' shared variants, applied to one run's config tree (a copy is returned).
+
+    ``labelled`` / ``full``: no mining, the mining runs' total iterations (first training + every
+    fine-tuning) in one schedule, no unlabelled split; ``identity``: self-training on the small
+    model's own masks, the same prompts, selection and fine-tuning; ``schedule``: the same with no
+    unlabelled image (``unlabelled_max: 0``), mining's schedule alone; ``litemedsam``: LiteMedSAM,
+    its image embeddings cached in ``embeddings``. Any other variant leaves the tree as it is.
+    The tree's splits sit under ``data`` (volumes) or ``images`` (2D images), whichever it has.
+    """
+    if variant in ("labelled", "full"):
+        total = tree["train"]["iterations"] + tree["rounds"] * tree["train"]["finetune_iterations"]
+        source = "images" if "images" in tree else "data"
+        return merge_tree(tree, {"rounds": 0, "train": {"iterations": total}, source: {"splits": {"unlabelled": "none"}}})
+    if variant in ("identity", "schedule"):
+        tree = {**tree, "refiner": {"name": "identity", "options": {}}}
+        return {**tree, "unlabelled_max": 0} if variant == "schedule" else tree
+    if variant == "litemedsam":
+        return {**tree, "refiner": {"name": "litemedsam", "options": {"cache_dir": str(embeddings)}}}
+    return copy.deepcopy(tree)
+
+
 def mining_round_row(rec: dict) -> dict:
     """The fields of one mining round (``semi3d mine``'s summary) that the mining benchmarks record."""
     keys = ("round", "dev_dice", "dev_dice_std", "dev_hd95", "n_candidates", "n_kept", "n_kept_foreground",

@@ -42,7 +42,8 @@ from semi3d.evaluation.summary import table_markdown
 from semi3d.mining.config import load_mining_config
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
-from benchlib import SMALL_MODELS, command_line, git_commit, machine, merge_tree, mine, mining_round_row, small_prefix
+from benchlib import (SMALL_MODELS, command_line, git_commit, machine, merge_tree, mine, mining_round_row,
+                      mining_variant, small_prefix)
 
 HERE = Path(__file__).resolve().parent
 KVASIR = HERE.parent.parent / "shared" / "data" / "Kvasir-SEG"
@@ -67,19 +68,9 @@ BUDGET = {  # every run; --set key=value overrides any of it
 def run_tree(variant: str, percent: int, seed: int, runs: Path, small: str = "unetpp", tag: str = "") -> dict:
     """The mining config tree of one run (before ``--set`` overrides)."""
     n = POOL if variant == "full" else round(POOL * percent / 100)
-    total = BUDGET["train"]["iterations"] + BUDGET["rounds"] * BUDGET["train"]["finetune_iterations"]
     tree = merge_tree(BUDGET, {"name": run_name(variant, percent, seed, small, tag), "output_dir": str(runs), "seed": seed,
-                           "images": {"splits": {"labelled": {"first": n}}}})
-    tree["model"] = SMALL_MODELS[small]
-    if variant in ("labelled", "full"):
-        tree = merge_tree(tree, {"rounds": 0, "train": {"iterations": total}, "images": {"splits": {"unlabelled": "none"}}})
-    elif variant in ("identity", "schedule"):
-        tree["refiner"] = {"name": "identity", "options": {}}
-        if variant == "schedule":
-            tree["unlabelled_max"] = 0
-    else:
-        tree["refiner"]["options"]["cache_dir"] = str(runs / "kvasir_embeddings")
-    return tree
+                               "images": {"splits": {"labelled": {"first": n}}}})
+    return mining_variant({**tree, "model": SMALL_MODELS[small]}, variant, runs / "kvasir_embeddings")
 
 
 def run_name(variant: str, percent: int, seed: int, small: str = "unetpp", tag: str = "") -> str:

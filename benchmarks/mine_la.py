@@ -54,7 +54,8 @@ from semi3d.atomic import write_text
 from semi3d.mining.config import load_mining_config
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
-from benchlib import SMALL_MODELS, command_line, git_commit, machine, merge_tree, mine, mining_round_row, small_prefix
+from benchlib import (SMALL_MODELS, command_line, git_commit, machine, merge_tree, mine, mining_round_row,
+                      mining_variant, small_prefix)
 
 HERE = Path(__file__).resolve().parent
 LA = HERE.parent.parent / "shared" / "data" / "LA"
@@ -78,21 +79,16 @@ BUDGET = {  # the LA run; --set key=value overrides any of it
     "select": {"unit": "slice", "min_score": 0.5, "min_agreement": 0.8, "keep_empty": True, "empty_max_prob": 0.35},
     "eval": {"original_grid": True, "hd95": True},
     "save_pseudo": "nii.gz",
-}
-
-BOXES = {  # LiteMedSAM's prompting, as on Kvasir (mine_kvasir.py): one box per component of the model's mask
+    # LiteMedSAM's prompting, as on Kvasir (mine_kvasir.py): one box per component of the model's mask
     "prompts": {"n_positive": 0, "n_negative": 0, "margin": 0.05, "margin_px": 2, "jitter": 0.0, "min_area": 8},
     "iterate": {"rounds": 1, "feed_mask": False, "feed_model_mask": True},
 }
-VARIANTS = {  # the refiner and its prompting; "labelled" = no mining, the mining runs' total iterations
+
+VARIANTS = {  # benchlib.mining_variant's variants, and the weight-free refiner (points + box, 2 passes)
     "random_walker": {"refiner": {"name": "random_walker", "options": {"beta": 130, "smooth_sigma": 1.0}},
                       "prompts": {"n_positive": 3, "n_negative": 4, "margin": 0.05, "margin_px": 2, "jitter": 0.05},
                       "iterate": {"rounds": 2, "tol": 0.01, "feed_mask": True, "feed_model_mask": True}},
-    # LiteMedSAM's embeddings are cached on disk under the runs folder (keyed by the slice's pixels)
-    "litemedsam": {"refiner": {"name": "litemedsam", "options": {}}, **BOXES},
-    "identity": {"refiner": {"name": "identity", "options": {}}, **BOXES},  # self-training: the model's own masks
-    "labelled": {},
-    "schedule": {"refiner": {"name": "identity", "options": {}}, **BOXES, "unlabelled_max": 0},
+    **{v: {} for v in ("litemedsam", "identity", "labelled", "schedule")},
 }
 
 
@@ -101,15 +97,8 @@ def run_tree(variant: str, n: int, seed: int, runs: Path, small: str = "unetpp",
     tree = merge_tree(BUDGET if base is None else base, {"name": run_name(variant, n, seed, small), "seed": seed,
                                                          "output_dir": str(runs),
                                                          "data": {"splits": {"labelled": {"first": n}}}})
-    tree["model"] = copy.deepcopy(SMALL_MODELS[small])
-    tree.update(copy.deepcopy(VARIANTS[variant]))
-    if variant == "labelled":
-        total = tree["train"]["iterations"] + tree["rounds"] * tree["train"]["finetune_iterations"]
-        tree = merge_tree(tree, {"rounds": 0, "train": {"iterations": total},
-                                 "data": {"splits": {"unlabelled": "none"}}})
-    elif variant == "litemedsam":
-        tree["refiner"]["options"]["cache_dir"] = str(runs / "la_embeddings")
-    return tree
+    tree = {**tree, "model": copy.deepcopy(SMALL_MODELS[small]), **copy.deepcopy(VARIANTS[variant])}
+    return mining_variant(tree, variant, runs / "la_embeddings")
 
 
 def run_name(variant: str, n: int, seed: int, small: str = "unetpp") -> str:
