@@ -52,6 +52,12 @@ Differences from the authors' code (xmed-lab/GenericSSL, ``code/train_diffusion.
   trilinear, the (X, Y) plane, and a scale drawn from (0.7, 1.0) every time. Their blur is
   ``scipy.ndimage.gaussian_filter`` (kernel to 4 sigma); here a separable kernel to ``ceil(3 sigma)``
   with replicate padding. The random subset of transforms is applied in a fixed order here.
+- Schedule and model choice: theirs trains up to ``max_epoch + 1`` = 301 epochs of
+  ``len(unlabelled) // batch_size`` iterations (LA, batch 4: 76 // 4 = 19 with 5 % labelled,
+  72 // 4 = 18 with 10 %, so at most 5719 / 5418 iterations; it stops early after 50 epochs without
+  a better evaluation Dice) at patch 112x112x80, width 32, and keeps the checkpoint that scores best
+  on an 8-case evaluation split (``code/train_diffusion.py``); the LA configs here run
+  ``train.iterations`` (800 on the CPU) at half resolution, width 8, and report the final model.
 - The EMA pull runs after each optimiser step (theirs: before each forward, i.e. the same sequence
   shifted by one). Their poly learning-rate decay steps per epoch, here per iteration; they train
   in fp16 with a GradScaler, here ``precision: auto`` (bf16 where supported).
