@@ -124,16 +124,18 @@ def mining_variant(tree: dict, variant: str, embeddings: Path) -> dict:
     its image embeddings cached in ``embeddings``. Any other variant leaves the tree as it is.
     The tree's splits sit under ``data`` (volumes) or ``images`` (2D images), whichever it has.
     """
+    tree = copy.deepcopy(tree)
     if variant in ("labelled", "full"):
         total = tree["train"]["iterations"] + tree["rounds"] * tree["train"]["finetune_iterations"]
         source = "images" if "images" in tree else "data"
         return merge_tree(tree, {"rounds": 0, "train": {"iterations": total}, source: {"splits": {"unlabelled": "none"}}})
     if variant in ("identity", "schedule"):
-        tree = {**tree, "refiner": {"name": "identity", "options": {}}}
-        return {**tree, "unlabelled_max": 0} if variant == "schedule" else tree
-    if variant == "litemedsam":
-        return {**tree, "refiner": {"name": "litemedsam", "options": {"cache_dir": str(embeddings)}}}
-    return copy.deepcopy(tree)
+        tree["refiner"] = {"name": "identity", "options": {}}
+        if variant == "schedule":
+            tree["unlabelled_max"] = 0
+    elif variant == "litemedsam":
+        tree["refiner"] = {"name": "litemedsam", "options": {"cache_dir": str(embeddings)}}
+    return tree
 
 
 def mining_round_row(rec: dict) -> dict:
