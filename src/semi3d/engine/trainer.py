@@ -30,7 +30,7 @@ from ..registry import METHODS
 from . import checkpoint as ckpt
 from . import distributed as D
 from .resume import check_resume_config
-from .precision import autocast, channels_last_3d, pick_device, resolve_precision, use_channels_last
+from .precision import autocast, channels_last_3d, fp32_small_convs, pick_device, resolve_precision, use_channels_last
 from .schedules import LRSchedule
 from .sliding_window import predict_probs
 from .services import TrainerServices
@@ -139,6 +139,8 @@ class Trainer:
             self.method.groups[g].load_state_dict(state)
         if self.channels_last:
             channels_last_3d(self.method)
+        if self.precision != "fp32":
+            fp32_small_convs(self.method)
         if self.dist.enabled:
             D.broadcast_parameters(self.method)  # identical start on every rank
             if D.rank_seed(cfg.seed, self.dist.rank) != cfg.seed:
