@@ -50,8 +50,9 @@ def _seed():
 def _fp32_on_every_cpu(monkeypatch):
     """``precision: auto`` means fp32 on CPU in every test, whatever the CPU: on one with native bf16
     (e.g. an AMD EPYC with avx512_bf16) auto would pick bf16 autocast, and tests that compare
-    against fp32 references, or train a V-Net whose tiny patches leave a 1x1x1 BatchNorm level
-    (NaN in bf16), would depend on the machine. Tests of bf16 ask for it with ``precision: bf16``.
+    against fp32 references would depend on the machine (a V-Net whose tiny patches leave a 1x1x1
+    level went NaN in bf16 until its tiny levels ran in fp32: ``engine.precision.fp32_small_convs``;
+    ``test_trainer.py`` trains one under the real ``auto``). Tests of bf16 ask for it with ``precision: bf16``.
     ``tests/engine/test_distributed.py`` repeats this in its spawned ranks."""
     monkeypatch.setattr("semi3d.engine.precision.cpu_has_native_bf16", lambda: False)
 
