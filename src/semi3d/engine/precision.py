@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 
@@ -59,24 +60,21 @@ def channels_last_3d(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-
 SMALL_VOXELS = 8  # convolutions on at most 2x2x2 voxels per channel run in float32 under autocast
-_autocast_state: list[tuple[str, bool] | None] = []
 
 
 def _small_conv_pre(module: torch.nn.Module, args: tuple):
     x = args[0]
-    if x.dim() < 3 or x[0, 0].numel() > SMALL_VOXELS:
-        _autocast_state.append(None)
+    if x.dim() < 3 or math.prod(x.shape[2:]) > SMALL_VOXELS:
         return None
     dev = x.device.type
-    _autocast_state.append((dev, torch.is_autocast_enabled(dev)))
+    module._autocast_was = (dev, torch.is_autocast_enabled(dev))  # a convolution never nests in itself
     torch.set_autocast_enabled(dev, False)
     return (x.float(), *args[1:])
 
 
 def _small_conv_post(module: torch.nn.Module, args: tuple, out):
-    state = _autocast_state.pop()
+    state = module.__dict__.pop("_autocast_was", None)
     if state is not None:
         torch.set_autocast_enabled(*state)
 
