@@ -23,3 +23,15 @@ def test_small_convs_run_in_float32_under_autocast_and_copies_keep_it():
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):
         assert not torch.is_autocast_enabled("cpu")
         assert net[0](tiny).dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+
+
+def test_sliding_window_prediction_runs_tiny_levels_in_float32_like_training():
+    from semi3d.config import InferenceConfig
+    from semi3d.engine.sliding_window import predict_probs
+
+    net = nn.Sequential(nn.Conv3d(1, 2, 4, stride=4), nn.Conv3d(2, 2, 1), nn.ConvTranspose3d(2, 2, 4, stride=4))
+    seen = []
+    net[1].register_forward_hook(lambda m, args, out: seen.append(out.dtype))
+    probs = predict_probs(net, torch.randn(1, 4, 4, 4), (4, 4, 4), InferenceConfig(), torch.device("cpu"), "bf16")
+    assert seen == [torch.float32]  # the 1x1x1 level, in bf16 before
+    assert probs.shape == (2, 4, 4, 4) and torch.isfinite(probs).all()

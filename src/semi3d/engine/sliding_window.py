@@ -7,7 +7,7 @@ from torch import nn
 
 from ..config import InferenceConfig
 from ..models.nets3d import main_output
-from .precision import autocast
+from .precision import autocast, fp32_small_convs
 
 __all__ = ["Mirrored", "predict_probs"]
 
@@ -46,6 +46,8 @@ def predict_probs(net: nn.Module, image: torch.Tensor, patch_size, cfg: Inferenc
     and ``cfg.mode`` blending, each window through :class:`Mirrored` when ``cfg.mirror_axes`` is set.
     A volume smaller than a window is first padded as in training
     (:func:`semi3d.data.patches.pad_image`: centred, each channel's minimum) and cropped back.
+    Under bf16 / fp16 the convolutions of tiny levels run in float32, as in training
+    (:func:`semi3d.engine.precision.fp32_small_convs`, hooks added to ``net`` once).
     """
     from monai.inferers import sliding_window_inference
 
@@ -53,6 +55,8 @@ def predict_probs(net: nn.Module, image: torch.Tensor, patch_size, cfg: Inferenc
 
     padded, crop = pad_image(image.to(torch.float32), patch_size)
     x = padded[None].to(device)
+    if precision != "fp32":
+        fp32_small_convs(net)
     if cfg.mirror_axes:
         net = Mirrored(net, cfg.mirror_axes)
     with autocast(device, precision):
