@@ -338,3 +338,13 @@ def test_benchmark_probe_scores_each_prompt_source(tmp_path, load_benchmark):
     big = {r["variant"]: r for r in mod.main([summary["run_dir"], "--results", str(tmp_path / "res"),
                                               "--set", "prompts.min_area=100000", "--name", "p1"])}
     assert big["refined"]["n_prompted"] == big["oracle"]["n_prompted"] == 0  # --set reaches the prompts
+
+
+def test_refinement_reports_progress(tmp_path, monkeypatch, capsys):
+    from semi3d.mining import loop
+
+    monkeypatch.setattr(loop, "PROGRESS_EVERY_S", 0.0)
+    run_mining(_kvasir_tree(tmp_path, {"name": "identity"}))
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("round 1: refined")]
+    assert [ln.split()[3] for ln in lines] == ["1/4", "2/4", "3/4", "4/4"]
+    assert "(100.0 %)" in lines[-1] and lines[-1].endswith("ETA 0m00s")

@@ -131,10 +131,15 @@ class RunLog:
         plt.close(fig)
 
 
+def eta_text(done: int, total: int, sec_each: float) -> str:
+    """The time left for ``total - done`` items at ``sec_each`` seconds each: ``58m12s``, ``1h05m``."""
+    eta = int(round(max(total - done, 0) * sec_each))
+    h, m, s = eta // 3600, eta % 3600 // 60, eta % 60
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
 def progress_line(step: int, total: int, rec: dict, sec_per_it: float) -> str:
     """``step 120/1840 (6.5 %)  loss net2d=0.1234 net3d=0.4567  2.03 s/it  ETA 58m12s``."""
     losses = " ".join(f"{k.split('/', 1)[1]}={v:.4f}" for k, v in rec.items() if k.startswith("loss/"))
-    eta = int(round(max(total - step, 0) * sec_per_it))
-    h, m, s = eta // 3600, eta % 3600 // 60, eta % 60
-    eta_s = f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-    return f"step {step}/{total} ({100 * step / total:.1f} %)  loss {losses}  {sec_per_it:.2f} s/it  ETA {eta_s}"
+    return (f"step {step}/{total} ({100 * step / total:.1f} %)  loss {losses}  {sec_per_it:.2f} s/it  "
+            f"ETA {eta_text(step, total, sec_per_it)}")

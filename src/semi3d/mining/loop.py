@@ -43,7 +43,7 @@ from ..data.case import Case
 from ..atomic import write_text
 from ..engine import checkpoint as ckpt
 from ..engine.rundir import RunDir
-from ..engine.runlog import RunLog
+from ..engine.runlog import RunLog, eta_text
 from ..errors import InputError
 from ..registry import NETS2D
 from .base import PromptableSegmenter
@@ -57,6 +57,8 @@ from .evaluation import evaluate_dev, pooled_dice
 from .train2d import largest_slice, predict_probabilities, round_config, slice_data, train_small_model
 
 __all__ = ["load_mining_data", "mine_round", "run_mining", "run_mining_file"]
+
+PROGRESS_EVERY_S = 30.0  # a refinement progress line at most this often (the first after this long)
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -123,15 +125,22 @@ def mine_round(net: torch.nn.Module, refiner: PromptableSegmenter, data: MiningD
                round_index: int, device: torch.device, precision: str = "fp32"
                ) -> tuple[list[Candidate], list[bool], dict]:
     """Predict, prompt, refine and select on every unlabelled slice. Returns the candidates, the
-    keep flags and the round's statistics (selection report + Dice against hidden truth)."""
+    keep flags and the round's statistics (selection report + Dice against hidden truth). Prints a
+    progress line every ``PROGRESS_EVERY_S`` seconds of refinement (a SAM encoder takes about a
+    second per new slice on a 2-core CPU), and a last one when it printed any."""
     k = data.num_classes
     probs = predict_probabilities(net, data.unlabelled, cfg.train.predict_batch, device, precision)
-    cands = []
+    cands, n = [], len(data.unlabelled)
+    t0 = last = time.time()
     for i, (s, p) in enumerate(zip(data.unlabelled, probs)):
         model_label = confident_label(p, cfg.prompts.min_confidence)
         rng = np.random.default_rng([cfg.seed, round_index, i])
         refined = refine_iteratively(refiner, s.image, model_label, k, cfg.prompts, cfg.iterate, rng, key=s.id)
         cands.append(Candidate(s.id, s.group, model_label, refined, float(p[1:].max()) if k > 1 else 0.0))
+        if time.time() - last >= PROGRESS_EVERY_S or (i + 1 == n and last > t0):
+            last, each = time.time(), (time.time() - t0) / (i + 1)
+            print(f"round {round_index}: refined {i + 1}/{n} samples ({100 * (i + 1) / n:.1f} %)  {each:.2f} s each  "
+                  f"ETA {eta_text(i + 1, n, each)}", flush=True)
     keep, report = select_pseudo_labels(cands, k, cfg.select)
     stats: dict[str, Any] = {**report, "refine_rounds_mean": float(np.mean([c.refined.rounds for c in cands]))
                              if cands else None}
