@@ -22,11 +22,11 @@ For every round: Dice / HD95 (voxels) of the small model on the dev split on the
 how many pseudo-labels were kept and their Dice against the hidden ground truth.
 
 The 3D route (the issue's "mined slices stacked into pseudo-labelled volumes, then a 3D model"):
-``--set dataset_3d.enabled=true --set select.unit=case`` writes, after the last round, the real +
+``--tag _case3d --set dataset_3d.enabled=true --set select.unit=case`` writes, after the last round, the real +
 accepted pseudo-labelled cases as a UA-MT dataset in ``<run>/pseudo/round3/dataset`` (see
 ``semi3d.mining.export``); train and score a 3D model on it with ``run_la.py``::
 
-    D=runs/bench_mine/mine_la_mbv2_litemedsam_l8_s0/pseudo/round3/dataset
+    D=runs/bench_mine/mine_la_mbv2_litemedsam_case3d_l8_s0/pseudo/round3/dataset
     PYTHONPATH=src .venv/bin/python benchmarks/run_la.py configs/la_supervised_cpu.yaml --name NAME \
         --set data.root=$D --set data.options.list_file=$D/train.list \
         --set data.splits.labelled.list=$D/labelled.list --set data.splits.validation.list=$D/dev.list
@@ -39,7 +39,7 @@ Commands::
 
 Writes ``benchmarks/results/<run name>.json`` and ``.md`` (``--results`` elsewhere): ``mine_la_l<N>``
 for the random walker with the U-Net++ and seed 0 (the first benchmark), else
-``mine_la_[<small>_]<variant>_l<N>_s<seed>``.
+``mine_la_[<small>_]<variant><tag>_l<N>_s<seed>``.
 """
 from __future__ import annotations
 
@@ -92,21 +92,22 @@ VARIANTS = {  # benchlib.mining_variant's variants, and the weight-free refiner 
 }
 
 
-def run_tree(variant: str, n: int, seed: int, runs: Path, small: str = "unetpp", base: dict | None = None) -> dict:
+def run_tree(variant: str, n: int, seed: int, runs: Path, small: str = "unetpp", base: dict | None = None,
+             tag: str = "") -> dict:
     """The mining config tree of one run (before ``--set`` overrides), built on ``base`` (default ``BUDGET``)."""
-    tree = merge_tree(BUDGET if base is None else base, {"name": run_name(variant, n, seed, small), "seed": seed,
+    tree = merge_tree(BUDGET if base is None else base, {"name": run_name(variant, n, seed, small, tag), "seed": seed,
                                                          "output_dir": str(runs),
                                                          "data": {"splits": {"labelled": {"first": n}}}})
     tree = {**tree, "model": copy.deepcopy(SMALL_MODELS[small]), **copy.deepcopy(VARIANTS[variant])}
     return mining_variant(tree, variant, runs / "la_embeddings")
 
 
-def run_name(variant: str, n: int, seed: int, small: str = "unetpp") -> str:
-    """``mine_la_[<small>_]<variant>_l<N>_s<seed>``; ``mine_la_l<N>`` for the first benchmark's
-    (random walker, U-Net++, seed 0), so its results keep their name."""
-    if (variant, small, seed) == ("random_walker", "unetpp", 0):
+def run_name(variant: str, n: int, seed: int, small: str = "unetpp", tag: str = "") -> str:
+    """``mine_la_[<small>_]<variant><tag>_l<N>_s<seed>``; ``mine_la_l<N>`` for the first benchmark's
+    (random walker, U-Net++, seed 0, no tag), so its results keep their name."""
+    if (variant, small, seed, tag) == ("random_walker", "unetpp", 0, ""):
         return f"mine_la_l{n}"
-    return f"mine_la_{small_prefix(small)}{variant}_l{n}_s{seed}"
+    return f"mine_la_{small_prefix(small)}{variant}{tag}_l{n}_s{seed}"
 
 
 SMOKE = {  # tiny synthetic dataset in the same layout, a few seconds
@@ -158,6 +159,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--set", action="append", default=[], help="key=value override of the run config, e.g. "
                     "dataset_3d.enabled=true for the 3D route (module docstring)")
+    ap.add_argument("--tag", default="", help="suffix of the runs' names for an ablation or the 3D route, e.g. "
+                    "--tag _case3d --set dataset_3d.enabled=true --set select.unit=case")
     ap.add_argument("--runs", default="runs/bench_mine")
     ap.add_argument("--results", default=None, help="default: benchmarks/results (a temp folder with --smoke)")
     ap.add_argument("--smoke", action="store_true", help="tiny synthetic dataset and budget: checks the pipeline")
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     runs = Path(a.runs) if not a.smoke or a.runs != "runs/bench_mine" else tmp / "runs"  # type: ignore[operator]
     out = []
     for n, variant, seed in itertools.product(a.labelled or ([2] if a.smoke else [4, 8]), a.variants, a.seeds):
-        t = run_tree(variant, n, seed, runs, a.small, base=tree)
+        t = run_tree(variant, n, seed, runs, a.small, base=tree, tag=a.tag)
         name = t["name"]
         cfg = load_mining_config(tree=t, overrides=[*(["model.options.widths=[4, 8]"] if a.smoke else []), *a.set])
         summary = mine(cfg)  # resumes an interrupted run

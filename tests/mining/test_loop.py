@@ -240,7 +240,8 @@ def test_benchmark_script_variants(tmp_path, load_benchmark):
     assert res["rounds"][0]["train_iterations"] == 20 + 2 * 5  # the smoke budget's 20 + rounds x 5
     assert (tmp_path / "res" / "mine_la_labelled_l2_s1.json").is_file()
     [sched] = mod.main(["--smoke", "--results", str(tmp_path / "res"), "--runs", str(tmp_path / "runs"),
-                        "--variants", "schedule", "--set", "rounds=1"])
+                        "--variants", "schedule", "--set", "rounds=1", "--tag", "_t"])
+    assert sched["name"] == "mine_la_schedule_t_l2_s0" and (tmp_path / "res" / "mine_la_schedule_t_l2_s0.json").is_file()
     r1 = sched["rounds"][1]  # the rounds' schedule, labelled slices only: nothing mined, 5 iterations trained
     assert sched["unlabelled"] == 0 and r1["n_candidates"] == 0 and r1["n_kept"] == 0 and r1["train_iterations"] == 5
 
