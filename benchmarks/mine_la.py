@@ -29,7 +29,10 @@ accepted pseudo-labelled cases as a UA-MT dataset in ``<run>/pseudo/round3/datas
     D=runs/bench_mine/mine_la_mbv2_litemedsam_case3d_l8_s0/pseudo/round3/dataset
     PYTHONPATH=src .venv/bin/python benchmarks/run_la.py configs/la_supervised_cpu.yaml --name NAME \
         --set data.root=$D --set data.options.list_file=$D/train.list \
-        --set data.splits.labelled.list=$D/labelled.list --set data.splits.validation.list=$D/dev.list
+        --set data.splits.labelled.list=$D/labelled.list --set data.splits.labelled.first=null \
+        --set data.splits.validation.list=$D/dev.list
+
+(``labelled.first=null``: the config's ``first: 8`` would otherwise keep only the first 8 ids of the list.)
 
 Commands::
 
