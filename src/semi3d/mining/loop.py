@@ -132,13 +132,15 @@ def mine_round(net: torch.nn.Module, refiner: PromptableSegmenter, data: MiningD
     probs = predict_probabilities(net, data.unlabelled, cfg.train.predict_batch, device, precision)
     cands, n = [], len(data.unlabelled)
     t0 = last = time.time()
+    printed = False
     for i, (s, p) in enumerate(zip(data.unlabelled, probs)):
         model_label = confident_label(p, cfg.prompts.min_confidence)
         rng = np.random.default_rng([cfg.seed, round_index, i])
         refined = refine_iteratively(refiner, s.image, model_label, k, cfg.prompts, cfg.iterate, rng, key=s.id)
         cands.append(Candidate(s.id, s.group, model_label, refined, float(p[1:].max()) if k > 1 else 0.0))
-        if time.time() - last >= PROGRESS_EVERY_S or (i + 1 == n and last > t0):
-            last, each = time.time(), (time.time() - t0) / (i + 1)
+        now = time.time()
+        if now - last >= PROGRESS_EVERY_S or (i + 1 == n and printed):
+            last, printed, each = now, True, (now - t0) / (i + 1)
             print(f"round {round_index}: refined {i + 1}/{n} samples ({100 * (i + 1) / n:.1f} %)  {each:.2f} s each  "
                   f"ETA {eta_text(i + 1, n, each)}", flush=True)
     keep, report = select_pseudo_labels(cands, k, cfg.select)
