@@ -199,6 +199,8 @@ def test_progress_lines_without_a_terminal_and_log_csv_as_training_goes(tiny_tre
     cfg = load_config(tree=tiny_tree)
     Trainer(cfg).fit(stop_at=4)
     err = capsys.readouterr().err
+    n = {k: len(v) for k, v in json.loads((cfg.run_dir / "splits.json").read_text()).items() if k != "domains"}
+    assert f"cases (labelled {n['labelled']}, unlabelled {n['unlabelled']}" in err  # what a run trains on, said up front
     lines = [x for x in err.splitlines() if x.startswith("step ") and "s/it" in x]
     assert [x.split()[1] for x in lines] == ["2/6", "4/6"] and all("loss net=" in x and "ETA" in x for x in lines)
     rows = (cfg.run_dir / "log.csv").read_text().splitlines()

@@ -160,7 +160,9 @@ class Trainer:
         d = cfg.data
         self.aug = d.augment
         if self.main:
-            console.print(f"[bold]semi3d[/] {cfg.method.name} ({self.dist.world_size} process(es)): preprocessing {sum(map(len, self.data.splits.values()))} cases ...")
+            sizes = ", ".join(f"{k} {len(v)}" for k, v in self.data.splits.items() if v)
+            console.print(f"[bold]semi3d[/] {cfg.method.name} ({self.dist.world_size} process(es)): preprocessing "
+                          f"{sum(map(len, self.data.splits.values()))} cases ({sizes}) ...", soft_wrap=True)
         labelled, w = self.data.cases("labelled"), self.data.weights
         self.sampler_l = PatchSampler(labelled, d.patch_size, d.fg_oversample, self.gen,
                                       None if w is None else [w[c.id] for c in labelled])
