@@ -346,11 +346,11 @@ def test_refinement_reports_progress(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(loop, "PROGRESS_EVERY_S", 0.0)
     run_mining(_kvasir_tree(tmp_path, {"name": "identity"}))
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("round 1: refined")]
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("round 1: refined")]
     assert [ln.split()[3] for ln in lines] == ["1/4", "2/4", "3/4", "4/4"]
     assert "(100.0 %)" in lines[-1] and lines[-1].endswith("ETA 0m00s")
 
 
 def test_a_quick_refinement_prints_no_progress(tmp_path, capsys):
     run_mining(_kvasir_tree(tmp_path, {"name": "identity"}))  # 4 samples: far under PROGRESS_EVERY_S
-    assert "refined" not in capsys.readouterr().out
+    assert "refined" not in capsys.readouterr().err

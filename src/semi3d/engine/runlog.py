@@ -1,7 +1,8 @@
 """The run's metrics log: ``log.jsonl`` (one JSON object per logged step), mirrored to ``log.csv``
 and ``progress.png`` curves at every checkpoint and at the end, and optionally to TensorBoard event
 files in ``<run>/tensorboard`` (scalars as logged, validation overlays); :func:`progress_line` is
-the plain progress line printed where there is no terminal."""
+the plain progress line printed where there is no terminal, :data:`console` where every progress line
+goes (stderr, so stdout keeps a command's results)."""
 from __future__ import annotations
 
 import csv
@@ -10,9 +11,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
 
 from ..atomic import atomic_file, write_text
 from .rundir import RunDir
+
+console = Console(stderr=True)
 
 # wall-clock fields of the logged records, the only ones that differ between identical runs:
 # seconds since this process started training, mean seconds per iteration since then, and the part

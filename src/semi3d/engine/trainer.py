@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import torch
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..config import RunConfig, dump_config
@@ -35,9 +34,7 @@ from .schedules import LRSchedule
 from .sliding_window import predict_probs
 from .services import TrainerServices
 from .rundir import RunDir
-from .runlog import RunLog, overlay, tensorboard_available, progress_line
-
-console = Console(stderr=True)
+from .runlog import RunLog, console, overlay, tensorboard_available, progress_line
 
 
 def make_optimizer(params, cfg: dict) -> torch.optim.Optimizer:

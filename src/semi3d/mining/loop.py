@@ -43,7 +43,7 @@ from ..data.case import Case
 from ..atomic import write_text
 from ..engine import checkpoint as ckpt
 from ..engine.rundir import RunDir
-from ..engine.runlog import RunLog, eta_text
+from ..engine.runlog import RunLog, console, eta_text
 from ..errors import InputError
 from ..registry import NETS2D
 from .base import PromptableSegmenter
@@ -141,8 +141,8 @@ def mine_round(net: torch.nn.Module, refiner: PromptableSegmenter, data: MiningD
         now = time.time()
         if now - last >= PROGRESS_EVERY_S or (i + 1 == n and printed):
             last, printed, each = now, True, (now - t0) / (i + 1)
-            print(f"round {round_index}: refined {i + 1}/{n} samples ({100 * (i + 1) / n:.1f} %)  {each:.2f} s each  "
-                  f"ETA {eta_text(i + 1, n, each)}", flush=True)
+            console.print(f"round {round_index}: refined {i + 1}/{n} samples ({100 * (i + 1) / n:.1f} %)  {each:.2f} s each  "
+                          f"ETA {eta_text(i + 1, n, each)}", highlight=False, soft_wrap=True)
     keep, report = select_pseudo_labels(cands, k, cfg.select)
     stats: dict[str, Any] = {**report, "refine_rounds_mean": float(np.mean([c.refined.rounds for c in cands]))
                              if cands else None}
@@ -271,7 +271,7 @@ def run_mining(cfg: MiningConfig | dict | str | Path, resume: bool = False) -> d
         write_text(run.log, "")
     note = refiner.plan_cache(len(data.unlabelled), run / "embedding_cache")
     if note:
-        print(note, flush=True)
+        console.print(note, highlight=False, markup=False, soft_wrap=True)
     source = cfg.data or DataConfig(format="folder", root=cfg.images.root)  # type: ignore[union-attr]
     patch = cfg.train.patch or largest_slice([*data.labelled, *data.unlabelled])
 
