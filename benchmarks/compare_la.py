@@ -72,14 +72,18 @@ def _get(tree: dict, key: str):
 def budget_sets(tree: dict, iterations: int) -> list[str]:
     """Overrides that run the config's schedule in ``iterations`` steps: ``train.iterations`` and
     every iteration-valued schedule setting in ``SCALED`` present in ``tree``, scaled alike."""
-    ratio = iterations / tree["train"]["iterations"]
+    total = tree["train"]["iterations"]
     out = [f"train.iterations={iterations}"]
+
+    def scale(x):  # x * iterations first: exact for integers, so an exact half rounds as round() does
+        return max(1, round(x * iterations / total))
+
     for key in SCALED:
         v = _get(tree, key)
         if isinstance(v, list):
-            out.append(f"{key}={json.dumps([max(1, round(x * ratio)) for x in v])}")
+            out.append(f"{key}={json.dumps([scale(x) for x in v])}")
         elif isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
-            out.append(f"{key}={max(1, round(v * ratio))}")
+            out.append(f"{key}={scale(v)}")
     return out
 
 

@@ -30,6 +30,13 @@ def test_budget_sets_scale_the_schedule(compare_la):
     assert compare_la.run_name("mn", 4, 1, 14.0, "_fixed") == "la_mn_fixed_l4_s1_14min"
 
 
+def test_budget_sets_round_an_exact_half_as_python_does(compare_la):
+    """50 of 100 iterations scaled to 115 is exactly 57.5 -> round() gives 58; computed as
+    50 * (115 / 100) it was 57.49999999999999 -> 57 (a domains_la test failed on such a count)."""
+    tree = {"train": {"iterations": 100, "val_every": 50}}
+    assert compare_la.budget_sets(tree, 115) == ["train.iterations=115", "train.val_every=58"]
+
+
 def test_the_2d_model_alone_runs_from_the_mn_config(compare_la, mn_cpu_weights):
     from semi3d.methods.base import MethodContext
     from semi3d.registry import METHODS
