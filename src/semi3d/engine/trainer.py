@@ -34,7 +34,7 @@ from .schedules import LRSchedule
 from .sliding_window import predict_probs
 from .services import TrainerServices
 from .rundir import RunDir
-from .runlog import RunLog, console, overlay, tensorboard_available, progress_line
+from .runlog import Pace, RunLog, console, overlay, tensorboard_available, progress_line
 
 
 def make_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
@@ -344,6 +344,7 @@ class Trainer:
         t = self.cfg.train
         end = min(stop_at or t.iterations, t.iterations)
         start_step, t0, self.data_time = self.step, time.time(), 0.0
+        pace = Pace(max(50, t.iterations // 10), start=start_step)  # the printed rate and ETA: recent steps
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
         plain = t.progress_bar and self.main and not console.is_terminal
@@ -359,8 +360,9 @@ class Trainer:
                     rec["sec_per_it"] = rec["time"] / (self.step - start_step)
                     rec["data_sec_per_it"] = self.data_time / (self.step - start_step)
                     self.log.write(self.step, rec)
+                    recent = pace.add(self.step, rec["time"])
                     if plain:  # no terminal (nohup, SLURM, a pipe): the bar draws nothing, so print
-                        console.print(progress_line(self.step, t.iterations, rec, rec["sec_per_it"]),
+                        console.print(progress_line(self.step, t.iterations, rec, recent),
                                       highlight=False, soft_wrap=True)
                     bar.update(task, info=" ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in rec.items() if k.startswith("loss/")))
                 if self.val_cases and (self.step % t.val_every == 0 or self.step == t.iterations):
