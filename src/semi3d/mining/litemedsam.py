@@ -17,7 +17,9 @@ Preprocessing (MedSAM's): the slice's intensities min-max mapped to [0, 1] (``pe
 default 0 and 100: the true minimum and maximum), 3 channels, the longest side resized to 256,
 zero-padded bottom/right to 256 x 256; boxes in that frame. Box prompts only by default
 (LiteMedSAM was distilled with boxes): points and mask prompts are dropped unless enabled, and
-one mask per prompt (``multimask_output: false``).
+one mask per prompt (``multimask_output: false``). Points added to the box lower its masks: on 400
+Kvasir-SEG images, boxes from the true masks gave pooled Dice 0.948, with one positive point 0.850,
+with 3 positive and 4 negative points 0.506 (``benchmarks/README.md``, the mining probe).
 """
 from __future__ import annotations
 
