@@ -146,8 +146,8 @@ def eta_text(done: int, total: int, sec_each: float) -> str:
 class Pace:
     """Seconds per item over about the last ``window`` items, for an ETA that follows a run whose
     step cost changes (M&N's stage 1 trains both models per step, stage 2 one: a mean since the
-    start put the ETA 30-45 % high through stage 2 of an LA run). Marks are ``(items done, seconds elapsed)``; the
-    first one is the start."""
+    start put the ETA 30-45 % high through stage 2 of an LA run). Marks are ``(items done,
+    seconds elapsed)``; the first one is the start."""
 
     def __init__(self, window: int, start: int = 0):
         self.window = max(int(window), 1)
