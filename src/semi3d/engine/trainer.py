@@ -360,9 +360,8 @@ class Trainer:
                     rec["sec_per_it"] = rec["time"] / (self.step - start_step)
                     rec["data_sec_per_it"] = self.data_time / (self.step - start_step)
                     self.log.write(self.step, rec)
-                    recent = pace.add(self.step, rec["time"])
                     if plain:  # no terminal (nohup, SLURM, a pipe): the bar draws nothing, so print
-                        console.print(progress_line(self.step, t.iterations, rec, recent),
+                        console.print(progress_line(self.step, t.iterations, rec, pace.add(self.step, rec["time"])),
                                       highlight=False, soft_wrap=True)
                     bar.update(task, info=" ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in rec.items() if k.startswith("loss/")))
                 if self.val_cases and (self.step % t.val_every == 0 or self.step == t.iterations):
