@@ -17,7 +17,7 @@ from semi3d.engine.trainer import Trainer
 from semi3d.errors import InputError
 from semi3d.losses import dice_ce_loss
 from semi3d.methods.base import Batch, MethodContext
-from semi3d.methods.bcp import cuboid_mask, paste
+from semi3d.methods.common import cuboid_mask, paste
 from semi3d.methods.common import ema_decay_at, sigmoid_rampup
 from semi3d.methods.cps import cross_pseudo_loss
 from semi3d.methods.ua_mt import masked_consistency, predictive_entropy, uncertainty_threshold

@@ -17,7 +17,7 @@ from semi3d.data.synthetic import write_dataset
 from semi3d.engine.trainer import Trainer
 from semi3d.errors import InputError
 from semi3d.losses import one_hot
-from semi3d.methods.base import MethodContext
+from semi3d.methods.base import Batch, MethodContext
 from semi3d.methods.mn import MN, soft_target_loss
 from semi3d.registry import METHODS
 
@@ -342,6 +342,31 @@ def test_slices_per_step_subsamples_the_2d_students_slices(data_root, tmp_path):
     assert sum(seen) == 2 * 16 and probs.shape == (2, 2, 16, 16, 16)
     with pytest.raises(InputError, match="slices_per_step"):
         build_method(tiny_tree(data_root, tmp_path, options={"slices_per_step": -1}))
+
+
+def test_copy_paste_swaps_one_cuboid_between_labelled_and_unlabelled_pairs(data_root, tmp_path):
+    m = build_method(tiny_tree(data_root, tmp_path, options={"copy_paste": 0.5}))
+    seen = []
+    orig = m._loss3d
+    m._loss3d = lambda x, y: (seen.append((x, y)), orig(x, y))[1]
+    img_l, img_u = torch.zeros(2, 1, 16, 16, 16), torch.ones(1, 1, 16, 16, 16)
+    lab_l = torch.zeros(2, 16, 16, 16, dtype=torch.long)
+    lab_l[:, 8:] = 1
+    torch.manual_seed(0)
+    m.training_step(Batch(img_l, lab_l, img_u), 6)  # stage 2, a 3D-student epoch; the 2D model teaches
+    (x, y), = seen
+    inside = x[0, 0] == 1  # the unlabelled patch's cuboid in labelled patch 0
+    idx = inside.nonzero()
+    assert inside.sum() == 8 ** 3 and (idx.max(0).values - idx.min(0).values + 1).tolist() == [8, 8, 8]
+    assert torch.equal(x[2, 0], (~inside).float())  # and labelled patch 0's cuboid in the unlabelled one
+    assert torch.equal(x[1], img_l[1])  # labelled patch 1 has no unlabelled partner
+    teacher = m.teacher_probs("net3d", img_u)[0]  # the soft targets come from the unmixed patch
+    label = one_hot(lab_l, 2)
+    torch.testing.assert_close(y[0], torch.where(inside, teacher, label[0]))
+    torch.testing.assert_close(y[2], torch.where(inside, label[0], teacher))
+    torch.testing.assert_close(y[1], label[1])
+    with pytest.raises(InputError, match="copy_paste"):
+        build_method(tiny_tree(data_root, tmp_path, options={"copy_paste": 1.0}))
 
 
 def test_empty_unlabelled_split_is_refused_before_training(data_root, tmp_path):

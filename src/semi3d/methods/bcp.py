@@ -43,33 +43,7 @@ from ..data.postprocess import largest_component_per_class
 from ..losses import class_argmax, dice_ce_loss
 from ..registry import METHODS
 from .base import Batch, Method, MethodContext, MethodOptions, method_options
-from .common import ema_update, make_teacher, unlabelled_batch
-
-
-def cuboid_mask(spatial: tuple[int, int, int], ratio: float = 2 / 3, position: str = "random",
-                generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Bool (X, Y, Z) mask, True inside a cuboid of ``int(S * ratio)`` voxels per axis.
-
-    ``position="center"`` starts it at ``(S - s) // 2``; ``"random"`` at a uniform start in
-    ``0 .. S - s`` (drawn from ``generator``, else the global torch RNG).
-    """
-    inside = torch.zeros(spatial, dtype=torch.bool, device=device)
-    sl = []
-    for size in spatial:
-        s = int(size * ratio)
-        if position == "center":
-            start = (size - s) // 2
-        else:
-            start = int(torch.randint(0, size - s + 1, (1,), generator=generator))
-        sl.append(slice(start, start + s))
-    inside[tuple(sl)] = True
-    return inside
-
-
-def paste(outer: torch.Tensor, inner: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
-    """``inner`` inside the cuboid, ``outer`` elsewhere. Images (N, C, X, Y, Z) or labels
-    (N, X, Y, Z); ``inside`` (X, Y, Z) bool."""
-    return torch.where(inside, inner, outer)
+from .common import cuboid_mask, ema_update, make_teacher, paste, unlabelled_batch
 
 
 def _halves(n: int) -> tuple[slice, slice]:

@@ -1,6 +1,6 @@
-"""Helpers shared by the semi-supervised baselines (Mean Teacher, UA-MT, CPS, BCP, URPC).
+"""Helpers shared by the semi-supervised methods (Mean Teacher, UA-MT, CPS, BCP, URPC, M&N).
 
-Ramp-ups, EMA teachers, the UA-MT teacher input noise, a region-masked Dice + CE loss and the
+Ramp-ups, EMA teachers, the UA-MT teacher input noise, BCP's cuboid copy-paste and the
 checks of the options every baseline shares. Tensors follow the package convention: logits
 ``(N, K, X, Y, Z)``, labels ``(N, X, Y, Z)`` int64.
 """
@@ -113,3 +113,39 @@ def slicewise_spec(ctx: MethodContext, axes) -> NetSpec:
     if net2d["name"] != "segformer":
         net2d["options"] = {k: v for k, v in net2d["options"].items() if k != "pretrained"}
     return NetSpec(name="slicewise2d", options={"net2d": net2d, "axes": list(axes)})
+
+
+def cuboid_mask(spatial: tuple[int, int, int], ratio: float = 2 / 3, position: str = "random",
+                generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Bool (X, Y, Z) mask, True inside a cuboid of ``int(S * ratio)`` voxels per axis.
+
+    ``position="center"`` starts it at ``(S - s) // 2``; ``"random"`` at a uniform start in
+    ``0 .. S - s`` (drawn from ``generator``, else the global torch RNG).
+    """
+    inside = torch.zeros(spatial, dtype=torch.bool, device=device)
+    sl = []
+    for size in spatial:
+        s = int(size * ratio)
+        if position == "center":
+            start = (size - s) // 2
+        else:
+            start = int(torch.randint(0, size - s + 1, (1,), generator=generator))
+        sl.append(slice(start, start + s))
+    inside[tuple(sl)] = True
+    return inside
+
+
+def paste(outer: torch.Tensor, inner: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """``inner`` inside the cuboid, ``outer`` elsewhere. Images (N, C, X, Y, Z) or labels
+    (N, X, Y, Z); ``inside`` (X, Y, Z) bool."""
+    return torch.where(inside, inner, outer)
+
+
+def swap_cuboids(a: torch.Tensor, b: torch.Tensor, inside: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bidirectional copy-paste of the first ``m = min(len(a), len(b))`` pairs: ``a[i]`` gets
+    ``b[i]``'s cuboid and ``b[i]`` gets ``a[i]``'s, for ``i < m``; the rest is returned unchanged.
+    ``a`` (N_a, ...) and ``b`` (N_b, ...) with the same trailing shape ending in (X, Y, Z)
+    (images, labels or probabilities); ``inside`` (X, Y, Z) bool."""
+    m = min(a.shape[0], b.shape[0])
+    return (torch.cat([paste(a[:m], b[:m], inside), a[m:]]),
+            torch.cat([paste(b[:m], a[:m], inside), b[m:]]))

@@ -47,6 +47,12 @@ Options (``method.options``), defaults in brackets:
   slice. Beyond the paper, for CPU budgets: on LA at batch 4 x 48 slices, a 2D-student iteration
   cost ~3 s vs ~1.5 s for a 3D-student one.
 
+- ``copy_paste`` [0 = off]: beyond the paper, BCP's bidirectional copy-paste in stage 2. With
+  ``m = min(n_l, n_u)`` (labelled, unlabelled patches of the step), labelled patch ``i < m`` gets a
+  cuboid of unlabelled patch ``i`` pasted in and vice versa (one random cuboid of
+  ``int(S * copy_paste)`` voxels per axis per step, :func:`semi3d.methods.common.cuboid_mask`); the
+  soft targets are pasted alike, the teacher's computed on the unmixed patches. Both students.
+
 - ``predict`` ["net3d"]: the inference model (validation, ``evaluate``, ``predict``, ``export``).
   ``"net3d"``: the 3D model alone, as the paper. ``"ensemble"`` (beyond the paper): the mean of the
   3D model's and the slice-wise 2D model's probabilities (saved as the ``ensemble`` network with
@@ -77,7 +83,7 @@ from ..models.nets3d import main_output
 from ..models.slicing import SliceWise2D, predict_2d_volume, volume_to_slices
 from ..registry import METHODS
 from .base import Batch, Method, MethodContext, MethodOptions, method_options
-from .common import slicewise_spec
+from .common import cuboid_mask, slicewise_spec, swap_cuboids
 from .sampling import KINDS, BatchComposer
 
 __all__ = ["MN", "soft_target_loss"]
@@ -144,6 +150,7 @@ class MNOptions(MethodOptions):
     guide_at: list[int] = []
     loss_weights: LossWeights = [1.0, 1.0]
     slices_per_step: int = Field(0, ge=0)
+    copy_paste: float = Field(0.0, ge=0, lt=1)
     predict: Literal["net3d", "ensemble"] = "net3d"
 
 
@@ -188,7 +195,7 @@ class MN(Method):
             raise InputError(f"{where} guide_at", f"pseudo-mask passes must come after stage 1 (>= {w}), got {early[0]}")
         self.guide_at = frozenset(o.guide_at)
         self.w_dice, self.w_kl = o.loss_weights
-        self.predict = o.predict
+        self.predict, self.copy_paste = o.predict, o.copy_paste
 
         net2d = self.build_net2d()
         if ctx.channels_last:  # 2D convolutions NHWC too (the trainer converts the 3D ones)
@@ -247,8 +254,11 @@ class MN(Method):
         student = self.student(step)
         x, y = batch.image_l, y_l
         if batch.image_u is not None and batch.image_u.shape[0]:
-            y_u = self.teacher_probs(student, batch.image_u).to(y_l.dtype)
-            x, y = torch.cat([x, batch.image_u]), torch.cat([y, y_u])
+            x_u, y_u = batch.image_u, self.teacher_probs(student, batch.image_u).to(y_l.dtype)
+            if self.copy_paste:
+                inside = cuboid_mask(tuple(x.shape[2:]), self.copy_paste, device=x.device)
+                (x, x_u), (y, y_u) = swap_cuboids(x, x_u, inside), swap_cuboids(y, y_u, inside)
+            x, y = torch.cat([x, x_u]), torch.cat([y, y_u])
         loss, dice, kl = (self._loss2d if student == "net2d" else self._loss3d)(x, y)
         self.log = {"stage": 2, "student": student, f"dice/{student}": float(dice.detach()),
                     f"kl/{student}": float(kl.detach())}
