@@ -345,14 +345,10 @@ def test_slices_per_step_subsamples_the_2d_students_slices(data_root, tmp_path):
 
 
 def test_copy_paste_swaps_one_cuboid_between_labelled_and_unlabelled_pairs(data_root, tmp_path):
-    m = build_method(tiny_tree(data_root, tmp_path, options={"copy_paste": 0.5}))
-    seen = []
-    orig = m._loss3d
-    m._loss3d = lambda x, y: (seen.append((x, y)), orig(x, y))[1]
+    m, seen = build_method(tiny_tree(data_root, tmp_path, options={"copy_paste": 0.5})), []
+    m._loss3d = lambda x, y, orig=m._loss3d: (seen.append((x, y)), orig(x, y))[1]
     img_l, img_u = torch.zeros(2, 1, 16, 16, 16), torch.ones(1, 1, 16, 16, 16)
-    lab_l = torch.zeros(2, 16, 16, 16, dtype=torch.long)
-    lab_l[:, 8:] = 1
-    torch.manual_seed(0)
+    lab_l = (torch.arange(16) >= 8).long().view(1, 16, 1, 1).expand(2, 16, 16, 16)
     m.training_step(Batch(img_l, lab_l, img_u), 6)  # stage 2, a 3D-student epoch; the 2D model teaches
     (x, y), = seen
     inside = x[0, 0] == 1  # the unlabelled patch's cuboid in labelled patch 0
@@ -360,8 +356,7 @@ def test_copy_paste_swaps_one_cuboid_between_labelled_and_unlabelled_pairs(data_
     assert inside.sum() == 8 ** 3 and (idx.max(0).values - idx.min(0).values + 1).tolist() == [8, 8, 8]
     assert torch.equal(x[2, 0], (~inside).float())  # and labelled patch 0's cuboid in the unlabelled one
     assert torch.equal(x[1], img_l[1])  # labelled patch 1 has no unlabelled partner
-    teacher = m.teacher_probs("net3d", img_u)[0]  # the soft targets come from the unmixed patch
-    label = one_hot(lab_l, 2)
+    teacher, label = m.teacher_probs("net3d", img_u)[0], one_hot(lab_l, 2)  # targets from the unmixed patch
     torch.testing.assert_close(y[0], torch.where(inside, teacher, label[0]))
     torch.testing.assert_close(y[2], torch.where(inside, label[0], teacher))
     torch.testing.assert_close(y[1], label[1])
