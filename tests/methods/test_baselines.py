@@ -17,8 +17,7 @@ from semi3d.engine.trainer import Trainer
 from semi3d.errors import InputError
 from semi3d.losses import dice_ce_loss
 from semi3d.methods.base import Batch, MethodContext
-from semi3d.methods.common import cuboid_mask, paste
-from semi3d.methods.common import ema_decay_at, sigmoid_rampup
+from semi3d.methods.common import cuboid_mask, ema_decay_at, paste, sigmoid_rampup
 from semi3d.methods.cps import cross_pseudo_loss
 from semi3d.methods.ua_mt import masked_consistency, predictive_entropy, uncertainty_threshold
 from semi3d.methods.urpc import pyramid_logits, rectified_pyramid_consistency
