@@ -23,7 +23,7 @@ from ..atomic import write_text
 from ..data.splits import save_splits
 from ..errors import InputError
 from ..losses import class_argmax, hard_dice
-from ..methods.base import Batch, MethodContext
+from ..methods.base import Batch, MethodContext, method_options
 from ..models.nets3d import check_patch
 from ..registry import METHODS
 from . import checkpoint as ckpt
@@ -81,12 +81,13 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, resume: bool = False, data: DataBundle | None = None,
                  init: dict[str, dict] | None = None):
-        created = not cfg.run_dir.exists()
+        new = [p for p in (cfg.run_dir, *cfg.run_dir.parents) if not p.exists()]
+        created = new[-1] if new else None  # the outermost folder this call creates
         try:
             self._setup(cfg, resume, data, init or {})
-        except InputError:  # nothing partial: a run folder this call created goes again
-            if created and self.dist.is_main:
-                shutil.rmtree(cfg.run_dir, ignore_errors=True)
+        except InputError:  # nothing partial: the folders this call created go again
+            if created is not None and self.dist.is_main:
+                shutil.rmtree(created, ignore_errors=True)
             elif not resume:
                 for f in self._written:
                     f.unlink(missing_ok=True)
@@ -97,6 +98,8 @@ class Trainer:
         self._written: list[Path] = []
         self.dist = D.current()
         self.run = RunDir(cfg.run_dir)
+        method = METHODS.get(cfg.method.name)
+        method_options(cfg.method.name, cfg.method.options, method.Options)  # a typo ends before any file or data
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
@@ -128,7 +131,7 @@ class Trainer:
         self.channels_last = use_channels_last(t.channels_last, self.device)
         ctx = MethodContext(cfg, self.data.in_channels, self.data.num_classes, t.iterations,
                             self.schedule.factor, channels_last=self.channels_last)
-        self.method = METHODS.get(cfg.method.name)(ctx, **cfg.method.options).to(self.device)
+        self.method = method(ctx, **cfg.method.options).to(self.device)
         check_patch(cfg.data.patch_size, self.method)  # a clear error now, not a torch one at step 1
         for g, state in init.items():
             if g not in self.method.groups:
