@@ -314,6 +314,8 @@ def test_nothing_to_resume_and_a_bad_config_leaves_no_folder(la_like, tmp_path, 
         run_mining(_tree(la_like, tmp_path), resume=True)
     with pytest.raises(InputError, match="beta"):
         run_mining(_tree(la_like, tmp_path, refiner={"name": "random_walker", "options": {"beta": -1}}))
+    with pytest.raises(InputError, match="nonsense"):
+        run_mining(_tree(la_like, tmp_path, model={"name": "unetpp2d", "options": {"widths": [4, 8], "nonsense": 1}}))
     assert not Path(tmp_path / "m").exists()
 
 

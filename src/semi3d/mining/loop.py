@@ -261,6 +261,12 @@ def run_mining(cfg: MiningConfig | dict | str | Path, resume: bool = False) -> d
     if not data.labelled:
         raise InputError("splits.labelled", "no labelled sample to train the small model on")
     refiner = build_refiner(cfg.refiner, device)
+
+    def fresh_net(r: int) -> torch.nn.Module:
+        torch.manual_seed(cfg.seed + r)
+        return _build_net(cfg, data)
+
+    net = fresh_net(0)  # a bad model option ends here, before the run folder
     if not resume:  # every input checked: now the run folder
         try:
             run.checkpoints.mkdir(parents=True, exist_ok=True)
@@ -292,11 +298,6 @@ def run_mining(cfg: MiningConfig | dict | str | Path, resume: bool = False) -> d
         ckpt.save_atomic(net.state_dict(), run.checkpoints / f"small_round{rec['round']}.pt")
         RunLog(run).write(rec["round"], rec)  # after the checkpoint: a logged round is a finished one
 
-    def fresh_net(r: int) -> torch.nn.Module:
-        torch.manual_seed(cfg.seed + r)
-        return _build_net(cfg, data)
-
-    net = fresh_net(0)
     for r in range(0, cfg.rounds + 1):
         if r in done:
             net.load_state_dict(ckpt.load(run.checkpoints / f"small_round{r}.pt"))
