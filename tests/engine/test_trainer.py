@@ -183,18 +183,18 @@ def test_resume_refuses_a_changed_network_split_or_method_and_records_safe_chang
     assert json.loads((run / "train_summary.json").read_text())["iterations"] == 6
 
 
-@pytest.mark.parametrize("key, value", [("data.patch_size", [14, 16, 16]),  # not a multiple of the U-Net's 4
-                                        ("method.options", {"nonsense": 3})])
-def test_a_failed_train_leaves_no_run_folder(tiny_tree, tmp_path, monkeypatch, key, value):
+@pytest.mark.parametrize("section, key, value, error", [
+    ("data", "patch_size", [14, 16, 16], "patch_size"),  # not a multiple of the U-Net's 4
+    ("method", "options", {"nonsense": 3}, "unknown option 'nonsense'")])
+def test_a_failed_train_leaves_no_run_folder(tiny_tree, tmp_path, monkeypatch, section, key, value, error):
     """Refused before training -> no partial run folder, nor the output folders created for it;
     a method option is checked before the data are read (preprocessing can take minutes)."""
-    if key == "method.options":
+    if section == "method":
         monkeypatch.setattr("semi3d.engine.trainer.prepare_data", lambda *a: pytest.fail("data read first"))
     tiny_tree["output_dir"] = str(tmp_path / "new" / "runs")
-    section, name = key.split(".")
-    tiny_tree[section][name] = value
+    tiny_tree[section][key] = value
     cfg = load_config(tree=tiny_tree)
-    with pytest.raises(InputError, match=name if name == "patch_size" else "unknown option 'nonsense'"):
+    with pytest.raises(InputError, match=error):
         Trainer(cfg)
     assert not (tmp_path / "new").exists()
 
