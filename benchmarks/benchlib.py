@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import platform
 import shlex
 import subprocess
@@ -44,8 +45,13 @@ def git_commit() -> str:
                           cwd=ROOT).stdout.strip()
 
 
+# environment variables that change speed (allocator, thread pools), recorded with the machine
+SPEED_ENV = ("MALLOC_", "OMP_", "MKL_", "KMP_", "DNNL_", "ONEDNN_", "LD_PRELOAD")
+
+
 def machine(**extra) -> dict:
-    """CPU, torch threads and torch version (plus ``extra``) for a result file."""
+    """CPU, torch threads and torch version (plus ``extra``, and the :data:`SPEED_ENV` variables
+    set) for a result file."""
     from semi3d.engine.precision import cpu_has_native_bf16
 
     model = platform.processor() or platform.machine()
@@ -54,8 +60,9 @@ def machine(**extra) -> dict:
                      if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    env = {k: v for k, v in sorted(os.environ.items()) if k.startswith(SPEED_ENV)}
     return {"cpu": model, "native_bf16": cpu_has_native_bf16(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, **extra}
+            "torch": torch.__version__, **({"env": env} if env else {}), **extra}
 
 
 def train_seconds(run_dir: Path) -> float:

@@ -268,8 +268,9 @@ def main(argv=None) -> dict:
 
 
 def to_markdown(out: dict) -> str:
+    env = "".join(f", {k}={v}" for k, v in out["machine"].get("env", {}).items())
     lines = [f"# Training-step speed\n\n`{out['command']}` (commit {out['commit']}, torch {out['machine']['torch']}, "
-             f"{out['machine']['threads']} threads)\n",
+             f"{out['machine']['threads']} threads{env})\n",
              "| config | phase | batch (l+u) | step s | raw fwd+bwd s | overhead | overhead (pairs) | data s | data x faster | samples/s | peak MB | CPU steal s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in out["results"]:

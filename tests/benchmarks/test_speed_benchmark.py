@@ -11,7 +11,8 @@ def speed(load_benchmark):
     return load_benchmark("speed")
 
 
-def test_speed_benchmark_smoke(speed, tmp_path, one_thread):
+def test_speed_benchmark_smoke(speed, tmp_path, one_thread, monkeypatch):
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")  # glibc's default: recorded, changes nothing
     out = speed.main(["--synthetic", "--repeats", "1", "--warmup", "0", "--name", "smoke",
                       "--results", str(tmp_path)])
     saved = json.loads((tmp_path / "smoke.json").read_text())
@@ -27,3 +28,6 @@ def test_speed_benchmark_smoke(speed, tmp_path, one_thread):
             assert v["step_s"] > 0 and v["raw_s"] > 0 and v["data_s"] > 0 and v["peak_mem_mb"] > 0
         assert r["inference"]["seconds"] > 0
     assert "| overhead |" in (tmp_path / "smoke.md").read_text()
+    # the environment variables that change speed are part of how it ran
+    assert saved["machine"]["env"] == {"MALLOC_TRIM_THRESHOLD_": "131072"}
+    assert "MALLOC_TRIM_THRESHOLD_=131072" in (tmp_path / "smoke.md").read_text()
