@@ -46,6 +46,21 @@ def _clean_errors(fn):
     return wrapper
 
 
+def _resumable(verb: str, config: Path, sets: list[str], run):
+    """``run()``; a Ctrl-C / SIGTERM that stopped it at a resumable checkpoint ends with how to go on
+    and the shell's exit code for the signal (130 / 143)."""
+    import shlex
+
+    from .engine.interrupt import Interrupted
+
+    try:
+        return run()
+    except Interrupted as e:
+        cmd = shlex.join(["semi3d", verb, str(config), *(x for s in sets for x in ("--set", s)), "--resume"])
+        Console(stderr=True).print(f"stopped: {e}\ncontinue with: {cmd}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(e.exit_code)
+
+
 @app.command()
 @_clean_errors
 def train(config: Path, set: list[str] = typer.Option([], "--set", help="override: key=value (YAML value)"),
@@ -58,7 +73,7 @@ def train(config: Path, set: list[str] = typer.Option([], "--set", help="overrid
     from .engine.distributed import current
 
     cfg = load_config(config, set)
-    summary = run_train(cfg, resume=resume)
+    summary = _resumable("train", config, set, lambda: run_train(cfg, resume=resume))
     if current().is_main:  # under torchrun every rank returns here; one line is enough
         console.print(f"done: {summary['iterations']} iterations in {summary['wall_time_s']:.0f} s -> {cfg.run_dir}")
 
@@ -194,7 +209,7 @@ def mine(config: Path, set: list[str] = typer.Option([], "--set", help="override
     selected pseudo-labels -> fine-tuning, for several rounds (see semi3d.mining.loop)."""
     from .mining.loop import run_mining_file
 
-    summary = run_mining_file(config, set, resume)
+    summary = _resumable("mine", config, set, lambda: run_mining_file(config, set, resume))
     for r in summary["rounds"]:
         kept = f", kept {r['n_kept']}/{r['n_candidates']}" if "n_kept" in r else ""
         console.print(f"round {r['round']}: dev Dice {100 * r['dev_dice']:.2f}{kept}")

@@ -244,6 +244,6 @@ def test_tensorboard_off_or_missing(tiny_tree, monkeypatch):
     cfg = load_config(tree=tiny_tree)
     train(cfg)
     assert not (cfg.run_dir / "tensorboard").exists()
-    monkeypatch.setattr("semi3d.engine.trainer.tensorboard_available", lambda: False)
+    monkeypatch.setattr("semi3d.engine.runlog.tensorboard_available", lambda: False)
     with pytest.raises(InputError, match="tensorboard"):
         Trainer(load_config(tree={**tiny_tree, "name": "tb", "train": {**tiny_tree["train"], "tensorboard": True}}))

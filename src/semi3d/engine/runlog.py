@@ -15,6 +15,7 @@ import numpy as np
 from rich.console import Console
 
 from ..atomic import atomic_file, write_text
+from ..errors import InputError
 from .rundir import RunDir
 
 console = Console(stderr=True)
@@ -29,6 +30,16 @@ def tensorboard_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("tensorboard") is not None
+
+
+def resolve_tensorboard(option: bool | None) -> bool:
+    """``train.tensorboard``: None = on when the package is installed; True requires it."""
+    if option is None:
+        return tensorboard_available()
+    if option and not tensorboard_available():
+        raise InputError("train.tensorboard", "true needs the 'tensorboard' package (pip install tensorboard); "
+                         "or set it to false / leave it unset")
+    return option
 
 
 def overlay(image: np.ndarray, label: np.ndarray | None, pred: np.ndarray) -> np.ndarray:

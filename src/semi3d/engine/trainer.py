@@ -28,13 +28,14 @@ from ..models.nets3d import check_patch
 from ..registry import METHODS
 from . import checkpoint as ckpt
 from . import distributed as D
+from .interrupt import Interrupted, StopRequest
 from .resume import check_resume_config
 from .precision import autocast, channels_last_3d, fp32_small_convs, pick_device, resolve_precision, use_channels_last
 from .schedules import LRSchedule
 from .sliding_window import predict_probs
 from .services import TrainerServices
 from .rundir import RunDir
-from .runlog import Pace, RunLog, console, overlay, tensorboard_available, progress_line
+from .runlog import Pace, RunLog, console, overlay, progress_line, resolve_tensorboard
 
 
 def make_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
@@ -44,16 +45,6 @@ def make_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
     return torch.optim.SGD(params, lr=lr, momentum=cfg["momentum"], weight_decay=wd, nesterov=cfg["nesterov"])
-
-
-def resolve_tensorboard(option: bool | None) -> bool:
-    """``train.tensorboard``: None = on when the package is installed; True requires it."""
-    if option is None:
-        return tensorboard_available()
-    if option and not tensorboard_available():
-        raise InputError("train.tensorboard", "true needs the 'tensorboard' package (pip install tensorboard); "
-                         "or set it to false / leave it unset")
-    return option
 
 
 def prepare_run_dir(run: RunDir, resume: bool) -> None:
@@ -343,7 +334,8 @@ class Trainer:
 
     # the loop ------------------------------------------------------------------------------
     def fit(self, stop_at: int | None = None) -> dict:
-        """Train until ``train.iterations`` (or until ``stop_at``, leaving a resumable checkpoint)."""
+        """Train until ``train.iterations`` (or until ``stop_at``, leaving a resumable checkpoint).
+        Ctrl-C / SIGTERM: :class:`~semi3d.engine.interrupt.Interrupted` after a checkpoint of the step."""
         t = self.cfg.train
         end = min(stop_at or t.iterations, t.iterations)
         start_step, t0, self.data_time = self.step, time.time(), 0.0
@@ -351,12 +343,14 @@ class Trainer:
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
         plain = t.progress_bar and self.main and not console.is_terminal
-        with Progress(*columns, console=console, disable=not (t.progress_bar and self.main) or plain) as bar:
+        with StopRequest(not self.dist.enabled) as stop, \
+                Progress(*columns, console=console, disable=not (t.progress_bar and self.main) or plain) as bar:
             task = bar.add_task(self.cfg.name, total=t.iterations, completed=self.step, info="")
             while self.step < end:
                 step = self.step
                 rec = self.train_step(step)
                 self.step = step + 1
+                end = self.step if stop.signum else end
                 self.method.periodic(step, self.services)
                 if self.step % t.log_every == 0 or self.step == t.iterations:
                     rec["time"] = time.time() - t0
@@ -384,6 +378,8 @@ class Trainer:
                     D.barrier()  # a resumed run finds every rank's checkpoint complete
                 bar.update(task, completed=self.step)
         if self.step < t.iterations:
+            if stop.signum:
+                raise Interrupted(stop.signum, self.step, self.run.last)
             return {"iterations": self.step, "stopped": True}
         self.save_model("final")
         self.log.finish()

@@ -1,0 +1,52 @@
+"""A clean stop on Ctrl-C (SIGINT) or SIGTERM (``kill``, SLURM's time limit or preemption,
+Kubernetes): the training step in progress finishes, the trainer writes a resumable checkpoint at
+that step and raises :class:`Interrupted`. A second Ctrl-C stops at once (the last periodic
+checkpoint stays resumable).
+
+Only in the main thread of a single-process run; under ``torchrun`` (ranks may see the signal
+at different steps) and in other threads the signals keep their default behaviour.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by signal ``signum`` after writing a resumable checkpoint of ``step`` at
+    ``path``; ``exit_code`` is the shell's convention, 128 + ``signum``."""
+
+    def __init__(self, signum: int, step: int, path: Path):
+        self.signum, self.step, self.path = signum, step, Path(path)
+        self.exit_code = 128 + signum
+        super().__init__(f"{signal.Signals(signum).name} after step {step}: resumable checkpoint {path}")
+
+
+class StopRequest:
+    """``with StopRequest(enabled) as stop:``: inside the block SIGINT and SIGTERM only set
+    ``stop.signum`` (None until one arrives); the previous handlers come back on exit."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        self.signum, again = signum, ""
+        if signum == signal.SIGINT:  # a second Ctrl-C: stop now
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            again = " (Ctrl-C again to stop at once)"
+        sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping after this step with a resumable checkpoint{again}\n")
+
+    def __enter__(self) -> "StopRequest":
+        if self.enabled:
+            self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)

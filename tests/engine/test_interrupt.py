@@ -1,0 +1,74 @@
+"""Ctrl-C / SIGTERM during training: the step in progress finishes, a checkpoint of it is written,
+`Interrupted` is raised, and resuming gives the uninterrupted run's weights; the CLI says how to go on."""
+import os
+import signal
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from semi3d.cli import app
+from semi3d.config import load_config
+from semi3d.engine.interrupt import Interrupted, StopRequest
+from semi3d.engine.trainer import Trainer, train
+
+
+class _SignalledTrainer(Trainer):
+    """Sends this process ``signum`` in the middle of step ``at`` (0-based), as a user would."""
+
+    signum, at = signal.SIGINT, 2
+
+    def train_step(self, step):
+        if step == self.at:
+            os.kill(os.getpid(), self.signum)
+        return super().train_step(step)
+
+
+def _method(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_after_the_step_with_a_checkpoint_and_resume_equals_uninterrupted(tiny_tree, signum):
+    tiny_tree["train"].update(iterations=6, checkpoint_every=4, val_every=3)
+    full = load_config(tree={**tiny_tree, "name": "full"})
+    train(full)
+    part = load_config(tree={**tiny_tree, "name": "part"})
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    tr = _SignalledTrainer(part)
+    tr.signum = signum
+    with pytest.raises(Interrupted) as e:
+        tr.fit()
+    # the step the signal came in finished (3 steps), and its checkpoint is there, though 3 is no
+    # checkpoint_every multiple; the handlers are the ones before fit()
+    assert (e.value.step, e.value.path, e.value.exit_code) == (3, part.run_dir / "checkpoints" / "last.pt", 128 + signum)
+    assert _method(part.run_dir)["step"] == 3 and not (part.run_dir / "checkpoints" / "model_final.pt").exists()
+    assert {s: signal.getsignal(s) for s in before} == before
+    Trainer(part, resume=True).fit()
+    a, b = _method(full.run_dir)["method"], _method(part.run_dir)["method"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_second_ctrl_c_stops_at_once():
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signum == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt) as e:
+            os.kill(os.getpid(), signal.SIGINT)
+        assert not isinstance(e.value, Interrupted)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_cli_train_says_how_to_resume(tiny_tree, tmp_path, monkeypatch):
+    import yaml
+
+    tiny_tree["train"].update(iterations=6, checkpoint_every=4)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(tiny_tree))
+    monkeypatch.setattr("semi3d.engine.trainer.Trainer", _SignalledTrainer)
+    res = CliRunner().invoke(app, ["train", str(path)])
+    assert res.exit_code == 130, res.output
+    assert "SIGINT after step 3" in res.output and f"semi3d train {path} --resume" in res.output
+    monkeypatch.undo()
+    res = CliRunner().invoke(app, ["train", str(path), "--resume"])
+    assert res.exit_code == 0 and "done: 6 iterations" in res.output
