@@ -2,6 +2,7 @@
 train -> evaluate of a run."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from semi3d.engine.interrupt import Interrupted
 from semi3d.engine.rundir import RunDir
 from semi3d.engine.trainer import train
 from semi3d.evaluation.evaluate import evaluate_run
@@ -87,6 +89,17 @@ def foreground(metrics: dict) -> dict:
     return next(iter(metrics.values()))
 
 
+@contextlib.contextmanager
+def resumable():
+    """A Ctrl-C / SIGTERM that stopped a training at a resumable checkpoint ends the script with
+    one line instead of a traceback, and the signal's exit code (130 / 143)."""
+    try:
+        yield
+    except Interrupted as e:
+        print(f"stopped: {e}\nrerun the same command to continue", file=sys.stderr, flush=True)
+        raise SystemExit(e.exit_code) from None
+
+
 def train_and_evaluate(cfg, split: str) -> dict:
     """Train the run of ``cfg`` (resumed from ``checkpoints/last.pt`` when there; not retrained when
     ``train_summary.json`` says it finished) and evaluate its model on ``split``.
@@ -98,7 +111,8 @@ def train_and_evaluate(cfg, split: str) -> dict:
     done = run.summary
     resume = not done.is_file() and run.last.is_file()
     t0 = time.time()
-    summary = json.loads(done.read_text()) if done.is_file() else train(cfg, resume=resume)
+    with resumable():
+        summary = json.loads(done.read_text()) if done.is_file() else train(cfg, resume=resume)
     t_train = time.time() - t0
     t0 = time.time()
     metrics = evaluate_run(cfg.run_dir, split=split)
@@ -110,7 +124,8 @@ def mine(cfg) -> dict:
     """Run a mining config (``MiningConfig``), resuming its run folder when it holds this run."""
     from semi3d.mining.loop import run_mining
 
-    return run_mining(cfg, resume=RunDir(cfg.run_dir).config.is_file())
+    with resumable():
+        return run_mining(cfg, resume=RunDir(cfg.run_dir).config.is_file())
 
 
 def merge_tree(a: dict, b: dict) -> dict:

@@ -72,3 +72,15 @@ def test_cli_train_says_how_to_resume(tiny_tree, tmp_path, monkeypatch):
     monkeypatch.undo()
     res = CliRunner().invoke(app, ["train", str(path), "--resume"])
     assert res.exit_code == 0 and "done: 6 iterations" in res.output
+
+
+def test_benchmark_scripts_stop_with_one_line(load_benchmark, tiny_tree, monkeypatch, capsys):
+    benchlib = load_benchmark("benchlib")
+    tiny_tree["train"].update(iterations=6, checkpoint_every=4)
+    monkeypatch.setattr("semi3d.engine.trainer.Trainer", _SignalledTrainer)
+    with pytest.raises(SystemExit) as e:
+        benchlib.train_and_evaluate(load_config(tree=tiny_tree), "validation")
+    assert e.value.code == 130 and "SIGINT after step 3" in capsys.readouterr().err
+    monkeypatch.undo()  # rerunning the same command resumes and finishes
+    r = benchlib.train_and_evaluate(load_config(tree=tiny_tree), "validation")
+    assert r["resumed"] and r["summary"]["iterations"] == 6
