@@ -24,7 +24,7 @@ class _SignalledTrainer(Trainer):
         return super().train_step(step)
 
 
-def _method(run_dir):
+def _last_checkpoint(run_dir):
     return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
 
 
@@ -42,10 +42,10 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_resume_equals_unint
     # the step the signal came in finished (3 steps), and its checkpoint is there, though 3 is no
     # checkpoint_every multiple; the handlers are the ones before fit()
     assert (e.value.step, e.value.path, e.value.exit_code) == (3, part.run_dir / "checkpoints" / "last.pt", 128 + signum)
-    assert _method(part.run_dir)["step"] == 3 and not (part.run_dir / "checkpoints" / "model_final.pt").exists()
+    assert _last_checkpoint(part.run_dir)["step"] == 3 and not (part.run_dir / "checkpoints" / "model_final.pt").exists()
     assert {s: signal.getsignal(s) for s in before} == before
     Trainer(part, resume=True).fit()
-    a, b = _method(full.run_dir)["method"], _method(part.run_dir)["method"]
+    a, b = _last_checkpoint(full.run_dir)["method"], _last_checkpoint(part.run_dir)["method"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
