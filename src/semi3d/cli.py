@@ -51,13 +51,17 @@ def _resumable(verb: str, config: Path, sets: list[str], run):
     and the shell's exit code for the signal (130 / 143)."""
     import shlex
 
+    from .engine.distributed import current
     from .engine.interrupt import Interrupted
 
     try:
         return run()
     except Interrupted as e:
-        cmd = shlex.join(["semi3d", verb, str(config), *(x for s in sets for x in ("--set", s)), "--resume"])
-        Console(stderr=True).print(f"stopped: {e}\ncontinue with: {cmd}", highlight=False, markup=False, soft_wrap=True)
+        if current().is_main:  # under torchrun every rank stopped at the same step; one message
+            launch = "torchrun <the same options> -m semi3d.cli" if current().enabled else "semi3d"
+            cmd = shlex.join([verb, str(config), *(x for s in sets for x in ("--set", s)), "--resume"])
+            Console(stderr=True).print(f"stopped: {e}\ncontinue with: {launch} {cmd}", highlight=False, markup=False,
+                                       soft_wrap=True)
         raise typer.Exit(e.exit_code)
 
 

@@ -3,6 +3,7 @@ method (supervised) and a several-network method with a periodic sharded pass (M
 import copy
 import json
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -15,11 +16,14 @@ import torch.multiprocessing as mp
 from semi3d.config import load_config
 from semi3d.engine import distributed as D
 from semi3d.engine import precision as P
+from semi3d.engine.interrupt import Interrupted
 from semi3d.engine.runlog import TIMING_KEYS
 from semi3d.engine.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "methods"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_mn import tiny_tree as mn_tree  # noqa: E402
+from test_interrupt import _SignalledTrainer  # noqa: E402
 
 WORLD = 2
 
@@ -38,8 +42,18 @@ def _worker(rank: int, port: int, jobs: list, out: str, rank_seeds: bool) -> Non
     try:
         for key, tree, stop in jobs:
             cfg = load_config(tree=tree)
-            tr = Trainer(cfg)
-            if stop:
+            if stop == "sigterm":  # SIGTERM reaches rank 1 only, in step 2: both ranks stop after it
+                tr = (_SignalledTrainer if rank == 1 else Trainer)(cfg)
+                tr.signum = signal.SIGTERM
+                try:
+                    tr.fit()
+                    raise AssertionError(f"rank {rank} did not stop")
+                except Interrupted as e:
+                    assert (e.step, e.signum) == (3, signal.SIGTERM), (rank, e.step, e.signum)
+                tr = Trainer(cfg, resume=True)
+            else:
+                tr = Trainer(cfg)
+            if isinstance(stop, int):
                 assert tr.fit(stop_at=stop)["stopped"]
                 tr = Trainer(cfg, resume=True)
             tr.fit()
@@ -90,14 +104,19 @@ def test_two_ranks_stay_identical_and_resume_exactly(sup_tree, synth_root, tmp_p
     mn = mn_tree(synth_root, runs, name="mn", iterations=8, warmup=4, options={"guide_every": 3})
     jobs = [("full", {**sup_tree, "name": "full", "output_dir": str(runs)}, None),
             ("part", {**sup_tree, "name": "part", "output_dir": str(runs)}, 4),
+            ("signal", {**sup_tree, "name": "signal", "output_dir": str(runs)}, "sigterm"),
             ("mn", mn, None)]
     res = _spawn(jobs, tmp_path, rank_seeds=True)
-    for key in ("full", "part", "mn"):
+    for key in ("full", "part", "signal", "mn"):
         assert res[(key, 0)]["world"] == WORLD
         assert _same(res[(key, 0)]["state"], res[(key, 1)]["state"]), f"{key}: ranks diverged"
     # interrupted at step 4 and resumed by 2 processes == uninterrupted, parameters and log
     assert _same(res[("full", 0)]["state"], res[("part", 0)]["state"])
     assert _log(runs / "full") == _log(runs / "part")
+    # a SIGTERM that reached one rank stopped both after the same step (3, no checkpoint_every
+    # multiple), with a checkpoint; resumed, the run equals the uninterrupted one
+    assert _same(res[("full", 0)]["state"], res[("signal", 0)]["state"])
+    assert _log(runs / "full") == _log(runs / "signal")
     # M&N's guide masks were computed sharded and gathered: every rank holds all unlabelled cases
     g0, g1 = res[("mn", 0)]["guides"], res[("mn", 1)]["guides"]
     unlabelled = json.loads((runs / "mn" / "splits.json").read_text())["unlabelled"]

@@ -3,8 +3,11 @@ Kubernetes): the training step in progress finishes, the trainer writes a resuma
 that step and raises :class:`Interrupted`. A second Ctrl-C stops at once (the last periodic
 checkpoint stays resumable).
 
-Only in the main thread of a single-process run; under ``torchrun`` (ranks may see the signal
-at different steps) and in other threads the signals keep their default behaviour.
+Under ``torchrun`` the ranks agree after every step (one all-reduce of the signal number, see
+``Trainer.fit``), so all of them stop after the same step, whichever rank the signal reached;
+torchrun forwards a SIGINT / SIGTERM it gets to every worker and kills them after
+``--shutdown-timeout`` seconds (default 30), which must cover a step and a checkpoint. Outside
+the main thread the signals keep their default behaviour.
 """
 from __future__ import annotations
 
@@ -27,11 +30,13 @@ class Interrupted(KeyboardInterrupt):
 
 
 class StopRequest:
-    """``with StopRequest(enabled) as stop:``: inside the block SIGINT and SIGTERM only set
-    ``stop.signum`` (None until one arrives); the previous handlers come back on exit."""
+    """``with StopRequest() as stop:``: inside the block SIGINT and SIGTERM only set ``stop.signum``
+    (None until one arrives); the previous handlers come back on exit. ``announce``: say on stderr
+    that the stop is coming (under torchrun rank 0 only)."""
 
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+    def __init__(self, announce: bool = True):
+        self.enabled = threading.current_thread() is threading.main_thread()
+        self.announce = announce
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
 
@@ -40,7 +45,8 @@ class StopRequest:
         if signum == signal.SIGINT:  # a second Ctrl-C: stop now
             signal.signal(signal.SIGINT, signal.default_int_handler)
             again = " (Ctrl-C again to stop at once)"
-        sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping after this step with a resumable checkpoint{again}\n")
+        if self.announce:
+            sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping after this step with a resumable checkpoint{again}\n")
 
     def __enter__(self) -> "StopRequest":
         if self.enabled:

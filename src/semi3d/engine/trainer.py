@@ -343,13 +343,15 @@ class Trainer:
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
         plain = t.progress_bar and self.main and not console.is_terminal
-        with StopRequest(not self.dist.enabled) as stop, \
+        with StopRequest(announce=self.main) as stop, \
                 Progress(*columns, console=console, disable=not (t.progress_bar and self.main) or plain) as bar:
             task = bar.add_task(self.cfg.name, total=t.iterations, completed=self.step, info="")
             while self.step < end:
                 step = self.step
                 rec = self.train_step(step)
                 self.step = step + 1
+                if self.dist.enabled:  # whichever rank saw the signal, every rank stops after this step
+                    stop.signum = D.all_reduce_max(stop.signum or 0) or None
                 end = self.step if stop.signum else end
                 self.method.periodic(step, self.services)
                 if self.step % t.log_every == 0 or self.step == t.iterations:
