@@ -10,6 +10,9 @@ into ``RUN/eval_validation_<variant>``. Variants:
 - ``ensemble``: M&N's 2D + 3D mean probability (``method.options.predict=ensemble``);
 - ``ensemble_tta``: both.
 
+With ``--across``, one more row: each variant's models of all the given runs averaged
+(``semi3d evaluate --ensemble``: the mean of their probabilities), e.g. two seeds' 3D models.
+
 Writes ``results/<name>.json|md`` (dev-split Dice, Jaccard, HD95, ASD per variant and run, per-case
 Dice, evaluation seconds, command, commit, machine).
 
@@ -38,17 +41,32 @@ def variants(mirror_axes: str) -> dict[str, list[str]]:
             "ensemble_tta": ["method.options.predict=ensemble", tta]}
 
 
+def _evaluate(run: Path, overrides: list[str], model: Path, out: Path, ensemble: list[Path] = ()) -> dict:
+    t0 = time.time()
+    summary = evaluate_run(run, "validation", overrides=overrides, which=str(model), out=out, ensemble=ensemble)
+    fg = next(k for k in summary if k != "mean")
+    per_case = json.loads((out / "metrics.json").read_text())["per_case"]
+    return {**{m: summary[fg][m] for m in ("dice", "jaccard", "hd95", "asd")}, "eval_s": time.time() - t0,
+            "dice_per_case": {c: r[fg]["dice"] for c, r in per_case.items()}}
+
+
 def run_variants(run: Path, chosen: list[str], mirror_axes: str) -> dict:
     row = {"run": run.name}
     for v in chosen:
         ov = variants(mirror_axes)[v]
         model = resave_inference_model(run, ov, run / "checkpoints" / f"model_{v}.pt")
-        t0 = time.time()
-        summary = evaluate_run(run, "validation", overrides=ov, which=str(model), out=run / f"eval_validation_{v}")
-        fg = next(k for k in summary if k != "mean")
-        per_case = json.loads((run / f"eval_validation_{v}" / "metrics.json").read_text())["per_case"]
-        row[v] = {**{m: summary[fg][m] for m in ("dice", "jaccard", "hd95", "asd")}, "eval_s": time.time() - t0,
-                  "dice_per_case": {c: r[fg]["dice"] for c, r in per_case.items()}}
+        row[v] = _evaluate(run, ov, model, run / f"eval_validation_{v}")
+    return row
+
+
+def across_runs(runs: list[Path], chosen: list[str], mirror_axes: str) -> dict:
+    """Each variant's models of all ``runs`` as one (``--ensemble``: their mean probability), on the
+    first run's dev split; needs ``run_variants`` first (it writes the model files)."""
+    row = {"run": "+".join(r.name for r in runs)}
+    for v in chosen:
+        models = [r / "checkpoints" / f"model_{v}.pt" for r in runs]
+        row[v] = _evaluate(runs[0], variants(mirror_axes)[v], models[0], runs[0] / f"eval_validation_{v}_across",
+                           models[1:])
     return row
 
 
@@ -58,10 +76,14 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--name", default="inference_la")
     ap.add_argument("--variants", default="net3d,net3d_tta,ensemble,ensemble_tta")
     ap.add_argument("--mirror-axes", default="0,1,2")
+    ap.add_argument("--across", action="store_true",
+                    help="also every variant as the mean of all the runs' models (seeds, configs), on the first run's dev split")
     ap.add_argument("--results", default=str(HERE / "results"))
     a = ap.parse_args(argv)
     chosen = a.variants.split(",")
     rows = [run_variants(r, chosen, a.mirror_axes) for r in a.runs]
+    if a.across:
+        rows.append(across_runs(a.runs, chosen, a.mirror_axes))
     command = command_line(__file__, argv)
     commit, out = git_commit(), Path(a.results)
     write_text(out / f"{a.name}.json", json.dumps({"command": command, "commit": commit, "machine": machine(),

@@ -34,6 +34,10 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
     """semi3d: label-efficient 3D medical image segmentation."""
 
 
+ENSEMBLE_HELP = ("another run folder, model file or bundle: the class probabilities of all the models are "
+                 "averaged (repeat for more; --which picks a run folder's model)")
+
+
 def _clean_errors(fn):
     @functools.wraps(fn)
     def wrapper(*a, **k):
@@ -90,12 +94,13 @@ def predict(model: Path = typer.Argument(..., help="a run folder, a checkpoints/
             probabilities: bool = typer.Option(False, help="also write the class probability maps"),
             which: str = typer.Option("auto", help="auto (the run's selection policy) | best | final"),
             postprocess: Optional[str] = typer.Option(None, help="none | largest_component (default: the model's inference.postprocess)"),
-            precision: str = typer.Option("auto", help="auto (bf16 where the CPU/GPU has it natively) | fp32 | bf16 | fp16")):
+            precision: str = typer.Option("auto", help="auto (bf16 where the CPU/GPU has it natively) | fp32 | bf16 | fp16"),
+            ensemble: list[Path] = typer.Option([], "--ensemble", help=ENSEMBLE_HELP)):
     """Segment image files with a trained model; writes <case>.<ending> in the input's format
     (NIfTI, NRRD, MHA, h5, npy) with the input's affine."""
     from .inference.predictor import predict_files
 
-    for p in predict_files(model, inputs, out, probabilities, which, postprocess, precision):
+    for p in predict_files(model, inputs, out, probabilities, which, postprocess, precision, ensemble):
         console.print(str(p))
 
 
@@ -107,13 +112,15 @@ def evaluate(run: Path, split: str = typer.Option("validation", help="a split of
              set: list[str] = typer.Option([], "--set", help="override the run's config: key=value"),
              which: str = typer.Option("auto", help="auto (the run's selection policy) | best | final"),
              save_predictions: bool = typer.Option(False, help="write the predicted masks too"),
-             out: Optional[Path] = typer.Option(None, help="output folder (default RUN/eval_<split>)")):
+             out: Optional[Path] = typer.Option(None, help="output folder (default RUN/eval_<split>, with --ensemble RUN/eval_<split>_ensemble)"),
+            ensemble: list[Path] = typer.Option([], "--ensemble", help=ENSEMBLE_HELP)):
     """Dice / Jaccard / HD95 / ASD per class and case on the original grid -> metrics.json/csv."""
     from .evaluation.evaluate import evaluate_run
     from .evaluation.summary import format_table
 
     summary = evaluate_run(run, split, ids_list, data_root, set, which, save_predictions, out,
-                           progress=lambda i, n, cid, m: console.print(f"[{i}/{n}] {cid}", highlight=False))
+                           progress=lambda i, n, cid, m: console.print(f"[{i}/{n}] {cid}", highlight=False),
+                           ensemble=ensemble)
     console.print(format_table(summary, title=f"{run} ({ids_list or split})"))
 
 

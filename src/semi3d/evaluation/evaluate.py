@@ -3,20 +3,22 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Sequence
 
 from ..data.formats import build_reader
 from ..data.volumes import write_volume
 from ..data.splits import read_id_list
 from ..engine.rundir import RunDir
 from ..errors import InputError
-from ..inference.predictor import Predictor, model_file
+from ..inference.predictor import is_bundle, load_models, model_file
 from .metrics import case_metrics
 from .summary import summarise, write_metrics
 
 
 def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None = None,
                  data_root: Path | None = None, overrides: list[str] = (), which: str = "auto",
-                 save_predictions: bool = False, out: Path | None = None, progress=None) -> dict:
+                 save_predictions: bool = False, out: Path | None = None, progress=None,
+                 ensemble: Sequence[Path] = ()) -> dict:
     """Predict every case of ``split`` (or of ``ids_list``) with the run's selected model and write
     ``metrics.json`` / ``metrics.csv`` into ``out`` (default ``run_dir/eval_<split or list name>``).
 
@@ -24,6 +26,10 @@ def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None
     validation): the command refuses them, so a test evaluation can never touch training data.
     Inference settings come from the run's ``config.yaml`` and ``overrides`` (e.g.
     ``inference.postprocess=largest_component``).
+    ``ensemble``: more run folders, model files or bundles (``which`` picks a run folder's model)
+    whose probabilities are averaged with the run's (:class:`MeanOfModels`); default ``out`` then
+    ``run_dir/eval_<name>_ensemble``. A member's run must not have trained (labelled or unlabelled)
+    on a held-out case evaluated here.
     Returns the summary (mean per class and metric).
     """
     run = RunDir(run_dir).require()
@@ -41,16 +47,17 @@ def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None
         if clash:
             raise InputError(ids_list, f"case {clash[0]!r} was used by the run (training or validation); "
                              "a test list must be disjoint from them")
-        name = Path(ids_list).stem
+        name, held_out = Path(ids_list).stem, True
     else:
         if split not in run_splits:
             raise InputError("--split", f"unknown split {split!r}")
-        ids, name = run_splits[split], split
+        ids, name, held_out = run_splits[split], split, split not in ("labelled", "unlabelled")
         if not ids:
             raise InputError(run.splits, f"the {split} split is empty")
-    out = Path(out) if out else run.eval_dir(name)
+    members = [model_file(run.path, which), *(_member(Path(m), which, ids if held_out else ()) for m in ensemble)]
+    out = Path(out) if out else run.eval_dir(name + ("_ensemble" if ensemble else ""))
     reader = build_reader(cfg.data.format, cfg.data.root, **options)
-    predictor = Predictor(model_file(run.path, which), cfg.device, cfg.precision, cfg.inference)
+    predictor = load_models(members, cfg.device, cfg.precision, cfg.inference)
     k = predictor.num_classes
     per_case, t0 = {}, time.time()
     for i, cid in enumerate(ids):
@@ -64,7 +71,22 @@ def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None
         if progress:
             progress(i + 1, len(ids), cid, per_case[cid])
     extra = {"run": str(run.path), "split": name, "model_step": predictor.step, "n_cases": len(ids),
-             "postprocess": cfg.inference.postprocess,
+             "postprocess": cfg.inference.postprocess, **({"ensemble": [str(m) for m in members]} if ensemble else {}),
              "eval_time_s": time.time() - t0}
     write_metrics(out, per_case, extra)
     return summarise(per_case)
+
+
+def _member(model: Path, which: str, held_out: Sequence[str]) -> Path:
+    """The model file of an ensemble member (a run folder's per ``which``, a file or a bundle),
+    after checking that its run (when there is one) did not train on a ``held_out`` case."""
+    if not model.exists():
+        raise InputError(model, "no such run folder, bundle folder or model file")
+    run = model if model.is_dir() and not is_bundle(model) else model.parent.parent
+    if (run / "splits.json").is_file():
+        splits = RunDir(run).load_splits()
+        clash = sorted(set(held_out) & (set(splits["labelled"]) | set(splits["unlabelled"])))
+        if clash:
+            raise InputError(model, f"its run trained on case {clash[0]!r}, which is evaluated here: "
+                                    "an ensemble member must not have seen the evaluated cases")
+    return model_file(model, which) if model.is_dir() else model

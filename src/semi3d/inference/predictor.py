@@ -141,6 +141,36 @@ class Predictor:
         return label_map(self(case) if probs is None else probs, self.cfg.inference.postprocess)
 
 
+class MeanOfModels:
+    """Several trained models as one: the mean of their class probabilities on the case's original
+    grid (nnU-Net's ensembling of folds or configurations, MONAI's ``MeanEnsemble``). Each member
+    keeps its own preprocessing, patch and inference settings; the label map uses the first
+    member's ``inference.postprocess``. ``members`` (``Predictor``) must predict the same classes
+    from the same channels; ``paths``: their model files, for the error naming the odd one."""
+
+    def __init__(self, members: list[Predictor], paths: list[Path]):
+        first = members[0]
+        for p, path in zip(members[1:], paths[1:]):
+            if (p.num_classes, list(p.class_names), p.in_channels) != (first.num_classes, list(first.class_names), first.in_channels):
+                raise InputError(path, f"predicts {list(p.class_names)} from {p.in_channels} channel(s), {paths[0]} "
+                                       f"{list(first.class_names)} from {first.in_channels}: they cannot be averaged")
+        self.members, self.cfg, self.step = members, first.cfg, [p.step for p in members]
+        self.num_classes, self.class_names, self.in_channels = first.num_classes, first.class_names, first.in_channels
+
+    def __call__(self, case: Case) -> torch.Tensor:
+        """Mean probabilities (K, X, Y, Z) of the members on the case's original grid."""
+        return sum(p(case) for p in self.members) / len(self.members)
+
+    segment = Predictor.segment
+
+
+def load_models(models: list[Path], device: str = "auto", precision: str = "auto",
+                inference: InferenceConfig | dict | None = None) -> Predictor | MeanOfModels:
+    """One ``Predictor`` per model file or bundle folder; several become their :class:`MeanOfModels`."""
+    members = [Predictor(m, device, precision, inference) for m in models]
+    return members[0] if len(members) == 1 else MeanOfModels(members, list(models))
+
+
 def model_file(run_dir: Path, which: str = "auto") -> Path:
     """The model a run's selection policy designates (:meth:`RunDir.selected_model`; ``which`` =
     auto / best / final / a file path). A bundle folder (``semi3d export``) is its own model."""
@@ -214,27 +244,31 @@ def _case_names(files: list[Path]) -> list[str]:
 
 
 def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: bool = False,
-                  which: str = "auto", postprocess: str | None = None, precision: str = "auto") -> list[Path]:
+                  which: str = "auto", postprocess: str | None = None, precision: str = "auto",
+                  ensemble: list[Path] = ()) -> list[Path]:
     """Segment each input image; writes ``<out>/<case>.<file ending>`` in the input's own format
     (NIfTI, NRRD, MHA, h5, npy; nnU-Net's naming) with the input's affine. nnU-Net style names
     (``<case>_0000.nii.gz``, ``<case>_0001...``) are grouped into one multi-channel case per
     ``<case>`` (:func:`group_channels`), post-processed as ``postprocess`` (default: the model's
     ``inference.postprocess``) says, and, with ``probabilities``, ``<case>_prob`` (K, X, Y, Z)
     float32 (a K-component vector image in NRRD/MHA). ``precision``: auto (bf16 where native,
-    as training) or fp32 / bf16 / fp16. Every input is read and checked before anything is written."""
+    as training) or fp32 / bf16 / fp16. ``ensemble``: more run folders, model files or bundles whose
+    probabilities are averaged with ``model``'s (:class:`MeanOfModels`). Every input is read and
+    checked before anything is written."""
     from ..data.postprocess import POSTPROCESS
     from ..data.volumes import h5_keys, read_volume, split_suffix, write_volume
     from ..data.readers import assemble_case
 
-    model = Path(model)
-    if not model.exists():
-        raise InputError(model, "no such run folder, bundle folder or model file")
+    models = [Path(m) for m in (model, *ensemble)]
+    for m in models:
+        if not m.exists():
+            raise InputError(m, "no such run folder, bundle folder or model file")
     if postprocess is not None and postprocess not in POSTPROCESS:
         raise InputError("--postprocess", f"unknown {postprocess!r}; choose from {', '.join(POSTPROCESS)}")
     if precision not in ("auto", "bf16", "fp16", "fp32"):
         raise InputError("--precision", f"unknown {precision!r}; choose auto, bf16, fp16 or fp32")
-    pred = Predictor(model_file(model, which) if model.is_dir() else model, precision=precision,
-                     inference=None if postprocess is None else {"postprocess": postprocess})
+    pred = load_models([model_file(m, which) if m.is_dir() else m for m in models], precision=precision,
+                       inference=None if postprocess is None else {"postprocess": postprocess})
     spacing = pred.cfg.data.options.get("spacing")
     files = _expand_inputs(inputs)
 
