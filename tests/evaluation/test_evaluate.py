@@ -40,7 +40,7 @@ def test_ensemble_evaluates_the_mean_probability_of_its_members(tiny_tree, synth
     assert torch.allclose(MeanOfModels([pa, pb], [a.run_dir, b.run_dir])(case), mean)
 
     summary = evaluate_run(a.run_dir, "validation", ensemble=[b.run_dir])
-    out = a.run_dir / "eval_validation_ensemble"  # the single model's eval_validation stays its own
+    out = a.run_dir / "eval_validation_mean_of_2"  # the single model's eval_validation stays its own
     metrics = json.loads((out / "metrics.json").read_text())
     expected = case_metrics(label_map(mean, "none"), case.label, 3, case.spacing, pa.class_names[1:])
     assert metrics["per_case"][cid]["lesion"]["dice"] == pytest.approx(expected["lesion"]["dice"])
@@ -68,7 +68,7 @@ def test_a_member_that_trained_on_an_evaluated_case_is_refused(tiny_tree):
     leaky = _run(tiny_tree, "leaky", data={**tiny_tree["data"], "splits": {"labelled": {"last": 3}, "validation": {"first": 1}}})
     with pytest.raises(InputError, match="trained on case") as e:
         evaluate_run(a.run_dir, "validation", ensemble=[leaky.run_dir])
-    assert str(leaky.run_dir) in str(e.value) and not (a.run_dir / "eval_validation_ensemble").exists()
+    assert str(leaky.run_dir) in str(e.value) and not (a.run_dir / "eval_validation_mean_of_2").exists()
     # on the run's own labelled cases nothing is held out: allowed
     evaluate_run(a.run_dir, "labelled", ensemble=[leaky.run_dir])
 

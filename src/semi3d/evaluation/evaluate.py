@@ -28,8 +28,8 @@ def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None
     ``inference.postprocess=largest_component``).
     ``ensemble``: more run folders, model files or bundles (``which`` picks a run folder's model)
     whose probabilities are averaged with the run's (:class:`MeanOfModels`); default ``out`` then
-    ``run_dir/eval_<name>_ensemble``. A member's run must not have trained (labelled or unlabelled)
-    on a held-out case evaluated here.
+    ``run_dir/eval_<name>_mean_of_<N>`` (N models). A member's run must not have trained (labelled
+    or unlabelled) on a held-out case evaluated here.
     Returns the summary (mean per class and metric).
     """
     run = RunDir(run_dir).require()
@@ -55,7 +55,7 @@ def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None
         if not ids:
             raise InputError(run.splits, f"the {split} split is empty")
     members = [model_file(run.path, which), *(_member(Path(m), which, ids if held_out else ()) for m in ensemble)]
-    out = Path(out) if out else run.eval_dir(name + ("_ensemble" if ensemble else ""))
+    out = Path(out) if out else run.eval_dir(f"{name}_mean_of_{len(members)}" if ensemble else name)
     reader = build_reader(cfg.data.format, cfg.data.root, **options)
     predictor = load_models(members, cfg.device, cfg.precision, cfg.inference)
     k = predictor.num_classes
