@@ -48,6 +48,10 @@ def test_ensemble_evaluates_the_mean_probability_of_its_members(tiny_tree, synth
         np.mean([expected[k]["dice"] for k in expected]))
     single = evaluate_run(a.run_dir, "validation")
     assert single["mean"]["dice"] != summary["mean"]["dice"]
+    # --which naming a's model file picks a's model only; the member run folder keeps its own
+    again = evaluate_run(a.run_dir, "validation", which=str(model_file(a.run_dir)), ensemble=[b.run_dir], out=tmp_path / "w")
+    assert json.loads((tmp_path / "w" / "metrics.json").read_text())["ensemble"] == metrics["ensemble"]
+    assert again == summary
 
     # the CLI: predict writes the ensemble's label map and mean probabilities
     img = sorted((synth_root / "imagesTs").iterdir())[0]

@@ -10,7 +10,7 @@ from ..data.volumes import write_volume
 from ..data.splits import read_id_list
 from ..engine.rundir import RunDir
 from ..errors import InputError
-from ..inference.predictor import is_bundle, load_models, model_file
+from ..inference.predictor import is_bundle, load_models, member_file, model_file
 from .metrics import case_metrics
 from .summary import summarise, write_metrics
 
@@ -78,8 +78,8 @@ def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None
 
 
 def _member(model: Path, which: str, held_out: Sequence[str]) -> Path:
-    """The model file of an ensemble member (a run folder's per ``which``, a file or a bundle),
-    after checking that its run (when there is one) did not train on a ``held_out`` case."""
+    """The model file of an ensemble member (:func:`member_file`), after checking that its run
+    (when there is one) did not train on a ``held_out`` case."""
     if not model.exists():
         raise InputError(model, "no such run folder, bundle folder or model file")
     run = model if model.is_dir() and not is_bundle(model) else model.parent.parent
@@ -89,4 +89,4 @@ def _member(model: Path, which: str, held_out: Sequence[str]) -> Path:
         if clash:
             raise InputError(model, f"its run trained on case {clash[0]!r}, which is evaluated here: "
                                     "an ensemble member must not have seen the evaluated cases")
-    return model_file(model, which) if model.is_dir() else model
+    return member_file(model, which)

@@ -179,6 +179,15 @@ def model_file(run_dir: Path, which: str = "auto") -> Path:
     return RunDir(run_dir).selected_model(which)
 
 
+def member_file(path: Path, which: str = "auto") -> Path:
+    """The model of an ensemble member (``--ensemble``): a model file or bundle as it is, a run
+    folder's per ``which`` (auto / best / final; a file path given as ``which`` is the first
+    model's, so a member run folder then follows its own selection policy)."""
+    if not Path(path).is_dir():
+        return Path(path)
+    return model_file(path, which if which in ("auto", "best", "final") else "auto")
+
+
 def _expand_inputs(inputs: list[Path]) -> list[Path]:
     from ..data.volumes import SUFFIXES, split_suffix
 
@@ -267,7 +276,8 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
         raise InputError("--postprocess", f"unknown {postprocess!r}; choose from {', '.join(POSTPROCESS)}")
     if precision not in ("auto", "bf16", "fp16", "fp32"):
         raise InputError("--precision", f"unknown {precision!r}; choose auto, bf16, fp16 or fp32")
-    pred = load_models([model_file(m, which) if m.is_dir() else m for m in models], precision=precision,
+    pred = load_models([model_file(model, which) if models[0].is_dir() else models[0],
+                        *(member_file(m, which) for m in models[1:])], precision=precision,
                        inference=None if postprocess is None else {"postprocess": postprocess})
     spacing = pred.cfg.data.options.get("spacing")
     files = _expand_inputs(inputs)
