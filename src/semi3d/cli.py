@@ -113,7 +113,7 @@ def evaluate(run: Path, split: str = typer.Option("validation", help="a split of
              which: str = typer.Option("auto", help="auto (the run's selection policy) | best | final"),
              save_predictions: bool = typer.Option(False, help="write the predicted masks too"),
              out: Optional[Path] = typer.Option(None, help="output folder (default RUN/eval_<split>, with --ensemble RUN/eval_<split>_mean_of_<N>)"),
-            ensemble: list[Path] = typer.Option([], "--ensemble", help=ENSEMBLE_HELP)):
+             ensemble: list[Path] = typer.Option([], "--ensemble", help=ENSEMBLE_HELP)):
     """Dice / Jaccard / HD95 / ASD per class and case on the original grid -> metrics.json/csv."""
     from .evaluation.evaluate import evaluate_run
     from .evaluation.summary import format_table
