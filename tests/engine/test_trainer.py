@@ -181,6 +181,11 @@ def test_resume_refuses_a_changed_network_split_or_method_and_records_safe_chang
     rec = [json.loads(x) for x in (run / "resume_changes.jsonl").read_text().splitlines()]
     assert rec == [{"step": 4, "changes": {"train.iterations": [4, 6], "train.optimizer.lr": [0.01, 0.03]}}]
     assert json.loads((run / "train_summary.json").read_text())["iterations"] == 6
+    # fewer iterations than the checkpoint's step: refused, nothing rewritten
+    before = (run / "config.yaml").read_text()
+    with pytest.raises(InputError, match="train.iterations to 5: the checkpoint is at step 6"):
+        Trainer(load_config(tree=tiny_tree, overrides=["train.iterations=5"]), resume=True)
+    assert (run / "config.yaml").read_text() == before and len((run / "resume_changes.jsonl").read_text().splitlines()) == 1
 
 
 @pytest.mark.parametrize("section, key, value, error", [

@@ -5,7 +5,8 @@ is compared with it key by key: a change to the data, the splits, the networks, 
 seed or the batch is refused (one line naming the keys), since the checkpoint and the sampled data
 belong to the old ones; a change to how long or how visibly the run trains (``train.iterations``,
 logging, validation, checkpointing, threads, device, precision, learning rates, inference settings)
-is allowed, written into ``config.yaml`` and appended to ``resume_changes.jsonl``
+is allowed (``train.iterations`` not below the checkpoint's step), written into ``config.yaml``
+and appended to ``resume_changes.jsonl``
 (``{"step", "changes": {key: [old, new]}}`` per resume that changed something).
 """
 from __future__ import annotations
@@ -59,6 +60,9 @@ def check_resume_config(run: RunDir, cfg: RunConfig, step: int) -> dict[str, tup
     changes = config_changes(old, cfg.model_dump(mode="json"))
     changes = {k: v for k, v in changes.items() if k not in ("name", "output_dir")}  # they name the run folder
     refused = [k for k in changes if not _allowed(k)]
+    if cfg.train.iterations < step:
+        raise InputError(path, f"--resume cannot set train.iterations to {cfg.train.iterations}: the checkpoint "
+                               f"is at step {step} (a run can only go on; train a new run for a shorter one)")
     if refused:
         shown = ", ".join(f"{k} ({changes[k][0]!r} -> {changes[k][1]!r})" for k in refused[:4])
         more = f" and {len(refused) - 4} more" if len(refused) > 4 else ""
