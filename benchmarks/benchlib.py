@@ -41,10 +41,19 @@ def command_line(script: str, argv: list[str] | None = None) -> str:
     return " ".join(["python", f"benchmarks/{Path(script).name}", *map(shlex.quote, args)])
 
 
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+
+
+#: HEAD when the script started, i.e. the code it loaded (a commit made while a long run goes on
+#: is not the code that produced it), with "+uncommitted" when the code differed from HEAD then
+STARTED_AT = _git("rev-parse", "--short", "HEAD") + (
+    "+uncommitted" if _git("status", "--porcelain", "--", "src", "configs", "benchmarks/*.py") else "")
+
+
 def git_commit() -> str:
-    """The short hash of the repository's HEAD (the code a result was produced with)."""
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=ROOT).stdout.strip()
+    """The commit of the code a result was produced with: :data:`STARTED_AT`."""
+    return STARTED_AT
 
 
 # environment variables that change speed (allocator, thread pools), recorded with the machine
