@@ -84,3 +84,26 @@ def test_benchmark_scripts_stop_with_one_line(load_benchmark, tiny_tree, monkeyp
     monkeypatch.undo()  # rerunning the same command resumes and finishes
     r = benchlib.train_and_evaluate(load_config(tree=tiny_tree), "validation")
     assert r["resumed"] and r["summary"]["iterations"] == 6
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_under_torchrun_rank_0_alone_says_how_to_resume(monkeypatch, capsys, rank):
+    import typer
+
+    from semi3d import cli
+    from semi3d.engine.distributed import DistInfo
+
+    monkeypatch.setattr("semi3d.engine.distributed.current", lambda: DistInfo(rank, 2, rank))
+
+    def stopped():
+        raise Interrupted(signal.SIGTERM, 7, "runs/x/checkpoints/last.pt")
+
+    with pytest.raises(typer.Exit) as e:
+        cli._resumable("train", "cfg.yaml", ["seed=1"], stopped)
+    err = capsys.readouterr().err
+    assert e.value.exit_code == 143
+    if rank:
+        assert err == ""
+    else:
+        assert "SIGTERM after step 7" in err
+        assert "continue with: torchrun <the same options> -m semi3d.cli train cfg.yaml --set seed=1 --resume" in err
