@@ -1,20 +1,20 @@
 """benchmarks/inference_la.py on a tiny M&N run: every variant is evaluated, and ``--across`` with
 the same run given twice (the mean of two identical models) must score exactly the run alone."""
 import json
+import sys
+from pathlib import Path
 
 from semi3d.config import load_config
 from semi3d.engine.trainer import train
 
-TINY_SEGFORMER = dict(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1],
-                      decoder_hidden_size=16, sr_ratios=[4, 2, 1, 1])
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "methods"))
+from test_mn import tiny_tree as mn_tree  # noqa: E402
 
 
-def test_variants_and_the_mean_of_identical_runs(tiny_tree, tmp_path, load_benchmark):
-    tiny_tree.update(name="mn")
-    tiny_tree["model"]["net2d"] = dict(name="segformer", options=dict(adaptation="full", config=TINY_SEGFORMER))
-    tiny_tree["method"] = dict(name="mn", options=dict(epoch_length=1))
-    tiny_tree["train"]["schedule"] = dict(name="cosine", cycles=[3])
-    cfg = load_config(tree=tiny_tree)
+def test_variants_and_the_mean_of_identical_runs(synth_root, tmp_path, load_benchmark):
+    tree = mn_tree(synth_root, tmp_path / "runs", iterations=6, warmup=3)
+    tree["data"]["splits"]["validation"] = {"last": 1}
+    cfg = load_config(tree=tree)
     train(cfg)
     run, results = cfg.run_dir, tmp_path / "results"
     rows = load_benchmark("inference_la").main([str(run), str(run), "--name", "inf", "--variants", "net3d,ensemble",
