@@ -82,9 +82,9 @@ def _member(model: Path, which: str, held_out: Sequence[str]) -> Path:
     (when there is one) did not train on a ``held_out`` case."""
     if not model.exists():
         raise InputError(model, "no such run folder, bundle folder or model file")
-    run = model if model.is_dir() and not is_bundle(model) else model.parent.parent
-    if (run / "splits.json").is_file():
-        splits = RunDir(run).load_splits()
+    run = RunDir(model if model.is_dir() and not is_bundle(model) else model.parent.parent)
+    if run.splits.is_file():
+        splits = run.load_splits()
         clash = sorted(set(held_out) & (set(splits["labelled"]) | set(splits["unlabelled"])))
         if clash:
             raise InputError(model, f"its run trained on case {clash[0]!r}, which is evaluated here: "
