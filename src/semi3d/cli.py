@@ -61,8 +61,9 @@ def _resumable(verb: str, config: Path, sets: list[str], run):
     try:
         return run()
     except Interrupted as e:
-        if current().is_main:  # under torchrun every rank stopped at the same step; one message
-            launch = "torchrun <the same options> -m semi3d.cli" if current().enabled else "semi3d"
+        info = current()
+        if info.is_main:  # under torchrun every rank stopped at the same step; one message
+            launch = "torchrun <the same options> -m semi3d.cli" if info.enabled else "semi3d"
             cmd = shlex.join([verb, str(config), *(x for s in sets for x in ("--set", s)), "--resume"])
             Console(stderr=True).print(f"stopped: {e}\ncontinue with: {launch} {cmd}", highlight=False, markup=False,
                                        soft_wrap=True)

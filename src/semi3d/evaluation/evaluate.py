@@ -80,8 +80,7 @@ def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None
 def _member(model: Path, which: str, held_out: Sequence[str]) -> Path:
     """The model file of an ensemble member (:func:`member_file`), after checking that its run
     (when there is one) did not train on a ``held_out`` case."""
-    if not model.exists():
-        raise InputError(model, "no such run folder, bundle folder or model file")
+    file = member_file(model, which)
     run = RunDir(model if model.is_dir() and not is_bundle(model) else model.parent.parent)
     if run.splits.is_file():
         splits = run.load_splits()
@@ -89,4 +88,4 @@ def _member(model: Path, which: str, held_out: Sequence[str]) -> Path:
         if clash:
             raise InputError(model, f"its run trained on case {clash[0]!r}, which is evaluated here: "
                                     "an ensemble member must not have seen the evaluated cases")
-    return member_file(model, which)
+    return file

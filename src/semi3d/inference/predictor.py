@@ -182,7 +182,10 @@ def model_file(run_dir: Path, which: str = "auto") -> Path:
 def member_file(path: Path, which: str = "auto") -> Path:
     """The model of an ensemble member (``--ensemble``): a model file or bundle as it is, a run
     folder's per ``which`` (auto / best / final; a file path given as ``which`` is the first
-    model's, so a member run folder then follows its own selection policy)."""
+    model's, so a member run folder then follows its own selection policy). A missing path: one
+    error naming it."""
+    if not Path(path).exists():
+        raise InputError(path, "no such run folder, bundle folder or model file")
     if not Path(path).is_dir():
         return Path(path)
     return model_file(path, which if which in ("auto", "best", "final") else "auto")
@@ -268,16 +271,15 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
     from ..data.volumes import h5_keys, read_volume, split_suffix, write_volume
     from ..data.readers import assemble_case
 
-    models = [Path(m) for m in (model, *ensemble)]
-    for m in models:
-        if not m.exists():
-            raise InputError(m, "no such run folder, bundle folder or model file")
+    model = Path(model)
+    if not model.exists():
+        raise InputError(model, "no such run folder, bundle folder or model file")
+    members = [member_file(Path(m), which) for m in ensemble]
     if postprocess is not None and postprocess not in POSTPROCESS:
         raise InputError("--postprocess", f"unknown {postprocess!r}; choose from {', '.join(POSTPROCESS)}")
     if precision not in ("auto", "bf16", "fp16", "fp32"):
         raise InputError("--precision", f"unknown {precision!r}; choose auto, bf16, fp16 or fp32")
-    pred = load_models([model_file(model, which) if models[0].is_dir() else models[0],
-                        *(member_file(m, which) for m in models[1:])], precision=precision,
+    pred = load_models([model_file(model, which) if model.is_dir() else model, *members], precision=precision,
                        inference=None if postprocess is None else {"postprocess": postprocess})
     spacing = pred.cfg.data.options.get("spacing")
     files = _expand_inputs(inputs)
