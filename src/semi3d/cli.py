@@ -1,9 +1,7 @@
 """semi3d: label-efficient 3D medical image segmentation (M&N, A&D, SAM mining, SSL baselines).
 
-Verbs: train, predict, evaluate, report, suggest, export, compare, demo, mine, config, list. A
-config's keys, types and defaults: 'semi3d config --schema'; a config resolved: 'semi3d config
-FILE'; commented examples: configs/*.yaml. Bad input ends with one
-'error:' line and exit code 2."""
+A config's keys, types and defaults: 'semi3d config --schema'; a config resolved: 'semi3d config
+FILE'; commented examples: configs/*.yaml. Bad input ends with one 'error:' line and exit code 2."""
 from __future__ import annotations
 
 import functools
