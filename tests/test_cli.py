@@ -191,8 +191,10 @@ def test_version_help_and_a_short_demo_that_says_where_its_outputs_are(tmp_path)
     r = runner.invoke(app, ["--version"])
     assert r.exit_code == 0 and r.output.strip() == f"semi3d {version('semi3d')}"
     r = runner.invoke(app, ["--help"])
-    verbs = ["train", "predict", "evaluate", "report", "suggest", "export", "compare", "demo", "mine", "config", "list"]
-    assert r.exit_code == 0 and all(v in r.output for v in verbs) and "``" not in r.output
+    verbs = ["train", "predict", "evaluate", "report", "suggest", "export", "plan", "compare", "demo", "mine",
+             "config", "list"]
+    commands = [line.split()[0] for line in r.output.split("Commands:")[1].splitlines() if line.strip()]
+    assert r.exit_code == 0 and commands == verbs and "``" not in r.output
     r = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--set", "train.iterations=2",
                             "--set", "train.val_every=1", "--set", "train.progress_bar=false"])
     assert r.exit_code == 0, r.output
