@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from semi3d.config import parse_overrides, set_dotted
 from semi3d.engine.interrupt import Interrupted
 from semi3d.engine.rundir import RunDir
 from semi3d.engine.trainer import train
@@ -145,17 +146,22 @@ def merge_tree(a: dict, b: dict) -> dict:
     return out
 
 
-def mining_variant(tree: dict, variant: str, embeddings: Path) -> dict:
+def mining_variant(tree: dict, variant: str, embeddings: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """The mining benchmarks' shared variants, applied to one run's config tree (a copy is returned).
 
+    ``overrides`` (``key=value``, as ``--set``) apply to the tree first, so what a variant derives
+    from it follows them (``--set train.iterations=N`` also lengthens the controls' schedule).
     ``labelled`` / ``full``: no mining, the mining runs' total iterations (first training + every
     fine-tuning) in one schedule, no unlabelled split; ``identity``: self-training on the small
     model's own masks, the same prompts, selection and fine-tuning; ``schedule``: the same with no
     unlabelled image (``unlabelled_max: 0``), mining's schedule alone; ``litemedsam``: LiteMedSAM,
-    its image embeddings cached in ``embeddings``. Any other variant leaves the tree as it is.
+    its image embeddings cached in ``embeddings`` (options set for a ``litemedsam`` refiner are kept).
+    Any other variant leaves the tree as it is.
     The tree's splits sit under ``data`` (volumes) or ``images`` (2D images), whichever it has.
     """
     tree = copy.deepcopy(tree)
+    for k, v in parse_overrides(list(overrides)):
+        set_dotted(tree, k, v)
     if variant in ("labelled", "full"):
         total = tree["train"]["iterations"] + tree["rounds"] * tree["train"]["finetune_iterations"]
         source = "images" if "images" in tree else "data"
@@ -165,7 +171,9 @@ def mining_variant(tree: dict, variant: str, embeddings: Path) -> dict:
         if variant == "schedule":
             tree["unlabelled_max"] = 0
     elif variant == "litemedsam":
-        tree["refiner"] = {"name": "litemedsam", "options": {"cache_dir": str(embeddings)}}
+        own = tree.get("refiner", {})
+        options = dict(own.get("options", {})) if own.get("name") == "litemedsam" else {}
+        tree["refiner"] = {"name": "litemedsam", "options": {**options, "cache_dir": str(embeddings)}}
     return tree
 
 

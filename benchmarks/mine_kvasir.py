@@ -65,12 +65,14 @@ BUDGET = {  # every run; --set key=value overrides any of it
 }
 
 
-def run_tree(variant: str, percent: int, seed: int, runs: Path, small: str = "unetpp", tag: str = "") -> dict:
-    """The mining config tree of one run (before ``--set`` overrides)."""
+def run_tree(variant: str, percent: int, seed: int, runs: Path, small: str = "unetpp", tag: str = "",
+             overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """The mining config tree of one run, ``--set`` overrides applied before the variant's own settings
+    (:func:`benchlib.mining_variant`)."""
     n = POOL if variant == "full" else round(POOL * percent / 100)
     tree = merge_tree(BUDGET, {"name": run_name(variant, percent, seed, small, tag), "output_dir": str(runs), "seed": seed,
                                "images": {"splits": {"labelled": {"first": n}}}})
-    return mining_variant({**tree, "model": SMALL_MODELS[small]}, variant, runs / "kvasir_embeddings")
+    return mining_variant({**tree, "model": SMALL_MODELS[small]}, variant, runs / "kvasir_embeddings", overrides)
 
 
 def run_name(variant: str, percent: int, seed: int, small: str = "unetpp", tag: str = "") -> str:
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         if name in done or (results / f"{name}.json").is_file():
             continue
         done.add(name)
-        cfg = load_mining_config(tree=run_tree(v, p, s, runs, a.small, a.tag), overrides=a.set)
+        cfg = load_mining_config(tree=run_tree(v, p, s, runs, a.small, a.tag, a.set))
         summary = mine(cfg)  # resumes an interrupted run
         last = summary["rounds"][-1]
         result = {"name": name, "small": a.small, "variant": v, "tag": a.tag, "percent": 100 if v == "full" else p, "seed": s,

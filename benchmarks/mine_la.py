@@ -96,13 +96,14 @@ VARIANTS = {  # benchlib.mining_variant's variants, and the weight-free refiner 
 
 
 def run_tree(variant: str, n: int, seed: int, runs: Path, small: str = "unetpp", base: dict | None = None,
-             tag: str = "") -> dict:
-    """The mining config tree of one run (before ``--set`` overrides), built on ``base`` (default ``BUDGET``)."""
+             tag: str = "", overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """The mining config tree of one run, built on ``base`` (default ``BUDGET``), ``--set`` overrides
+    applied before the variant's own settings (:func:`benchlib.mining_variant`)."""
     tree = merge_tree(BUDGET if base is None else base, {"name": run_name(variant, n, seed, small, tag), "seed": seed,
                                                          "output_dir": str(runs),
                                                          "data": {"splits": {"labelled": {"first": n}}}})
     tree = {**tree, "model": copy.deepcopy(SMALL_MODELS[small]), **copy.deepcopy(VARIANTS[variant])}
-    return mining_variant(tree, variant, runs / "la_embeddings")
+    return mining_variant(tree, variant, runs / "la_embeddings", overrides)
 
 
 def run_name(variant: str, n: int, seed: int, small: str = "unetpp", tag: str = "") -> str:
@@ -183,9 +184,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     runs = Path(a.runs) if not a.smoke or a.runs != "runs/bench_mine" else tmp / "runs"  # type: ignore[operator]
     out = []
     for n, variant, seed in itertools.product(a.labelled or ([2] if a.smoke else [4, 8]), a.variants, a.seeds):
-        t = run_tree(variant, n, seed, runs, a.small, base=tree, tag=a.tag)
+        t = run_tree(variant, n, seed, runs, a.small, base=tree, tag=a.tag,
+                     overrides=[*(["model.options.widths=[4, 8]"] if a.smoke else []), *a.set])
         name = t["name"]
-        cfg = load_mining_config(tree=t, overrides=[*(["model.options.widths=[4, 8]"] if a.smoke else []), *a.set])
+        cfg = load_mining_config(tree=t)
         summary = mine(cfg)  # resumes an interrupted run
         result = {
             "name": name, "variant": variant, "small": a.small, "seed": seed,
