@@ -271,15 +271,14 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
     from ..data.volumes import h5_keys, read_volume, split_suffix, write_volume
     from ..data.readers import assemble_case
 
-    model = Path(model)
-    if not model.exists():
-        raise InputError(model, "no such run folder, bundle folder or model file")
+    model = Path(model)  # a run folder follows ``which`` (a file path included); a file: member_file's check
+    first = model_file(model, which) if model.is_dir() else member_file(model)
     members = [member_file(Path(m), which) for m in ensemble]
     if postprocess is not None and postprocess not in POSTPROCESS:
         raise InputError("--postprocess", f"unknown {postprocess!r}; choose from {', '.join(POSTPROCESS)}")
     if precision not in ("auto", "bf16", "fp16", "fp32"):
         raise InputError("--precision", f"unknown {precision!r}; choose auto, bf16, fp16 or fp32")
-    pred = load_models([model_file(model, which) if model.is_dir() else model, *members], precision=precision,
+    pred = load_models([first, *members], precision=precision,
                        inference=None if postprocess is None else {"postprocess": postprocess})
     spacing = pred.cfg.data.options.get("spacing")
     files = _expand_inputs(inputs)
