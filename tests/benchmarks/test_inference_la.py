@@ -1,14 +1,10 @@
 """benchmarks/inference_la.py on a tiny M&N run: every variant is evaluated, and ``--across`` with
 the same run given twice (the mean of two identical models) must score exactly the run alone."""
 import json
-import sys
-from pathlib import Path
 
 from semi3d.config import load_config
 from semi3d.engine.trainer import train
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "methods"))
-from test_mn import tiny_tree as mn_tree  # noqa: E402
+from tiny_configs import mn_tree
 
 
 def test_variants_and_the_mean_of_identical_runs(synth_root, tmp_path, load_benchmark):

@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import socket
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,11 +18,8 @@ from semi3d.engine import precision as P
 from semi3d.engine.interrupt import Interrupted
 from semi3d.engine.runlog import TIMING_KEYS
 from semi3d.engine.trainer import Trainer
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "methods"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_mn import tiny_tree as mn_tree  # noqa: E402
-from test_interrupt import _SignalledTrainer  # noqa: E402
+from test_interrupt import _SignalledTrainer
+from tiny_configs import mn_tree
 
 WORLD = 2
 

@@ -20,11 +20,10 @@ from semi3d.losses import one_hot
 from semi3d.methods.base import Batch, MethodContext
 from semi3d.methods.mn import MN, soft_target_loss
 from semi3d.registry import METHODS
+from tiny_configs import TINY_SEGFORMER
+from tiny_configs import mn_tree
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY_SEGFORMER = dict(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1],
-                      decoder_hidden_size=16, sr_ratios=[4, 2, 1, 1])
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,20 +38,6 @@ def data_root(tmp_path_factory):
 def h5_root(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("syn_h5") / "LA", 3, 2, 0, seed=5, shape=(32, 32, 24),
                          num_classes=2, format="uamt_h5")
-
-
-def tiny_tree(root, out, name="mn", iterations=12, warmup=4, options=None, batch_size=3, lr2d=3e-3, lr3d=1e-2, **train):
-    return dict(
-        name=name, output_dir=str(out), seed=0, threads=1,
-        data=dict(format="nnunet", root=str(root), splits=dict(labelled={"first": 2}),
-                  patch_size=[16, 16, 16], fg_oversample=0.5),
-        model=dict(net3d=dict(name="unet3d", options=dict(levels=3, base=4)),
-                   net2d=dict(name="segformer", options=dict(adaptation="full", config=TINY_SEGFORMER))),
-        method=dict(name="mn", options={"epoch_length": 2, **(options or {})}),
-        train=dict(iterations=iterations, batch_size=batch_size,
-                   schedule=dict(name="cosine", cycles=[warmup]), log_every=1, val_every=10_000,
-                   checkpoint_every=iterations, progress_bar=False,
-                   group_optimizers={"net2d": {"lr": lr2d}, "net3d": {"lr": lr3d}}, **train))
 
 
 def build_method(tree) -> MN:
@@ -100,32 +85,32 @@ def test_soft_target_loss_by_hand():
 # --------------------------------------------------------------------------------------- options
 def test_options_are_checked(data_root, tmp_path):
     with pytest.raises(InputError, match="unknown option 'threshold'"):
-        build_method(tiny_tree(data_root, tmp_path, options={"threshold": 0.9}))
+        build_method(mn_tree(data_root, tmp_path, options={"threshold": 0.9}))
     with pytest.raises(InputError) as e:
-        build_method(tiny_tree(data_root, tmp_path, options={"warmup_iterations": 5}))
+        build_method(mn_tree(data_root, tmp_path, options={"warmup_iterations": 5}))
     assert "warmup_iterations=5" in str(e.value) and "cycles[0]=4" in str(e.value)
-    tree = tiny_tree(data_root, tmp_path)
+    tree = mn_tree(data_root, tmp_path)
     tree["train"]["schedule"]["cycles"] = []
     with pytest.raises(InputError, match="cycles"):
         build_method(tree)
     with pytest.raises(InputError, match="views"):
-        build_method(tiny_tree(data_root, tmp_path, options={"views": [2, 3]}))
+        build_method(mn_tree(data_root, tmp_path, options={"views": [2, 3]}))
     with pytest.raises(InputError, match="sampling"):
-        build_method(tiny_tree(data_root, tmp_path, options={"sampling": "random"}))
+        build_method(mn_tree(data_root, tmp_path, options={"sampling": "random"}))
     with pytest.raises(InputError, match="loss_weights"):
-        build_method(tiny_tree(data_root, tmp_path, options={"loss_weights": [0, 0]}))
+        build_method(mn_tree(data_root, tmp_path, options={"loss_weights": [0, 0]}))
     with pytest.raises(InputError, match="predict"):
-        build_method(tiny_tree(data_root, tmp_path, options={"predict": "net2d"}))
+        build_method(mn_tree(data_root, tmp_path, options={"predict": "net2d"}))
     with pytest.raises(InputError, match="model.net2d"):
-        tree = tiny_tree(data_root, tmp_path)
+        tree = mn_tree(data_root, tmp_path)
         tree["model"].pop("net2d")
         build_method(tree)
-    m = build_method(tiny_tree(data_root, tmp_path, options={"views": [0, 1, 2]}))
+    m = build_method(mn_tree(data_root, tmp_path, options={"views": [0, 1, 2]}))
     assert m.warmup == 4 and m.views == (0, 1, 2) and m.predictor() is m.groups["net3d"]
 
 
 def test_schedule_of_groups_and_batches(data_root, tmp_path):
-    m = build_method(tiny_tree(data_root, tmp_path, iterations=20, warmup=4, options={"epoch_length": 3}))
+    m = build_method(mn_tree(data_root, tmp_path, iterations=20, warmup=4, options={"epoch_length": 3}))
     assert [m.active_groups(s) for s in range(4)] == [["net2d", "net3d"]] * 4
     stage2 = [m.active_groups(s)[0] for s in range(4, 16)]
     assert stage2 == ["net2d"] * 3 + ["net3d"] * 3 + ["net2d"] * 3 + ["net3d"] * 3
@@ -142,7 +127,7 @@ def _same(a, b):
 
 
 def test_teacher_frozen_during_student_epoch(data_root, tmp_path):
-    tree = tiny_tree(data_root, tmp_path, iterations=10, warmup=2,
+    tree = mn_tree(data_root, tmp_path, iterations=10, warmup=2,
                      options={"sampling": "fixed", "fixed_unlabelled": 1})
     tr = Trainer(load_config(tree=tree))
     groups = tr.method.groups
@@ -167,7 +152,7 @@ def _records(run_dir):
 
 
 def test_cotraining_lowers_both_losses_and_guides_crops(data_root, tmp_path):
-    tree = tiny_tree(data_root, tmp_path, iterations=40, warmup=16, options={"epoch_length": 4, "guide_every": 8})
+    tree = mn_tree(data_root, tmp_path, iterations=40, warmup=16, options={"epoch_length": 4, "guide_every": 8})
     tr = Trainer(load_config(tree=tree))
     tr.fit()
     recs = _records(tr.run.path)
@@ -203,7 +188,7 @@ def _check_guides(tr):
 
 
 def test_guide_pass_gives_unlabelled_crops_foreground(data_root, tmp_path):
-    tree = tiny_tree(data_root, tmp_path, iterations=12, warmup=4, options={"guide_every": 4})
+    tree = mn_tree(data_root, tmp_path, iterations=12, warmup=4, options={"guide_every": 4})
     tr = Trainer(load_config(tree=tree))
     assert [d for d in range(1, 13) if tr.method.guide_due(d)] == [4, 8]  # not after the last iteration
     assert all(v.fg is None for v in tr.sampler_u.vols)
@@ -249,7 +234,7 @@ class _CrashingTrainer(Trainer):
 def test_a_checkpoint_with_the_old_trainer_guides_key_resumes(data_root, tmp_path):
     """Checkpoints written before M&N kept its guides in its own state dict had them under the
     trainer's "guides" key: they still resume, guides included."""
-    tree = tiny_tree(data_root, tmp_path, "old", iterations=8, warmup=4,
+    tree = mn_tree(data_root, tmp_path, "old", iterations=8, warmup=4,
                      options={"sampling": "fixed", "fixed_unlabelled": 1, "guide_every": 4})
     tree["train"]["checkpoint_every"] = 6
     first = _CrashingTrainer(load_config(tree=tree))
@@ -266,10 +251,10 @@ def test_a_checkpoint_with_the_old_trainer_guides_key_resumes(data_root, tmp_pat
 
 def test_resume_equals_uninterrupted_across_guide_passes(data_root, tmp_path):
     opts = {"sampling": "fixed", "fixed_unlabelled": 1, "guide_every": 4}
-    full = Trainer(load_config(tree=tiny_tree(data_root, tmp_path, "full", iterations=12, warmup=4, options=opts)))
+    full = Trainer(load_config(tree=mn_tree(data_root, tmp_path, "full", iterations=12, warmup=4, options=opts)))
     full.fit()
     # guide passes after 4 and 8 iterations; the crash after the checkpoint at 6 lies between them
-    tree = tiny_tree(data_root, tmp_path, "resumed", iterations=12, warmup=4, options=opts)
+    tree = mn_tree(data_root, tmp_path, "resumed", iterations=12, warmup=4, options=opts)
     tree["train"]["checkpoint_every"] = 6
     first = _CrashingTrainer(load_config(tree=tree))
     first.crash_at = 6
@@ -330,7 +315,7 @@ def test_cpu_config_trains_at_tiny_scale(h5_root, tmp_path, mn_cpu_weights):
 
 
 def test_slices_per_step_subsamples_the_2d_students_slices(data_root, tmp_path):
-    m = build_method(tiny_tree(data_root, tmp_path, options={"slices_per_step": 5}))
+    m = build_method(mn_tree(data_root, tmp_path, options={"slices_per_step": 5}))
     seen = []
     m.groups["net2d"].register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
     x = torch.randn(2, 1, 16, 16, 16)
@@ -341,11 +326,11 @@ def test_slices_per_step_subsamples_the_2d_students_slices(data_root, tmp_path):
     probs = m.teacher_probs("net3d", x)  # the 2D teacher still segments every slice
     assert sum(seen) == 2 * 16 and probs.shape == (2, 2, 16, 16, 16)
     with pytest.raises(InputError, match="slices_per_step"):
-        build_method(tiny_tree(data_root, tmp_path, options={"slices_per_step": -1}))
+        build_method(mn_tree(data_root, tmp_path, options={"slices_per_step": -1}))
 
 
 def test_copy_paste_swaps_one_cuboid_between_labelled_and_unlabelled_pairs(data_root, tmp_path):
-    m, seen = build_method(tiny_tree(data_root, tmp_path, options={"copy_paste": 0.5})), []
+    m, seen = build_method(mn_tree(data_root, tmp_path, options={"copy_paste": 0.5})), []
     m._loss3d = lambda x, y, orig=m._loss3d: (seen.append((x, y)), orig(x, y))[1]
     img_l, img_u = torch.zeros(2, 1, 16, 16, 16), torch.ones(1, 1, 16, 16, 16)
     lab_l = (torch.arange(16) >= 8).long().view(1, 16, 1, 1).expand(2, 16, 16, 16)
@@ -361,18 +346,18 @@ def test_copy_paste_swaps_one_cuboid_between_labelled_and_unlabelled_pairs(data_
     torch.testing.assert_close(y[2], torch.where(inside, label[0], teacher))
     torch.testing.assert_close(y[1], label[1])
     with pytest.raises(InputError, match="copy_paste"):
-        build_method(tiny_tree(data_root, tmp_path, options={"copy_paste": 1.0}))
+        build_method(mn_tree(data_root, tmp_path, options={"copy_paste": 1.0}))
 
 
 def test_empty_unlabelled_split_is_refused_before_training(data_root, tmp_path):
     """Stage 2 wants unlabelled patches: an empty split is an error up front (it used to fail at the
     first stage-2 step, hours into a paper-scale run); sampling labelled_only needs none."""
-    tree = tiny_tree(data_root, tmp_path)
+    tree = mn_tree(data_root, tmp_path)
     tree["data"]["splits"]["unlabelled"] = "none"
     with pytest.raises(InputError, match="needs unlabelled"):
         Trainer(load_config(tree=tree)).fit()
     assert not (tmp_path / "mn" / "log.jsonl").exists()
-    tree = tiny_tree(data_root, tmp_path, name="mn_lab", iterations=6, options={"sampling": "labelled_only"})
+    tree = mn_tree(data_root, tmp_path, name="mn_lab", iterations=6, options={"sampling": "labelled_only"})
     tree["data"]["splits"]["unlabelled"] = "none"
     Trainer(load_config(tree=tree)).fit()
     assert (tmp_path / "mn_lab" / "checkpoints" / "model_final.pt").is_file()
@@ -385,7 +370,7 @@ def test_ensemble_prediction_is_the_mean_of_the_3d_and_2d_probabilities(data_roo
     from semi3d.inference.predictor import Predictor, predict_probs
     from semi3d.models.slicing import predict_2d_volume
 
-    tree = tiny_tree(data_root, tmp_path, iterations=6, options={"predict": "ensemble", "views": [1, 2]})
+    tree = mn_tree(data_root, tmp_path, iterations=6, options={"predict": "ensemble", "views": [1, 2]})
     tr = Trainer(load_config(tree=tree))
     tr.fit()
     m = tr.method.eval()

@@ -7,9 +7,8 @@ import pytest
 from semi3d.config import load_config
 from semi3d.engine.trainer import train
 from semi3d.evaluation.evaluate import evaluate_run
+from tiny_configs import TINY_SEGFORMER
 
-TINY_SEGFORMER = dict(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1],
-                      decoder_hidden_size=16, sr_ratios=[4, 2, 1, 1])
 _RUNS: dict = {}
 
 
