@@ -20,8 +20,7 @@ from semi3d.losses import one_hot
 from semi3d.methods.base import Batch, MethodContext
 from semi3d.methods.mn import MN, soft_target_loss
 from semi3d.registry import METHODS
-from tiny_configs import TINY_SEGFORMER
-from tiny_configs import mn_tree
+from tiny_configs import TINY_SEGFORMER, mn_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 
