@@ -127,7 +127,7 @@ def _same(a, b):
 
 def test_teacher_frozen_during_student_epoch(data_root, tmp_path):
     tree = mn_tree(data_root, tmp_path, iterations=10, warmup=2,
-                     options={"sampling": "fixed", "fixed_unlabelled": 1})
+                   options={"sampling": "fixed", "fixed_unlabelled": 1})
     tr = Trainer(load_config(tree=tree))
     groups = tr.method.groups
     for step in range(10):
@@ -234,7 +234,7 @@ def test_a_checkpoint_with_the_old_trainer_guides_key_resumes(data_root, tmp_pat
     """Checkpoints written before M&N kept its guides in its own state dict had them under the
     trainer's "guides" key: they still resume, guides included."""
     tree = mn_tree(data_root, tmp_path, "old", iterations=8, warmup=4,
-                     options={"sampling": "fixed", "fixed_unlabelled": 1, "guide_every": 4})
+                   options={"sampling": "fixed", "fixed_unlabelled": 1, "guide_every": 4})
     tree["train"]["checkpoint_every"] = 6
     first = _CrashingTrainer(load_config(tree=tree))
     first.crash_at = 6
