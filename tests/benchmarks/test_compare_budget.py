@@ -19,10 +19,10 @@ def compare_la(load_benchmark):
 
 def test_budget_sets_scale_the_schedule(compare_la):
     mn = load_config(ROOT / "configs/la_mn_cpu.yaml", compare_la.method_sets("mn", 8, 0)).model_dump(mode="json")
-    sets = dict(s.split("=", 1) for s in compare_la.budget_sets(mn, 460))  # a quarter of the 1840 iterations
-    assert sets == {"train.iterations": "460", "train.val_every": "115", "train.schedule.warmup": "10",
+    sets = dict(s.split("=", 1) for s in compare_la.budget_sets(mn, 640))  # a quarter of the 2560 iterations
+    assert sets == {"train.iterations": "640", "train.val_every": "160", "train.schedule.warmup": "10",
                     "train.schedule.cycles": "[100]", "method.options.warmup_iterations": "100",
-                    "method.options.guide_every": "120"}
+                    "method.options.guide_every": "180"}
     scaled = load_config(ROOT / "configs/la_mn_cpu.yaml", [f"{k}={v}" for k, v in sets.items()])
     assert scaled.method.options["warmup_iterations"] == scaled.train.schedule.cycles[0]  # M&N's stage 1 = cycle 1
     sup = load_config(ROOT / "configs/la_supervised_cpu.yaml").model_dump(mode="json")
