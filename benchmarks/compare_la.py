@@ -98,7 +98,8 @@ def step_seconds(config: str, sets: list[str], steps: int = 5, warmup: int = 3) 
     from semi3d.engine.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(config, [*sets, f"output_dir={tmp}", "name=calibrate"])
+        # no TensorBoard: its writer thread would still be writing into tmp while it is removed
+        cfg = load_config(config, [*sets, f"output_dir={tmp}", "name=calibrate", "train.tensorboard=false"])
         tr = Trainer(cfg)
         n = cfg.train.iterations
         if cfg.method.name == "mn":
