@@ -1,4 +1,5 @@
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -227,12 +228,19 @@ def _tb_events(run_dir):
     return acc
 
 
+def writers():
+    """TensorBoard's event-writer threads still running (one per open SummaryWriter)."""
+    return [t for t in threading.enumerate() if type(t).__name__ == "_AsyncWriterThread"]
+
+
 def test_tensorboard_mirrors_the_log_and_a_resume_drops_the_replayed_steps(tiny_tree):
     pytest.importorskip("tensorboard")
     tiny_tree["train"].update(iterations=6, checkpoint_every=3, val_every=3, tensorboard=True)
     cfg = load_config(tree=tiny_tree)
     assert Trainer(cfg).fit(stop_at=4)["stopped"]  # steps 1-4 logged, checkpoint at 3
+    assert not writers()  # fit closes its writer, also when it stops early
     Trainer(cfg, resume=True).fit()  # replays step 4
+    assert not writers()
     acc = _tb_events(cfg.run_dir)
     recs = [json.loads(x) for x in (cfg.run_dir / "log.jsonl").read_text().splitlines()]
     loss = {r["step"]: r["loss/net"] for r in recs if "loss/net" in r}

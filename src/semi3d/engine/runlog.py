@@ -103,6 +103,15 @@ class RunLog:
         self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
         self._purge_step = step + 1
 
+    def __enter__(self) -> "RunLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Close the TensorBoard writer (its thread and file); a later write opens a new one."""
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
     def finish(self) -> None:
         """``log.csv`` (every record, one column per key) and ``progress.png`` from ``log.jsonl``."""
         if not self.enabled:

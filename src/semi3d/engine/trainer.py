@@ -343,7 +343,7 @@ class Trainer:
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
         plain = t.progress_bar and self.main and not console.is_terminal
-        with StopRequest(announce=self.main) as stop, \
+        with StopRequest(announce=self.main) as stop, self.log, \
                 Progress(*columns, console=console, disable=not (t.progress_bar and self.main) or plain) as bar:
             task = bar.add_task(self.cfg.name, total=t.iterations, completed=self.step, info="")
             while self.step < end:
