@@ -239,7 +239,9 @@ def test_tensorboard_mirrors_the_log_and_a_resume_drops_the_replayed_steps(tiny_
     cfg = load_config(tree=tiny_tree)
     assert Trainer(cfg).fit(stop_at=4)["stopped"]  # steps 1-4 logged, checkpoint at 3
     assert not writers()  # fit closes its writer, also when it stops early
-    Trainer(cfg, resume=True).fit()  # replays step 4
+    resumed = Trainer(cfg, resume=True)  # replays step 4
+    resumed.fit(stop_at=5)
+    resumed.fit()  # the same trainer goes on: its new writer must not purge steps 4-5 again
     assert not writers()
     acc = _tb_events(cfg.run_dir)
     recs = [json.loads(x) for x in (cfg.run_dir / "log.jsonl").read_text().splitlines()]

@@ -72,6 +72,7 @@ class RunLog:
 
             # a resumed run drops the events logged after its checkpoint, as log.jsonl does
             self._tb = SummaryWriter(str(self.run.tensorboard), purge_step=self._purge_step)
+            self._purge_step = None  # once: a writer reopened after close() keeps what was written since
         return self._tb
 
     def write(self, step: int, rec: dict) -> None:
