@@ -48,9 +48,12 @@ def _clean_errors(fn):
     return wrapper
 
 
-def _resumable(verb: str, config: Path, sets: list[str], run):
-    """``run()``; a Ctrl-C / SIGTERM that stopped it at a resumable checkpoint ends with how to go on
-    and the shell's exit code for the signal (130 / 143)."""
+def _resumable(verb: str, config: Path, sets: list[str], run, marker: Path):
+    """``run()``; a Ctrl-C / SIGTERM that stopped it ends with one line on how to go on and the
+    shell's exit code for the signal (130 / 143): training stops at a resumable checkpoint of its
+    step; a Ctrl-C elsewhere (preprocessing, mining's refinement) stops at once, and ``--resume``
+    can go on if the file ``marker`` exists (a run's ``checkpoints/last.pt``, a mining run's
+    ``config.yaml``)."""
     import shlex
 
     from .engine.distributed import current
@@ -58,14 +61,19 @@ def _resumable(verb: str, config: Path, sets: list[str], run):
 
     try:
         return run()
-    except Interrupted as e:
+    except KeyboardInterrupt as e:
         info = current()
         if info.is_main:  # under torchrun every rank stopped at the same step; one message
             launch = "torchrun <the same options> -m semi3d.cli" if info.enabled else "semi3d"
             cmd = shlex.join([verb, str(config), *(x for s in sets for x in ("--set", s)), "--resume"])
-            Console(stderr=True).print(f"stopped: {e}\ncontinue with: {launch} {cmd}", highlight=False, markup=False,
-                                       soft_wrap=True)
-        raise typer.Exit(e.exit_code)
+            if isinstance(e, Interrupted):
+                what = f"stopped: {e}\ncontinue with: {launch} {cmd}"
+            elif marker.is_file():
+                what = f"stopped: Ctrl-C\ncontinue with: {launch} {cmd}"
+            else:
+                what = f"stopped: Ctrl-C, with nothing to resume ({marker} not written); start the run again"
+            Console(stderr=True).print(what, highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(getattr(e, "exit_code", 130))
 
 
 @app.command()
@@ -75,12 +83,14 @@ def train(config: Path, set: list[str] = typer.Option([], "--set", help="overrid
     """Train the run described by CONFIG (YAML; keys: 'semi3d config --schema', examples:
     configs/*.yaml)."""
     from .config import load_config
+    from .engine.rundir import RunDir
     from .engine.trainer import train as run_train
 
     from .engine.distributed import current
 
     cfg = load_config(config, set)
-    summary = _resumable("train", config, set, lambda: run_train(cfg, resume=resume))
+    summary = _resumable("train", config, set, lambda: run_train(cfg, resume=resume),
+                         RunDir(cfg.run_dir).last)
     if current().is_main:  # under torchrun every rank returns here; one line is enough
         console.print(f"done: {summary['iterations']} iterations in {summary['wall_time_s']:.0f} s -> {cfg.run_dir}")
 
@@ -217,9 +227,12 @@ def mine(config: Path, set: list[str] = typer.Option([], "--set", help="override
          resume: bool = typer.Option(False, "--resume", help="continue an interrupted run of the same config")):
     """Knowledge mining: small 2D model -> prompts -> promptable refiner (random walker or SAM) ->
     selected pseudo-labels -> fine-tuning, for several rounds (see semi3d.mining.loop)."""
-    from .mining.loop import run_mining_file
+    from .engine.rundir import RunDir
+    from .mining.config import load_mining_config
+    from .mining.loop import run_mining
 
-    summary = _resumable("mine", config, set, lambda: run_mining_file(config, set, resume))
+    cfg = load_mining_config(config, set)
+    summary = _resumable("mine", config, set, lambda: run_mining(cfg, resume), RunDir(cfg.run_dir).config)
     for r in summary["rounds"]:
         kept = f", kept {r['n_kept']}/{r['n_candidates']}" if "n_kept" in r else ""
         console.print(f"round {r['round']}: dev Dice {100 * r['dev_dice']:.2f}{kept}")

@@ -2,6 +2,7 @@
 `Interrupted` is raised, and resuming gives the uninterrupted run's weights; the CLI says how to go on."""
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,6 +75,23 @@ def test_cli_train_says_how_to_resume(tiny_tree, tmp_path, monkeypatch):
     assert res.exit_code == 0 and "done: 6 iterations" in res.output
 
 
+def test_ctrl_c_while_preprocessing_leaves_no_run_folder_and_says_so(tiny_tree, tmp_path, monkeypatch):
+    """Ctrl-C before the first step (the data being read): no signal handler of the trainer's yet,
+    so it stops at once; the run folder written so far goes again, and the CLI says so in a line."""
+    import yaml
+
+    def ctrl_c(*a, **k):  # the trainer samples patches from the preprocessed cases
+        raise KeyboardInterrupt
+
+    tiny_tree["output_dir"] = str(tmp_path / "runs")
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(tiny_tree))
+    monkeypatch.setattr("semi3d.engine.trainer.PatchSampler", ctrl_c)
+    res = CliRunner().invoke(app, ["train", str(path)])
+    assert res.exit_code == 130 and "stopped: Ctrl-C, with nothing to resume" in res.output, res.output
+    assert not (tmp_path / "runs").exists()
+
+
 def test_benchmark_scripts_stop_with_one_line(load_benchmark, tiny_tree, monkeypatch, capsys):
     benchlib = load_benchmark("benchlib")
     tiny_tree["train"].update(iterations=6, checkpoint_every=4)
@@ -99,7 +117,7 @@ def test_under_torchrun_rank_0_alone_says_how_to_resume(monkeypatch, capsys, ran
         raise Interrupted(signal.SIGTERM, 7, "runs/x/checkpoints/last.pt")
 
     with pytest.raises(typer.Exit) as e:
-        cli._resumable("train", "cfg.yaml", ["seed=1"], stopped)
+        cli._resumable("train", "cfg.yaml", ["seed=1"], stopped, Path("runs/x/checkpoints/last.pt"))
     err = capsys.readouterr().err
     assert e.value.exit_code == 143
     if rank:

@@ -265,6 +265,28 @@ def test_cli_mine(la_like, tmp_path):
     assert done.exit_code == 0 and "round 1: dev Dice" in done.output, done.output
 
 
+def test_cli_mine_ctrl_c_while_mining_says_how_to_resume(la_like, tmp_path, monkeypatch):
+    """Ctrl-C while a round mines (the refiner can take minutes): it stops at once, one line says
+    how to go on, and ``--resume`` finishes the run."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from semi3d.cli import app
+    from semi3d.mining import loop
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(_tree(la_like, tmp_path / "runs", rounds=1)))
+    monkeypatch.setattr(loop, "mine_round", ctrl_c)
+    res = CliRunner().invoke(app, ["mine", str(path)])
+    assert res.exit_code == 130 and f"stopped: Ctrl-C\ncontinue with: semi3d mine {path} --resume" in res.output
+    monkeypatch.undo()
+    done = CliRunner().invoke(app, ["mine", str(path), "--resume"])
+    assert done.exit_code == 0 and "round 1: dev Dice" in done.output, done.output
+
+
 class _Interrupted(Exception):
     pass
 

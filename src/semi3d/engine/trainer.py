@@ -74,9 +74,11 @@ class Trainer:
                  init: dict[str, dict] | None = None):
         new = [p for p in (cfg.run_dir, *cfg.run_dir.parents) if not p.exists()]
         created = new[-1] if new else None  # the outermost folder this call creates
+        self._written: list[Path] = []
+        self.dist = D.current()
         try:
             self._setup(cfg, resume, data, init or {})
-        except InputError:  # nothing partial: the folders this call created go again
+        except (InputError, KeyboardInterrupt):  # refused or Ctrl-C (preprocessing): nothing partial stays
             if created is not None and self.dist.is_main:
                 shutil.rmtree(created, ignore_errors=True)
             elif not resume:
@@ -86,8 +88,6 @@ class Trainer:
 
     def _setup(self, cfg: RunConfig, resume: bool, data: DataBundle | None, init: dict[str, dict]) -> None:
         self.cfg, self.resume = cfg, resume
-        self._written: list[Path] = []
-        self.dist = D.current()
         self.run = RunDir(cfg.run_dir)
         method = METHODS.get(cfg.method.name)
         method_options(cfg.method.name, cfg.method.options, method.Options)  # a typo ends before any file or data

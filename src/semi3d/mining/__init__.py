@@ -13,7 +13,7 @@
 from .base import Prompt, PromptableSegmenter, Segmentation
 from .iterative import IterateOptions, RefinedSlice, refine_iteratively
 from .config import MiningConfig, load_mining_config
-from .loop import run_mining, run_mining_file
+from .loop import run_mining
 from .prompts import PromptOptions, prompts_from_label, prompts_from_mask
 from .refiners import RandomWalkerOptions, RandomWalkerRefiner
 from .select import Candidate, SelectOptions, select_pseudo_labels
@@ -22,5 +22,5 @@ __all__ = [
     "Candidate", "IterateOptions", "MiningConfig", "Prompt", "PromptOptions", "PromptableSegmenter",
     "RandomWalkerOptions", "RandomWalkerRefiner", "RefinedSlice", "Segmentation", "SelectOptions",
     "load_mining_config", "prompts_from_label", "prompts_from_mask", "refine_iteratively", "run_mining",
-    "run_mining_file", "select_pseudo_labels",
+    "select_pseudo_labels",
 ]

@@ -23,8 +23,8 @@ For volumes the pseudo-labels of every round are also written as 3D volumes
 true}`` also as a 3D training dataset (real labels + accepted pseudo-labels, in the source's
 layout, ``<run>/pseudo/round<r>/dataset/``) that ``semi3d train`` reads with any 3D method.
 
-Entry points: :func:`run_mining` (a :class:`MiningConfig`, a dict or a YAML path) and
-:func:`run_mining_file` (YAML path + ``key=value`` overrides, for a ``semi3d mine CONFIG`` command).
+Entry point: :func:`run_mining` (a :class:`MiningConfig`, a dict or a YAML path; ``semi3d mine``
+passes :func:`~semi3d.mining.config.load_mining_config`'s, with its ``key=value`` overrides).
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ from .select import Candidate, select_pseudo_labels
 from .evaluation import evaluate_dev, pooled_dice
 from .train2d import largest_slice, predict_probabilities, round_config, slice_data, train_small_model
 
-__all__ = ["load_mining_data", "mine_round", "run_mining", "run_mining_file"]
+__all__ = ["load_mining_data", "mine_round", "run_mining"]
 
 PROGRESS_EVERY_S = 30.0  # a refinement progress line at most this often (the first after this long)
 
@@ -326,8 +326,3 @@ def run_mining(cfg: MiningConfig | dict | str | Path, resume: bool = False) -> d
                "rounds": records, "wall_s": time.time() - t_start}
     write_text(run.summary, json.dumps(summary, indent=1))
     return summary
-
-
-def run_mining_file(config: str | Path, overrides: list[str] | tuple[str, ...] = (), resume: bool = False) -> dict:
-    """``semi3d mine CONFIG [--set key=value ...] [--resume]``: load the YAML config, apply overrides, run."""
-    return run_mining(load_mining_config(config, overrides), resume)
