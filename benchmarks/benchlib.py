@@ -101,13 +101,16 @@ def foreground(metrics: dict) -> dict:
 
 @contextlib.contextmanager
 def resumable():
-    """A Ctrl-C / SIGTERM that stopped a training at a resumable checkpoint ends the script with
-    one line instead of a traceback, and the signal's exit code (130 / 143)."""
+    """A Ctrl-C / SIGTERM that stopped a training at a resumable checkpoint, or a Ctrl-C anywhere
+    else (preprocessing, evaluation, mining's refinement), ends the script with one line instead of a
+    traceback, and the signal's exit code (130 / 143). Rerunning the same command goes on from the
+    run's last checkpoint, or starts the run again when there is none."""
     try:
         yield
-    except Interrupted as e:
-        print(f"stopped: {e}\nrerun the same command to continue", file=sys.stderr, flush=True)
-        raise SystemExit(e.exit_code) from None
+    except KeyboardInterrupt as e:
+        print(f"stopped: {e if isinstance(e, Interrupted) else 'Ctrl-C'}\nrerun the same command to continue",
+              file=sys.stderr, flush=True)
+        raise SystemExit(getattr(e, "exit_code", 130)) from None
 
 
 def train_and_evaluate(cfg, split: str) -> dict:
@@ -123,9 +126,9 @@ def train_and_evaluate(cfg, split: str) -> dict:
     t0 = time.time()
     with resumable():
         summary = json.loads(done.read_text()) if done.is_file() else train(cfg, resume=resume)
-    t_train = time.time() - t0
-    t0 = time.time()
-    metrics = evaluate_run(cfg.run_dir, split=split)
+        t_train = time.time() - t0
+        t0 = time.time()
+        metrics = evaluate_run(cfg.run_dir, split=split)
     return {"summary": summary, "metrics": metrics, "resumed": resume, "train_wall_s_this_invocation": t_train,
             "train_wall_s_total": train_seconds(cfg.run_dir), "eval_wall_s": time.time() - t0}
 

@@ -104,6 +104,19 @@ def test_benchmark_scripts_stop_with_one_line(load_benchmark, tiny_tree, monkeyp
     assert r["resumed"] and r["summary"]["iterations"] == 6
 
 
+def test_benchmark_scripts_stop_with_one_line_on_ctrl_c_while_preprocessing(load_benchmark, tiny_tree, monkeypatch,
+                                                                            capsys):
+    benchlib = load_benchmark("benchlib")
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("semi3d.engine.trainer.PatchSampler", ctrl_c)
+    with pytest.raises(SystemExit) as e:
+        benchlib.train_and_evaluate(load_config(tree=tiny_tree), "validation")
+    assert e.value.code == 130 and capsys.readouterr().err.endswith(" ...\nstopped: Ctrl-C\nrerun the same command to continue\n")
+
+
 @pytest.mark.parametrize("rank", [0, 1])
 def test_under_torchrun_rank_0_alone_says_how_to_resume(monkeypatch, capsys, rank):
     import typer
