@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from semi3d.config import parse_overrides, set_dotted
-from semi3d.engine.interrupt import Interrupted
+from semi3d.engine.interrupt import sigterm_raises
 from semi3d.engine.rundir import RunDir
 from semi3d.engine.trainer import train
 from semi3d.evaluation.evaluate import evaluate_run
@@ -101,15 +101,15 @@ def foreground(metrics: dict) -> dict:
 
 @contextlib.contextmanager
 def resumable():
-    """A Ctrl-C / SIGTERM that stopped a training at a resumable checkpoint, or a Ctrl-C anywhere
-    else (preprocessing, evaluation, mining's refinement), ends the script with one line instead of a
+    """A Ctrl-C / SIGTERM that stopped a training at a resumable checkpoint, or one anywhere else
+    (preprocessing, evaluation, mining's refinement), ends the script with one line instead of a
     traceback, and the signal's exit code (130 / 143). Rerunning the same command goes on from the
     run's last checkpoint, or starts the run again when there is none."""
     try:
-        yield
+        with sigterm_raises():
+            yield
     except KeyboardInterrupt as e:
-        print(f"stopped: {e if isinstance(e, Interrupted) else 'Ctrl-C'}\nrerun the same command to continue",
-              file=sys.stderr, flush=True)
+        print(f"stopped: {str(e) or 'Ctrl-C'}\nrerun the same command to continue", file=sys.stderr, flush=True)
         raise SystemExit(getattr(e, "exit_code", 130)) from None
 
 

@@ -51,27 +51,27 @@ def _clean_errors(fn):
 def _resumable(verb: str, config: Path, sets: list[str], run, marker: Path):
     """``run()``; a Ctrl-C / SIGTERM that stopped it ends with one line on how to go on and the
     shell's exit code for the signal (130 / 143): training stops at a resumable checkpoint of its
-    step; a Ctrl-C elsewhere (preprocessing, mining's refinement) stops at once, and ``--resume``
+    step; a Ctrl-C / SIGTERM elsewhere (preprocessing, mining's refinement) stops at once, and ``--resume``
     can go on if the file ``marker`` exists (a run's ``checkpoints/last.pt``, a mining run's
     ``config.yaml``)."""
     import shlex
 
     from .engine.distributed import current
-    from .engine.interrupt import Interrupted
+    from .engine.interrupt import Interrupted, sigterm_raises
 
     try:
-        return run()
+        with sigterm_raises():
+            return run()
     except KeyboardInterrupt as e:
         info = current()
         if info.is_main:  # under torchrun every rank stopped at the same step; one message
             launch = "torchrun <the same options> -m semi3d.cli" if info.enabled else "semi3d"
             cmd = shlex.join([verb, str(config), *(x for s in sets for x in ("--set", s)), "--resume"])
-            if isinstance(e, Interrupted):
-                what = f"stopped: {e}\ncontinue with: {launch} {cmd}"
-            elif marker.is_file():
-                what = f"stopped: Ctrl-C\ncontinue with: {launch} {cmd}"
+            stop = str(e) or "Ctrl-C"  # Interrupted: the signal, step and checkpoint; Terminated: SIGTERM
+            if isinstance(e, Interrupted) or marker.is_file():
+                what = f"stopped: {stop}\ncontinue with: {launch} {cmd}"
             else:
-                what = f"stopped: Ctrl-C, with nothing to resume ({marker} not written); start the run again"
+                what = f"stopped: {stop}, with nothing to resume ({marker} not written); start the run again"
             Console(stderr=True).print(what, highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(getattr(e, "exit_code", 130))
 

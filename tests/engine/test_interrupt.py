@@ -2,6 +2,7 @@
 `Interrupted` is raised, and resuming gives the uninterrupted run's weights; the CLI says how to go on."""
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -75,21 +76,35 @@ def test_cli_train_says_how_to_resume(tiny_tree, tmp_path, monkeypatch):
     assert res.exit_code == 0 and "done: 6 iterations" in res.output
 
 
-def test_ctrl_c_while_preprocessing_leaves_no_run_folder_and_says_so(tiny_tree, tmp_path, monkeypatch):
-    """Ctrl-C before the first step (the data being read): no signal handler of the trainer's yet,
-    so it stops at once; the run folder written so far goes again, and the CLI says so in a line."""
-    import yaml
+def _stop_with(signum):
+    """A stand-in for the trainer's PatchSampler (built after preprocessing) that stops the run with
+    ``signum`` as a user or SLURM would (SIGINT as the KeyboardInterrupt Python makes of it: a pytest
+    started in the background ignores SIGINT)."""
+    def stop(*a, **k):
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signum)
+        time.sleep(10)  # the handler raises in here
+        raise AssertionError(f"{signum} did not stop the run")
+    return stop
 
-    def ctrl_c(*a, **k):  # the trainer samples patches from the preprocessed cases
-        raise KeyboardInterrupt
+
+@pytest.mark.parametrize("signum,name", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
+def test_ctrl_c_or_sigterm_while_preprocessing_leaves_no_run_folder_and_says_so(tiny_tree, tmp_path, monkeypatch,
+                                                                                signum, name):
+    """Ctrl-C / SIGTERM before the first step (the data being read): no signal handler of the
+    trainer's yet, so it stops at once; the run folder written so far goes again, and the CLI says
+    so in a line."""
+    import yaml
 
     tiny_tree["output_dir"] = str(tmp_path / "runs")
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(tiny_tree))
-    monkeypatch.setattr("semi3d.engine.trainer.PatchSampler", ctrl_c)
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr("semi3d.engine.trainer.PatchSampler", _stop_with(signum))
     res = CliRunner().invoke(app, ["train", str(path)])
-    assert res.exit_code == 130 and "stopped: Ctrl-C, with nothing to resume" in res.output, res.output
-    assert not (tmp_path / "runs").exists()
+    assert res.exit_code == 128 + signum and f"stopped: {name}, with nothing to resume" in res.output, res.output
+    assert not (tmp_path / "runs").exists() and signal.getsignal(signal.SIGTERM) == before
 
 
 def test_benchmark_scripts_stop_with_one_line(load_benchmark, tiny_tree, monkeypatch, capsys):
@@ -104,17 +119,15 @@ def test_benchmark_scripts_stop_with_one_line(load_benchmark, tiny_tree, monkeyp
     assert r["resumed"] and r["summary"]["iterations"] == 6
 
 
-def test_benchmark_scripts_stop_with_one_line_on_ctrl_c_while_preprocessing(load_benchmark, tiny_tree, monkeypatch,
-                                                                            capsys):
+@pytest.mark.parametrize("signum,name", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
+def test_benchmark_scripts_stop_with_one_line_while_preprocessing(load_benchmark, tiny_tree, monkeypatch, capsys,
+                                                                  signum, name):
     benchlib = load_benchmark("benchlib")
-
-    def ctrl_c(*a, **k):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr("semi3d.engine.trainer.PatchSampler", ctrl_c)
+    monkeypatch.setattr("semi3d.engine.trainer.PatchSampler", _stop_with(signum))
     with pytest.raises(SystemExit) as e:
         benchlib.train_and_evaluate(load_config(tree=tiny_tree), "validation")
-    assert e.value.code == 130 and capsys.readouterr().err.endswith(" ...\nstopped: Ctrl-C\nrerun the same command to continue\n")
+    assert e.value.code == 128 + signum
+    assert capsys.readouterr().err.endswith(f" ...\nstopped: {name}\nrerun the same command to continue\n")
 
 
 @pytest.mark.parametrize("rank", [0, 1])

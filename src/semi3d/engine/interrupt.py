@@ -11,6 +11,7 @@ the main thread the signals keep their default behaviour.
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
@@ -27,6 +28,33 @@ class Interrupted(KeyboardInterrupt):
         self.signum, self.step, self.path = signum, step, Path(path)
         self.exit_code = 128 + signum
         super().__init__(f"{signal.Signals(signum).name} after step {step}: resumable checkpoint {path}")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside training (preprocessing, evaluation, mining's refinement), raised by
+    :func:`sigterm_raises` as Ctrl-C raises ``KeyboardInterrupt``; ``exit_code`` 143."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """``with sigterm_raises():``: inside the block SIGTERM raises :class:`Terminated`, so what it
+    stops cleans up as after a Ctrl-C (a run folder begun in preprocessing goes again) and the caller
+    can say how to go on; training's :class:`StopRequest` takes both signals over for its steps. Only
+    in the main thread; the previous handler comes back on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise Terminated("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 class StopRequest:
