@@ -97,6 +97,29 @@ def test_predict_rejects_nan_image(trained, tmp_path):
     assert r.exit_code == 2 and "nan.nii.gz" in r.output and not out.exists()
 
 
+@pytest.mark.parametrize("signum,name", [(2, "Ctrl-C"), (15, "SIGTERM")])
+def test_predict_stopped_while_writing_leaves_no_half_written_file(trained, synth_root, tmp_path, monkeypatch,
+                                                                   signum, name):
+    import os
+    import signal
+    import time
+
+    def half_written(img, path):  # the writer is half way through the file when the signal comes
+        Path(path).write_bytes(b"half")
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt  # (a pytest started in the background ignores SIGINT)
+        os.kill(os.getpid(), signum)
+        time.sleep(10)
+        raise AssertionError("the signal did not stop predict")
+
+    monkeypatch.setattr("nibabel.save", half_written)
+    out = tmp_path / "pred"
+    img = sorted((synth_root / "imagesTs").iterdir())[0]
+    r = runner.invoke(app, ["predict", str(trained), str(img), "-o", str(out)])
+    assert r.exit_code == 128 + signum and f"stopped: {name}" in r.output and "Traceback" not in r.output, r.output
+    assert list(out.iterdir()) == []
+
+
 def test_list():
     r = runner.invoke(app, ["list"])
     assert r.exit_code == 0 and "supervised" in r.output and "unet3d" in r.output and "vnet" in r.output

@@ -1,7 +1,8 @@
 """semi3d: label-efficient 3D medical image segmentation (M&N, A&D, SAM mining, SSL baselines).
 
 A config's keys, types and defaults: 'semi3d config --schema'; a config resolved: 'semi3d config
-FILE'; commented examples: configs/*.yaml. Bad input ends with one 'error:' line and exit code 2."""
+FILE'; commented examples: configs/*.yaml. Bad input ends with one 'error:' line and exit code 2;
+Ctrl-C / SIGTERM with one 'stopped:' line and exit code 130 / 143."""
 from __future__ import annotations
 
 import functools
@@ -12,6 +13,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from .engine.interrupt import sigterm_raises
 from .errors import InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None)
@@ -37,13 +39,20 @@ ENSEMBLE_HELP = ("another run folder, model file or bundle: the class probabilit
 
 
 def _clean_errors(fn):
+    """A verb whose bad input ends with one ``error:`` line (exit code 2), and whose Ctrl-C / SIGTERM
+    ends with one ``stopped:`` line (130 / 143) after what it stopped cleaned up (a half-written
+    output file goes); ``train`` and ``mine`` say how to resume themselves (:func:`_resumable`)."""
     @functools.wraps(fn)
     def wrapper(*a, **k):
         try:
-            return fn(*a, **k)
+            with sigterm_raises():
+                return fn(*a, **k)
         except InputError as e:
             Console(stderr=True).print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
+        except KeyboardInterrupt as e:
+            Console(stderr=True).print(f"stopped: {str(e) or 'Ctrl-C'}", highlight=False, markup=False)
+            raise typer.Exit(getattr(e, "exit_code", 130))
 
     return wrapper
 
@@ -57,11 +66,10 @@ def _resumable(verb: str, config: Path, sets: list[str], run, marker: Path):
     import shlex
 
     from .engine.distributed import current
-    from .engine.interrupt import Interrupted, sigterm_raises
+    from .engine.interrupt import Interrupted
 
     try:
-        with sigterm_raises():
-            return run()
+        return run()  # SIGTERM raises Terminated, a KeyboardInterrupt, in every verb (_clean_errors)
     except KeyboardInterrupt as e:
         info = current()
         if info.is_main:  # under torchrun every rank stopped at the same step; one message
