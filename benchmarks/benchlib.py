@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from semi3d.config import parse_overrides, set_dotted
-from semi3d.engine.interrupt import sigterm_raises
+from semi3d.engine.interrupt import sigterm_raises, what_stopped
 from semi3d.engine.rundir import RunDir
 from semi3d.engine.trainer import train
 from semi3d.evaluation.evaluate import evaluate_run
@@ -109,7 +109,7 @@ def resumable():
         with sigterm_raises():
             yield
     except KeyboardInterrupt as e:
-        print(f"stopped: {str(e) or 'Ctrl-C'}\nrerun the same command to continue", file=sys.stderr, flush=True)
+        print(f"stopped: {what_stopped(e)}\nrerun the same command to continue", file=sys.stderr, flush=True)
         raise SystemExit(getattr(e, "exit_code", 130)) from None
 
 

@@ -9,6 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from semi3d.cli import app
+from stops import STOPS, stop_now
 
 runner = CliRunner()
 
@@ -97,20 +98,12 @@ def test_predict_rejects_nan_image(trained, tmp_path):
     assert r.exit_code == 2 and "nan.nii.gz" in r.output and not out.exists()
 
 
-@pytest.mark.parametrize("signum,name", [(2, "Ctrl-C"), (15, "SIGTERM")])
+@pytest.mark.parametrize("signum,name", STOPS)
 def test_predict_stopped_while_writing_leaves_no_half_written_file(trained, synth_root, tmp_path, monkeypatch,
                                                                    signum, name):
-    import os
-    import signal
-    import time
-
     def half_written(img, path):  # the writer is half way through the file when the signal comes
         Path(path).write_bytes(b"half")
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt  # (a pytest started in the background ignores SIGINT)
-        os.kill(os.getpid(), signum)
-        time.sleep(10)
-        raise AssertionError("the signal did not stop predict")
+        stop_now(signum)
 
     monkeypatch.setattr("nibabel.save", half_written)
     out = tmp_path / "pred"

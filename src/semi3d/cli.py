@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from .engine.interrupt import sigterm_raises
+from .engine.interrupt import sigterm_raises, what_stopped
 from .errors import InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None)
@@ -51,7 +51,7 @@ def _clean_errors(fn):
             Console(stderr=True).print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
         except KeyboardInterrupt as e:
-            Console(stderr=True).print(f"stopped: {str(e) or 'Ctrl-C'}", highlight=False, markup=False)
+            Console(stderr=True).print(f"stopped: {what_stopped(e)}", highlight=False, markup=False)
             raise typer.Exit(getattr(e, "exit_code", 130))
 
     return wrapper
@@ -75,11 +75,10 @@ def _resumable(verb: str, config: Path, sets: list[str], run, marker: Path):
         if info.is_main:  # under torchrun every rank stopped at the same step; one message
             launch = "torchrun <the same options> -m semi3d.cli" if info.enabled else "semi3d"
             cmd = shlex.join([verb, str(config), *(x for s in sets for x in ("--set", s)), "--resume"])
-            stop = str(e) or "Ctrl-C"  # Interrupted: the signal, step and checkpoint; Terminated: SIGTERM
             if isinstance(e, Interrupted) or marker.is_file():
-                what = f"stopped: {stop}\ncontinue with: {launch} {cmd}"
+                what = f"stopped: {what_stopped(e)}\ncontinue with: {launch} {cmd}"
             else:
-                what = f"stopped: {stop}, with nothing to resume ({marker} not written); start the run again"
+                what = f"stopped: {what_stopped(e)}, with nothing to resume ({marker} not written); start the run again"
             Console(stderr=True).print(what, highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(getattr(e, "exit_code", 130))
 

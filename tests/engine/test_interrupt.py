@@ -2,7 +2,6 @@
 `Interrupted` is raised, and resuming gives the uninterrupted run's weights; the CLI says how to go on."""
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from semi3d.cli import app
 from semi3d.config import load_config
 from semi3d.engine.interrupt import Interrupted, StopRequest
 from semi3d.engine.trainer import Trainer, train
+from stops import STOPS, stop_now
 
 
 class _SignalledTrainer(Trainer):
@@ -78,18 +78,11 @@ def test_cli_train_says_how_to_resume(tiny_tree, tmp_path, monkeypatch):
 
 def _stop_with(signum):
     """A stand-in for the trainer's PatchSampler (built after preprocessing) that stops the run with
-    ``signum`` as a user or SLURM would (SIGINT as the KeyboardInterrupt Python makes of it: a pytest
-    started in the background ignores SIGINT)."""
-    def stop(*a, **k):
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        os.kill(os.getpid(), signum)
-        time.sleep(10)  # the handler raises in here
-        raise AssertionError(f"{signum} did not stop the run")
-    return stop
+    ``signum``."""
+    return lambda *a, **k: stop_now(signum)
 
 
-@pytest.mark.parametrize("signum,name", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
+@pytest.mark.parametrize("signum,name", STOPS)
 def test_ctrl_c_or_sigterm_while_preprocessing_leaves_no_run_folder_and_says_so(tiny_tree, tmp_path, monkeypatch,
                                                                                 signum, name):
     """Ctrl-C / SIGTERM before the first step (the data being read): no signal handler of the
@@ -119,7 +112,7 @@ def test_benchmark_scripts_stop_with_one_line(load_benchmark, tiny_tree, monkeyp
     assert r["resumed"] and r["summary"]["iterations"] == 6
 
 
-@pytest.mark.parametrize("signum,name", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
+@pytest.mark.parametrize("signum,name", STOPS)
 def test_benchmark_scripts_stop_with_one_line_while_preprocessing(load_benchmark, tiny_tree, monkeypatch, capsys,
                                                                   signum, name):
     benchlib = load_benchmark("benchlib")

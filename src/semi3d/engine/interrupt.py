@@ -37,6 +37,12 @@ class Terminated(KeyboardInterrupt):
     exit_code = 128 + signal.SIGTERM
 
 
+def what_stopped(e: KeyboardInterrupt) -> str:
+    """How a ``stopped:`` line names ``e``: an :class:`Interrupted`'s signal, step and checkpoint,
+    ``SIGTERM`` for a :class:`Terminated`, ``Ctrl-C`` for Python's own ``KeyboardInterrupt``."""
+    return str(e) or "Ctrl-C"
+
+
 @contextlib.contextmanager
 def sigterm_raises():
     """``with sigterm_raises():``: inside the block SIGTERM raises :class:`Terminated`, so what it
