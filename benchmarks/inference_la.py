@@ -17,6 +17,7 @@ Writes ``results/<name>.json|md`` (dev-split Dice, Jaccard, HD95, ASD per varian
 Dice, evaluation seconds, command, commit, machine).
 
     python benchmarks/inference_la.py runs/bench/la_mn_l8_b16_s21 --name inference_la_l8
+    python benchmarks/inference_la.py RUN --name inference_la_ovl75 --variants net3d --set inference.overlap=0.75 --tag _ovl75
 """
 from __future__ import annotations
 
@@ -35,10 +36,12 @@ from benchlib import command_line, git_commit, machine
 HERE = Path(__file__).resolve().parent
 
 
-def variants(mirror_axes: str) -> dict[str, list[str]]:
+def variants(mirror_axes: str, extra: list[str] = ()) -> dict[str, list[str]]:
+    """Each variant's config overrides, ``extra`` (``--set``) appended to every one."""
     tta = f"inference.mirror_axes=[{mirror_axes}]"
-    return {"net3d": [], "net3d_tta": [tta], "ensemble": ["method.options.predict=ensemble"],
-            "ensemble_tta": ["method.options.predict=ensemble", tta]}
+    ens = "method.options.predict=ensemble"
+    return {v: [*ov, *extra] for v, ov in
+            {"net3d": [], "net3d_tta": [tta], "ensemble": [ens], "ensemble_tta": [ens, tta]}.items()}
 
 
 def _evaluate(run: Path, overrides: list[str], model: Path, out: Path, ensemble: list[Path] = ()) -> dict:
@@ -50,23 +53,24 @@ def _evaluate(run: Path, overrides: list[str], model: Path, out: Path, ensemble:
             "dice_per_case": {c: r[fg]["dice"] for c, r in per_case.items()}}
 
 
-def run_variants(run: Path, chosen: list[str], mirror_axes: str) -> dict:
+def run_variants(run: Path, chosen: list[str], mirror_axes: str, extra: list[str] = (), tag: str = "") -> dict:
+    """Writes ``RUN/checkpoints/model_<variant><tag>.pt`` and ``RUN/eval_validation_<variant><tag>``."""
     row = {"run": run.name}
     for v in chosen:
-        ov = variants(mirror_axes)[v]
-        model = resave_inference_model(run, ov, run / "checkpoints" / f"model_{v}.pt")
-        row[v] = _evaluate(run, ov, model, run / f"eval_validation_{v}")
+        ov = variants(mirror_axes, extra)[v]
+        model = resave_inference_model(run, ov, run / "checkpoints" / f"model_{v}{tag}.pt")
+        row[v] = _evaluate(run, ov, model, run / f"eval_validation_{v}{tag}")
     return row
 
 
-def across_runs(runs: list[Path], chosen: list[str], mirror_axes: str) -> dict:
+def across_runs(runs: list[Path], chosen: list[str], mirror_axes: str, extra: list[str] = (), tag: str = "") -> dict:
     """Each variant's models of all ``runs`` as one (``--ensemble``: their mean probability), on the
     first run's dev split; needs ``run_variants`` first (it writes the model files)."""
     row = {"run": "+".join(r.name for r in runs)}
     for v in chosen:
-        models = [r / "checkpoints" / f"model_{v}.pt" for r in runs]
-        row[v] = _evaluate(runs[0], variants(mirror_axes)[v], models[0], runs[0] / f"eval_validation_{v}_across",
-                           models[1:])
+        models = [r / "checkpoints" / f"model_{v}{tag}.pt" for r in runs]
+        row[v] = _evaluate(runs[0], variants(mirror_axes, extra)[v], models[0],
+                           runs[0] / f"eval_validation_{v}{tag}_across", models[1:])
     return row
 
 
@@ -78,12 +82,17 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--mirror-axes", default="0,1,2")
     ap.add_argument("--across", action="store_true",
                     help="also every variant as the mean of all the runs' models (seeds, configs), on the first run's dev split")
+    ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                    help="one more config override for every variant, e.g. inference.overlap=0.75 (needs --tag)")
+    ap.add_argument("--tag", default="", help="suffix of the model files and evaluation folders written")
     ap.add_argument("--results", default=str(HERE / "results"))
     a = ap.parse_args(argv)
+    if a.extra and not a.tag:
+        ap.error("--set needs --tag, so the variants' files of the run's own settings are not overwritten")
     chosen = a.variants.split(",")
-    rows = [run_variants(r, chosen, a.mirror_axes) for r in a.runs]
+    rows = [run_variants(r, chosen, a.mirror_axes, a.extra, a.tag) for r in a.runs]
     if a.across:
-        rows.append(across_runs(a.runs, chosen, a.mirror_axes))
+        rows.append(across_runs(a.runs, chosen, a.mirror_axes, a.extra, a.tag))
     command = command_line(__file__, argv)
     commit, out = git_commit(), Path(a.results)
     write_text(out / f"{a.name}.json", json.dumps({"command": command, "commit": commit, "machine": machine(),
@@ -93,7 +102,7 @@ def main(argv=None) -> list[dict]:
     cols = ["run", "variant", "dice", "jaccard", "hd95", "asd", "eval_s"]
     write_text(out / f"{a.name}.md", f"# {a.name}\n\n`{command}` (commit {commit})\n\n"
                                       f"Dev split (last 16 ids of train.list), final model; mirror axes "
-                                      f"[{a.mirror_axes}]; HD95 / ASD in voxels.\n\n" + table_markdown(flat, cols))
+                                      f"[{a.mirror_axes}]; overrides {a.extra or 'none'}; HD95 / ASD in voxels.\n\n" + table_markdown(flat, cols))
     print(table_markdown(flat, cols))
     return rows
 

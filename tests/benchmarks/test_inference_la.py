@@ -1,6 +1,10 @@
 """benchmarks/inference_la.py on a tiny M&N run: every variant is evaluated, and ``--across`` with
-the same run given twice (the mean of two identical models) must score exactly the run alone."""
+the same run given twice (the mean of two identical models) must score exactly the run alone;
+``--set`` overrides reach every variant's saved model and go to ``--tag``'s files only."""
 import json
+
+import pytest
+import torch
 
 from semi3d.config import load_config
 from semi3d.engine.trainer import train
@@ -23,3 +27,15 @@ def test_variants_and_the_mean_of_identical_runs(synth_root, tmp_path, load_benc
     metrics = json.loads((run / "eval_validation_net3d_across" / "metrics.json").read_text())
     assert metrics["ensemble"] == [str(run / "checkpoints" / "model_net3d.pt")] * 2
     assert "mn+mn" in (results / "inf.md").read_text()
+
+    untagged = (run / "checkpoints" / "model_net3d.pt").read_bytes()
+    with pytest.raises(SystemExit):   # --set without --tag would overwrite the files above
+        load_benchmark("inference_la").main([str(run), "--variants", "net3d", "--set", "inference.overlap=0.75",
+                                             "--results", str(results)])
+    tagged = load_benchmark("inference_la").main([str(run), "--name", "inf75", "--variants", "net3d", "--set",
+                                                  "inference.overlap=0.75", "--tag", "_ovl75", "--results", str(results)])
+    saved = torch.load(run / "checkpoints" / "model_net3d_ovl75.pt", weights_only=False)
+    assert saved["config"]["inference"]["overlap"] == 0.75
+    assert (run / "eval_validation_net3d_ovl75" / "metrics.json").exists() and tagged[0]["net3d"]["dice_per_case"]
+    assert (run / "checkpoints" / "model_net3d.pt").read_bytes() == untagged
+    assert "inference.overlap=0.75" in (results / "inf75.md").read_text()
