@@ -17,6 +17,7 @@ import torch
 
 from semi3d.config import parse_overrides, set_dotted
 from semi3d.engine.interrupt import sigterm_raises, what_stopped
+from semi3d.engine.resume import check_resume_config
 from semi3d.engine.rundir import RunDir
 from semi3d.engine.trainer import train
 from semi3d.evaluation.evaluate import evaluate_run
@@ -117,15 +118,24 @@ def train_and_evaluate(cfg, split: str) -> dict:
     """Train the run of ``cfg`` (resumed from ``checkpoints/last.pt`` when there; not retrained when
     ``train_summary.json`` says it finished) and evaluate its model on ``split``.
 
+    A finished run is held to its saved config as a resume is (``check_resume_config``): a change to
+    what was trained (data, splits, networks, method, seed) is refused with one error, an allowed
+    change is recorded and used (inference settings for the evaluation; more ``train.iterations``
+    train on), so a rerun never reports a run under a config it did not have.
+
     Returns ``{"summary", "metrics", "resumed", "train_wall_s_this_invocation", "train_wall_s_total",
     "eval_wall_s"}``: the trainer's summary, ``evaluate_run``'s summary (``{class or "mean": {metric:
     value}}``; per case in ``RUN/eval_<split>/metrics.json``), wall times in seconds."""
     run = RunDir(cfg.run_dir)
-    done = run.summary
-    resume = not done.is_file() and run.last.is_file()
+    finished = json.loads(run.summary.read_text()) if run.summary.is_file() else None
+    if finished is not None:
+        check_resume_config(run, cfg, finished["iterations"])
+        if cfg.train.iterations > finished["iterations"]:
+            finished = None
+    resume = finished is None and run.last.is_file()
     t0 = time.time()
     with resumable():
-        summary = json.loads(done.read_text()) if done.is_file() else train(cfg, resume=resume)
+        summary = finished or train(cfg, resume=resume)
         t_train = time.time() - t0
         t0 = time.time()
         metrics = evaluate_run(cfg.run_dir, split=split)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from semi3d.config import load_config
+from semi3d.errors import InputError
 from semi3d.data.synthetic import write_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,6 +91,26 @@ def test_run_la_records_one_run_and_reuses_it(load_benchmark, tmp_path):
     again = run_la.main(args)  # finished: evaluated again, not retrained (no step logged, no checkpoint written)
     assert again["dice"] == res["dice"] and again["train_wall_s_total"] == res["train_wall_s_total"]
     assert not again["resumed"] and log.read_text() == before and last.stat().st_mtime_ns == stamp
+
+
+def test_run_la_holds_a_finished_run_to_its_config(load_benchmark, tmp_path):
+    """A rerun of a finished run under another config used to report the old run under the new
+    config: now a change to what was trained is refused, an inference change is used."""
+    run_la = load_benchmark("run_la")
+    args = [str(tiny_la_config(tmp_path)), "--name", "t", "--runs", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "res"), "--set", "train.iterations=3"]
+    run_la.main(args)
+    (run,) = (tmp_path / "runs").glob("t")
+    saved = (run / "config.yaml").read_text()
+    for change in ("seed=1", "data.splits.labelled.first=1"):
+        with pytest.raises(InputError, match=change.split("=")[0]):
+            run_la.main([*args, "--set", change])
+        assert (run / "config.yaml").read_text() == saved
+    post = run_la.main([*args, "--set", "inference.postprocess=largest_component"])
+    assert json.loads((run / "eval_validation" / "metrics.json").read_text())["postprocess"] == "largest_component"
+    assert not post["resumed"] and post["iterations"] == 3
+    more = run_la.main([*args[:-1], "train.iterations=4"])
+    assert more["resumed"] and more["iterations"] == 4
 
 
 def test_a_table_lists_every_budgeted_variant(compare_la, tmp_path):
