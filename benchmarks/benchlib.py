@@ -20,6 +20,7 @@ from semi3d.engine.interrupt import sigterm_raises, what_stopped
 from semi3d.engine.resume import check_resume_config
 from semi3d.engine.rundir import RunDir
 from semi3d.engine.trainer import train
+from semi3d.errors import InputError
 from semi3d.evaluation.evaluate import evaluate_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,6 +99,17 @@ def foreground(metrics: dict) -> dict:
     if len(metrics) != 1:
         raise ValueError(f"expected one foreground class or a 'mean' summary, got {sorted(metrics)}")
     return next(iter(metrics.values()))
+
+
+def script(main) -> None:
+    """A benchmark script's entry point: ``main()``, where bad input (an ``InputError``: a config, run
+    folder or result file named with its problem) ends with one ``error:`` line and exit code 2, as
+    in the CLI, instead of a traceback."""
+    try:
+        main()
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 @contextlib.contextmanager

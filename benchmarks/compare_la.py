@@ -39,6 +39,7 @@ from semi3d.config import load_config
 from semi3d.evaluation.summary import table_markdown
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
+from benchlib import script
 from speed import phases
 
 HERE = Path(__file__).resolve().parent
@@ -259,4 +260,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script(main)

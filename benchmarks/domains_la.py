@@ -45,7 +45,7 @@ from semi3d.data.splits import read_id_list
 from semi3d.evaluation.summary import table_markdown
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
-from benchlib import command_line, foreground, git_commit, machine, train_and_evaluate
+from benchlib import command_line, foreground, git_commit, machine, script, train_and_evaluate
 from compare_la import budget, budget_sets
 
 HERE = Path(__file__).resolve().parent
@@ -213,4 +213,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    script(main)

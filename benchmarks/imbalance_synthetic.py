@@ -44,7 +44,7 @@ from semi3d.data.synthetic import class_names, imbalanced_class_scale, make_case
 from semi3d.evaluation.summary import table_markdown
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
-from benchlib import git_commit, machine, train_and_evaluate
+from benchlib import git_commit, machine, script, train_and_evaluate
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -221,4 +221,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    script(main)

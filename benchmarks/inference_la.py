@@ -31,7 +31,7 @@ from semi3d.engine.checkpoint import resave_inference_model
 from semi3d.evaluation.evaluate import evaluate_run
 from semi3d.evaluation.summary import table_markdown
 
-from benchlib import command_line, git_commit, machine
+from benchlib import command_line, git_commit, machine, script
 
 HERE = Path(__file__).resolve().parent
 
@@ -108,4 +108,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    script(main)

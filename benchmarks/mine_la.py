@@ -58,7 +58,7 @@ from semi3d.mining.config import load_mining_config
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
 from benchlib import (SMALL_MODELS, command_line, git_commit, machine, merge_tree, mine, mining_round_row,
-                      mining_variant, small_prefix)
+                      mining_variant, script, small_prefix)
 
 HERE = Path(__file__).resolve().parent
 LA = HERE.parent.parent / "shared" / "data" / "LA"
@@ -210,4 +210,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    script(main)

@@ -48,7 +48,7 @@ from semi3d.mining.prompts import confident_label, mask_components
 from semi3d.mining.train2d import predict_probabilities
 from semi3d.registry import NETS2D
 
-from benchlib import command_line, git_commit, machine
+from benchlib import command_line, git_commit, machine, script
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = ("model", "refined", "largest", "hit", "oracle")
@@ -134,4 +134,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    script(main)

@@ -17,7 +17,7 @@ from semi3d.atomic import write_text
 from semi3d.evaluation.evaluate import evaluate_run
 from semi3d.evaluation.summary import table_markdown
 
-from benchlib import command_line, git_commit
+from benchlib import command_line, git_commit, script
 
 HERE = Path(__file__).resolve().parent
 MODES = ("none", "largest_component")
@@ -61,4 +61,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    script(main)

@@ -21,7 +21,7 @@ from semi3d.engine.precision import resolve_precision, pick_device
 from semi3d.evaluation.summary import table_markdown
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
-from benchlib import command_line, foreground, git_commit, machine, train_and_evaluate
+from benchlib import command_line, foreground, git_commit, machine, script, train_and_evaluate
 
 HERE = Path(__file__).resolve().parent
 
@@ -59,4 +59,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    script(main)

@@ -25,7 +25,7 @@ from semi3d.engine.rundir import RunDir
 from semi3d.evaluation.evaluate import evaluate_run
 from semi3d.evaluation.summary import table_markdown
 
-from benchlib import command_line, foreground, git_commit, machine
+from benchlib import command_line, foreground, git_commit, machine, script
 
 HERE = Path(__file__).resolve().parent
 
@@ -87,4 +87,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    script(main)

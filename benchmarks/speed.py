@@ -38,7 +38,7 @@ from semi3d.engine.precision import autocast
 from semi3d.engine.trainer import Trainer
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
-from benchlib import git_commit, machine
+from benchlib import git_commit, machine, script
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -287,4 +287,4 @@ def to_markdown(out: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    script(main)

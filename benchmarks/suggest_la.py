@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from semi3d.reporting.common import case_means, foreground_mean
 from semi3d.reporting.suggest import suggest_cases
 
 # benchmarks/ (this script's folder) is sys.path[0] when run; the tests put it there
-from benchlib import command_line, git_commit, train_and_evaluate
+from benchlib import command_line, git_commit, script, train_and_evaluate
 
 HERE = Path(__file__).resolve().parent
 
@@ -165,8 +164,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    script(main)

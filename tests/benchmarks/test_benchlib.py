@@ -12,3 +12,28 @@ def test_the_commit_is_read_once_when_the_script_starts(load_benchmark, monkeypa
     assert head and benchlib.STARTED_AT.split("+")[0] == head
     monkeypatch.setattr(benchlib.subprocess, "run", lambda *a, **k: pytest.fail("git asked again when the result is written"))
     assert benchlib.git_commit() == benchlib.STARTED_AT
+
+
+def test_bad_input_ends_a_benchmark_script_with_one_error_line(tmp_path):
+    """Before ``benchlib.script`` a missing config ended ``run_la.py`` with a traceback (exit 1)."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    missing = tmp_path / "missing.yaml"
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "run_la.py"), str(missing), "--name", "x",
+                        "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "res")],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [f"error: {missing}: cannot read config: No such file or directory"]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "res").exists()
+
+
+def test_every_benchmark_script_runs_through_script():
+    from pathlib import Path
+
+    scripts = [p for p in (Path(__file__).resolve().parents[2] / "benchmarks").glob("*.py")
+               if 'if __name__ == "__main__":' in p.read_text()]
+    # gpu_check.py runs on a lent GPU machine from its own copy of the tree, without semi3d's errors
+    assert len(scripts) > 10 and all(p.read_text().rstrip().endswith("script(main)")
+                                     for p in scripts if p.name != "gpu_check.py")
