@@ -1,8 +1,12 @@
-"""benchlib's record of the code a result came from: HEAD when the script started, not when it ends
-(a long run outlives commits made meanwhile)."""
+"""benchlib: the record of the code a result came from (HEAD when the script started, not when it
+ends: a long run outlives commits made meanwhile), and the scripts' one entry point for bad input."""
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_commit_is_read_once_when_the_script_starts(load_benchmark, monkeypatch):
@@ -16,12 +20,8 @@ def test_the_commit_is_read_once_when_the_script_starts(load_benchmark, monkeypa
 
 def test_bad_input_ends_a_benchmark_script_with_one_error_line(tmp_path):
     """Before ``benchlib.script`` a missing config ended ``run_la.py`` with a traceback (exit 1)."""
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
     missing = tmp_path / "missing.yaml"
-    r = subprocess.run([sys.executable, str(root / "benchmarks" / "run_la.py"), str(missing), "--name", "x",
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_la.py"), str(missing), "--name", "x",
                         "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "res")],
                        capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
@@ -30,9 +30,7 @@ def test_bad_input_ends_a_benchmark_script_with_one_error_line(tmp_path):
 
 
 def test_every_benchmark_script_runs_through_script():
-    from pathlib import Path
-
-    scripts = [p for p in (Path(__file__).resolve().parents[2] / "benchmarks").glob("*.py")
+    scripts = [p for p in (ROOT / "benchmarks").glob("*.py")
                if 'if __name__ == "__main__":' in p.read_text()]
     # gpu_check.py runs on a lent GPU machine from its own copy of the tree, without semi3d's errors
     assert len(scripts) > 10 and all(p.read_text().rstrip().endswith("script(main)")

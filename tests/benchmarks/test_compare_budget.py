@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from semi3d.config import load_config
-from semi3d.errors import InputError
 from semi3d.data.synthetic import write_dataset
+from semi3d.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_thread")
