@@ -2,7 +2,6 @@
 train -> evaluate of a run."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
@@ -104,23 +103,16 @@ def foreground(metrics: dict) -> dict:
 def script(main) -> None:
     """A benchmark script's entry point: ``main()``, where bad input (an ``InputError``: a config, run
     folder or result file named with its problem) ends with one ``error:`` line and exit code 2, as
-    in the CLI, instead of a traceback."""
+    in the CLI, and a Ctrl-C / SIGTERM (training stops at a resumable checkpoint of its step;
+    preprocessing, evaluation or mining's refinement at once) with one ``stopped:`` line and the
+    signal's exit code (130 / 143), instead of a traceback. Rerunning the same command goes on from
+    the run's last checkpoint, or starts the run again when there is none."""
     try:
-        main()
+        with sigterm_raises():
+            main()
     except InputError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
-
-
-@contextlib.contextmanager
-def resumable():
-    """A Ctrl-C / SIGTERM that stopped a training at a resumable checkpoint, or one anywhere else
-    (preprocessing, evaluation, mining's refinement), ends the script with one line instead of a
-    traceback, and the signal's exit code (130 / 143). Rerunning the same command goes on from the
-    run's last checkpoint, or starts the run again when there is none."""
-    try:
-        with sigterm_raises():
-            yield
     except KeyboardInterrupt as e:
         print(f"stopped: {what_stopped(e)}\nrerun the same command to continue", file=sys.stderr, flush=True)
         raise SystemExit(getattr(e, "exit_code", 130)) from None
@@ -146,11 +138,10 @@ def train_and_evaluate(cfg, split: str) -> dict:
             finished = None
     resume = finished is None and run.last.is_file()
     t0 = time.time()
-    with resumable():
-        summary = finished or train(cfg, resume=resume)
-        t_train = time.time() - t0
-        t0 = time.time()
-        metrics = evaluate_run(cfg.run_dir, split=split)
+    summary = finished or train(cfg, resume=resume)
+    t_train = time.time() - t0
+    t0 = time.time()
+    metrics = evaluate_run(cfg.run_dir, split=split)
     return {"summary": summary, "metrics": metrics, "resumed": resume, "train_wall_s_this_invocation": t_train,
             "train_wall_s_total": train_seconds(cfg.run_dir), "eval_wall_s": time.time() - t0}
 
@@ -159,8 +150,7 @@ def mine(cfg) -> dict:
     """Run a mining config (``MiningConfig``), resuming its run folder when it holds this run."""
     from semi3d.mining.loop import run_mining
 
-    with resumable():
-        return run_mining(cfg, resume=RunDir(cfg.run_dir).config.is_file())
+    return run_mining(cfg, resume=RunDir(cfg.run_dir).config.is_file())
 
 
 def merge_tree(a: dict, b: dict) -> dict:

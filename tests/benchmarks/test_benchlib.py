@@ -1,10 +1,13 @@
 """benchlib: the record of the code a result came from (HEAD when the script started, not when it
-ends: a long run outlives commits made meanwhile), and the scripts' one entry point for bad input."""
+ends: a long run outlives commits made meanwhile), and the scripts' one entry point for bad input
+and for Ctrl-C / SIGTERM."""
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from stops import STOPS, stop_now
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,6 +30,20 @@ def test_bad_input_ends_a_benchmark_script_with_one_error_line(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == [f"error: {missing}: cannot read config: No such file or directory"]
     assert not (tmp_path / "runs").exists() and not (tmp_path / "res").exists()
+
+
+@pytest.mark.parametrize("signum,name", STOPS)
+def test_a_stop_outside_training_ends_a_benchmark_script_with_one_line(load_benchmark, monkeypatch, capsys,
+                                                                       tmp_path, signum, name):
+    """Before, only training and mining were wrapped: a Ctrl-C during ``inference_la.py``'s
+    evaluation ended with a traceback, and a SIGTERM killed it without a word."""
+    benchlib, inference_la = load_benchmark("benchlib"), load_benchmark("inference_la")
+    monkeypatch.setattr(inference_la, "run_variants", lambda *a, **k: stop_now(signum))
+    with pytest.raises(SystemExit) as e:
+        benchlib.script(lambda: inference_la.main([str(tmp_path / "run"), "--results", str(tmp_path / "res")]))
+    assert e.value.code == 128 + signum
+    assert capsys.readouterr().err == f"stopped: {name}\nrerun the same command to continue\n"
+    assert not (tmp_path / "res").exists()
 
 
 def test_every_benchmark_script_runs_through_script():

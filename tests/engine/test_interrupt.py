@@ -105,7 +105,7 @@ def test_benchmark_scripts_stop_with_one_line(load_benchmark, tiny_tree, monkeyp
     tiny_tree["train"].update(iterations=6, checkpoint_every=4)
     monkeypatch.setattr("semi3d.engine.trainer.Trainer", _SignalledTrainer)
     with pytest.raises(SystemExit) as e:
-        benchlib.train_and_evaluate(load_config(tree=tiny_tree), "validation")
+        benchlib.script(lambda: benchlib.train_and_evaluate(load_config(tree=tiny_tree), "validation"))
     assert e.value.code == 130 and "SIGINT after step 3" in capsys.readouterr().err
     monkeypatch.undo()  # rerunning the same command resumes and finishes
     r = benchlib.train_and_evaluate(load_config(tree=tiny_tree), "validation")
@@ -118,7 +118,7 @@ def test_benchmark_scripts_stop_with_one_line_while_preprocessing(load_benchmark
     benchlib = load_benchmark("benchlib")
     monkeypatch.setattr("semi3d.engine.trainer.PatchSampler", _stop_with(signum))
     with pytest.raises(SystemExit) as e:
-        benchlib.train_and_evaluate(load_config(tree=tiny_tree), "validation")
+        benchlib.script(lambda: benchlib.train_and_evaluate(load_config(tree=tiny_tree), "validation"))
     assert e.value.code == 128 + signum
     assert capsys.readouterr().err.endswith(f" ...\nstopped: {name}\nrerun the same command to continue\n")
 
