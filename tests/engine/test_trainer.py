@@ -184,7 +184,7 @@ def test_resume_refuses_a_changed_network_split_or_method_and_records_safe_chang
     assert json.loads((run / "train_summary.json").read_text())["iterations"] == 6
     # fewer iterations than the checkpoint's step: refused, nothing rewritten
     before = (run / "config.yaml").read_text()
-    with pytest.raises(InputError, match="train.iterations to 5: the checkpoint is at step 6"):
+    with pytest.raises(InputError, match="cannot set train.iterations to 5: the run is at step 6"):
         Trainer(load_config(tree=tiny_tree, overrides=["train.iterations=5"]), resume=True)
     assert (run / "config.yaml").read_text() == before and len((run / "resume_changes.jsonl").read_text().splitlines()) == 1
 

@@ -61,12 +61,12 @@ def check_resume_config(run: RunDir, cfg: RunConfig, step: int) -> dict[str, tup
     changes = {k: v for k, v in changes.items() if k not in ("name", "output_dir")}  # they name the run folder
     refused = [k for k in changes if not _allowed(k)]
     if cfg.train.iterations < step:
-        raise InputError(path, f"--resume cannot set train.iterations to {cfg.train.iterations}: the checkpoint "
-                               f"is at step {step} (a run can only go on; train a new run for a shorter one)")
+        raise InputError(path, f"cannot set train.iterations to {cfg.train.iterations}: the run is "
+                               f"at step {step} (a run can only go on; train a new run for a shorter one)")
     if refused:
         shown = ", ".join(f"{k} ({changes[k][0]!r} -> {changes[k][1]!r})" for k in refused[:4])
         more = f" and {len(refused) - 4} more" if len(refused) > 4 else ""
-        raise InputError(path, f"--resume cannot change {shown}{more}: the checkpoint belongs to the saved "
+        raise InputError(path, f"cannot change {shown}{more}: the run's checkpoints belong to its saved "
                                "config; train a new run (another name) instead")
     if changes:
         write_text(path, dump_config(cfg))
