@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from semi3d.data.postprocess import keep_largest_component, largest_component_per_class
+from semi3d.data.postprocess import keep_largest_component, largest_component_per_class, largest_component_shares
 
 
 def _two_blobs():
@@ -28,3 +28,11 @@ def test_batched_version_matches_per_sample():
     out = largest_component_per_class(lab, 3)
     for a, b in zip(lab.numpy(), out.numpy()):
         assert np.array_equal(keep_largest_component(a, 3), b)
+
+
+def test_largest_component_shares_known_answers():
+    lab = _two_blobs()
+    lab[9, 0, 9] = 4  # class 4: one voxel; class 3 absent
+    # class 1: 65 of 73 voxels in the largest component (the diagonal voxel joins it); class 2: one component
+    assert largest_component_shares(lab, 5) == [65 / 73, 1.0, None, 1.0]
+    assert largest_component_shares(np.zeros_like(lab), 3) == [None, None]

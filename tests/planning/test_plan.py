@@ -34,6 +34,8 @@ def test_fingerprint_known_answers(aniso):
     fg = np.concatenate([c.image[0][c.label > 0] for c in cases])  # < 10,000 per case: no subsampling
     assert fp.channels[0].mean == pytest.approx(fg.mean(), rel=1e-5)
     assert fp.channels[0].p99_5 == pytest.approx(np.percentile(fg, 99.5), rel=1e-5)
+    # the organ (class 1, around the lesion) and the lesion are one connected structure in every case
+    assert fp.largest_component_share == [1.0, 1.0]
 
 
 def test_plan_follows_the_anisotropy(aniso, tmp_path):
@@ -53,10 +55,21 @@ def test_plan_follows_the_anisotropy(aniso, tmp_path):
     assert (cfg.data.augment.p_flip, cfg.data.augment.p_rot90, cfg.data.augment.p_scale) == (0.0, 0.0, 1.0)
 
 
-def _fp(spacings, name="MRI", shape=(200, 200, 100)):
+def _fp(spacings, name="MRI", shape=(200, 200, 100), one_structure=1.0):
     n = len(spacings)
     return Fingerprint(n, n, [tuple(s) for s in spacings], [shape] * n,
-                       [ChannelStats(name, 40.0, 120.0, -980.0, 1500.0)], ["background", "organ"], [0.9, 0.1])
+                       [ChannelStats(name, 40.0, 120.0, -980.0, 1500.0)], ["background", "organ"], [0.9, 0.1],
+                       [one_structure])
+
+
+@pytest.mark.parametrize("share,postprocess", [(1.0, "largest_component"), (0.9985, "largest_component"),
+                                               (0.98, "none"), (None, "none")])
+def test_largest_component_only_when_the_labels_are_one_structure(share, postprocess):
+    """LA's least share is 0.9985 (5 of 80 ground truths have a few stray voxels): kept largest; a class
+    whose second structure holds 2 % of it (two kidneys, metastases) keeps every component."""
+    plan = make_plan(_fp([(1.0, 1.0, 1.0)] * 2, one_structure=share), "cpu", method="supervised")
+    assert plan.config["inference"]["postprocess"] == postprocess
+    assert ("organ" in plan.notes["postprocess"]) == (share is not None)
 
 
 def test_target_spacing_takes_the_10th_percentile_of_a_thick_axis():
@@ -99,6 +112,7 @@ def test_cli_plan_and_its_errors(aniso, tmp_path):
     r = CliRunner().invoke(app, ["plan", str(aniso), "-o", str(tmp_path / "c.yaml"), "--method", "supervised"])
     assert r.exit_code == 0, r.output
     assert "target_spacing" in r.output and (tmp_path / "c.yaml").is_file()
+    assert load_config(tmp_path / "c.yaml").inference.postprocess == "largest_component"
     r = CliRunner().invoke(app, ["plan", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "no such dataset folder" in r.output
     r = CliRunner().invoke(app, ["plan", str(aniso), "--budget", "tpu", "-o", str(tmp_path / "d.yaml")])

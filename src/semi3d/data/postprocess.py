@@ -27,6 +27,21 @@ def keep_largest_component(label: np.ndarray, num_classes: int) -> np.ndarray:
     return out
 
 
+def largest_component_shares(label: np.ndarray, num_classes: int) -> list[float | None]:
+    """For each foreground class 1..K-1 of the label map ``label`` (X, Y, Z; integer classes), the
+    share of its voxels in its largest 26-connected component (1.0: one component), or None where
+    the class is absent: how much :func:`keep_largest_component` would remove from a true label.
+    Each class is labelled inside its bounding box only."""
+    out: list[float | None] = []
+    for c, box in enumerate(ndimage.find_objects(np.asarray(label, dtype=np.int64), max_label=num_classes - 1), 1):
+        if box is None:
+            out.append(None)
+            continue
+        sizes = np.bincount(ndimage.label(label[box] == c, _FULL)[0].ravel())[1:]
+        out.append(float(sizes.max() / sizes.sum()))
+    return out
+
+
 def largest_component_per_class(label: torch.Tensor, num_classes: int) -> torch.Tensor:
     """:func:`keep_largest_component` for every sample of a batch (N, X, Y, Z), on its device."""
     arr = label.detach().cpu().numpy()

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ..data.postprocess import largest_component_shares
 from ..data.readers import Reader
 
 __all__ = ["Fingerprint", "ChannelStats", "fingerprint"]
@@ -35,6 +36,9 @@ class Fingerprint:
         spacings: per case (X, Y, Z) mm; shapes: per case (X, Y, Z) voxels.
         channels: one :class:`ChannelStats` per image channel (foreground voxels of labelled cases).
         class_names: K names, background first; class_share: fraction of labelled voxels per class.
+        largest_component_share: per foreground class (K - 1 entries), the lowest share over the
+            labelled cases of its voxels in its largest 26-connected component (1.0: the class is
+            one connected structure in every case), None for a class no labelled case has.
     """
     n_cases: int
     n_labelled: int
@@ -43,6 +47,7 @@ class Fingerprint:
     channels: list[ChannelStats]
     class_names: list[str]
     class_share: list[float] = field(default_factory=list)
+    largest_component_share: list[float | None] = field(default_factory=list)
 
     @property
     def median_spacing(self) -> np.ndarray:
@@ -64,6 +69,7 @@ def fingerprint(reader: Reader, ids: list[str] | None = None, seed: int = 0, pro
     ids = list(ids if ids is not None else reader.case_ids())
     spacings, shapes, samples, n_lab = [], [], None, 0
     counts = np.zeros(0, dtype=np.int64)
+    lowest: dict[int, float] = {}  # foreground class -> lowest largest-component share so far
     names = list(reader.channel_names)
     for i, cid in enumerate(ids):
         case = reader.load(cid)
@@ -73,6 +79,9 @@ def fingerprint(reader: Reader, ids: list[str] | None = None, seed: int = 0, pro
             n_lab += 1
             c = np.bincount(case.label.ravel().astype(np.int64), minlength=max(len(counts), reader.num_classes or 0))
             counts = np.pad(counts, (0, len(c) - len(counts))) + c
+            for k, share in enumerate(largest_component_shares(case.label, len(c)), 1):
+                if share is not None:
+                    lowest[k] = min(share, lowest.get(k, 1.0))
             fg = case.label > 0
             if not fg.any():
                 fg = np.ones_like(fg)
@@ -91,4 +100,5 @@ def fingerprint(reader: Reader, ids: list[str] | None = None, seed: int = 0, pro
     k = max(len(counts), reader.num_classes or 2)
     class_names = list(reader.class_names or ["background", *(f"class_{c}" for c in range(1, k))])
     share = (counts / counts.sum()).tolist() if counts.sum() else []
-    return Fingerprint(len(ids), n_lab, spacings, shapes, channels, class_names, share)
+    return Fingerprint(len(ids), n_lab, spacings, shapes, channels, class_names, share,
+                       [lowest.get(k) for k in range(1, len(class_names))])
