@@ -47,6 +47,20 @@ def test_reader_maps_the_ignore_label(ignore_root):
     assert (case.label[:6] == IGNORE_INDEX).all() and case.label[6:].max() <= 2
 
 
+def test_the_fingerprint_leaves_ignored_voxels_out(ignore_root):
+    """Before, the ignored voxels (IGNORE_INDEX, 255) made 256 class shares and counted as foreground."""
+    from semi3d.planning.fingerprint import fingerprint
+
+    r = build_reader("nnunet", ignore_root)
+    fp = fingerprint(r)
+    cases = [r.load(c) for c in r.labelled_ids()]
+    counts = sum(np.bincount(c.label[6:].ravel(), minlength=3) for c in cases)  # X planes 6.. are not ignored
+    assert len(fp.class_share) == 3 and np.allclose(fp.class_share, counts / counts.sum())
+    fg = np.concatenate([c.image[0, 6:][c.label[6:] > 0] for c in cases])
+    assert fp.channels[0].mean == pytest.approx(fg.mean(), rel=1e-5)
+    assert len(fp.largest_component_share) == 2
+
+
 def test_ignore_must_be_the_highest_value(ignore_root, tmp_path):
     import shutil
 

@@ -2,7 +2,8 @@
 ``DatasetFingerprintExtractor``, for every format semi3d reads).
 
 Geometry comes from every case (spacing and shape are cheap); intensity statistics and class shares
-from the labelled cases, reading each image once. Axis order is the :class:`~semi3d.data.case.Case`
+from the labelled cases, reading each image once; voxels under nnU-Net's ignore label count as
+neither a class nor foreground. Axis order is the :class:`~semi3d.data.case.Case`
 one: spacing in mm and shapes along (X, Y, Z).
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 
 from ..data.postprocess import largest_component_shares
 from ..data.readers import Reader
+from ..losses import IGNORE_INDEX
 
 __all__ = ["Fingerprint", "ChannelStats", "fingerprint"]
 
@@ -77,14 +79,15 @@ def fingerprint(reader: Reader, ids: list[str] | None = None, seed: int = 0, pro
         shapes.append(tuple(int(s) for s in case.image.shape[1:]))
         if case.label is not None:
             n_lab += 1
-            c = np.bincount(case.label.ravel().astype(np.int64), minlength=max(len(counts), reader.num_classes or 0))
+            known = case.label != IGNORE_INDEX  # nnU-Net's ignore label: neither a class nor foreground
+            c = np.bincount(case.label[known].astype(np.int64), minlength=max(len(counts), reader.num_classes or 0))
             counts = np.pad(counts, (0, len(c) - len(counts))) + c
             for k, share in enumerate(largest_component_shares(case.label, len(c)), 1):
                 if share is not None:
                     lowest[k] = min(share, lowest.get(k, 1.0))
-            fg = case.label > 0
+            fg = known & (case.label > 0)
             if not fg.any():
-                fg = np.ones_like(fg)
+                fg = known
             vox = case.image[:, fg]  # (C, N) raw intensities of the foreground
             pick = rng.choice(vox.shape[1], min(SAMPLES_PER_CASE, vox.shape[1]), replace=False)
             samples = [[] for _ in range(len(vox))] if samples is None else samples
