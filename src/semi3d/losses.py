@@ -5,11 +5,22 @@ voxels count in no loss and no metric; :func:`one_hot` gives them an all-zero cl
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 
 IGNORE_INDEX = 255  # the label value of ignored voxels, whatever value the dataset gave them
+
+
+def without_ignored(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Label maps ``pred`` and ``ref`` (the same shape) with the voxels where ``ref`` holds
+    :data:`IGNORE_INDEX` set to background (0) in both: what the metrics and the pictures compare
+    (nnU-Net's masked evaluation). Returned as given when ``ref`` has none."""
+    ignored = ref == IGNORE_INDEX
+    if not ignored.any():
+        return pred, ref
+    return np.where(ignored, 0, pred), np.where(ignored, 0, ref)
 
 
 def one_hot(label: torch.Tensor, num_classes: int) -> torch.Tensor:

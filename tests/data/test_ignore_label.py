@@ -121,6 +121,18 @@ def test_training_and_evaluation_with_an_ignore_label(ignore_root, tiny_tree, tm
     assert Trainer(cfg).fit()["iterations"] == 4
     metrics = evaluate_run(cfg.run_dir, split="validation")
     assert set(metrics) == {"organ", "lesion", "mean"}  # no 'ignore' class
+    # the report's and TensorBoard's pictures compare what the metrics compare: ignored voxels are
+    # neither a class of the truth nor a miss of the prediction (before: 255 drawn as a class)
+    from semi3d.engine.runlog import overlay
+    from semi3d.reporting.report import _load_for_overlay
+
+    cid = next(iter(json.loads((cfg.run_dir / "eval_validation" / "metrics.json").read_text())["per_case"]))
+    _, truth, pred = _load_for_overlay(cfg.run_dir, cfg, cfg.run_dir / "eval_validation" / "metrics.json", [cid])[cid]
+    assert truth.max() <= 2 and not truth[:6].any() and not pred[:6].any() and truth[6:].any()
+    lab = np.full((8, 8), IGNORE_INDEX, np.uint8)
+    lab[4:] = 1
+    rgb = overlay(np.zeros((8, 8), np.float32), lab, np.ones((8, 8), np.int64))
+    assert (rgb[:4] == 0).all() and (rgb[4:] == [76, 76, 0]).all()  # ignored: neither colour; yellow: both
     with pytest.raises(InputError, match="does not support nnU-Net's ignore label"):
         Trainer(load_config(tree=_tree(tiny_tree, ignore_root, tmp_path, "ad", width=4, depth=3)))
     assert not (tmp_path / "ad").exists()  # refused during setup: no run folder left

@@ -16,6 +16,7 @@ from rich.console import Console
 
 from ..atomic import atomic_file, write_text
 from ..errors import InputError
+from ..losses import without_ignored
 from .rundir import RunDir
 
 console = Console(stderr=True)
@@ -44,7 +45,10 @@ def resolve_tensorboard(option: bool | None) -> bool:
 
 def overlay(image: np.ndarray, label: np.ndarray | None, pred: np.ndarray) -> np.ndarray:
     """An RGB picture (H, W, 3) uint8 of a 2D slice: the image in grey (min-max), the reference
-    label's foreground in green and the prediction's in red (yellow where they agree)."""
+    label's foreground in green and the prediction's in red (yellow where they agree); voxels under
+    nnU-Net's ignore label are shown as neither."""
+    if label is not None:
+        pred, label = without_ignored(pred, label)
     g = image.astype(np.float32)
     g = (g - g.min()) / max(float(g.max() - g.min()), 1e-8)
     rgb = np.stack([g, g, g], -1) * 0.7

@@ -32,7 +32,7 @@ import numpy as np
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 
 from semi3d.errors import InputError
-from semi3d.losses import IGNORE_INDEX
+from semi3d.losses import without_ignored
 
 __all__ = ["binary_metrics", "case_metrics"]
 
@@ -192,9 +192,8 @@ def case_metrics(
     """
     pred = np.atleast_1d(np.asarray(pred))
     ref = np.atleast_1d(np.asarray(ref))
-    ignored = ref == IGNORE_INDEX
-    if pred.shape == ref.shape and ignored.any():  # nnU-Net's ignore label: those voxels are left out
-        pred, ref = np.where(ignored, 0, pred), np.where(ignored, 0, ref)
+    if pred.shape == ref.shape:  # nnU-Net's ignore label: those voxels are left out
+        pred, ref = without_ignored(pred, ref)
     if pred.shape != ref.shape:
         raise InputError("case_metrics", f"prediction shape {pred.shape} != reference shape {ref.shape}")
     if int(num_classes) != num_classes or num_classes < 2:

@@ -21,6 +21,7 @@ from ..atomic import write_text
 from ..engine.rundir import RunDir
 from ..errors import InputError
 from ..evaluation.summary import table_markdown
+from ..losses import without_ignored
 from .common import (case_means, draw_errors, draw_image, draw_labels, foreground_mean, load_metrics, png_base64,
                      pyplot, richest_slice, save_figure)
 
@@ -118,7 +119,8 @@ def pick_cases(rows: list[dict]) -> list[tuple[str, str]]:
 
 def _load_for_overlay(run_dir: Path, cfg, metrics_path: Path, ids: list[str]):
     """``{case: (image (C,X,Y,Z), truth (X,Y,Z), prediction (X,Y,Z))}`` on the original grid; the
-    evaluation's saved predictions are used when present, else the run's model predicts."""
+    evaluation's saved predictions are used when present, else the run's model predicts. Voxels
+    under nnU-Net's ignore label are background in both, as in the metrics."""
     from ..data.formats import build_reader
     from ..data.volumes import read_volume
     from ..inference.predictor import Predictor, model_file
@@ -137,7 +139,8 @@ def _load_for_overlay(run_dir: Path, cfg, metrics_path: Path, ids: list[str]):
             if predictor is None:
                 predictor = Predictor(model_file(run_dir), cfg.device, cfg.precision, cfg.inference)
             pred = predictor.segment(case)
-        out[cid] = (case.image, np.asarray(case.label), pred.astype(np.int64))
+        pred, truth = without_ignored(pred.astype(np.int64), np.asarray(case.label))  # as the metrics compare them
+        out[cid] = (case.image, truth, pred)
     return out
 
 
