@@ -136,3 +136,18 @@ def test_training_and_evaluation_with_an_ignore_label(ignore_root, tiny_tree, tm
     with pytest.raises(InputError, match="does not support nnU-Net's ignore label"):
         Trainer(load_config(tree=_tree(tiny_tree, ignore_root, tmp_path, "ad", width=4, depth=3)))
     assert not (tmp_path / "ad").exists()  # refused during setup: no run folder left
+
+
+def test_domain_copies_keep_the_ignore_label(ignore_root, tmp_path):
+    """Before, the copies' labels held 255 and their dataset.json had no 'ignore': unreadable."""
+    from semi3d.data.domain_shift import write_domain_dataset
+
+    src = build_reader("nnunet", ignore_root)
+    sid = src.labelled_ids()[0]
+    out = write_domain_dataset(ignore_root, tmp_path / "dom", {"B": [sid]}, src_format="nnunet", format="nnunet")
+    copy_reader = build_reader("nnunet", out)
+    assert copy_reader.ignore_value == 3 and copy_reader.num_classes == 3
+    np.testing.assert_array_equal(copy_reader.load(f"B_{sid}").label, src.load(sid).label)
+    with pytest.raises(InputError, match="ignore label"):
+        write_domain_dataset(ignore_root, tmp_path / "h5", {"B": [sid]}, src_format="nnunet")
+    assert not (tmp_path / "h5").exists()

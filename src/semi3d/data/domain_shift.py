@@ -44,6 +44,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from ..errors import InputError
+from ..losses import IGNORE_INDEX
 from .formats import build_reader
 from .volumes import write_h5, write_volume
 from .readers import PathLike, UAMTH5Reader
@@ -213,7 +214,8 @@ def write_domain_dataset(src_root: PathLike, out_root: PathLike, plan: Mapping[s
         out_root: the new dataset folder (created; files of the same names are replaced).
         plan: ``{domain: [source ids]}``: every listed case is rendered in that domain with id
             ``<domain>_<source id>`` (a source id may appear in several domains). Labels are copied
-            unchanged, so any case can serve as labelled, unlabelled or test case.
+            unchanged, so any case can serve as labelled, unlabelled or test case; nnU-Net's ignore
+            label keeps its value and its ``dataset.json`` entry (``nnunet`` output only).
         domains: the shifts by name (default :data:`DOMAINS`).
         seed: base seed of the per-case randomness (:func:`case_seed`).
         n_test: per domain (or for all), how many of its cases (the last ones of its plan list)
@@ -239,6 +241,10 @@ def write_domain_dataset(src_root: PathLike, out_root: PathLike, plan: Mapping[s
     per_domain: dict[str, list[str]] = {}
     class_names = getattr(reader, "class_names", None)
     num_classes = reader.num_classes
+    ignore = getattr(reader, "ignore_value", None)  # the source's value of nnU-Net's ignore label, read as IGNORE_INDEX
+    if ignore is not None and format != "nnunet":
+        raise InputError(src_root, "has nnU-Net's ignore label, which the UA-MT h5 layout cannot hold; "
+                                   "write format='nnunet'")
     max_label = 0
     for dom, ids in plan.items():
         shift = domains[dom]
@@ -251,15 +257,16 @@ def write_domain_dataset(src_root: PathLike, out_root: PathLike, plan: Mapping[s
             if new_id in cases:
                 raise InputError("write_domain_dataset", f"case {sid!r} listed twice for domain {dom!r}")
             image = apply_shift(case.image, shift, case_seed(seed, dom, sid))
-            max_label = max(max_label, int(case.label.max()))
+            label = case.label if ignore is None else np.where(case.label == IGNORE_INDEX, ignore, case.label)
+            max_label = max(max_label, int(label.max()))
             if format == "uamt_h5":
                 if image.shape[0] != 1:
                     raise InputError(case.source or sid, "the UA-MT h5 layout holds one image channel")
-                write_h5(out / UAMTH5Reader.SUBDIR / new_id / "mri_norm2.h5", {"image": image[0], "label": case.label})
+                write_h5(out / UAMTH5Reader.SUBDIR / new_id / "mri_norm2.h5", {"image": image[0], "label": label})
             else:
                 for c in range(image.shape[0]):
                     write_volume(out / "imagesTr" / f"{new_id}_{c:04d}.nii.gz", image[c], case.affine)
-                write_volume(out / "labelsTr" / f"{new_id}.nii.gz", case.label, case.affine)
+                write_volume(out / "labelsTr" / f"{new_id}.nii.gz", label, case.affine)
             cases[new_id] = {"domain": dom, "source_id": sid}
             per_domain[dom].append(new_id)
     write_id_list(out / "all.list", list(cases))
@@ -280,7 +287,8 @@ def write_domain_dataset(src_root: PathLike, out_root: PathLike, plan: Mapping[s
         names = class_names or ["background", *[f"class{i}" for i in range(1, k)]]
         meta = {"name": "Domains", "description": "semi3d simulated scanner domains",
                 "channel_names": {str(i): n for i, n in enumerate(getattr(reader, "channel_names", ["image"]))},
-                "labels": {n: i for i, n in enumerate(names)}, "numTraining": len(cases), "file_ending": ".nii.gz"}
+                "labels": {**{n: i for i, n in enumerate(names)}, **({"ignore": ignore} if ignore is not None else {})},
+                "numTraining": len(cases), "file_ending": ".nii.gz"}
         (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
     info = {"cases": cases, "domains": {d: asdict(domains[d]) for d in plan}, "seed": seed,
             "source": {"root": str(src_root), "format": src_format}}
