@@ -192,10 +192,9 @@ def case_metrics(
     """
     pred = np.atleast_1d(np.asarray(pred))
     ref = np.atleast_1d(np.asarray(ref))
-    if pred.shape == ref.shape:  # nnU-Net's ignore label: those voxels are left out
-        pred, ref = without_ignored(pred, ref)
     if pred.shape != ref.shape:
         raise InputError("case_metrics", f"prediction shape {pred.shape} != reference shape {ref.shape}")
+    pred, ref = without_ignored(pred, ref)  # nnU-Net's ignore label: those voxels are left out
     if int(num_classes) != num_classes or num_classes < 2:
         raise InputError("num_classes", f"must be an integer >= 2, got {num_classes}")
     num_classes = int(num_classes)
