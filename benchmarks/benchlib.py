@@ -15,11 +15,10 @@ from pathlib import Path
 import torch
 
 from semi3d.config import parse_overrides, set_dotted
-from semi3d.engine.interrupt import sigterm_raises, what_stopped
+from semi3d.engine.interrupt import one_line_exits
 from semi3d.engine.resume import check_resume_config
 from semi3d.engine.rundir import RunDir
 from semi3d.engine.trainer import train
-from semi3d.errors import InputError
 from semi3d.evaluation.evaluate import evaluate_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,15 +106,9 @@ def script(main) -> None:
     preprocessing, evaluation or mining's refinement at once) with one ``stopped:`` line and the
     signal's exit code (130 / 143), instead of a traceback. Rerunning the same command goes on from
     the run's last checkpoint, or starts the run again when there is none."""
-    try:
-        with sigterm_raises():
-            main()
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt as e:
-        print(f"stopped: {what_stopped(e)}\nrerun the same command to continue", file=sys.stderr, flush=True)
-        raise SystemExit(getattr(e, "exit_code", 130)) from None
+    with one_line_exits(lambda head, text: print(head, text, file=sys.stderr, flush=True),
+                        "\nrerun the same command to continue"):
+        main()
 
 
 def train_and_evaluate(cfg, split: str) -> dict:

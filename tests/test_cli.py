@@ -78,6 +78,14 @@ def test_bad_input_gives_one_clean_line(tmp_path, tiny_tree):
     assert "train.bogus" in r.output and "Traceback" not in r.output
 
 
+def test_an_error_line_prints_the_message_as_it_is(tmp_path):
+    """A message is text, not rich markup: a bracketed part of a path stays (it vanished before)."""
+    missing = tmp_path / "runs[bold]" / "cfg.yaml"
+    r = runner.invoke(app, ["train", str(missing)])
+    assert r.exit_code == 2
+    assert r.output.startswith("error: ") and str(missing) in r.output and r.output.count("\n") == 1
+
+
 def test_predict_into_unwritable_folder(trained, synth_root, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -12,8 +12,9 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
-from .engine.interrupt import sigterm_raises, what_stopped
+from .engine.interrupt import one_line_exits, what_stopped
 from .errors import InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None)
@@ -44,17 +45,16 @@ def _clean_errors(fn):
     output file goes); ``train`` and ``mine`` say how to resume themselves (:func:`_resumable`)."""
     @functools.wraps(fn)
     def wrapper(*a, **k):
-        try:
-            with sigterm_raises():
-                return fn(*a, **k)
-        except InputError as e:
-            Console(stderr=True).print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2)
-        except KeyboardInterrupt as e:
-            Console(stderr=True).print(f"stopped: {what_stopped(e)}", highlight=False, markup=False)
-            raise typer.Exit(getattr(e, "exit_code", 130))
+        with one_line_exits(_say):
+            return fn(*a, **k)
 
     return wrapper
+
+
+def _say(head: str, text: str) -> None:
+    """One ``error:`` / ``stopped:`` line on stderr, its head in red on a terminal (``text`` as it is,
+    no markup)."""
+    Console(stderr=True).print(Text.assemble((head, "red"), " ", text), highlight=False, soft_wrap=True)
 
 
 def _resumable(verb: str, config: Path, sets: list[str], run, marker: Path):
@@ -76,10 +76,9 @@ def _resumable(verb: str, config: Path, sets: list[str], run, marker: Path):
             launch = "torchrun <the same options> -m semi3d.cli" if info.enabled else "semi3d"
             cmd = shlex.join([verb, str(config), *(x for s in sets for x in ("--set", s)), "--resume"])
             if isinstance(e, Interrupted) or marker.is_file():
-                what = f"stopped: {what_stopped(e)}\ncontinue with: {launch} {cmd}"
+                _say("stopped:", f"{what_stopped(e)}\ncontinue with: {launch} {cmd}")
             else:
-                what = f"stopped: {what_stopped(e)}, with nothing to resume ({marker} not written); start the run again"
-            Console(stderr=True).print(what, highlight=False, markup=False, soft_wrap=True)
+                _say("stopped:", f"{what_stopped(e)}, with nothing to resume ({marker} not written); start the run again")
         raise typer.Exit(getattr(e, "exit_code", 130))
 
 

@@ -16,6 +16,9 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Callable
+
+from ..errors import InputError
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -61,6 +64,24 @@ def sigterm_raises():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def one_line_exits(say: Callable[[str, str], None], stop_hint: str = ""):
+    """``with one_line_exits(say):`` a command-line program's ends instead of a traceback (the CLI's
+    verbs, the benchmark scripts): bad input (an ``InputError``, naming the file and the problem)
+    calls ``say("error:", message)`` and exits with code 2; a Ctrl-C or SIGTERM (SIGTERM raises
+    :class:`Terminated` inside, :func:`sigterm_raises`) calls ``say("stopped:", what + stop_hint)``
+    and exits with the signal's code, 130 / 143."""
+    try:
+        with sigterm_raises():
+            yield
+    except InputError as e:
+        say("error:", str(e))
+        raise SystemExit(2) from None
+    except KeyboardInterrupt as e:
+        say("stopped:", what_stopped(e) + stop_hint)
+        raise SystemExit(getattr(e, "exit_code", 130)) from None
 
 
 class StopRequest:
