@@ -25,10 +25,11 @@ def trained(tiny_tree, tmp_path):
 
 def test_train_predict_evaluate(trained, synth_root, tmp_path):
     images = sorted((synth_root / "imagesTs").iterdir())
-    out = tmp_path / "pred"
+    out = tmp_path / ("pred_" + "x" * 90)  # the written paths print one per line, unfolded at any length
     r = runner.invoke(app, ["predict", str(trained), str(images[0]), "-o", str(out), "--probabilities"])
     assert r.exit_code == 0, r.output
     case = images[0].name.replace("_0000.nii.gz", "")
+    assert sorted(r.stdout.splitlines()) == [str(out / f"{case}.nii.gz"), str(out / f"{case}_prob.nii.gz")]
     src, seg = nib.load(images[0]), nib.load(out / f"{case}.nii.gz")  # nnU-Net naming: by case
     assert seg.shape == src.shape and np.allclose(seg.affine, src.affine)
     assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2}

@@ -18,14 +18,14 @@ from .engine.interrupt import one_line_exits, what_stopped
 from .errors import InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None)
-console = Console()
+console = Console(markup=False, highlight=False, soft_wrap=True)  # paths and ids as they are, one line each
 
 
 def _version(value: bool) -> None:
     if value:
         from importlib.metadata import version
 
-        console.print(f"semi3d {version('semi3d')}", highlight=False)
+        console.print(f"semi3d {version('semi3d')}")
         raise typer.Exit()
 
 
@@ -134,7 +134,7 @@ def evaluate(run: Path, split: str = typer.Option("validation", help="a split of
     from .evaluation.summary import format_table
 
     summary = evaluate_run(run, split, ids_list, data_root, set, which, save_predictions, out,
-                           progress=lambda i, n, cid, m: console.print(f"[{i}/{n}] {cid}", highlight=False),
+                           progress=lambda i, n, cid, m: console.print(f"[{i}/{n}] {cid}"),
                            ensemble=ensemble)
     console.print(format_table(summary, title=f"{run} ({ids_list or split})"))
 
@@ -150,7 +150,7 @@ def report(run: Path, out: Optional[Path] = typer.Option(None, help="output fold
     from .reporting.report import build_report
 
     paths = build_report(run, out, eval_dir, evaluate, data_root)
-    console.print(f"{paths['html']}\n{paths['markdown']}", highlight=False)
+    console.print(f"{paths['html']}\n{paths['markdown']}")
 
 
 @app.command()
@@ -164,10 +164,10 @@ def suggest(run: Path, k: int = typer.Option(5, "--k", help="number of cases to 
     from .reporting.suggest import suggest_cases
 
     res = suggest_cases(run, k, out, data_root, margin,
-                        progress=lambda i, n, cid, s: console.print(f"[{i}/{n}] {cid}: {s:.4f}", highlight=False))
-    console.print(f"criterion: {res['criterion']}", highlight=False)
+                        progress=lambda i, n, cid, s: console.print(f"[{i}/{n}] {cid}: {s:.4f}"))
+    console.print(f"criterion: {res['criterion']}")
     for r in res["ranking"][:k]:
-        console.print(f"{r['rank']:>3}  {r['case']}  {r['score']:.4f}", highlight=False)
+        console.print(f"{r['rank']:>3}  {r['case']}  {r['score']:.4f}")
 
 
 @app.command()
@@ -180,7 +180,7 @@ def export(run: Path, out: Path = typer.Option(..., "--out", "-o", help="bundle 
     from .reporting.export import export_run
 
     for p in export_run(run, out, format, which).values():
-        console.print(str(p), highlight=False)
+        console.print(str(p))
 
 
 @app.command()
@@ -196,7 +196,7 @@ def plan(dataset: Path = typer.Argument(..., help="an nnU-Net v2 raw dataset fol
 
     p = plan_dataset(dataset, out, budget, method, pretrained2d)
     for k, v in p.notes.items():
-        console.print(f"{k}: {v}", highlight=False, markup=False)
+        console.print(f"{k}: {v}")
     console.print(f"-> {p.written}")
 
 
@@ -209,7 +209,7 @@ def compare(runs: list[Path] = typer.Argument(..., help="evaluated run folders")
     from .reporting.compare import compare_runs
 
     compare_runs(runs, out, eval_name)
-    console.print((Path(out) / "compare.md").read_text(), highlight=False, markup=False, soft_wrap=True)
+    console.print((Path(out) / "compare.md").read_text())
 
 
 @app.command()
@@ -224,7 +224,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="folder for the synthe
     res = run_demo(out, method, set)
     console.print(format_table(res["summary"], title="demo: held-out synthetic test cases"))
     for what in ("run_dir", "predictions", "metrics", "report"):
-        console.print(f"{what.replace('_', ' ')}: {res[what]}", highlight=False, soft_wrap=True)
+        console.print(f"{what.replace('_', ' ')}: {res[what]}")
 
 
 @app.command()
@@ -264,7 +264,7 @@ def show_config(config: Optional[Path] = typer.Argument(None, help="a config fil
     elif config is None:
         raise InputError("config", "give a config file to resolve, or --schema")
     else:
-        console.print(dump_config(load_config(config, set)), highlight=False, markup=False, soft_wrap=True)
+        console.print(dump_config(load_config(config, set)))
 
 
 @app.command("list")
@@ -273,7 +273,7 @@ def list_components():
     from .registry import METHODS, NETS2D, NETS3D
 
     for title, reg in (("methods", METHODS), ("3D networks", NETS3D), ("2D networks", NETS2D)):
-        console.print(f"[bold]{title}:[/] {', '.join(reg.names())}")
+        console.print(f"[bold]{title}:[/] {', '.join(reg.names())}", markup=True)
 
 
 def main() -> None:  # pragma: no cover
