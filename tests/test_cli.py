@@ -5,6 +5,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -47,6 +48,7 @@ def test_train_predict_evaluate(trained, synth_root, tmp_path):
 
     from pydantic import ValidationError
 
+    from semi3d.errors import InputError
     from semi3d.inference.predictor import Predictor, model_file
 
     base = Predictor(model_file(trained), "cpu")
@@ -54,6 +56,14 @@ def test_train_predict_evaluate(trained, synth_root, tmp_path):
     assert upd.cfg.inference == base.cfg.inference.model_copy(update={"overlap": 0.1}) != base.cfg.inference
     with pytest.raises(ValidationError, match="postprocess"):
         Predictor(model_file(trained), "cpu", inference={"postprocess": "biggest"})
+    raw = np.zeros((12, 12, 8), np.int64)  # two components of each class, the smaller one voxel
+    raw[:4, :4, :4], raw[8, 8, 6], raw[6:, :4, :4], raw[0, 10, 6] = 1, 1, 2, 2
+    probs = torch.nn.functional.one_hot(torch.from_numpy(raw), 3).permute(3, 0, 1, 2).float()
+    one = Predictor(model_file(trained), "cpu", inference={"postprocess": "largest_component", "largest_component_classes": [2]})
+    assert one.segment(None, probs)[8, 8, 6] == 1 and one.segment(None, probs)[0, 10, 6] == 0
+    assert np.array_equal(one.segment(None, probs), keep_largest_component(raw, 3, classes=[2]))
+    with pytest.raises(InputError, match="inference.largest_component_classes: class 3 is not a foreground class"):
+        Predictor(model_file(trained), "cpu", inference={"largest_component_classes": [3]})
 
     r = runner.invoke(app, ["evaluate", str(trained), "--split", "test"])
     assert r.exit_code == 0, r.output

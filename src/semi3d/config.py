@@ -200,6 +200,9 @@ class InferenceConfig(StrictModel):
     # label-map post-processing after the argmax: "largest_component" keeps each foreground class's
     # largest 26-connected component (nnU-Net's / the LA literature's single-structure prior)
     postprocess: Literal["none", "largest_component"] = "none"
+    # the foreground classes "largest_component" applies to (nnU-Net decides per class); the others
+    # keep every component (two kidneys, many metastases). None = every foreground class
+    largest_component_classes: list[int] | None = None
     # mirror test-time augmentation (nnU-Net's default): the logits averaged over the flips of every
     # subset of these spatial axes (0 = X, 1 = Y, 2 = Z), 2^len passes; [] = off
     mirror_axes: list[Literal[0, 1, 2]] = []
@@ -209,6 +212,13 @@ class InferenceConfig(StrictModel):
     def _distinct_axes(cls, v: list[int]) -> list[int]:
         if len(set(v)) != len(v):
             raise ValueError(f"axes must be distinct, got {v}")
+        return v
+
+    @field_validator("largest_component_classes")
+    @classmethod
+    def _foreground_classes(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or len(set(v)) != len(v) or min(v) < 1):
+            raise ValueError(f"must be distinct foreground classes (1, 2, ...; null = all of them), got {v}")
         return v
 
 

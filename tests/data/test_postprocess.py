@@ -1,7 +1,10 @@
 import numpy as np
+import pytest
 import torch
 
-from semi3d.data.postprocess import keep_largest_component, largest_component_per_class, largest_component_shares
+from semi3d.data.postprocess import (check_classes, keep_largest_component, largest_component_per_class,
+                                     largest_component_shares)
+from semi3d.errors import InputError
 
 
 def _two_blobs():
@@ -21,6 +24,22 @@ def test_keeps_the_largest_26_connected_component_per_class():
     assert (out == 1).sum() == 65 and (out == 2).sum() == 8 and out[8, 8, 8] == 0 and out[4, 4, 4] == 1
     assert out.dtype == lab.dtype
     assert np.array_equal(keep_largest_component(np.zeros_like(lab), 3), np.zeros_like(lab))
+
+
+def test_only_the_chosen_classes_lose_components():
+    lab = _two_blobs()
+    lab[0:2, 0:2, 8:10] = 2  # a second class-2 component (8 voxels): a tie, the first in C order stays
+    out = keep_largest_component(lab, 3, classes=[2])
+    assert np.array_equal(out == 1, lab == 1)  # class 1 keeps its stray blob
+    assert (out == 2).sum() == 8 and out[0, 0, 8] == 2 and out[0, 7, 0] == 0
+    assert np.array_equal(keep_largest_component(lab, 3, classes=[1, 2]), keep_largest_component(lab, 3))
+
+
+def test_a_class_outside_the_model_is_refused():
+    check_classes(None, 3, "x")
+    check_classes([1, 2], 3, "x")
+    with pytest.raises(InputError, match="inference.largest_component_classes: class 3 is not a foreground class"):
+        check_classes([1, 3], 3, "inference.largest_component_classes")
 
 
 def test_batched_version_matches_per_sample():

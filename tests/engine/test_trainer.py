@@ -191,7 +191,8 @@ def test_resume_refuses_a_changed_network_split_or_method_and_records_safe_chang
 
 @pytest.mark.parametrize("section, key, value, error", [
     ("data", "patch_size", [14, 16, 16], "patch_size"),  # not a multiple of the U-Net's 4
-    ("method", "options", {"nonsense": 3}, "unknown option 'nonsense'")])
+    ("method", "options", {"nonsense": 3}, "unknown option 'nonsense'"),
+    ("inference", "largest_component_classes", [1, 3], "class 3 is not a foreground class of this model")])
 def test_a_failed_train_leaves_no_run_folder(tiny_tree, tmp_path, monkeypatch, section, key, value, error):
     """Refused before training -> no partial run folder, nor the output folders created for it;
     a method option is checked before the data are read (preprocessing can take minutes)."""

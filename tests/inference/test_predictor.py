@@ -84,3 +84,12 @@ def test_mirror_axes_are_validated():
         InferenceConfig(mirror_axes=[0, 0])
     with pytest.raises(pydantic.ValidationError):
         InferenceConfig(mirror_axes=[3])
+
+
+@pytest.mark.parametrize("classes", [[], [1, 1], [0, 1]])
+def test_largest_component_classes_are_validated(classes):
+    import pydantic
+
+    with pytest.raises(pydantic.ValidationError, match="distinct foreground classes"):
+        InferenceConfig(largest_component_classes=classes)
+    assert InferenceConfig(largest_component_classes=[2, 1]).largest_component_classes == [2, 1]

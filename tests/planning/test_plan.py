@@ -7,7 +7,7 @@ import yaml
 from typer.testing import CliRunner
 
 from semi3d.cli import app
-from semi3d.config import load_config
+from semi3d.config import RunConfig, load_config
 from semi3d.data.formats import build_reader
 from semi3d.data.synthetic import write_dataset
 from semi3d.planning.fingerprint import ChannelStats, Fingerprint, fingerprint
@@ -70,6 +70,18 @@ def test_largest_component_only_when_the_labels_are_one_structure(share, postpro
     plan = make_plan(_fp([(1.0, 1.0, 1.0)] * 2, one_structure=share), "cpu", method="supervised")
     assert plan.config["inference"]["postprocess"] == postprocess
     assert ("organ" in plan.notes["postprocess"]) == (share is not None)
+
+
+def test_largest_component_per_class():
+    """A single-structure class (liver) loses its stray predicted components, a multi-structure one
+    (kidney) keeps them, as nnU-Net decides per class; the config trains and names the classes."""
+    fp = _fp([(1.0, 1.0, 1.0)] * 2)
+    fp.class_names, fp.class_share, fp.largest_component_share = ["background", "liver", "kidney"], [0.8, 0.1, 0.1], [0.995, 0.6]
+    plan = make_plan(fp, "cpu", method="supervised")
+    assert plan.config["inference"]["postprocess"] == "largest_component"
+    assert plan.config["inference"]["largest_component_classes"] == [1]
+    assert plan.notes["postprocess"].startswith("liver: ") and "kept for kidney, which spreads over several components (its largest holds 60.0%" in plan.notes["postprocess"]
+    assert RunConfig.model_validate(plan.config).inference.largest_component_classes == [1]
 
 
 def test_target_spacing_takes_the_10th_percentile_of_a_thick_axis():

@@ -5,19 +5,24 @@ nnU-Net's "remove all but the largest component" and the LA semi-supervised lite
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 from scipy import ndimage
 
+from ..errors import InputError
+
 _FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity (skimage's / BCP's default in 3D)
 
 
-def keep_largest_component(label: np.ndarray, num_classes: int) -> np.ndarray:
+def keep_largest_component(label: np.ndarray, num_classes: int, classes: Sequence[int] | None = None) -> np.ndarray:
     """A copy of the label map ``label`` (X, Y, Z; integer classes) in which every voxel of a
     foreground class outside that class's largest 26-connected component becomes background (0).
-    Ties keep the component found first in C order."""
+    ``classes``: the foreground classes this applies to (default every one, 1..K-1); the others keep
+    all their components. Ties keep the component found first in C order."""
     out = np.array(label, copy=True)
-    for c in range(1, num_classes):
+    for c in range(1, num_classes) if classes is None else classes:
         m = out == c
         if not m.any():
             continue
@@ -49,4 +54,12 @@ def largest_component_per_class(label: torch.Tensor, num_classes: int) -> torch.
     return torch.from_numpy(out).to(label.device)
 
 
-POSTPROCESS = {"none": lambda label, num_classes: label, "largest_component": keep_largest_component}
+def check_classes(classes: Sequence[int] | None, num_classes: int, where: str) -> None:
+    """Refuse, naming ``where``, a ``classes`` list (``inference.largest_component_classes``) with a
+    class that is not one of the model's foreground classes 1..K-1."""
+    bad = [c for c in classes or () if not 1 <= c < num_classes]
+    if bad:
+        raise InputError(where, f"class {bad[0]} is not a foreground class of this model (1..{num_classes - 1})")
+
+
+POSTPROCESS = {"none": lambda label, num_classes, classes=None: label, "largest_component": keep_largest_component}

@@ -19,6 +19,7 @@ from ..config import RunConfig, dump_config
 from ..data.augment import augment
 from ..data.dataset import DataBundle, prepare_data
 from ..data.patches import PatchSampler
+from ..data.postprocess import check_classes
 from ..atomic import write_text
 from ..data.splits import save_splits
 from ..errors import InputError
@@ -162,6 +163,7 @@ class Trainer:
         self.services = TrainerServices(self)
         if self.sampler_u is None and self.method.needs_unlabelled:  # fail now, not mid-run
             raise InputError("splits.unlabelled", f"method {cfg.method.name!r} needs unlabelled cases but the split is empty")
+        check_classes(cfg.inference.largest_component_classes, self.data.num_classes, "inference.largest_component_classes")
         if self.data.ignore_value is not None and not self.method.ignore_label:
             raise InputError(f"method {cfg.method.name}", "does not support nnU-Net's ignore label, which this "
                                                           "dataset declares; use another method or relabel those voxels")

@@ -71,7 +71,9 @@ def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None
         if progress:
             progress(i + 1, len(ids), cid, per_case[cid])
     extra = {"run": str(run.path), "split": name, "model_step": predictor.step, "n_cases": len(ids),
-             "postprocess": cfg.inference.postprocess, **({"ensemble": [str(m) for m in members]} if ensemble else {}),
+             "postprocess": cfg.inference.postprocess,
+             "largest_component_classes": cfg.inference.largest_component_classes,  # null: every class
+             **({"ensemble": [str(m) for m in members]} if ensemble else {}),
              "eval_time_s": time.time() - t0}
     write_metrics(out, per_case, extra)
     return summarise(per_case)

@@ -70,7 +70,7 @@ class Invertd(MapTransform):
 
     def __init__(self, keys, bundle_root: str, image_key: str = "image"):
         super().__init__(keys)
-        self.postprocess = read_bundle_metadata(Path(bundle_root))[1].inference.postprocess
+        self.inference = read_bundle_metadata(Path(bundle_root))[1].inference
         self.image_key = image_key
 
     def __call__(self, data):
@@ -85,7 +85,7 @@ class Invertd(MapTransform):
             probs = probs[(slice(None), *(slice(a, None if b < 0 else b) for a, b in crop))]
             if list(probs.shape[1:]) != shape:
                 probs = resample_probabilities(probs, shape)
-            label = label_map(probs, self.postprocess)
+            label = label_map(probs, self.inference)
             meta = {k: v for k, v in ref.meta.items() if k not in (_SHAPE, _CROP, "affine")}
             name = str(meta.get("filename_or_obj", "case"))
             meta["filename_or_obj"] = re.sub(r"_\d{4}(\.nii(\.gz)?)$", r"\1", name)

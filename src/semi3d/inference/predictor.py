@@ -43,13 +43,13 @@ def read_bundle_metadata(folder: Path) -> tuple[dict, RunConfig]:
         raise InputError(meta_path, f"not a semi3d bundle metadata file ({type(e).__name__}: {e})") from None
 
 
-def label_map(probs: torch.Tensor, postprocess: str) -> np.ndarray:
-    """Probabilities (K, X, Y, Z) -> label map (X, Y, Z) uint8: the argmax, then ``postprocess``
-    (an ``inference.postprocess`` name)."""
+def label_map(probs: torch.Tensor, inference: InferenceConfig) -> np.ndarray:
+    """Probabilities (K, X, Y, Z) -> label map (X, Y, Z) uint8: the argmax, then
+    ``inference.postprocess`` (for ``inference.largest_component_classes``)."""
     from ..data.postprocess import POSTPROCESS
 
     label = class_argmax(probs, 0).numpy().astype(np.uint8)
-    return POSTPROCESS[postprocess](label, probs.shape[0])
+    return POSTPROCESS[inference.postprocess](label, probs.shape[0], inference.largest_component_classes)
 
 
 class Predictor:
@@ -65,6 +65,7 @@ class Predictor:
     def __init__(self, model_path: Path, device: str = "auto", precision: str = "auto",
                  inference: InferenceConfig | dict | None = None):
         from ..data.dataset import make_preprocessor
+        from ..data.postprocess import check_classes
 
         self.device = pick_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -81,6 +82,8 @@ class Predictor:
             inference = InferenceConfig.model_validate({**self.cfg.inference.model_dump(), **inference})
         if inference is not None:  # e.g. the run's config.yaml with --set overrides
             self.cfg = self.cfg.model_copy(update={"inference": inference})
+        check_classes(self.cfg.inference.largest_component_classes, self.num_classes,
+                      "inference.largest_component_classes")
 
     def _load_checkpoint(self, path: Path) -> dict:
         from ..engine import checkpoint as ckpt
@@ -138,7 +141,7 @@ class Predictor:
     def segment(self, case: Case, probs: torch.Tensor | None = None) -> np.ndarray:
         """The label map (X, Y, Z) uint8 on the case's original grid: the argmax of ``probs``
         (default ``self(case)``), then ``inference.postprocess``."""
-        return label_map(self(case) if probs is None else probs, self.cfg.inference.postprocess)
+        return label_map(self(case) if probs is None else probs, self.cfg.inference)
 
 
 class MeanOfModels:

@@ -28,12 +28,12 @@ The rules, in the order they are applied (axes X, Y, Z; spacing in mm):
    default augmentation (flips, rot90, stronger gamma), 8 labelled, one seed each
    (``benchmarks/results/la_mn_planned_l8_refaug.json`` vs ``la_mn_planned_l8.json``). The other
    methods keep the package defaults.
-9. **Post-processing**: keep each foreground class's largest connected component when, in every
-   labelled case, that component holds at least :data:`ONE_STRUCTURE` (99 %) of the class's voxels:
-   the labels say each class is one structure, so a second predicted component is an error (LA: 75
-   of 80 ground truths are one component, the other five lose at most 0.15 %; +0.05 to +0.18 Dice on
-   every measured run). Any class spread over several structures (two kidneys, metastases) keeps
-   every component. nnU-Net decides this by cross-validation, which planning does not run.
+9. **Post-processing**, per class: keep a foreground class's largest connected component when, in
+   every labelled case, that component holds at least :data:`ONE_STRUCTURE` (99 %) of the class's
+   voxels: the labels say the class is one structure, so a second predicted component is an error
+   (LA: 75 of 80 ground truths are one component, the other five lose at most 0.15 %; +0.05 to +0.18
+   Dice on every measured run). A class spread over several structures (two kidneys, metastases)
+   keeps every component. nnU-Net decides this by cross-validation, which planning does not run.
 """
 from __future__ import annotations
 
@@ -93,18 +93,26 @@ def _target_spacing(fp: Fingerprint) -> tuple[np.ndarray, str]:
     return t, "median spacing of the cases"
 
 
-def _postprocess(fp: Fingerprint) -> tuple[str, str]:
-    """``inference.postprocess`` for the labels' connectivity (rule 9), and why."""
-    shares = [(s, n) for s, n in zip(fp.largest_component_share, fp.class_names[1:]) if s is not None]
+def _postprocess(fp: Fingerprint) -> tuple[dict, str]:
+    """The ``inference`` post-processing for the labels' connectivity (rule 9), and why."""
+    shares = [(c, s, n) for c, (s, n) in enumerate(zip(fp.largest_component_share, fp.class_names[1:]), 1)
+              if s is not None]
+    one = [(c, s, n) for c, s, n in shares if s >= ONE_STRUCTURE]
+    many = [f"{n}, which spreads over several components (its largest holds {s:.1%} of it in one labelled case)"
+            for c, s, n in shares if s < ONE_STRUCTURE]
+    keep = f"every predicted component is kept for {'; '.join(many)}"
     if not shares:
-        return "none", "no labelled case has a foreground class"
-    low, name = min(shares)
-    if low >= ONE_STRUCTURE:
-        return "largest_component", (f"in every labelled case each foreground class's largest connected component "
-                                     f"holds >= {ONE_STRUCTURE:.0%} of it (least {low:.2%}, {name}): smaller "
-                                     "predicted components are removed")
-    return "none", (f"{name} spreads over several components (its largest holds {low:.1%} of it in one labelled "
-                    "case): every predicted component is kept")
+        return {"postprocess": "none"}, "no labelled case has a foreground class"
+    if not one:
+        return {"postprocess": "none"}, keep
+    low, name = min((s, n) for c, s, n in one)
+    why = (f"{', '.join(n for c, s, n in one)}: in every labelled case the largest connected component holds "
+           f">= {ONE_STRUCTURE:.0%} of the class (least {low:.2%}{f', {name}' if len(one) > 1 else ''}), so smaller "
+           "predicted components are removed")
+    if not many:
+        return {"postprocess": "largest_component"}, why
+    return ({"postprocess": "largest_component", "largest_component_classes": [c for c, s, n in one]},
+            f"{why}; {keep}")
 
 
 def _strides(patch: np.ndarray, spacing: np.ndarray, max_levels: int) -> list[tuple[int, int, int]]:
@@ -177,7 +185,7 @@ def make_plan(fp: Fingerprint, budget: str = "cpu", method: str = "mn", root: st
                   "schedule": ({"name": "cosine", "warmup": 40, "cycles": [b.warmup_iterations], "min_factor": 0.0}
                                if method == "mn" else {"name": "poly", "power": 0.9}),
                   "val_every": max(1, b.iterations // 4), "selection": "final"},
-        "inference": {"overlap": 0.5, "mirror_axes": [], "postprocess": postprocess},
+        "inference": {"overlap": 0.5, "mirror_axes": [], **postprocess},
     }
     notes = {
         "target_spacing": why_spacing,
