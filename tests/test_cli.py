@@ -65,11 +65,16 @@ def test_train_predict_evaluate(trained, synth_root, tmp_path):
     with pytest.raises(InputError, match="inference.largest_component_classes: class 3 is not a foreground class"):
         Predictor(model_file(trained), "cpu", inference={"largest_component_classes": [3]})
 
-    r = runner.invoke(app, ["evaluate", str(trained), "--split", "test"])
+    r = runner.invoke(app, ["evaluate", str(trained), "--split", "test", "--save-predictions"])
     assert r.exit_code == 0, r.output
     m = json.loads((trained / "eval_test" / "metrics.json").read_text())
     assert len(m["per_case"]) == 2 and "organ" in m["mean"]
     assert (trained / "eval_test" / "metrics.csv").read_text().count("\n") == 1 + 2 * 2
+    # the saved predictions scored as any tool's: the same numbers (classes from the dataset.json beside labelsTs)
+    r = runner.invoke(app, ["evaluate-folder", str(trained / "eval_test" / "predictions"), str(synth_root / "labelsTs"),
+                            "-o", str(tmp_path / "folder")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "folder" / "metrics.json").read_text())["per_case"] == m["per_case"]
 
 
 def test_evaluate_refuses_ids_the_run_used(trained, tmp_path):
@@ -226,7 +231,7 @@ def test_version_help_and_a_short_demo_that_says_where_its_outputs_are(tmp_path)
     r = runner.invoke(app, ["--version"])
     assert r.exit_code == 0 and r.output.strip() == f"semi3d {version('semi3d')}"
     r = runner.invoke(app, ["--help"])
-    verbs = ["train", "predict", "evaluate", "report", "suggest", "export", "plan", "compare", "demo", "mine",
+    verbs = ["train", "predict", "evaluate", "evaluate-folder", "report", "suggest", "export", "plan", "compare", "demo", "mine",
              "config", "list"]
     commands = [line.split()[0] for line in r.output.split("Commands:")[1].splitlines() if line.strip()]
     assert r.exit_code == 0 and commands == verbs and "``" not in r.output

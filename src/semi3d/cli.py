@@ -139,6 +139,24 @@ def evaluate(run: Path, split: str = typer.Option("validation", help="a split of
     console.print(format_table(summary, title=f"{run} ({ids_list or split})"))
 
 
+@app.command("evaluate-folder")
+@_clean_errors
+def evaluate_folder(predictions: Path = typer.Argument(..., help="folder of predicted label maps, <case><ending>"),
+                    references: Path = typer.Argument(..., help="folder of reference label maps of the same cases"),
+                    dataset_json: Optional[Path] = typer.Option(None, help="nnU-Net dataset.json with the labels "
+                                                                "(default: REFERENCES/../dataset.json when there)"),
+                    num_classes: Optional[int] = typer.Option(None, help="K classes with background, without a dataset.json"),
+                    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default PREDICTIONS)")):
+    """Score another tool's (or semi3d's) predictions against references with semi3d evaluate's
+    metrics (nnUNetv2_evaluate_folder) -> metrics.json/csv."""
+    from .evaluation.folder import evaluate_folder as run
+    from .evaluation.summary import format_table
+
+    summary = run(predictions, references, dataset_json, num_classes, out,
+                  progress=lambda i, n, case: console.print(f"[{i}/{n}] {case}"))
+    console.print(format_table(summary, title=f"{predictions} vs {references}"))
+
+
 @app.command()
 @_clean_errors
 def report(run: Path, out: Optional[Path] = typer.Option(None, help="output folder (default RUN/report)"),

@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from semi3d.cli import app
-from semi3d.config import load_config
+from semi3d.config import InferenceConfig, load_config
 from semi3d.data.formats import build_reader
 from semi3d.engine.trainer import train
 from semi3d.errors import InputError
@@ -42,7 +42,7 @@ def test_ensemble_evaluates_the_mean_probability_of_its_members(tiny_tree, synth
     summary = evaluate_run(a.run_dir, "validation", ensemble=[b.run_dir])
     out = a.run_dir / "eval_validation_mean_of_2"  # the single model's eval_validation stays its own
     metrics = json.loads((out / "metrics.json").read_text())
-    expected = case_metrics(label_map(mean, "none"), case.label, 3, case.spacing, pa.class_names[1:])
+    expected = case_metrics(label_map(mean, InferenceConfig(postprocess="none")), case.label, 3, case.spacing, pa.class_names[1:])
     assert metrics["per_case"][cid]["lesion"]["dice"] == pytest.approx(expected["lesion"]["dice"])
     assert len(metrics["ensemble"]) == 2 and summary["mean"]["dice"] == pytest.approx(
         np.mean([expected[k]["dice"] for k in expected]))

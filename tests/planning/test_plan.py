@@ -82,6 +82,8 @@ def test_largest_component_per_class():
     assert plan.config["inference"]["largest_component_classes"] == [1]
     assert plan.notes["postprocess"].startswith("liver: ") and "kept for kidney, which spreads over several components (its largest holds 60.0%" in plan.notes["postprocess"]
     assert RunConfig.model_validate(plan.config).inference.largest_component_classes == [1]
+    fp.largest_component_share = [0.995, None]  # no labelled case has a kidney: nothing known, nothing removed
+    assert make_plan(fp, "cpu", method="supervised").config["inference"]["largest_component_classes"] == [1]
 
 
 def test_target_spacing_takes_the_10th_percentile_of_a_thick_axis():

@@ -29,10 +29,54 @@ from ..errors import InputError
 from .volumes import Volume, _short, read_volume
 from .readers import PathLike, Reader, _existing_dir
 
-__all__ = ["NnUNetRawReader", "UNLABELLED_DIR"]
+__all__ = ["NnUNetRawReader", "UNLABELLED_DIR", "read_dataset_json"]
 
 UNLABELLED_DIR = "imagesUnlabelled"
 Entry = tuple[dict[int, Path], "Path | None"]
+
+
+def _read_meta(path: Path) -> dict:
+    """``dataset.json``'s object, with its ``labels`` and ``file_ending``."""
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(path, "missing (an nnU-Net raw dataset needs dataset.json)") from None
+    except (OSError, ValueError) as e:
+        raise InputError(path, f"cannot read: {_short(e)}") from None
+    if not isinstance(meta, dict):
+        raise InputError(path, "expected a JSON object")
+    for key in ("labels", "file_ending"):
+        if key not in meta:
+            raise InputError(path, f"missing key {key!r}")
+    return meta
+
+
+def _labels(meta: dict, where: Path) -> tuple[list[str], int | None]:
+    """The class names by value (background first) and the ignore label's value (None without one)."""
+    labels = meta["labels"]
+    if not isinstance(labels, dict):
+        raise InputError(where, "'labels' must map class names to values")
+    regions = [name for name, v in labels.items() if isinstance(v, (list, tuple))]
+    if regions:
+        raise InputError(where, f"region-based labels are not supported ({', '.join(regions)})")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in labels.values()) or \
+            sorted(labels.values()) != list(range(len(labels))):
+        raise InputError(where, f"label values must be the integers 0..{len(labels) - 1}, "
+                                f"got {sorted(labels.values(), key=str)}")
+    ignore = None
+    if "ignore" in labels:  # nnU-Net: the highest value; its voxels count in no loss and no metric
+        if labels["ignore"] != len(labels) - 1:
+            raise InputError(where, f"the ignore label must have the highest value ({len(labels) - 1}), "
+                                    f"got {labels['ignore']}")
+        ignore, labels = labels["ignore"], {k: v for k, v in labels.items() if k != "ignore"}
+    return sorted(labels, key=labels.get), ignore
+
+
+def read_dataset_json(path: Path) -> tuple[list[str], int | None]:
+    """An nnU-Net ``dataset.json``'s classes: the K class names by value (background first; the
+    ``ignore`` label left out) and the ignore label's value (None without one). Region-based labels
+    are refused."""
+    return _labels(_read_meta(Path(path)), Path(path))
 
 
 class NnUNetRawReader(Reader):
@@ -49,8 +93,9 @@ class NnUNetRawReader(Reader):
         self.root = _existing_dir(root)
         self.domain = domain
         self.meta_path = meta_path = self.root / "dataset.json"
-        meta = self._read_meta()
-        self._labels(meta)
+        meta = _read_meta(meta_path)
+        names, self.ignore_value = _labels(meta, meta_path)
+        self.class_names, self.num_classes = names, len(names)
         channels = meta.get("channel_names", meta.get("modality"))
         if not isinstance(channels, dict) or not channels:
             raise InputError(meta_path, "missing or empty 'channel_names'")
@@ -70,40 +115,6 @@ class NnUNetRawReader(Reader):
                           f"unlabelled, but nnU-Net rejects this layout: move them to {UNLABELLED_DIR}/", stacklevel=2)
 
     # ------------------------------------------------------------------------------------ reading
-    def _read_meta(self) -> dict:
-        try:
-            meta = json.loads(self.meta_path.read_text())
-        except FileNotFoundError:
-            raise InputError(self.meta_path, "missing (an nnU-Net raw dataset needs dataset.json)") from None
-        except (OSError, ValueError) as e:
-            raise InputError(self.meta_path, f"cannot read: {_short(e)}") from None
-        if not isinstance(meta, dict):
-            raise InputError(self.meta_path, "expected a JSON object")
-        for key in ("labels", "file_ending"):
-            if key not in meta:
-                raise InputError(self.meta_path, f"missing key {key!r}")
-        return meta
-
-    def _labels(self, meta: dict) -> None:
-        labels, where = meta["labels"], self.meta_path
-        if not isinstance(labels, dict):
-            raise InputError(where, "'labels' must map class names to values")
-        regions = [name for name, v in labels.items() if isinstance(v, (list, tuple))]
-        if regions:
-            raise InputError(where, f"region-based labels are not supported ({', '.join(regions)})")
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in labels.values()) or \
-                sorted(labels.values()) != list(range(len(labels))):
-            raise InputError(where, f"label values must be the integers 0..{len(labels) - 1}, "
-                                    f"got {sorted(labels.values(), key=str)}")
-        if "ignore" in labels:  # nnU-Net: the highest value; its voxels count in no loss and no metric
-            if labels["ignore"] != len(labels) - 1:
-                raise InputError(where, f"the ignore label must have the highest value ({len(labels) - 1}), "
-                                        f"got {labels['ignore']}")
-            self.ignore_value = labels["ignore"]
-            labels = {k: v for k, v in labels.items() if k != "ignore"}
-        self.class_names = sorted(labels, key=labels.get)
-        self.num_classes = len(labels)
-
     def _channels(self, folder: Path) -> dict[str, dict[int, Path]]:
         pattern = re.compile(rf"^(.+)_(\d{{4}}){re.escape(self.file_ending)}$")
         cases: dict[str, dict[int, Path]] = {}

@@ -31,10 +31,11 @@ def _fmt_values(values: np.ndarray) -> str:
     return shown + (f", ... ({values.size} values)" if values.size > _MAX_LISTED else "")
 
 
-def _check_grid(ref: Volume, vol: Volume, what: str) -> None:
-    """Same shape, and same affine (within AFFINE_TOL) when both files store one."""
+def check_grid(ref: Volume, vol: Volume, what: str) -> None:
+    """``vol`` (a channel, label or prediction: ``what``) on ``ref``'s grid: the same shape, and the same
+    affine (within AFFINE_TOL) when both files store one; else an error naming ``vol``'s file."""
     if vol.array.shape != ref.array.shape:
-        raise InputError(vol.path, f"{what} shape {vol.array.shape} does not match image shape "
+        raise InputError(vol.path, f"{what} shape {vol.array.shape} does not match the shape "
                                    f"{ref.array.shape} of {ref.path.name}")
     if ref.affine is not None and vol.affine is not None:
         diff = float(np.abs(ref.affine - vol.affine).max())
@@ -51,7 +52,10 @@ def _as_image(vol: Volume) -> np.ndarray:
     return image
 
 
-def _as_label(vol: Volume, num_classes: int | None, ignore_value: int | None = None) -> np.ndarray:
+def as_label(vol: Volume, num_classes: int | None, ignore_value: int | None = None) -> np.ndarray:
+    """``vol``'s label map (X, Y, Z), uint8 (int32 above 255): integer values in 0..K-1 (non-negative
+    when ``num_classes`` is None), voxels of ``ignore_value`` as :data:`semi3d.losses.IGNORE_INDEX`;
+    else an error naming the file and the wrong values."""
     label = vol.array
     ignored = None if ignore_value is None else label == ignore_value
     if ignored is not None and ignored.any():
@@ -98,12 +102,12 @@ def assemble_case(case_id: str, channels: Sequence[Volume], label: Volume | None
     """
     ref = channels[0]
     for vol in channels[1:]:
-        _check_grid(ref, vol, "channel")
+        check_grid(ref, vol, "channel")
     image = np.stack([_as_image(v) for v in channels])
     lab = None
     if label is not None:
-        _check_grid(ref, label, "label")
-        lab = _as_label(label, num_classes, ignore_value)
+        check_grid(ref, label, "label")
+        lab = as_label(label, num_classes, ignore_value)
     sp = tuple(float(s) for s in (ref.spacing or spacing or (1.0, 1.0, 1.0)))
     affine = ref.affine if ref.affine is not None else np.diag([*sp, 1.0])
     return Case(case_id, image, lab, sp, affine, domain, str(ref.path))  # type: ignore[arg-type]

@@ -109,10 +109,10 @@ def _postprocess(fp: Fingerprint) -> tuple[dict, str]:
     why = (f"{', '.join(n for c, s, n in one)}: in every labelled case the largest connected component holds "
            f">= {ONE_STRUCTURE:.0%} of the class (least {low:.2%}{f', {name}' if len(one) > 1 else ''}), so smaller "
            "predicted components are removed")
-    if not many:
+    if len(one) == len(fp.class_names) - 1:
         return {"postprocess": "largest_component"}, why
     return ({"postprocess": "largest_component", "largest_component_classes": [c for c, s, n in one]},
-            f"{why}; {keep}")
+            f"{why}; {keep}" if many else why)
 
 
 def _strides(patch: np.ndarray, spacing: np.ndarray, max_levels: int) -> list[tuple[int, int, int]]:

@@ -1,0 +1,86 @@
+"""Score a folder of predicted label maps against a folder of references, with the metrics of
+``semi3d evaluate`` (nnU-Net's ``nnUNetv2_evaluate_folder``): to compare semi3d with another tool's
+predictions (nnU-Net, MONAI) on the same cases under one definition of Dice and HD95.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from ..data.nnunet import read_dataset_json
+from ..data.readers import as_label, check_grid
+from ..data.volumes import SUFFIXES, read_volume, split_suffix
+from ..errors import InputError
+from .metrics import case_metrics
+from .summary import summarise, write_metrics
+
+PROBABILITIES = "_prob"  # ``semi3d predict --probabilities`` writes <case>_prob beside <case>
+
+
+def _label_files(folder: Path, what: str) -> dict[str, Path]:
+    """``{case: file}`` for the volume files of ``folder`` (nnU-Net naming: ``<case><ending>``)."""
+    if not folder.is_dir():
+        raise InputError(folder, f"no such {what} folder")
+    files: dict[str, Path] = {}
+    for f in sorted(folder.iterdir()):
+        stem, ending = split_suffix(f, SUFFIXES)
+        if ending is None or not f.is_file():
+            continue
+        if stem in files:
+            raise InputError(f, f"case {stem!r} twice in this folder ({files[stem].name}, {f.name})")
+        files[stem] = f
+    if not files:
+        raise InputError(folder, f"no {what} files ({', '.join(SUFFIXES)})")
+    return files
+
+
+def evaluate_folder(pred_dir: Path, ref_dir: Path, dataset_json: Path | None = None, num_classes: int | None = None,
+                    out: Path | None = None, progress: Callable[[int, int, str], None] | None = None) -> dict:
+    """Dice / Jaccard / HD95 / ASD per case and foreground class of every prediction in ``pred_dir``
+    against the reference of the same case in ``ref_dir`` (``<case><ending>`` in both, any format
+    ``semi3d predict`` writes; ``semi3d predict``'s ``<case>_prob`` files are skipped). Distances use
+    the reference's spacing (mm) and voxels, as :func:`case_metrics`.
+
+    Classes: the ``labels`` of ``dataset_json`` (nnU-Net's ``dataset.json``; default
+    ``ref_dir/../dataset.json`` when there, the nnU-Net layout ``labelsTr``/``labelsTs``), whose
+    ``ignore`` label is left out of every metric, or ``num_classes`` K (names ``class1``...).
+
+    Every file is read and checked (same case set, same grid as its reference, labels in 0..K-1)
+    before ``metrics.json`` / ``metrics.csv`` are written into ``out`` (default ``pred_dir``), so bad
+    input writes nothing. Returns the summary (mean per class and metric)."""
+    pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
+    refs = _label_files(ref_dir, "reference")
+    preds = {c: f for c, f in _label_files(pred_dir, "prediction").items()
+             if not (c.endswith(PROBABILITIES) and c[: -len(PROBABILITIES)] in refs and c not in refs)}
+    if dataset_json is None and num_classes is None and (ref_dir.parent / "dataset.json").is_file():
+        dataset_json = ref_dir.parent / "dataset.json"
+    if dataset_json is not None:
+        if num_classes is not None:
+            raise InputError("--num-classes", "give the classes once: a dataset.json or a number")
+        class_names, ignore = read_dataset_json(Path(dataset_json))
+        num_classes = len(class_names)
+    elif num_classes is None:
+        raise InputError(ref_dir, "no dataset.json beside this folder: give --dataset-json or --num-classes")
+    else:
+        class_names, ignore = [f"class{c}" for c in range(int(num_classes))], None
+    if num_classes < 2:
+        raise InputError("--num-classes", f"must be >= 2 (background and a class), got {num_classes}")
+    for have, lack, folder, what in ((refs, preds, pred_dir, "prediction"), (preds, refs, ref_dir, "reference")):
+        if missing := sorted(set(have) - set(lack)):
+            raise InputError(folder, f"no {what} for {len(missing)} case(s): {', '.join(missing[:5])}"
+                                     + (" ..." if len(missing) > 5 else ""))
+    per_case, t0 = {}, time.time()
+    for i, case in enumerate(sorted(refs)):
+        ref_vol, pred_vol = read_volume(refs[case]), read_volume(preds[case])
+        check_grid(ref_vol, pred_vol, "prediction")
+        ref = as_label(ref_vol, num_classes, ignore)
+        pred = as_label(pred_vol, num_classes)
+        per_case[case] = case_metrics(pred, ref, num_classes, ref_vol.spacing, class_names)
+        if progress:
+            progress(i + 1, len(refs), case)
+    write_metrics(Path(out or pred_dir), per_case, {
+        "predictions": str(pred_dir), "references": str(ref_dir), "n_cases": len(per_case),
+        "classes": class_names[1:], "dataset_json": None if dataset_json is None else str(dataset_json),
+        "eval_time_s": time.time() - t0})
+    return summarise(per_case)

@@ -1,0 +1,93 @@
+"""Scoring a folder of predictions against a folder of references (``semi3d evaluate-folder``)."""
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from semi3d.cli import app
+from semi3d.data.volumes import write_volume
+from semi3d.errors import InputError
+from semi3d.evaluation.folder import evaluate_folder
+
+SPACING = (1.0, 1.0, 2.0)
+
+
+def _cube(lo, hi, value=1, shape=(12, 12, 8)):
+    a = np.zeros(shape, np.uint8)
+    a[lo:hi, lo:hi, lo:hi] = value
+    return a
+
+
+@pytest.fixture
+def folders(tmp_path):
+    """nnU-Net layout: Dataset/labelsTs (references, with the ignore label 2) and a predictions folder."""
+    ds = tmp_path / "Dataset001_X"
+    (ds / "labelsTs").mkdir(parents=True)
+    (ds / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "organ": 1, "ignore": 2},
+                                                 "channel_names": {"0": "CT"}, "file_ending": ".nii.gz"}))
+    ref_a = _cube(2, 6)                       # 64 voxels
+    ref_b = _cube(2, 6)
+    ref_b[8:10, 8:10, 0:2] = 2                # ignored voxels: whatever is predicted there counts for nothing
+    write_volume(ds / "labelsTs" / "a.nii.gz", ref_a, spacing=SPACING)
+    write_volume(ds / "labelsTs" / "b.nii.gz", ref_b, spacing=SPACING)
+    pred = tmp_path / "pred"
+    pred_a = _cube(2, 6)
+    pred_a[2:6, 2:6, 2:4] = 0                 # half of it: Dice 2*32 / (32 + 64)
+    pred_b = _cube(2, 6)
+    pred_b[8:10, 8:10, 0:2] = 1               # only on ignored voxels: Dice stays 1
+    write_volume(pred / "a.nii.gz", pred_a, spacing=SPACING)
+    write_volume(pred / "b.nii.gz", pred_b, spacing=SPACING)
+    write_volume(pred / "a_prob.nii.gz", np.zeros((2, 12, 12, 8), np.float32), spacing=SPACING)  # predict --probabilities
+    return pred, ds / "labelsTs"
+
+
+def test_known_dice_with_the_ignore_label_of_the_dataset_json_beside(folders):
+    pred, ref = folders
+    summary = evaluate_folder(pred, ref)
+    m = json.loads((pred / "metrics.json").read_text())
+    assert m["per_case"]["a"]["organ"]["dice"] == pytest.approx(64 / 96)
+    assert m["per_case"]["b"]["organ"]["dice"] == pytest.approx(1.0)
+    assert summary["organ"]["dice"] == pytest.approx((64 / 96 + 1) / 2)
+    assert m["classes"] == ["organ"] and m["n_cases"] == 2 and m["dataset_json"].endswith("dataset.json")
+    assert (pred / "metrics.csv").read_text().count("\n") == 1 + 2
+
+
+def test_the_cli_prints_the_table(folders, tmp_path):
+    pred, ref = folders
+    r = CliRunner().invoke(app, ["evaluate-folder", str(pred), str(ref), "-o", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    assert "organ" in r.output and (tmp_path / "m" / "metrics.json").is_file()
+
+
+def _nothing_written(pred):
+    return not (pred / "metrics.json").exists()
+
+
+def test_a_missing_prediction_is_named_and_nothing_is_written(folders):
+    pred, ref = folders
+    (pred / "b.nii.gz").unlink()
+    with pytest.raises(InputError, match=r"pred: no prediction for 1 case\(s\): b"):
+        evaluate_folder(pred, ref)
+    assert _nothing_written(pred)
+
+
+def test_a_prediction_on_another_grid_is_named(folders):
+    pred, ref = folders
+    write_volume(pred / "b.nii.gz", np.zeros((12, 12, 6), np.uint8), spacing=SPACING)
+    with pytest.raises(InputError, match=r"b.nii.gz: prediction shape \(12, 12, 6\) does not match the shape"):
+        evaluate_folder(pred, ref)
+    assert _nothing_written(pred)
+
+
+def test_classes_without_a_dataset_json(folders):
+    pred, ref = folders
+    (ref.parent / "dataset.json").unlink()
+    with pytest.raises(InputError, match="give --dataset-json or --num-classes"):
+        evaluate_folder(pred, ref)
+    with pytest.raises(InputError, match="label values 2 are not in 0..1"):  # the ignore label is a value now
+        evaluate_folder(pred, ref, num_classes=2)
+    assert _nothing_written(pred)
+    summary = evaluate_folder(pred, ref, num_classes=3)  # value 2 is a class now: b's reference has it, no prediction
+    assert list(summary) == ["class1", "class2", "mean"] or set(summary) >= {"class1", "class2"}
+    assert json.loads((pred / "metrics.json").read_text())["per_case"]["b"]["class2"]["dice"] == 0.0
