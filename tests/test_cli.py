@@ -102,6 +102,34 @@ def test_an_error_line_prints_the_message_as_it_is(tmp_path):
     assert r.output.startswith("error: ") and str(missing) in r.output and r.output.count("\n") == 1
 
 
+def test_predict_holds_one_case_in_memory_and_prints_each_as_written(trained, synth_root, tmp_path, monkeypatch):
+    """Every input is checked before anything is written, but the cases are then predicted one at a
+    time: a folder of many large CT volumes is never held in memory at once (it was)."""
+    import weakref
+
+    from semi3d.data import readers
+    from semi3d.inference.predictor import Predictor
+
+    made, alive_at_predict = [], []
+    assemble, call = readers.assemble_case, Predictor.__call__
+
+    def counting_assemble(*a, **k):
+        made.append(weakref.ref(case := assemble(*a, **k)))
+        return case
+
+    def counting_call(self, case):
+        alive_at_predict.append(sum(r() is not None for r in made))
+        return call(self, case)
+
+    monkeypatch.setattr(readers, "assemble_case", counting_assemble)
+    monkeypatch.setattr(Predictor, "__call__", counting_call)
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["predict", str(trained), str(synth_root / "imagesTs"), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert len(made) == 4 and alive_at_predict == [1, 1]  # read twice, one case alive at each prediction
+    assert r.stdout.splitlines() == [str(out / f) for f in ("syn_008.nii.gz", "syn_009.nii.gz")]
+
+
 def test_predict_into_unwritable_folder(trained, synth_root, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")

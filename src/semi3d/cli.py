@@ -115,8 +115,8 @@ def predict(model: Path = typer.Argument(..., help="a run folder, a checkpoints/
     (NIfTI, NRRD, MHA, h5, npy) with the input's affine."""
     from .inference.predictor import predict_files
 
-    for p in predict_files(model, inputs, out, probabilities, which, postprocess, precision, ensemble):
-        console.print(str(p))
+    predict_files(model, inputs, out, probabilities, which, postprocess, precision, ensemble,
+                  progress=lambda i, n, paths: console.print("\n".join(map(str, paths))))  # as each case is written
 
 
 @app.command()

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from semi3d.cli import app
-from semi3d.data.volumes import write_volume
+from semi3d.data.volumes import write_h5, write_volume
 from semi3d.errors import InputError
 from semi3d.evaluation.folder import evaluate_folder
 
@@ -91,3 +91,12 @@ def test_classes_without_a_dataset_json(folders):
     summary = evaluate_folder(pred, ref, num_classes=3)  # value 2 is a class now: b's reference has it, no prediction
     assert list(summary) == ["class1", "class2", "mean"] or set(summary) >= {"class1", "class2"}
     assert json.loads((pred / "metrics.json").read_text())["per_case"]["b"]["class2"]["dice"] == 0.0
+
+
+def test_h5_files_are_scored_by_their_label_dataset(tmp_path):
+    """UA-MT style h5 references hold image and label; ``semi3d predict`` writes h5 labels as "label"."""
+    ref, pred = _cube(2, 6), _cube(2, 6)
+    pred[2:6, 2:6, 2:4] = 0
+    write_h5(tmp_path / "ref" / "a.h5", {"image": np.random.rand(12, 12, 8).astype(np.float32), "label": ref})
+    write_volume(tmp_path / "pred" / "a.h5", pred)
+    assert evaluate_folder(tmp_path / "pred", tmp_path / "ref", num_classes=2)["class1"]["dice"] == pytest.approx(64 / 96)

@@ -10,7 +10,7 @@ from typing import Callable
 
 from ..data.nnunet import read_dataset_json
 from ..data.readers import as_label, check_grid
-from ..data.volumes import SUFFIXES, read_volume, split_suffix
+from ..data.volumes import SUFFIXES, h5_keys, read_volume, split_suffix
 from ..errors import InputError
 from .metrics import case_metrics
 from .summary import summarise, write_metrics
@@ -35,11 +35,18 @@ def _label_files(folder: Path, what: str) -> dict[str, Path]:
     return files
 
 
+def _read_label(f: Path):
+    """A label volume; an h5 file's ``label`` dataset when it has one (UA-MT files, ``semi3d predict``'s h5)."""
+    h5 = split_suffix(f)[1] in (".h5", ".hdf5")
+    return read_volume(f, "label" if h5 and "label" in h5_keys(f) else None)
+
+
 def evaluate_folder(pred_dir: Path, ref_dir: Path, dataset_json: Path | None = None, num_classes: int | None = None,
                     out: Path | None = None, progress: Callable[[int, int, str], None] | None = None) -> dict:
     """Dice / Jaccard / HD95 / ASD per case and foreground class of every prediction in ``pred_dir``
     against the reference of the same case in ``ref_dir`` (``<case><ending>`` in both, any format
-    ``semi3d predict`` writes; ``semi3d predict``'s ``<case>_prob`` files are skipped). Distances use
+    ``semi3d predict`` writes, an h5 file's ``label`` dataset when it has several; ``semi3d predict``'s
+    ``<case>_prob`` files are skipped). Distances use
     the reference's spacing (mm) and voxels, as :func:`case_metrics`.
 
     Classes: the ``labels`` of ``dataset_json`` (nnU-Net's ``dataset.json``; default
@@ -72,7 +79,7 @@ def evaluate_folder(pred_dir: Path, ref_dir: Path, dataset_json: Path | None = N
                                      + (" ..." if len(missing) > 5 else ""))
     per_case, t0 = {}, time.time()
     for i, case in enumerate(sorted(refs)):
-        ref_vol, pred_vol = read_volume(refs[case]), read_volume(preds[case])
+        ref_vol, pred_vol = _read_label(refs[case]), _read_label(preds[case])
         check_grid(ref_vol, pred_vol, "prediction")
         ref = as_label(ref_vol, num_classes, ignore)
         pred = as_label(pred_vol, num_classes)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -260,7 +261,8 @@ def _case_names(files: list[Path]) -> list[str]:
 
 def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: bool = False,
                   which: str = "auto", postprocess: str | None = None, precision: str = "auto",
-                  ensemble: list[Path] = ()) -> list[Path]:
+                  ensemble: list[Path] = (), progress: Callable[[int, int, list[Path]], None] | None = None
+                  ) -> list[Path]:
     """Segment each input image; writes ``<out>/<case>.<file ending>`` in the input's own format
     (NIfTI, NRRD, MHA, h5, npy; nnU-Net's naming) with the input's affine. nnU-Net style names
     (``<case>_0000.nii.gz``, ``<case>_0001...``) are grouped into one multi-channel case per
@@ -269,7 +271,8 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
     float32 (a K-component vector image in NRRD/MHA). ``precision``: auto (bf16 where native,
     as training) or fp32 / bf16 / fp16. ``ensemble``: more run folders, model files or bundles whose
     probabilities are averaged with ``model``'s (:class:`MeanOfModels`). Every input is read and
-    checked before anything is written."""
+    checked before anything is written; then each case is read again, predicted and written, one in
+    memory at a time. ``progress(i, n, paths)``: called after the i-th of n cases with its files."""
     from ..data.postprocess import POSTPROCESS
     from ..data.volumes import h5_keys, read_volume, split_suffix, write_volume
     from ..data.readers import assemble_case
@@ -290,12 +293,21 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
         return "image" if split_suffix(f)[1] in (".h5", ".hdf5") and "image" in h5_keys(f) else None
 
     groups = group_channels(files, pred.in_channels)
-    cases = [assemble_case(n, [read_volume(f, key(f)) for f in fs], None, spacing=spacing) for n, fs in groups]
-    written = []
-    for (_, fs), case in zip(groups, cases):
+
+    def read(name: str, fs: list[Path]) -> Case:
+        return assemble_case(name, [read_volume(f, key(f)) for f in fs], None, spacing=spacing)
+
+    for name, fs in groups:  # every input checked first, then read again: one case in memory at a time
+        read(name, fs)
+    written: list[Path] = []
+    for i, (name, fs) in enumerate(groups):
+        case = read(name, fs)
         ext = {".hdf5": ".h5"}.get(split_suffix(fs[0])[1], split_suffix(fs[0])[1])  # the input's format
         probs = pred(case)
-        written.append(write_volume(Path(out) / f"{case.id}{ext}", pred.segment(case, probs), affine=case.affine))
+        new = [write_volume(Path(out) / f"{case.id}{ext}", pred.segment(case, probs), affine=case.affine)]
         if probabilities:
-            written.append(write_volume(Path(out) / f"{case.id}_prob{ext}", probs.numpy(), affine=case.affine))
+            new.append(write_volume(Path(out) / f"{case.id}_prob{ext}", probs.numpy(), affine=case.affine))
+        written += new
+        if progress:
+            progress(i + 1, len(groups), new)
     return written
