@@ -165,6 +165,30 @@ def test_predict_stopped_while_writing_leaves_no_half_written_file(trained, synt
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.parametrize("signum, name", STOPS)
+def test_a_stopped_folder_prediction_goes_on_with_continue(trained, synth_root, tmp_path, monkeypatch, signum, name):
+    import nibabel
+
+    save, calls = nibabel.save, []
+
+    def stop_at_the_second_case(img, path):
+        calls.append(path)
+        if len(calls) == 2:
+            stop_now(signum)
+        save(img, path)
+
+    monkeypatch.setattr("nibabel.save", stop_at_the_second_case)
+    out, folder = tmp_path / "pred", synth_root / "imagesTs"
+    r = runner.invoke(app, ["predict", str(trained), str(folder), "-o", str(out)])
+    assert r.exit_code == 128 + signum and f"stopped: {name}" in r.output and "--continue" in r.output, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["syn_008.nii.gz"]
+    first = (out / "syn_008.nii.gz").stat().st_mtime_ns
+    monkeypatch.setattr("nibabel.save", save)
+    r = runner.invoke(app, ["predict", str(trained), str(folder), "-o", str(out), "--continue"])
+    assert r.exit_code == 0 and r.stdout.splitlines() == [str(out / "syn_009.nii.gz")], r.output
+    assert (out / "syn_008.nii.gz").stat().st_mtime_ns == first  # not predicted again
+
+
 def test_list():
     r = runner.invoke(app, ["list"])
     assert r.exit_code == 0 and "supervised" in r.output and "unet3d" in r.output and "vnet" in r.output

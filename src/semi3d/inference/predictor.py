@@ -261,8 +261,8 @@ def _case_names(files: list[Path]) -> list[str]:
 
 def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: bool = False,
                   which: str = "auto", postprocess: str | None = None, precision: str = "auto",
-                  ensemble: list[Path] = (), progress: Callable[[int, int, list[Path]], None] | None = None
-                  ) -> list[Path]:
+                  ensemble: list[Path] = (), skip_existing: bool = False,
+                  progress: Callable[[int, int, list[Path]], None] | None = None) -> list[Path]:
     """Segment each input image; writes ``<out>/<case>.<file ending>`` in the input's own format
     (NIfTI, NRRD, MHA, h5, npy; nnU-Net's naming) with the input's affine. nnU-Net style names
     (``<case>_0000.nii.gz``, ``<case>_0001...``) are grouped into one multi-channel case per
@@ -272,7 +272,9 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
     as training) or fp32 / bf16 / fp16. ``ensemble``: more run folders, model files or bundles whose
     probabilities are averaged with ``model``'s (:class:`MeanOfModels`). Every input is read and
     checked before anything is written; then each case is read again, predicted and written, one in
-    memory at a time. ``progress(i, n, paths)``: called after the i-th of n cases with its files."""
+    memory at a time. ``skip_existing``: leave out the cases whose outputs are all there (nnU-Net's
+    ``--continue_prediction``: rerun a stopped prediction of a folder). ``progress(i, n, paths)``:
+    called after the i-th of n cases with its files. Returns the files written."""
     from ..data.postprocess import POSTPROCESS
     from ..data.volumes import h5_keys, read_volume, split_suffix, write_volume
     from ..data.readers import assemble_case
@@ -297,17 +299,21 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
     def read(name: str, fs: list[Path]) -> Case:
         return assemble_case(name, [read_volume(f, key(f)) for f in fs], None, spacing=spacing)
 
+    def outputs(name: str, fs: list[Path]) -> list[Path]:  # in the input's format
+        ext = {".hdf5": ".h5"}.get(split_suffix(fs[0])[1], split_suffix(fs[0])[1])
+        return [Path(out) / f"{name}{ext}", *([Path(out) / f"{name}_prob{ext}"] if probabilities else [])]
+
+    if skip_existing:  # the outputs are written atomically: one that exists is complete
+        groups = [(n, fs) for n, fs in groups if not all(p.is_file() for p in outputs(n, fs))]
     for name, fs in groups:  # every input checked first, then read again: one case in memory at a time
         read(name, fs)
     written: list[Path] = []
     for i, (name, fs) in enumerate(groups):
-        case = read(name, fs)
-        ext = {".hdf5": ".h5"}.get(split_suffix(fs[0])[1], split_suffix(fs[0])[1])  # the input's format
+        case, paths = read(name, fs), outputs(name, fs)
         probs = pred(case)
-        new = [write_volume(Path(out) / f"{case.id}{ext}", pred.segment(case, probs), affine=case.affine)]
+        written.append(write_volume(paths[0], pred.segment(case, probs), affine=case.affine))
         if probabilities:
-            new.append(write_volume(Path(out) / f"{case.id}_prob{ext}", probs.numpy(), affine=case.affine))
-        written += new
+            written.append(write_volume(paths[1], probs.numpy(), affine=case.affine))
         if progress:
-            progress(i + 1, len(groups), new)
+            progress(i + 1, len(groups), paths)
     return written
