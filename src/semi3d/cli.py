@@ -148,13 +148,14 @@ def evaluate_folder(predictions: Path = typer.Argument(..., help="folder of pred
                     dataset_json: Optional[Path] = typer.Option(None, help="nnU-Net dataset.json with the labels "
                                                                 "(default: REFERENCES/../dataset.json when there)"),
                     num_classes: Optional[int] = typer.Option(None, help="K classes with background, without a dataset.json"),
-                    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default PREDICTIONS)")):
+                    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default PREDICTIONS)"),
+                    subset: bool = typer.Option(False, help="score only the predicted cases (default: every reference needs a prediction)")):
     """Score another tool's (or semi3d's) predictions against references with semi3d evaluate's
     metrics (nnUNetv2_evaluate_folder) -> metrics.json/csv."""
     from .evaluation.folder import evaluate_folder as run
     from .evaluation.summary import format_table
 
-    summary = run(predictions, references, dataset_json, num_classes, out,
+    summary = run(predictions, references, dataset_json, num_classes, out, subset,
                   progress=lambda i, n, case: console.print(f"[{i}/{n}] {case}"))
     console.print(format_table(summary, title=f"{predictions} vs {references}"))
 
@@ -222,7 +223,7 @@ def plan(dataset: Path = typer.Argument(..., help="an nnU-Net v2 raw dataset fol
 
 @app.command()
 @_clean_errors
-def compare(runs: list[Path] = typer.Argument(..., help="evaluated run folders"),
+def compare(runs: list[Path] = typer.Argument(..., help="evaluated run folders, or folders scored by evaluate-folder"),
             out: Path = typer.Option(..., "--out", "-o", help="output folder"),
             eval_name: Optional[str] = typer.Option(None, "--eval", help="evaluation folder name (default eval_validation)")):
     """Methods table (markdown + JSON) and a per-case Dice box plot across evaluated runs."""

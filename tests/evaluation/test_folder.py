@@ -67,9 +67,11 @@ def _nothing_written(pred):
 def test_a_missing_prediction_is_named_and_nothing_is_written(folders):
     pred, ref = folders
     (pred / "b.nii.gz").unlink()
-    with pytest.raises(InputError, match=r"pred: no prediction for 1 case\(s\): b"):
+    with pytest.raises(InputError, match=r"pred: no prediction for 1 case\(s\): b \(--subset"):
         evaluate_folder(pred, ref)
     assert _nothing_written(pred)
+    evaluate_folder(pred, ref, subset=True)  # the predicted cases only
+    assert list(json.loads((pred / "metrics.json").read_text())["per_case"]) == ["a"]
 
 
 def test_a_prediction_on_another_grid_is_named(folders):

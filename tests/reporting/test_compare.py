@@ -44,3 +44,19 @@ def test_cli_compare_same_run_twice(sup_run, tmp_path):
     assert r.exit_code == 0, r.output
     rows = json.loads((tmp_path / "c" / "compare.json").read_text())["rows"]
     assert [x["run"] for x in rows] == ["tiny", "tiny (2)"]
+
+
+def test_compare_a_run_with_another_tools_scored_predictions(sup_run, synth_root, tmp_path):
+    """Another tool's predictions scored by evaluate-folder sit in the table as method "external";
+    here the run's own saved predictions stand in for them, so both rows agree."""
+    from semi3d.evaluation.evaluate import evaluate_run
+    from semi3d.evaluation.folder import evaluate_folder
+
+    evaluate_run(sup_run, "validation", save_predictions=True, out=tmp_path / "ev")
+    evaluate_folder(tmp_path / "ev" / "predictions", synth_root / "labelsTr", out=tmp_path / "other_tool", subset=True)
+    r = CliRunner().invoke(app, ["compare", str(sup_run), str(tmp_path / "other_tool"), "--out", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "c" / "compare.json").read_text())
+    run, other = res["rows"]
+    assert (other["run"], other["method"], other["labelled"]) == ("other_tool", "external", None)
+    assert other["dice"] == pytest.approx(run["dice"]) and other["cases"] == run["cases"] and res["same_cases"]

@@ -42,7 +42,8 @@ def _read_label(f: Path):
 
 
 def evaluate_folder(pred_dir: Path, ref_dir: Path, dataset_json: Path | None = None, num_classes: int | None = None,
-                    out: Path | None = None, progress: Callable[[int, int, str], None] | None = None) -> dict:
+                    out: Path | None = None, subset: bool = False,
+                    progress: Callable[[int, int, str], None] | None = None) -> dict:
     """Dice / Jaccard / HD95 / ASD per case and foreground class of every prediction in ``pred_dir``
     against the reference of the same case in ``ref_dir`` (``<case><ending>`` in both, any format
     ``semi3d predict`` writes, an h5 file's ``label`` dataset when it has several; ``semi3d predict``'s
@@ -53,6 +54,8 @@ def evaluate_folder(pred_dir: Path, ref_dir: Path, dataset_json: Path | None = N
     ``ref_dir/../dataset.json`` when there, the nnU-Net layout ``labelsTr``/``labelsTs``), whose
     ``ignore`` label is left out of every metric, or ``num_classes`` K (names ``class1``...).
 
+    Every reference needs its prediction (``subset``: only the predicted cases are scored, as
+    nnU-Net's ``--chill``) and every prediction its reference.
     Every file is read and checked (same case set, same grid as its reference, labels in 0..K-1)
     before ``metrics.json`` / ``metrics.csv`` are written into ``out`` (default ``pred_dir``), so bad
     input writes nothing. Returns the summary (mean per class and metric)."""
@@ -73,10 +76,13 @@ def evaluate_folder(pred_dir: Path, ref_dir: Path, dataset_json: Path | None = N
         class_names, ignore = [f"class{c}" for c in range(int(num_classes))], None
     if num_classes < 2:
         raise InputError("--num-classes", f"must be >= 2 (background and a class), got {num_classes}")
-    for have, lack, folder, what in ((refs, preds, pred_dir, "prediction"), (preds, refs, ref_dir, "reference")):
+    if subset:
+        refs = {c: f for c, f in refs.items() if c in preds}
+    for have, lack, folder, what, hint in ((refs, preds, pred_dir, "prediction", " (--subset: score only the predicted)"),
+                                           (preds, refs, ref_dir, "reference", "")):
         if missing := sorted(set(have) - set(lack)):
             raise InputError(folder, f"no {what} for {len(missing)} case(s): {', '.join(missing[:5])}"
-                                     + (" ..." if len(missing) > 5 else ""))
+                                     + (" ..." if len(missing) > 5 else "") + hint)
     per_case, t0 = {}, time.time()
     for i, case in enumerate(sorted(refs)):
         ref_vol, pred_vol = _read_label(refs[case]), _read_label(preds[case])

@@ -3,7 +3,8 @@
 box plot of per-case Dice across runs (``dice_boxplot.png``).
 
 Each run's evaluation is its ``eval_validation/metrics.json`` (or ``--eval NAME``, see
-:meth:`semi3d.engine.rundir.RunDir.metrics`); means are over the foreground classes (the
+:meth:`semi3d.engine.rundir.RunDir.metrics`); a folder holding ``metrics.json`` and no run (``semi3d
+evaluate-folder``'s output for another tool's predictions) is a row of method ``external``; means are over the foreground classes (the
 summary's ``"mean"`` row when there are several). Runs evaluated on different cases are flagged.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..atomic import write_text
 from ..errors import InputError
 from ..evaluation.summary import table_markdown
 from ..engine.rundir import RunDir
@@ -23,18 +25,23 @@ COLUMNS = ["run", "method", "labelled", "unlabelled", "cases", "dice", "dice_std
 
 
 def _run_row(run_dir: Path, eval_name: str | None) -> tuple[dict, dict[str, float]]:
-    run = RunDir(run_dir).require()
-    run_dir = run.path
-    path = run.metrics(eval_name)
-    if path is None:
-        raise InputError(run_dir, f"no evaluation metrics (looked for {run.eval_dir('validation') / 'metrics.json'}); "
-                                  f"run `semi3d evaluate {run_dir}` first")
+    """A run folder's row, or that of a folder of scored predictions (``semi3d evaluate-folder``'s
+    ``metrics.json``, e.g. another tool's): method ``external``, no split counts."""
+    if (Path(run_dir) / "metrics.json").is_file() and not (Path(run_dir) / "config.yaml").is_file():
+        path, cfg, splits = Path(run_dir) / "metrics.json", None, None
+    else:
+        run = RunDir(run_dir).require()
+        run_dir, path = run.path, run.metrics(eval_name)
+        if path is None:
+            raise InputError(run_dir, f"no evaluation metrics (looked for {run.eval_dir('validation') / 'metrics.json'}); "
+                                      f"run `semi3d evaluate {run_dir}` first")
+        cfg, splits = run.load_config(), run.load_splits()
     metrics = load_metrics(path)
-    cfg = run.load_config()
-    splits = run.load_splits()
     fg = foreground_mean(metrics["mean"])
-    row = {"run": cfg.name, "path": str(run_dir), "evaluation": str(path.parent.name), "method": cfg.method.name,
-           "labelled": len(splits["labelled"]), "unlabelled": len(splits["unlabelled"]),
+    row = {"run": Path(run_dir).name if cfg is None else cfg.name, "path": str(run_dir),
+           "evaluation": str(path.parent.name), "method": "external" if cfg is None else cfg.method.name,
+           "labelled": None if splits is None else len(splits["labelled"]),
+           "unlabelled": None if splits is None else len(splits["unlabelled"]),
            "cases": len(metrics["per_case"]), **{m: fg.get(m) for m in COLUMNS[5:]}}
     dice = {cid: v["dice"] for cid, v in case_means(metrics["per_case"]).items() if "dice" in v}
     return row, dice
@@ -65,13 +72,13 @@ def compare_runs(runs: list[Path], out: Path, eval_name: str | None = None) -> d
     out = Path(out)
     plot = _boxplot(per_case, out / "dice_boxplot.png")
     payload = {"rows": rows, "per_case_dice": per_case, "same_cases": same, "boxplot": plot.name}
-    (out / "compare.json").write_text(json.dumps(payload, indent=1))
+    write_text(out / "compare.json", json.dumps(payload, indent=1))
     note = "" if same else ("\n> Note: the runs were evaluated on different cases; their means are not "
                             "directly comparable.\n")
     md = ("# Methods comparison\n\nMeans over the evaluated cases and the foreground classes (Dice, Jaccard in "
           "[0, 1]; HD95, ASD in voxels and mm).\n\n" + table_markdown(rows, COLUMNS) + note
           + f"\n![per-case Dice]({plot.name})\n")
-    (out / "compare.md").write_text(md)
+    write_text(out / "compare.md", md)
     return payload
 
 
