@@ -12,10 +12,9 @@ from ..data.nnunet import read_dataset_json
 from ..data.readers import as_label, check_grid
 from ..data.volumes import SUFFIXES, h5_keys, read_volume, split_suffix
 from ..errors import InputError
+from ..inference.predictor import PROBABILITIES
 from .metrics import case_metrics
 from .summary import summarise, write_metrics
-
-PROBABILITIES = "_prob"  # ``semi3d predict --probabilities`` writes <case>_prob beside <case>
 
 
 def _label_files(folder: Path, what: str) -> dict[str, Path]:

@@ -44,6 +44,9 @@ def read_bundle_metadata(folder: Path) -> tuple[dict, RunConfig]:
         raise InputError(meta_path, f"not a semi3d bundle metadata file ({type(e).__name__}: {e})") from None
 
 
+PROBABILITIES = "_prob"  # predict_files' <case>_prob<ending> beside <case><ending>
+
+
 def label_map(probs: torch.Tensor, inference: InferenceConfig) -> np.ndarray:
     """Probabilities (K, X, Y, Z) -> label map (X, Y, Z) uint8: the argmax, then
     ``inference.postprocess`` (for ``inference.largest_component_classes``)."""
@@ -301,7 +304,7 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
 
     def outputs(name: str, fs: list[Path]) -> list[Path]:  # in the input's format
         ext = {".hdf5": ".h5"}.get(split_suffix(fs[0])[1], split_suffix(fs[0])[1])
-        return [Path(out) / f"{name}{ext}", *([Path(out) / f"{name}_prob{ext}"] if probabilities else [])]
+        return [Path(out) / f"{name}{ext}", *([Path(out) / f"{name}{PROBABILITIES}{ext}"] if probabilities else [])]
 
     if skip_existing:  # the outputs are written atomically: one that exists is complete
         groups = [(n, fs) for n, fs in groups if not all(p.is_file() for p in outputs(n, fs))]

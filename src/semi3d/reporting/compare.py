@@ -27,11 +27,11 @@ COLUMNS = ["run", "method", "labelled", "unlabelled", "cases", "dice", "dice_std
 def _run_row(run_dir: Path, eval_name: str | None) -> tuple[dict, dict[str, float]]:
     """A run folder's row, or that of a folder of scored predictions (``semi3d evaluate-folder``'s
     ``metrics.json``, e.g. another tool's): method ``external``, no split counts."""
-    if (Path(run_dir) / "metrics.json").is_file() and not (Path(run_dir) / "config.yaml").is_file():
-        path, cfg, splits = Path(run_dir) / "metrics.json", None, None
+    run = RunDir(run_dir)
+    if (run.path / "metrics.json").is_file() and not run.config.is_file():
+        path, cfg, splits = run.path / "metrics.json", None, None
     else:
-        run = RunDir(run_dir).require()
-        run_dir, path = run.path, run.metrics(eval_name)
+        run_dir, path = run.require().path, run.metrics(eval_name)
         if path is None:
             raise InputError(run_dir, f"no evaluation metrics (looked for {run.eval_dir('validation') / 'metrics.json'}); "
                                       f"run `semi3d evaluate {run_dir}` first")
