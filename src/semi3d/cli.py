@@ -215,7 +215,8 @@ def plan(dataset: Path = typer.Argument(..., help="an nnU-Net v2 raw dataset fol
     patch, network, M&N's slicing axis, batch size, iterations)."""
     from .planning.plan import plan_dataset
 
-    p = plan_dataset(dataset, out, budget, method, pretrained2d)
+    p = plan_dataset(dataset, out, budget, method, pretrained2d,
+                     progress=lambda i, n, cid: console.print(f"[{i}/{n}] fingerprint {cid}"))
     for k, v in p.notes.items():
         console.print(f"{k}: {v}")
     console.print(f"-> {p.written}")

@@ -126,6 +126,7 @@ def test_cli_plan_and_its_errors(aniso, tmp_path):
     r = CliRunner().invoke(app, ["plan", str(aniso), "-o", str(tmp_path / "c.yaml"), "--method", "supervised"])
     assert r.exit_code == 0, r.output
     assert "target_spacing" in r.output and (tmp_path / "c.yaml").is_file()
+    assert r.output.splitlines()[0].startswith("[1/") and " fingerprint " in r.output  # progress as it reads
     assert load_config(tmp_path / "c.yaml").inference.postprocess == "largest_component"
     r = CliRunner().invoke(app, ["plan", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "no such dataset folder" in r.output
