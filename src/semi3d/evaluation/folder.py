@@ -45,9 +45,9 @@ def evaluate_folder(pred_dir: Path, ref_dir: Path, dataset_json: Path | None = N
                     progress: Callable[[int, int, str], None] | None = None) -> dict:
     """Dice / Jaccard / HD95 / ASD per case and foreground class of every prediction in ``pred_dir``
     against the reference of the same case in ``ref_dir`` (``<case><ending>`` in both, any format
-    ``semi3d predict`` writes, an h5 file's ``label`` dataset when it has several; ``semi3d predict``'s
-    ``<case>_prob`` files are skipped). Distances use
-    the reference's spacing (mm) and voxels, as :func:`case_metrics`.
+    ``semi3d predict`` writes, an h5 file's ``label`` dataset when it has several; ``semi3d
+    predict``'s ``<case>_prob`` files are skipped). Distances in voxels and in mm at the reference's
+    spacing, as :func:`case_metrics`.
 
     Classes: the ``labels`` of ``dataset_json`` (nnU-Net's ``dataset.json``; default
     ``ref_dir/../dataset.json`` when there, the nnU-Net layout ``labelsTr``/``labelsTs``), whose
