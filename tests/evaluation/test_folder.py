@@ -102,3 +102,22 @@ def test_h5_files_are_scored_by_their_label_dataset(tmp_path):
     write_h5(tmp_path / "ref" / "a.h5", {"image": np.random.rand(12, 12, 8).astype(np.float32), "label": ref})
     write_volume(tmp_path / "pred" / "a.h5", pred)
     assert evaluate_folder(tmp_path / "pred", tmp_path / "ref", num_classes=2)["class1"]["dice"] == pytest.approx(64 / 96)
+
+
+def test_the_same_dice_as_nnunets_own_evaluation(folders, tmp_path):
+    """A known answer from the tool users compare against: nnU-Net v2's compute_metrics_on_folder
+    (its ignore label included) gives the same Dice and IoU per case."""
+    nnunet = pytest.importorskip("nnunetv2.evaluation.evaluate_predictions")
+    from nnunetv2.imageio.nibabel_reader_writer import NibabelIO
+
+    pred, ref = folders
+    (pred / "a_prob.nii.gz").unlink()  # nnU-Net would read it as a case
+    theirs = nnunet.compute_metrics_on_folder(str(ref), str(pred), str(tmp_path / "summary.json"), NibabelIO(),
+                                              ".nii.gz", [1], ignore_label=2, num_processes=1)
+    evaluate_folder(pred, ref)
+    ours = json.loads((pred / "metrics.json").read_text())["per_case"]
+    for row in theirs["metric_per_case"]:
+        case = row["prediction_file"].rsplit("/", 1)[1].removesuffix(".nii.gz")
+        assert ours[case]["organ"]["dice"] == pytest.approx(row["metrics"][1]["Dice"])
+        assert ours[case]["organ"]["jaccard"] == pytest.approx(row["metrics"][1]["IoU"])
+    assert len(theirs["metric_per_case"]) == len(ours) == 2
