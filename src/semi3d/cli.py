@@ -149,13 +149,14 @@ def evaluate_folder(predictions: Path = typer.Argument(..., help="folder of pred
                                                                 "(default: REFERENCES/../dataset.json when there)"),
                     num_classes: Optional[int] = typer.Option(None, help="K classes with background, without a dataset.json"),
                     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default PREDICTIONS)"),
-                    subset: bool = typer.Option(False, help="score only the predicted cases (default: every reference needs a prediction)")):
+                    subset: bool = typer.Option(False, help="score only the predicted cases (default: every reference needs a prediction)"),
+                    spacing: Optional[tuple[float, float, float]] = typer.Option(None, help="X Y Z mm for references that store none (h5, npy)")):
     """Score another tool's (or semi3d's) predictions against references with semi3d evaluate's
     metrics (nnUNetv2_evaluate_folder) -> metrics.json/csv."""
     from .evaluation.folder import evaluate_folder as run
     from .evaluation.summary import format_table
 
-    summary = run(predictions, references, dataset_json, num_classes, out, subset,
+    summary = run(predictions, references, dataset_json, num_classes, out, subset, spacing,
                   progress=lambda i, n, case: console.print(f"[{i}/{n}] {case}"))
     console.print(format_table(summary, title=f"{predictions} vs {references}"))
 

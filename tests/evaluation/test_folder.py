@@ -101,7 +101,13 @@ def test_h5_files_are_scored_by_their_label_dataset(tmp_path):
     pred[2:6, 2:6, 2:4] = 0
     write_h5(tmp_path / "ref" / "a.h5", {"image": np.random.rand(12, 12, 8).astype(np.float32), "label": ref})
     write_volume(tmp_path / "pred" / "a.h5", pred)
-    assert evaluate_folder(tmp_path / "pred", tmp_path / "ref", num_classes=2)["class1"]["dice"] == pytest.approx(64 / 96)
+    no_spacing = evaluate_folder(tmp_path / "pred", tmp_path / "ref", num_classes=2)["class1"]
+    assert no_spacing["dice"] == pytest.approx(64 / 96) and no_spacing["hd95_mm"] == no_spacing["hd95"] > 0
+    r = CliRunner().invoke(app, ["evaluate-folder", str(tmp_path / "pred"), str(tmp_path / "ref"), "--num-classes", "2",
+                                 "--spacing", "1", "1", "2"])
+    assert r.exit_code == 0, r.output
+    row = json.loads((tmp_path / "pred" / "metrics.json").read_text())["per_case"]["a"]["class1"]
+    assert row["hd95_mm"] == pytest.approx(2 * row["hd95"])  # the prediction lacks the cube's top half along Z
 
 
 def test_the_same_dice_as_nnunets_own_evaluation(folders, tmp_path):

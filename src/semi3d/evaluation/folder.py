@@ -42,12 +42,14 @@ def _read_label(f: Path):
 
 def evaluate_folder(pred_dir: Path, ref_dir: Path, dataset_json: Path | None = None, num_classes: int | None = None,
                     out: Path | None = None, subset: bool = False,
+                    spacing: tuple[float, float, float] | None = None,
                     progress: Callable[[int, int, str], None] | None = None) -> dict:
     """Dice / Jaccard / HD95 / ASD per case and foreground class of every prediction in ``pred_dir``
     against the reference of the same case in ``ref_dir`` (``<case><ending>`` in both, any format
     ``semi3d predict`` writes, an h5 file's ``label`` dataset when it has several; ``semi3d
     predict``'s ``<case>_prob`` files are skipped). Distances in voxels and in mm at the reference's
-    spacing, as :func:`case_metrics`.
+    spacing, as :func:`case_metrics`; ``spacing`` (X, Y, Z mm) for references that store none (h5,
+    npy; their mm columns are in voxels without it).
 
     Classes: the ``labels`` of ``dataset_json`` (nnU-Net's ``dataset.json``; default
     ``ref_dir/../dataset.json`` when there, the nnU-Net layout ``labelsTr``/``labelsTs``), whose
@@ -88,7 +90,7 @@ def evaluate_folder(pred_dir: Path, ref_dir: Path, dataset_json: Path | None = N
         check_grid(ref_vol, pred_vol, "prediction")
         ref = as_label(ref_vol, num_classes, ignore)
         pred = as_label(pred_vol, num_classes)
-        per_case[case] = case_metrics(pred, ref, num_classes, ref_vol.spacing, class_names)
+        per_case[case] = case_metrics(pred, ref, num_classes, ref_vol.spacing or spacing, class_names)
         if progress:
             progress(i + 1, len(refs), case)
     write_metrics(Path(out or pred_dir), per_case, {
