@@ -10,6 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from semi3d.cli import app
+from semi3d.data.volumes import write_volume
 from stops import STOPS, stop_now
 
 runner = CliRunner()
@@ -128,6 +129,27 @@ def test_predict_holds_one_case_in_memory_and_prints_each_as_written(trained, sy
     assert r.exit_code == 0, r.output
     assert len(made) == 4 and alive_at_predict == [1, 1]  # read twice, one case alive at each prediction
     assert r.stdout.splitlines() == [str(out / f) for f in ("syn_008.nii.gz", "syn_009.nii.gz")]
+
+
+def test_predict_a_dicom_series_folder(trained, synth_root, tmp_path):
+    """A DICOM series folder is one case, written as <folder>.nii.gz with the series' geometry: the
+    same segmentation as the same image and geometry given as NIfTI."""
+    from dicom_series import write_series
+
+    from semi3d.data.volumes import itk_affine, read_volume
+
+    src = read_volume(sorted((synth_root / "imagesTs").iterdir())[0])
+    image = np.round(src.array * 100).astype(np.int16)  # DICOM stores integers; the model sees the same either way
+    img = write_series(tmp_path / "in" / "patient7", image, spacing=src.spacing, origin=(10.0, -5.0, 3.0))
+    write_volume(tmp_path / "nifti" / "patient7.nii.gz", image, affine=itk_affine(img))
+    for inputs, out in (([tmp_path / "in" / "patient7"], tmp_path / "o_dcm"), ([tmp_path / "nifti"], tmp_path / "o_nii")):
+        r = runner.invoke(app, ["predict", str(trained), *map(str, inputs), "-o", str(out)])
+        assert r.exit_code == 0, r.output
+    a, b = nib.load(tmp_path / "o_dcm" / "patient7.nii.gz"), nib.load(tmp_path / "o_nii" / "patient7.nii.gz")
+    assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj)) and np.allclose(a.affine, itk_affine(img))
+    assert len(np.unique(np.asarray(a.dataobj))) > 1  # a segmentation, not an empty map
+    r = runner.invoke(app, ["predict", str(trained), str(tmp_path / "in"), "-o", str(tmp_path / "o2")])  # the parent
+    assert r.exit_code == 2 and "no DICOM series in this folder; give the series folders themselves" in r.output
 
 
 def test_predict_into_unwritable_folder(trained, synth_root, tmp_path):

@@ -321,3 +321,23 @@ def test_real_la_cases():
         assert case.label.shape == case.shape and case.label.dtype == np.uint8
         assert set(np.unique(case.label).tolist()) == {0, 1}
         assert case.spacing == (0.625, 0.625, 0.625)
+
+
+def test_a_dicom_series_folder_reads_as_one_volume(tmp_path):
+    """Slices in any file order, the geometry from the DICOM position / orientation / spacing tags."""
+    from dicom_series import write_series
+
+    array = np.arange(5 * 6 * 4, dtype=np.int16).reshape(5, 6, 4) - 100  # (X, Y, Z), CT-like negatives
+    img = write_series(tmp_path / "series", array)
+    for i, f in enumerate(sorted((tmp_path / "series").iterdir())):  # names no longer in slice order
+        f.rename(f.with_name(f"{(7 * i) % 4}x{f.name}"))
+    v = read_volume(tmp_path / "series")
+    np.testing.assert_array_equal(v.array, array)
+    np.testing.assert_allclose(v.affine, itk_affine(img), atol=1e-5)
+    np.testing.assert_allclose(v.spacing, (0.8, 0.7, 2.5), atol=1e-5)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="empty: no DICOM series in this folder"):
+        read_volume(tmp_path / "empty")
+    write_series(tmp_path / "series", array, uid="1.2.826.0.1.3680043.2.1125.8")
+    with pytest.raises(InputError, match="series: 2 DICOM series in this folder .*give one folder per series"):
+        read_volume(tmp_path / "series")

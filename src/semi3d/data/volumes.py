@@ -92,7 +92,35 @@ def itk_affine(img: Any) -> np.ndarray:
 def _read_itk(path: Path, key: str | None):
     import SimpleITK as sitk
 
-    img = sitk.ReadImage(str(path))
+    return _from_itk(sitk.ReadImage(str(path)), path)
+
+
+def dicom_series(folder: Path) -> tuple[str, ...]:
+    """The UIDs of the DICOM series whose files lie in ``folder`` (not its subfolders)."""
+    import SimpleITK as sitk
+
+    return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+
+
+def _read_dicom(path: Path, key: str | None):
+    """A folder holding one DICOM series (SimpleITK / GDCM: slices ordered by position, rescale
+    slope and intercept applied, e.g. CT in HU)."""
+    import SimpleITK as sitk
+
+    series = dicom_series(path)
+    if len(series) != 1:
+        raise InputError(path, "no DICOM series in this folder" if not series else
+                         f"{len(series)} DICOM series in this folder ({', '.join(series[:3])}"
+                         f"{' ...' if len(series) > 3 else ''}); give one folder per series")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
+    return _from_itk(reader.Execute(), path)
+
+
+def _from_itk(img: Any, path: Path):
+    """(array (X, Y, Z), RAS affine, spacing) of a SimpleITK image read from ``path``."""
+    import SimpleITK as sitk
+
     if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(path, f"expected a 3D single-component image, got {img.GetDimension()}D "
                                f"with {img.GetNumberOfComponentsPerPixel()} component(s)")
@@ -143,7 +171,7 @@ def read_volume(path: PathLike, key: str | None = None) -> Volume:
 
     Args:
         path: a ``.nii.gz``/``.nii`` (nibabel), ``.nrrd``/``.mha`` (SimpleITK), ``.h5``/``.hdf5``
-            or ``.npy`` file.
+            or ``.npy`` file, or a folder holding one DICOM series (SimpleITK / GDCM).
         key: h5 dataset name; None takes the file's only dataset. Ignored for other formats.
 
     Returns:
@@ -153,9 +181,12 @@ def read_volume(path: PathLike, key: str | None = None) -> Volume:
         InputError: missing, unsupported, unreadable or truncated file, or not 3D.
     """
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        reader = _read_dicom
+    elif not path.is_file():
         raise InputError(path, "no such file")
-    reader = _READERS.get(split_suffix(path)[1] or "")
+    else:
+        reader = _READERS.get(split_suffix(path)[1] or "")
     if reader is None:
         raise InputError(path, f"unsupported file type; expected one of {', '.join(SUFFIXES)}")
     try:

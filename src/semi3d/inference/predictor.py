@@ -199,14 +199,19 @@ def member_file(path: Path, which: str = "auto") -> Path:
 
 
 def _expand_inputs(inputs: list[Path]) -> list[Path]:
-    from ..data.volumes import SUFFIXES, split_suffix
+    """The image files of ``inputs`` (files, folders of files); a folder without image files but
+    with one DICOM series is that series' input."""
+    from ..data.volumes import SUFFIXES, dicom_series, split_suffix
 
     files = []
     for p in map(Path, inputs):
         if p.is_dir():
             found = sorted(f for f in p.iterdir() if split_suffix(f, SUFFIXES)[1])
+            if not found and dicom_series(p):
+                found = [p]  # read as a DICOM series (read_volume), written as <folder name>.nii.gz
             if not found:
-                raise InputError(p, f"no image files ({' '.join(SUFFIXES)}) in this folder")
+                hint = "; give the series folders themselves (e.g. DIR/*/)" if any(map(Path.is_dir, p.iterdir())) else ""
+                raise InputError(p, f"no image files ({' '.join(SUFFIXES)}) and no DICOM series in this folder{hint}")
             files += found
         elif p.is_file():
             files.append(p)
@@ -267,7 +272,8 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
                   ensemble: list[Path] = (), skip_existing: bool = False,
                   progress: Callable[[int, int, list[Path]], None] | None = None) -> list[Path]:
     """Segment each input image; writes ``<out>/<case>.<file ending>`` in the input's own format
-    (NIfTI, NRRD, MHA, h5, npy; nnU-Net's naming) with the input's affine. nnU-Net style names
+    (NIfTI, NRRD, MHA, h5, npy; nnU-Net's naming) with the input's affine; a folder holding one DICOM
+    series is one case, written as ``<folder name>.nii.gz`` with the series' geometry. nnU-Net style names
     (``<case>_0000.nii.gz``, ``<case>_0001...``) are grouped into one multi-channel case per
     ``<case>`` (:func:`group_channels`), post-processed as ``postprocess`` (default: the model's
     ``inference.postprocess``) says, and, with ``probabilities``, ``<case>_prob`` (K, X, Y, Z)
@@ -303,7 +309,7 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
         return assemble_case(name, [read_volume(f, key(f)) for f in fs], None, spacing=spacing)
 
     def outputs(name: str, fs: list[Path]) -> list[Path]:  # in the input's format
-        ext = {".hdf5": ".h5"}.get(split_suffix(fs[0])[1], split_suffix(fs[0])[1])
+        ext = {".hdf5": ".h5", None: ".nii.gz"}.get(split_suffix(fs[0])[1], split_suffix(fs[0])[1])  # DICOM: NIfTI
         return [Path(out) / f"{name}{ext}", *([Path(out) / f"{name}{PROBABILITIES}{ext}"] if probabilities else [])]
 
     if skip_existing:  # the outputs are written atomically: one that exists is complete
