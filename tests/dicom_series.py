@@ -1,5 +1,6 @@
 """A DICOM series for the tests, written as scanners write one: a file per axial slice (SimpleITK /
 GDCM), shared across test folders (on ``sys.path`` through pyproject's pytest ``pythonpath``)."""
+import locale
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,15 @@ def write_series(folder: Path, array: np.ndarray, spacing=(0.8, 0.7, 2.5), origi
     Path(folder).mkdir(parents=True, exist_ok=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
+    saved = locale.setlocale(locale.LC_ALL)  # GDCM's DICOM writer resets the process locale to "C"
+    try:
+        _write_slices(writer, img, folder, spacing, uid)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+    return img
+
+
+def _write_slices(writer, img, folder, spacing, uid) -> None:
     for z in range(img.GetDepth()):
         s = img[:, :, z]
         position = "\\".join(str(v) for v in img.TransformIndexToPhysicalPoint((0, 0, z)))
@@ -28,4 +38,3 @@ def write_series(folder: Path, array: np.ndarray, spacing=(0.8, 0.7, 2.5), origi
             s.SetMetaData(tag, value)
         writer.SetFileName(str(Path(folder) / f"s{z:03d}.dcm"))
         writer.Execute(s)
-    return img

@@ -276,6 +276,27 @@ def test_folder_reader_mixed_formats(tmp_path):
     np.testing.assert_allclose(r.load("c").affine, np.eye(4))
 
 
+def test_folder_reader_dicom_series_images_with_nifti_labels(tmp_path):
+    """Scanner images as DICOM series folders, labels exported as NIfTI on the series' grid: the
+    common clinical layout, read without conversion."""
+    from dicom_series import write_series
+
+    img, lab = tmp_path / "img", tmp_path / "lab"
+    series = write_series(img / "p01", np.round(_image(0) * 10).astype(np.int16))
+    write_series(img / "p02", np.round(_image(1) * 10).astype(np.int16), uid="1.2.826.0.1.3680043.2.1125.9")
+    (img / ".hidden").mkdir()
+    write_volume(lab / "p01.nii.gz", _label(), itk_affine(series))
+    r = build_reader("folder", img, labels=lab, num_classes=3)
+    assert r.case_ids() == ["p01", "p02"] and r.labelled_ids() == ["p01"]
+    case = r.load("p01")
+    np.testing.assert_array_equal(case.image[0], np.round(_image(0) * 10))
+    np.testing.assert_array_equal(case.label, _label())
+    np.testing.assert_allclose(case.affine, itk_affine(series), atol=1e-5)
+    write_volume(lab / "p02.nii.gz", _label(), _affine())  # exported on another grid: named, not trained on
+    with pytest.raises(InputError, match="p02.nii.gz: label affine differs"):
+        build_reader("folder", img, labels=lab, num_classes=3).load("p02")
+
+
 def _uamt(root: Path, labelled=("p", "q"), unlabelled=("u",), direct=()):
     for cid in (*labelled, *unlabelled):
         data = {"image": _image(), **({"label": _label(2)} if cid in labelled else {})}

@@ -270,8 +270,9 @@ class UAMTH5Reader(Reader):
 
 
 class FolderReader(Reader):
-    """A folder of single-channel volumes (case id = file name without suffix) and an optional
-    labels folder holding files of the same case ids.
+    """A folder of single-channel volumes (case id = file name without suffix) or of DICOM series
+    folders (case id = folder name; each subfolder must hold one series), and an optional labels
+    folder holding files of the same case ids.
 
     Args:
         images: folder of images.
@@ -291,14 +292,14 @@ class FolderReader(Reader):
         self.image_key, self.label_key = image_key, label_key
         self.suffixes = tuple(suffixes)
         self.channel_names = ["image"]
-        self._images = self._index(self.root)
+        self._images = self._index(self.root, series=True)
         self._labels = self._index(self.labels_dir) if self.labels_dir is not None else {}
 
-    def _index(self, folder: Path) -> dict[str, Path]:
+    def _index(self, folder: Path, series: bool = False) -> dict[str, Path]:
         out: dict[str, Path] = {}
         for p in sorted(folder.iterdir()):
             stem, suffix = split_suffix(p, self.suffixes)
-            if suffix is None or p.name.startswith(".") or not p.is_file():
+            if p.name.startswith(".") or not (p.is_dir() and series or suffix is not None and p.is_file()):
                 continue
             if stem in out:
                 raise InputError(folder, f"two files for case {stem!r}: {out[stem].name} and {p.name}")
