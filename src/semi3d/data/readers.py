@@ -299,7 +299,7 @@ class FolderReader(Reader):
         out: dict[str, Path] = {}
         for p in sorted(folder.iterdir()):
             stem, suffix = split_suffix(p, self.suffixes)
-            if p.name.startswith(".") or not (p.is_dir() and series or suffix is not None and p.is_file()):
+            if p.name.startswith(".") or not ((series and p.is_dir()) or (suffix is not None and p.is_file())):
                 continue
             if stem in out:
                 raise InputError(folder, f"two files for case {stem!r}: {out[stem].name} and {p.name}")
