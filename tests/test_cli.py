@@ -46,8 +46,15 @@ def test_train_predict_evaluate(trained, synth_root, tmp_path):
     assert np.array_equal(pp, keep_largest_component(np.asarray(seg.dataobj), 3))
     r = runner.invoke(app, ["predict", str(trained), str(images[0]), "-o", str(tmp_path / "x"), "--postprocess", "biggest"])
     assert r.exit_code == 2 and "--postprocess" in r.output and "largest_component" in r.output
-
-    from pydantic import ValidationError
+    # any inference setting for one prediction, as evaluate --set: the same as --postprocess here
+    r = runner.invoke(app, ["predict", str(trained), str(images[0]), "-o", str(tmp_path / "pp_set"),
+                            "--set", "inference.postprocess=largest_component"])
+    assert r.exit_code == 0, r.output
+    assert np.array_equal(np.asarray(nib.load(tmp_path / "pp_set" / f"{case}.nii.gz").dataobj), pp)
+    for bad, says in (("inference.overlap=2", "inference.overlap: Input should be less than 1 (from --set inference.overlap=...)"),
+                      ("train.iterations=3", "--set train.iterations: predict takes the model's inference settings only")):
+        r = runner.invoke(app, ["predict", str(trained), str(images[0]), "-o", str(tmp_path / "bad"), "--set", bad])
+        assert r.exit_code == 2 and says in r.output and not (tmp_path / "bad").exists(), r.output
 
     from semi3d.errors import InputError
     from semi3d.inference.predictor import Predictor, model_file
@@ -55,7 +62,7 @@ def test_train_predict_evaluate(trained, synth_root, tmp_path):
     base = Predictor(model_file(trained), "cpu")
     upd = Predictor(model_file(trained), "cpu", inference={"overlap": 0.1})  # a partial update keeps the rest
     assert upd.cfg.inference == base.cfg.inference.model_copy(update={"overlap": 0.1}) != base.cfg.inference
-    with pytest.raises(ValidationError, match="postprocess"):
+    with pytest.raises(InputError, match=r"inference.postprocess: .* \(from --set inference.postprocess=...\)"):
         Predictor(model_file(trained), "cpu", inference={"postprocess": "biggest"})
     raw = np.zeros((12, 12, 8), np.int64)  # two components of each class, the smaller one voxel
     raw[:4, :4, :4], raw[8, 8, 6], raw[6:, :4, :4], raw[0, 10, 6] = 1, 1, 2, 2

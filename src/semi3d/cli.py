@@ -111,13 +111,14 @@ def predict(model: Path = typer.Argument(..., help="a run folder, a checkpoints/
             postprocess: Optional[str] = typer.Option(None, help="none | largest_component (default: the model's inference.postprocess)"),
             precision: str = typer.Option("auto", help="auto (bf16 where the CPU/GPU has it natively) | fp32 | bf16 | fp16"),
             ensemble: list[Path] = typer.Option([], "--ensemble", help=ENSEMBLE_HELP),
-            continue_: bool = typer.Option(False, "--continue", help="skip the cases whose outputs are already in OUT (go on after a stop)")):
+            continue_: bool = typer.Option(False, "--continue", help="skip the cases whose outputs are already in OUT (go on after a stop)"),
+            set: list[str] = typer.Option([], "--set", help="an inference setting for this prediction: inference.<field>=<value>")):
     """Segment image files with a trained model; writes <case>.<ending> in the input's format
     (NIfTI, NRRD, MHA, h5, npy) with the input's affine."""
     from .inference.predictor import predict_files
 
     with one_line_exits(_say, "\nthe cases written are complete: the same command with --continue predicts the rest"):
-        predict_files(model, inputs, out, probabilities, which, postprocess, precision, ensemble, continue_,
+        predict_files(model, inputs, out, probabilities, which, postprocess, precision, ensemble, continue_, set,
                       progress=lambda i, n, paths: console.print("\n".join(map(str, paths))))  # as each is written
 
 

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..config import InferenceConfig, RunConfig
+from ..config import InferenceConfig, RunConfig, parse_overrides, set_dotted, validate
 from ..data.case import Case
 from ..engine.rundir import RunDir
 from ..engine.precision import channels_last_3d, pick_device, resolve_precision, use_channels_last
@@ -63,7 +63,8 @@ class Predictor:
     export``. A bundle's network is rebuilt from the spec in ``configs/metadata.json`` and the state
     dict ``models/model.pt``, so it computes exactly what the run computes (the TorchScript
     ``models/model.ts`` is for other runtimes; it is used only when the bundle has no state dict). ``inference``: replaces the model's
-    ``inference`` settings (an ``InferenceConfig``) or updates some of its fields (a dict, validated).
+    ``inference`` settings (an ``InferenceConfig``) or updates some of its fields (a dict, validated;
+    an error names the ``--set inference.<field>`` it came from).
     """
 
     def __init__(self, model_path: Path, device: str = "auto", precision: str = "auto",
@@ -82,9 +83,12 @@ class Predictor:
         self.in_channels = m["in_channels"]
         self.preprocessor = make_preprocessor(self.cfg.data)
         self.step = m["step"]
-        if isinstance(inference, dict):  # field updates, e.g. {"postprocess": ...} from the command line
-            inference = InferenceConfig.model_validate({**self.cfg.inference.model_dump(), **inference})
-        if inference is not None:  # e.g. the run's config.yaml with --set overrides
+        if isinstance(inference, dict):  # field updates from the command line: errors name the --set
+            tree, updates = self.cfg.model_dump(mode="json"), [(f"inference.{k}", v) for k, v in inference.items()]
+            for key, value in updates:
+                set_dotted(tree, key, value)
+            self.cfg = validate(tree, str(model_path), updates)
+        elif inference is not None:  # e.g. the run's config.yaml with --set overrides
             self.cfg = self.cfg.model_copy(update={"inference": inference})
         check_classes(self.cfg.inference.largest_component_classes, self.num_classes,
                       "inference.largest_component_classes")
@@ -269,7 +273,7 @@ def _case_names(files: list[Path]) -> list[str]:
 
 def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: bool = False,
                   which: str = "auto", postprocess: str | None = None, precision: str = "auto",
-                  ensemble: list[Path] = (), skip_existing: bool = False,
+                  ensemble: list[Path] = (), skip_existing: bool = False, overrides: list[str] = (),
                   progress: Callable[[int, int, list[Path]], None] | None = None) -> list[Path]:
     """Segment each input image; writes ``<out>/<case>.<file ending>`` in the input's own format
     (NIfTI, NRRD, MHA, h5, npy; nnU-Net's naming) with the input's affine; a folder holding one DICOM
@@ -282,7 +286,9 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
     probabilities are averaged with ``model``'s (:class:`MeanOfModels`). Every input is read and
     checked before anything is written; then each case is read again, predicted and written, one in
     memory at a time. ``skip_existing``: leave out the cases whose outputs are all there (nnU-Net's
-    ``--continue_prediction``: rerun a stopped prediction of a folder). ``progress(i, n, paths)``:
+    ``--continue_prediction``: rerun a stopped prediction of a folder). ``overrides``:
+    ``inference.<field>=<YAML value>`` settings for this prediction (as ``evaluate --set``; e.g.
+    ``inference.mirror_axes=[0,1]``), ``postprocess`` the same for one field. ``progress(i, n, paths)``:
     called after the i-th of n cases with its files. Returns the files written."""
     from ..data.postprocess import POSTPROCESS
     from ..data.volumes import h5_keys, read_volume, split_suffix, write_volume
@@ -295,8 +301,14 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
         raise InputError("--postprocess", f"unknown {postprocess!r}; choose from {', '.join(POSTPROCESS)}")
     if precision not in ("auto", "bf16", "fp16", "fp32"):
         raise InputError("--precision", f"unknown {precision!r}; choose auto, bf16, fp16 or fp32")
-    pred = load_models([first, *members], precision=precision,
-                       inference=None if postprocess is None else {"postprocess": postprocess})
+    updates = {}
+    for key, value in parse_overrides(list(overrides)):
+        if not key.startswith("inference.") or key.count(".") != 1:
+            raise InputError(f"--set {key}", "predict takes the model's inference settings only: inference.<field>=...")
+        updates[key.split(".", 1)[1]] = value
+    if postprocess is not None:
+        updates["postprocess"] = postprocess
+    pred = load_models([first, *members], precision=precision, inference=updates or None)
     spacing = pred.cfg.data.options.get("spacing")
     files = _expand_inputs(inputs)
 
