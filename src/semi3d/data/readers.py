@@ -269,6 +269,21 @@ class UAMTH5Reader(Reader):
         return [image], label
 
 
+def index_cases(folder: Path, suffixes: Sequence[str], series: bool = False) -> dict[str, Path]:
+    """``{case id: path}`` for the volume files of ``folder`` named ``<case id><suffix>`` (and, with
+    ``series``, its subfolders, DICOM series named by case); hidden entries are skipped, two files of
+    one case id are an error naming the folder."""
+    out: dict[str, Path] = {}
+    for p in sorted(Path(folder).iterdir()):
+        stem, suffix = split_suffix(p, suffixes)
+        if p.name.startswith(".") or not ((series and p.is_dir()) or (suffix is not None and p.is_file())):
+            continue
+        if stem in out:
+            raise InputError(folder, f"two files for case {stem!r}: {out[stem].name} and {p.name}")
+        out[stem] = p
+    return out
+
+
 class FolderReader(Reader):
     """A folder of single-channel volumes (case id = file name without suffix) or of DICOM series
     folders (case id = folder name; each subfolder must hold one series), and an optional labels
@@ -292,19 +307,8 @@ class FolderReader(Reader):
         self.image_key, self.label_key = image_key, label_key
         self.suffixes = tuple(suffixes)
         self.channel_names = ["image"]
-        self._images = self._index(self.root, series=True)
-        self._labels = self._index(self.labels_dir) if self.labels_dir is not None else {}
-
-    def _index(self, folder: Path, series: bool = False) -> dict[str, Path]:
-        out: dict[str, Path] = {}
-        for p in sorted(folder.iterdir()):
-            stem, suffix = split_suffix(p, self.suffixes)
-            if p.name.startswith(".") or not ((series and p.is_dir()) or (suffix is not None and p.is_file())):
-                continue
-            if stem in out:
-                raise InputError(folder, f"two files for case {stem!r}: {out[stem].name} and {p.name}")
-            out[stem] = p
-        return out
+        self._images = index_cases(self.root, self.suffixes, series=True)
+        self._labels = index_cases(self.labels_dir, self.suffixes) if self.labels_dir is not None else {}
 
     def case_ids(self) -> list[str]:
         return list(self._images)

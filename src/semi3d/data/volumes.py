@@ -139,6 +139,13 @@ def h5_keys(path: PathLike) -> list[str]:
         raise InputError(path, f"cannot read: {_short(e)}") from None
 
 
+def h5_dataset(path: PathLike, name: str) -> str | None:
+    """``name`` when ``path`` is an h5 file holding a dataset of that name (a UA-MT file holds
+    ``image`` and ``label``), else None: the key :func:`read_volume` then needs (the file's only
+    dataset, or a format without datasets)."""
+    return name if split_suffix(path)[1] in (".h5", ".hdf5") and name in h5_keys(path) else None
+
+
 def _read_h5(path: Path, key: str | None):
     import h5py
 

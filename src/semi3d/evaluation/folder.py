@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..data.nnunet import read_dataset_json
-from ..data.readers import as_label, check_grid
-from ..data.volumes import SUFFIXES, h5_keys, read_volume, split_suffix
+from ..data.readers import as_label, check_grid, index_cases
+from ..data.volumes import SUFFIXES, h5_dataset, read_volume
 from ..errors import InputError
 from ..inference.predictor import PROBABILITIES
 from .metrics import case_metrics
@@ -21,23 +21,10 @@ def _label_files(folder: Path, what: str) -> dict[str, Path]:
     """``{case: file}`` for the volume files of ``folder`` (nnU-Net naming: ``<case><ending>``)."""
     if not folder.is_dir():
         raise InputError(folder, f"no such {what} folder")
-    files: dict[str, Path] = {}
-    for f in sorted(folder.iterdir()):
-        stem, ending = split_suffix(f, SUFFIXES)
-        if ending is None or not f.is_file():
-            continue
-        if stem in files:
-            raise InputError(f, f"case {stem!r} twice in this folder ({files[stem].name}, {f.name})")
-        files[stem] = f
+    files = index_cases(folder, SUFFIXES)
     if not files:
         raise InputError(folder, f"no {what} files ({', '.join(SUFFIXES)})")
     return files
-
-
-def _read_label(f: Path):
-    """A label volume; an h5 file's ``label`` dataset when it has one (UA-MT files, ``semi3d predict``'s h5)."""
-    h5 = split_suffix(f)[1] in (".h5", ".hdf5")
-    return read_volume(f, "label" if h5 and "label" in h5_keys(f) else None)
 
 
 def evaluate_folder(pred_dir: Path, ref_dir: Path, dataset_json: Path | None = None, num_classes: int | None = None,
@@ -86,7 +73,7 @@ def evaluate_folder(pred_dir: Path, ref_dir: Path, dataset_json: Path | None = N
                                      + (" ..." if len(missing) > 5 else "") + hint)
     per_case, t0 = {}, time.time()
     for i, case in enumerate(sorted(refs)):
-        ref_vol, pred_vol = _read_label(refs[case]), _read_label(preds[case])
+        ref_vol, pred_vol = (read_volume(f, h5_dataset(f, "label")) for f in (refs[case], preds[case]))
         check_grid(ref_vol, pred_vol, "prediction")
         ref = as_label(ref_vol, num_classes, ignore)
         pred = as_label(pred_vol, num_classes)

@@ -291,7 +291,7 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
     ``inference.mirror_axes=[0,1]``), ``postprocess`` the same for one field. ``progress(i, n, paths)``:
     called after the i-th of n cases with its files. Returns the files written."""
     from ..data.postprocess import POSTPROCESS
-    from ..data.volumes import h5_keys, read_volume, split_suffix, write_volume
+    from ..data.volumes import h5_dataset, read_volume, split_suffix, write_volume
     from ..data.readers import assemble_case
 
     model = Path(model)  # a run folder follows ``which`` (a file path included); a file: member_file's check
@@ -312,13 +312,10 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
     spacing = pred.cfg.data.options.get("spacing")
     files = _expand_inputs(inputs)
 
-    def key(f: Path) -> str | None:  # UA-MT style h5 files hold "image" (and "label")
-        return "image" if split_suffix(f)[1] in (".h5", ".hdf5") and "image" in h5_keys(f) else None
-
     groups = group_channels(files, pred.in_channels)
 
     def read(name: str, fs: list[Path]) -> Case:
-        return assemble_case(name, [read_volume(f, key(f)) for f in fs], None, spacing=spacing)
+        return assemble_case(name, [read_volume(f, h5_dataset(f, "image")) for f in fs], None, spacing=spacing)
 
     def outputs(name: str, fs: list[Path]) -> list[Path]:  # in the input's format
         ext = {".hdf5": ".h5", None: ".nii.gz"}.get(split_suffix(fs[0])[1], split_suffix(fs[0])[1])  # DICOM: NIfTI
