@@ -39,13 +39,17 @@ ENSEMBLE_HELP = ("another run folder, model file or bundle: the class probabilit
                  "averaged (repeat for more; --which picks a run folder's model)")
 
 
-def _clean_errors(fn):
+def _clean_errors(fn=None, *, stop_hint: str = ""):
     """A verb whose bad input ends with one ``error:`` line (exit code 2), and whose Ctrl-C / SIGTERM
-    ends with one ``stopped:`` line (130 / 143) after what it stopped cleaned up (a half-written
-    output file goes); ``train`` and ``mine`` say how to resume themselves (:func:`_resumable`)."""
+    ends with one ``stopped:`` line (130 / 143), plus ``stop_hint`` (how to go on), after what it
+    stopped cleaned up (a half-written output file goes); ``train`` and ``mine`` say how to resume
+    themselves (:func:`_resumable`). ``@_clean_errors`` or ``@_clean_errors(stop_hint=...)``."""
+    if fn is None:
+        return functools.partial(_clean_errors, stop_hint=stop_hint)
+
     @functools.wraps(fn)
     def wrapper(*a, **k):
-        with one_line_exits(_say):
+        with one_line_exits(_say, stop_hint):
             return fn(*a, **k)
 
     return wrapper
@@ -102,7 +106,7 @@ def train(config: Path, set: list[str] = typer.Option([], "--set", help="overrid
 
 
 @app.command()
-@_clean_errors
+@_clean_errors(stop_hint="\nthe cases written are complete: the same command with --continue predicts the rest")
 def predict(model: Path = typer.Argument(..., help="a run folder, a checkpoints/model_*.pt file or a bundle folder (semi3d export)"),
             inputs: list[Path] = typer.Argument(..., help="image files (.nii.gz .nii .nrrd .mha .h5 .npy), folders of them, or DICOM series folders"),
             out: Path = typer.Option(..., "--out", "-o", help="output folder"),
@@ -117,9 +121,8 @@ def predict(model: Path = typer.Argument(..., help="a run folder, a checkpoints/
     (NIfTI, NRRD, MHA, h5, npy) with the input's affine."""
     from .inference.predictor import predict_files
 
-    with one_line_exits(_say, "\nthe cases written are complete: the same command with --continue predicts the rest"):
-        predict_files(model, inputs, out, probabilities, which, postprocess, precision, ensemble, continue_, set,
-                      progress=lambda i, n, paths: console.print("\n".join(map(str, paths))))  # as each is written
+    predict_files(model, inputs, out, probabilities, which, postprocess, precision, ensemble, continue_, set,
+                  progress=lambda i, n, paths: console.print("\n".join(map(str, paths))))  # as each is written
 
 
 @app.command()
