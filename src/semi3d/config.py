@@ -88,7 +88,10 @@ class StrictModel(BaseModel):
 class SplitSpec(StrictModel):
     """Which cases form one split. The source is ``ids``, else the ids in ``list`` (one per line),
     else the dataset pool; ``domain`` keeps only the cases of that domain tag (or tags, see
-    ``data.domains``); then ``first``/``last`` N of that order or ``random`` N (seeded)."""
+    ``data.domains``); then ``first``/``last`` N of that order, ``random`` N (seeded), or ``fold``
+    i of ``folds``: the validation cases of nnU-Net v2's cross-validation fold i (the ids sorted,
+    split by its KFold with shuffling and seed 12345), so fold i holds the cases nnU-Net's fold i
+    validates on when the source is the same cases (nnU-Net: every case of ``labelsTr``)."""
 
     ids: List[str] | None = None
     list: Path | None = None  # noqa: A003 (the YAML key users write)
@@ -97,11 +100,15 @@ class SplitSpec(StrictModel):
     last: int | None = Field(None, ge=0)
     random: int | None = Field(None, ge=0)
     seed: int = 0
+    fold: int | None = Field(None, ge=0)
+    folds: int = Field(5, ge=2)
 
     @model_validator(mode="after")
     def _one_selector(self) -> "SplitSpec":
-        if sum(x is not None for x in (self.first, self.last, self.random)) > 1:
-            raise ValueError("use at most one of first / last / random")
+        if sum(x is not None for x in (self.first, self.last, self.random, self.fold)) > 1:
+            raise ValueError("use at most one of first / last / random / fold")
+        if self.fold is not None and self.fold >= self.folds:
+            raise ValueError(f"fold {self.fold} of {self.folds}: folds are numbered 0..{self.folds - 1}")
         return self
 
 

@@ -80,3 +80,42 @@ def test_domain_selector_and_tags(tmp_path):
     save_splits(tmp_path / "splits.json", s, {"c00": "A"})
     got = load_domains(tmp_path / "splits.json")
     assert got["c00"] == "A" and got["c01"] == "default" and set(got) == {i for v in s.values() for i in v}
+
+
+# nnU-Net v2's folds of these 23 ids: nnunetv2.utilities.crossval_split.generate_crossval_split
+# (scikit-learn 1.9.1's KFold(5, shuffle=True, random_state=12345)), the 'val' list of each fold
+NNUNET_FOLDS = [["c03", "c08", "c10", "c17", "c19"], ["c00", "c07", "c12", "c15", "c16"],
+                ["c06", "c11", "c14", "c18", "c20"], ["c09", "c13", "c21", "c22"], ["c01", "c02", "c04", "c05"]]
+
+
+def test_cross_validation_folds_are_nnunets():
+    ids = [f"c{i:02d}" for i in range(23)][::-1]  # sorted before splitting, as nnU-Net does
+    labelled = set(ids[3:])  # c20.. c22 (the first three here) have no label: not in any fold
+    got = []
+    for k in range(5):
+        s = resolve_splits(S(validation={"fold": k}), ids, set(ids))
+        assert sorted(s["validation"]) == NNUNET_FOLDS[k]
+        assert s["validation"] == [i for i in ids if i in s["validation"]]  # the dataset's order
+        assert sorted(s["labelled"] + s["validation"]) == sorted(ids) and s["unlabelled"] == []
+        got += s["validation"]
+        three = resolve_splits(S(validation={"fold": k % 3, "folds": 3}), ids, labelled)["validation"]
+        assert set(three) <= labelled
+    assert sorted(got) == sorted(ids)
+    with pytest.raises(ValueError, match="at most one of first / last / random / fold"):
+        S(validation={"fold": 0, "last": 3})
+    with pytest.raises(ValueError, match="numbered 0..4"):
+        S(validation={"fold": 5})
+    with pytest.raises(InputError, match="splits.validation: 5 folds need at least 5 cases, only 3"):
+        resolve_splits(S(validation={"fold": 0}), ids, set(ids[:3]))
+
+
+def test_cross_validation_folds_equal_nnunets_own_code():
+    pytest.importorskip("sklearn")
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+
+    from semi3d.data.splits import cross_validation_fold
+
+    for n, folds in ((23, 5), (64, 5), (10, 3)):
+        ids = [f"la_{(i * 7919) % 1000:03d}" for i in range(n)]
+        for k, split in enumerate(generate_crossval_split(sorted(ids), n_splits=folds)):
+            assert sorted(cross_validation_fold(ids, k, folds)) == sorted(split["val"])

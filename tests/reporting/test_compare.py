@@ -60,3 +60,37 @@ def test_compare_a_run_with_another_tools_scored_predictions(sup_run, synth_root
     run, other = res["rows"]
     assert (other["run"], other["method"], other["labelled"]) == ("other_tool", "external", None)
     assert other["dice"] == pytest.approx(run["dice"]) and other["cases"] == run["cases"] and res["same_cases"]
+
+
+def test_compare_pools_the_folds_of_a_cross_validation(tiny_tree, copy_run, tmp_path):
+    """Two folds of one config (``validation: {fold: k, folds: 2}``), each evaluated on its own
+    validation cases: compare adds the pooled row (every labelled case once, the case-weighted mean
+    of the two folds); a run of another config is not pooled with them."""
+    import yaml
+
+    from semi3d.config import load_config
+    from semi3d.engine.trainer import train
+    from semi3d.evaluation.evaluate import evaluate_run
+
+    runs = []
+    for k in (0, 1):
+        tiny_tree.update(name=f"cv_f{k}")
+        tiny_tree["data"]["splits"] = {"validation": {"fold": k, "folds": 2}, "test": {}}
+        tiny_tree["train"].update(iterations=2, val_every=2, checkpoint_every=2)
+        cfg = load_config(tree=tiny_tree)
+        train(cfg)
+        evaluate_run(cfg.run_dir, "validation")
+        runs.append(cfg.run_dir)
+    other = copy_run(runs[0], "other_lr")
+    tree = yaml.safe_load((other / "config.yaml").read_text())
+    tree["train"]["optimizer"]["lr"] = 0.5
+    (other / "config.yaml").write_text(yaml.safe_dump(tree))
+    r = CliRunner().invoke(app, ["compare", *map(str, runs), str(other), "--out", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    rows = json.loads((tmp_path / "c" / "compare.json").read_text())["rows"]
+    assert [x["run"] for x in rows] == ["cv_f0", "cv_f1", "cv_f0 (2)", "cv_f0 (cross-validation, folds 0,1)"]
+    f0, f1, pooled = rows[0], rows[1], rows[3]
+    assert (f0["cases"], f1["cases"], pooled["cases"]) == (3, 2, 5)
+    assert pooled["dice"] == pytest.approx((3 * f0["dice"] + 2 * f1["dice"]) / 5)
+    assert pooled["labelled"] == "2-3" and pooled["method"] == "supervised"
+    assert "cross-validation, folds 0,1" in (tmp_path / "c" / "compare.md").read_text()

@@ -66,6 +66,8 @@ def _select(spec: SplitSpec, pool: list[str], known: set[str], what: str,
             raise InputError(f"splits.{what}.domain", f"no case has the domain tag {absent[0]!r} "
                              + (f"(tags: {', '.join(sorted(tags))})" if tags else "(the dataset has no domain tags: set data.domains)"))
         src = [i for i in src if (domains or {}).get(i) in want]
+    if spec.fold is not None:
+        return cross_validation_fold(src, spec.fold, spec.folds, where)
     n = spec.first if spec.first is not None else spec.last if spec.last is not None else spec.random
     if n is not None and n > len(src):
         raise InputError(where, f"asks for {n} cases but only {len(src)} are available")
@@ -77,6 +79,23 @@ def _select(spec: SplitSpec, pool: list[str], known: set[str], what: str,
         idx = np.random.default_rng(spec.seed).permutation(len(src))[: spec.random]
         return [src[i] for i in sorted(idx)]
     return src
+
+
+def cross_validation_fold(ids: list[str], fold: int, folds: int = 5, where: str = "splits") -> list[str]:
+    """The validation cases of fold ``fold`` of ``folds``, as nnU-Net v2 splits (its
+    ``generate_crossval_split`` on the sorted ids: scikit-learn's ``KFold(folds, shuffle=True,
+    random_state=12345)``, i.e. a ``RandomState(12345)`` shuffle of the positions cut into ``folds``
+    consecutive parts, the first ``len % folds`` one longer), in the order of ``ids``."""
+    if folds > len(ids):
+        raise InputError(where, f"{folds} folds need at least {folds} cases, only {len(ids)} are available")
+    order = sorted(ids)
+    perm = np.arange(len(order))
+    np.random.RandomState(12345).shuffle(perm)
+    sizes = np.full(folds, len(order) // folds)
+    sizes[: len(order) % folds] += 1
+    start = int(sizes[:fold].sum())
+    chosen = {order[i] for i in perm[start:start + sizes[fold]]}
+    return [i for i in ids if i in chosen]
 
 
 def _labelled_first(spec: SplitSpec, pool: list[str], labelled_ids: set[str]) -> list[str]:

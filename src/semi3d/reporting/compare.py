@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..atomic import write_text
 from ..errors import InputError
-from ..evaluation.summary import table_markdown
+from ..evaluation.summary import summarise, table_markdown
 from ..engine.rundir import RunDir
 from .common import case_means, foreground_mean, load_metrics, pyplot, save_figure
 
@@ -24,9 +24,42 @@ COLUMNS = ["run", "method", "labelled", "unlabelled", "cases", "dice", "dice_std
            "hd95_mm", "asd_mm"]
 
 
-def _run_row(run_dir: Path, eval_name: str | None) -> tuple[dict, dict[str, float]]:
+def _fold_key(cfg, splits, metrics) -> tuple[str, int] | None:
+    """A run that is one fold of a cross-validation (``data.splits.validation.fold``) scored on its
+    own validation cases: (its config without the fold, the run's name and machine settings; the
+    fold). The runs of one such config are pooled into a cross-validation row."""
+    val = cfg.data.splits.validation if cfg is not None else None
+    if val is None or val.fold is None or set(metrics["per_case"]) != set(splits["validation"]):
+        return None
+    d = cfg.model_dump(mode="json", exclude={"name": True, "output_dir": True, "threads": True, "device": True})
+    d["data"]["splits"]["validation"]["fold"] = None
+    return json.dumps(d, sort_keys=True), val.fold
+
+
+def _cross_validation_rows(folds: dict[str, list[tuple[int, dict, dict]]]) -> list[tuple[dict, dict]]:
+    """Per config with two or more folds: one row over all their validation cases pooled (nnU-Net's
+    cross-validation result: every case scored by the model that did not train on it)."""
+    out = []
+    for runs in folds.values():
+        nums = sorted(k for k, _, _ in runs)
+        if len(runs) < 2 or len(set(nums)) < len(nums):
+            continue
+        pooled = {cid: v for _, _, m in runs for cid, v in m["per_case"].items()}
+        fg = foreground_mean(summarise(pooled))
+        first = runs[0][1]
+        span = {k: sorted({r[k] for _, r, _ in runs}) for k in ("labelled", "unlabelled")}
+        row = {**first, "run": f"{first['run']} (cross-validation, folds {','.join(map(str, nums))})",
+               "path": " ".join(r["path"] for _, r, _ in runs), "cases": len(pooled),
+               **{k: v[0] if len(v) == 1 else f"{v[0]}-{v[-1]}" for k, v in span.items()},
+               **{m: fg.get(m) for m in COLUMNS[5:]}}
+        out.append((row, {cid: v["dice"] for cid, v in case_means(pooled).items() if "dice" in v}))
+    return out
+
+
+def _run_row(run_dir: Path, eval_name: str | None) -> tuple[dict, dict[str, float], tuple | None]:
     """A run folder's row, or that of a folder of scored predictions (``semi3d evaluate-folder``'s
-    ``metrics.json``, e.g. another tool's): method ``external``, no split counts."""
+    ``metrics.json``, e.g. another tool's): method ``external``, no split counts; then the per-case
+    Dice and, for a cross-validation fold, (config key, fold, metrics) (:func:`_fold_key`)."""
     run = RunDir(run_dir)
     if (run.path / "metrics.json").is_file() and not run.config.is_file():
         path, cfg, splits = run.path / "metrics.json", None, None
@@ -44,7 +77,8 @@ def _run_row(run_dir: Path, eval_name: str | None) -> tuple[dict, dict[str, floa
            "unlabelled": None if splits is None else len(splits["unlabelled"]),
            "cases": len(metrics["per_case"]), **{m: fg.get(m) for m in COLUMNS[5:]}}
     dice = {cid: v["dice"] for cid, v in case_means(metrics["per_case"]).items() if "dice" in v}
-    return row, dice
+    fold = _fold_key(cfg, splits, metrics)
+    return row, dice, None if fold is None else (*fold, metrics)
 
 
 def compare_runs(runs: list[Path], out: Path, eval_name: str | None = None) -> dict:
@@ -52,9 +86,12 @@ def compare_runs(runs: list[Path], out: Path, eval_name: str | None = None) -> d
     JSON payload ``{"rows": [...], "per_case_dice": {run: {case: dice}}, "same_cases": bool}``."""
     if not runs:
         raise InputError("compare", "give at least one run folder")
-    rows, per_case = [], {}
-    for r in runs:
-        row, dice = _run_row(Path(r), eval_name)
+    rows, per_case, folds = [], {}, {}
+    scored = [_run_row(Path(r), eval_name) for r in runs]
+    for row, _, fold in scored:
+        if fold is not None:
+            folds.setdefault(fold[0], []).append((fold[1], row, fold[2]))
+    for row, dice in [(row, dice) for row, dice, _ in scored] + _cross_validation_rows(folds):
         label = row["run"]
         n = 2
         while label in per_case:  # two runs of the same name (different output folders)
