@@ -36,6 +36,25 @@ def test_fingerprint_known_answers(aniso):
     assert fp.channels[0].p99_5 == pytest.approx(np.percentile(fg, 99.5), rel=1e-5)
     # the organ (class 1, around the lesion) and the lesion are one connected structure in every case
     assert fp.largest_component_share == [1.0, 1.0]
+    assert fp.orientations == {"RAS": 7}
+
+
+def test_plan_warns_of_cases_in_other_orientations(aniso, tmp_path):
+    """One case stored with its X and Y axes reversed (LPS, same anatomy): the plan says so."""
+    import shutil
+
+    import nibabel as nib
+
+    root = tmp_path / "mixed"
+    shutil.copytree(aniso, root)
+    assert "orientations" not in plan_dataset(root, tmp_path / "a.yaml").notes["orientation"]
+    for f in sorted((root / "imagesTr").glob("*_0000.nii.gz"))[:1] + sorted((root / "labelsTr").glob("*.nii.gz"))[:1]:
+        img = nib.load(f)
+        lps = nib.as_closest_canonical(img).as_reoriented([[0, -1], [1, -1], [2, 1]])
+        nib.save(nib.Nifti1Image(np.asarray(lps.dataobj), lps.affine), f)
+    note = plan_dataset(root, tmp_path / "b.yaml").notes["orientation"]
+    assert note.startswith("WARNING: the cases are stored in 2 orientations (RAS 6, LPS 1 cases)"), note
+    assert "WARNING: the cases are stored in 2 orientations" in (tmp_path / "b.yaml").read_text()
 
 
 def test_plan_follows_the_anisotropy(aniso, tmp_path):

@@ -199,10 +199,21 @@ def make_plan(fp: Fingerprint, budget: str = "cpu", method: str = "mn", root: st
         "splits": f"{fp.n_labelled} labelled cases: the last {n_val} validate, the rest train; unlabelled: the rest"
                   + ("; test: the dataset's test cases (imagesTs)" if has_test else ""),
         "postprocess": why_post,
+        "orientation": _why_orientation(fp.orientations),
         "budget": f"{budget}: batch {b.batch_size}, {b.iterations} iterations"
                   + (" (measured LA CPU schedule)" if budget == "cpu" else " (paper scale, not measured)"),
     }
     return Plan(tuple(float(s) for s in spacing), tuple(int(p) for p in patch), strides, axis, config, notes)
+
+
+def _why_orientation(counts: dict[str, int]) -> str:
+    """The plan's note on the cases' voxel-axis orientations (:attr:`Fingerprint.orientations`)."""
+    if len(counts) <= 1:
+        return f"every case's voxel axes point {next(iter(counts), 'RAS')} (the files' voxel order is kept)"
+    seen = ", ".join(f"{c} {n}" for c, n in sorted(counts.items(), key=lambda x: -x[1]))
+    return (f"WARNING: the cases are stored in {len(counts)} orientations ({seen} cases); semi3d keeps each "
+            "file's voxel order, as nnU-Net does, so the network sees the anatomy in different orientations: "
+            "reorient the files to one (e.g. nibabel.as_closest_canonical) before training")
 
 
 def _detect_format(root: Path) -> tuple[str, dict]:
