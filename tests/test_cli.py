@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from semi3d.cli import app
-from semi3d.data.volumes import write_volume
+from semi3d.data.volumes import read_volume, write_volume
 from stops import STOPS, stop_now
 
 runner = CliRunner()
@@ -143,7 +143,7 @@ def test_predict_a_dicom_series_folder(trained, synth_root, tmp_path):
     same segmentation as the same image and geometry given as NIfTI."""
     from dicom_series import write_series
 
-    from semi3d.data.volumes import itk_affine, read_volume
+    from semi3d.data.volumes import itk_affine
 
     src = read_volume(sorted((synth_root / "imagesTs").iterdir())[0])
     image = np.round(src.array * 100).astype(np.int16)  # DICOM stores integers; the model sees the same either way
@@ -249,8 +249,6 @@ def test_predict_writes_the_input_format(trained, synth_root, tmp_path, ending):
     and the labels a NIfTI copy of the same image gets; probabilities as a K-component image."""
     import SimpleITK as sitk
 
-    from semi3d.data.volumes import read_volume, write_volume
-
     src = sorted((synth_root / "imagesTs").iterdir())[0]
     vol = read_volume(src)
     write_volume(tmp_path / "in" / f"case_0000{ending}", vol.array, affine=vol.affine)
@@ -294,6 +292,27 @@ def test_predict_groups_the_channel_files_of_a_two_channel_model(synth_root, tin
     r = runner.invoke(app, ["predict", str(run), str(one), "-o", str(tmp_path / "out1")])
     assert r.exit_code == 2 and "syn_008" in r.output and "0000, 0001" in r.output
     assert not (tmp_path / "out1").exists()
+    # the same channels in one 4D NIfTI (channels last, the Medical Segmentation Decathlon's layout)
+    # are one case: the same masks; a folder of them trains as the `folder` format
+    msd = tmp_path / "Task09_Two"
+    for folder in ("imagesTr", "imagesTs"):
+        (msd / folder).mkdir(parents=True)
+        for f in sorted((root / folder).glob("*_0000.nii.gz")):
+            chans = [nib.load(str(f).replace("_0000", f"_000{c}")) for c in (0, 1)]
+            nib.save(nib.Nifti1Image(np.stack([np.asarray(c.dataobj) for c in chans], -1), chans[0].affine),
+                     msd / folder / f.name.replace("_0000", ""))
+    r = runner.invoke(app, ["predict", str(run), str(msd / "imagesTs"), "-o", str(tmp_path / "out4d")])
+    assert r.exit_code == 0, r.output
+    for case in ("syn_008", "syn_009"):
+        assert np.array_equal(read_volume(tmp_path / "out4d" / f"{case}.nii.gz").array,
+                              read_volume(tmp_path / "out" / f"{case}.nii.gz").array)
+    shutil.copytree(root / "labelsTr", msd / "labelsTr")
+    r = runner.invoke(app, ["train", str(cfg), "--set", "train.iterations=2", "--set", "name=msd",
+                            "--set", f"data={{format: folder, root: {msd / 'imagesTr'}, num_classes: 3, "
+                                     f"options: {{labels: {msd / 'labelsTr'}}}, patch_size: [16, 16, 16]}}"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["predict", str(tmp_path / "runs" / "msd"), str(msd / "imagesTs"), "-o", str(tmp_path / "out_msd")])
+    assert r.exit_code == 0 and sorted(p.name for p in (tmp_path / "out_msd").iterdir()) == ["syn_008.nii.gz", "syn_009.nii.gz"]
 
 
 def test_evaluate_refuses_an_empty_id_list_and_predict_names_valid_which(trained, tmp_path):

@@ -1,6 +1,7 @@
 """benchmarks/speed.py on tiny synthetic data: the replayed network calls are the step's calls, and
 the result file has every column."""
 import json
+import os
 
 import pytest
 
@@ -11,8 +12,9 @@ def speed(load_benchmark):
     return load_benchmark("speed")
 
 
-def test_speed_benchmark_smoke(speed, tmp_path, one_thread, monkeypatch):
+def test_speed_benchmark_smoke(speed, load_benchmark, tmp_path, one_thread, monkeypatch):
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")  # glibc's default: recorded, changes nothing
+    monkeypatch.setenv("SEMI3D_UNRELATED", "1")  # not recorded
     out = speed.main(["--synthetic", "--repeats", "1", "--warmup", "0", "--name", "smoke",
                       "--results", str(tmp_path)])
     saved = json.loads((tmp_path / "smoke.json").read_text())
@@ -29,5 +31,8 @@ def test_speed_benchmark_smoke(speed, tmp_path, one_thread, monkeypatch):
         assert r["inference"]["seconds"] > 0
     assert "| overhead |" in (tmp_path / "smoke.md").read_text()
     # the environment variables that change speed are part of how it ran
-    assert saved["machine"]["env"] == {"MALLOC_TRIM_THRESHOLD_": "131072"}
+    # (others may be set: importing scikit-learn, which MONAI does when it is installed, sets KMP_*)
+    env = saved["machine"]["env"]
+    assert env["MALLOC_TRIM_THRESHOLD_"] == "131072" and "SEMI3D_UNRELATED" not in env
+    assert all(k.startswith(load_benchmark("benchlib").SPEED_ENV) and os.environ[k] == v for k, v in env.items())
     assert "MALLOC_TRIM_THRESHOLD_=131072" in (tmp_path / "smoke.md").read_text()

@@ -9,7 +9,7 @@ import SimpleITK as sitk
 
 from semi3d.data.nnunet import NnUNetRawReader
 from semi3d.data.formats import build_reader
-from semi3d.data.volumes import itk_affine, read_volume, write_h5, write_volume
+from semi3d.data.volumes import itk_affine, read_channels, read_volume, write_h5, write_volume
 from semi3d.data.readers import FolderReader, UAMTH5Reader, read_case
 from semi3d.errors import InputError
 
@@ -70,6 +70,24 @@ def test_round_trip_geometry(tmp_path, suffix):
     np.testing.assert_allclose(v.affine, _affine(), atol=1e-5)
     np.testing.assert_allclose(v.spacing, (0.8, 0.9, 2.0), atol=1e-5)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
+def test_multichannel_images_read_as_written(tmp_path, suffix):
+    """A (C, X, Y, Z) array written as a 4D NIfTI (channels last) or a vector NRRD / MHA reads back
+    as C channels; a 3D volume as one; where one volume is expected a 4D file is named."""
+    img = np.stack([_image(0), _image(1)])
+    path = write_volume(tmp_path / f"two{suffix}", img, affine=_affine())
+    chans = read_channels(path)
+    assert len(chans) == 2
+    for c, v in enumerate(chans):
+        np.testing.assert_array_equal(v.array, img[c])
+        np.testing.assert_allclose(v.affine, _affine(), atol=1e-5)
+    assert len(read_channels(write_volume(tmp_path / f"one{suffix}", _image(), affine=_affine()))) == 1
+    with pytest.raises(InputError, match=rf"two{suffix}: expected a 3D volume \(X, Y, Z\), got shape \(24, 20, 12, 2\)"):
+        read_volume(path)
+    with pytest.raises(InputError, match="two.h5: expected a 3D volume .* or, for NIfTI / NRRD / MHA, channels"):
+        read_channels(write_volume(tmp_path / "two.h5", img))  # h5 / npy: no defined channel axis
 
 
 def test_itk_and_nibabel_agree_on_axes_and_affine(tmp_path):
@@ -274,6 +292,25 @@ def test_folder_reader_mixed_formats(tmp_path):
     np.testing.assert_allclose(b.affine, _affine(), atol=1e-5)
     assert b.label is None and r.load("c").label.dtype == np.uint8
     np.testing.assert_allclose(r.load("c").affine, np.eye(4))
+
+
+def test_folder_reader_multimodal_4d_nifti_as_the_decathlon_stores_it(tmp_path):
+    """A Medical Segmentation Decathlon multi-modal task: imagesTr/<case>.nii.gz of shape
+    (X, Y, Z, C), labelsTr/<case>.nii.gz. A case with another channel count is named."""
+    img, lab = tmp_path / "imagesTr", tmp_path / "labelsTr"
+    img.mkdir()
+    for i, cid in enumerate(("prostate_00", "prostate_01")):  # written by nibabel, as the Decathlon's files
+        nib.save(nib.Nifti1Image(np.stack([_image(i), _image(i + 5)], axis=-1), _affine()), img / f"{cid}.nii.gz")
+        write_volume(lab / f"{cid}.nii.gz", _label(), _affine())
+    r = build_reader("folder", img, labels=lab, num_classes=3)
+    assert r.channel_names == ["channel0", "channel1"] and r.labelled_ids() == ["prostate_00", "prostate_01"]
+    case = r.load("prostate_01")
+    assert case.image.shape == (2, *SHAPE)
+    np.testing.assert_array_equal(case.image[1], _image(6))
+    np.testing.assert_array_equal(case.label, _label())
+    write_volume(img / "prostate_02.nii.gz", _image(9), _affine())
+    with pytest.raises(InputError, match="prostate_02.nii.gz: 1 image channel.*first case .prostate_00.nii.gz. has 2"):
+        build_reader("folder", img, labels=lab, num_classes=3).load("prostate_02")
 
 
 def test_folder_reader_dicom_series_images_with_nifti_labels(tmp_path):

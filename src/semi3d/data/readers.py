@@ -8,6 +8,7 @@ image float32 (C, X, Y, Z), label integer (X, Y, Z) or None, spacing in mm along
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Sequence
@@ -17,7 +18,7 @@ import numpy as np
 from ..errors import InputError
 from ..losses import IGNORE_INDEX
 from .case import Case
-from .volumes import PathLike, Volume, _short, h5_keys, read_volume, split_suffix
+from .volumes import PathLike, Volume, _short, h5_keys, read_channels, read_volume, split_suffix
 
 AFFINE_TOL = 1e-3  # max absolute difference (mm) between the affines of an image and its label
 _MAX_LISTED = 10
@@ -285,9 +286,12 @@ def index_cases(folder: Path, suffixes: Sequence[str], series: bool = False) -> 
 
 
 class FolderReader(Reader):
-    """A folder of single-channel volumes (case id = file name without suffix) or of DICOM series
-    folders (case id = folder name; each subfolder must hold one series), and an optional labels
-    folder holding files of the same case ids.
+    """A folder of images (case id = file name without suffix) or of DICOM series folders (case id =
+    folder name; each subfolder must hold one series), and an optional labels folder holding files
+    of the same case ids: e.g. a Medical Segmentation Decathlon task's ``imagesTr`` and ``labelsTr``.
+    An image is one channel, or several on a 4th axis (a 4D NIfTI as the Decathlon's multi-modal
+    tasks store them, a vector NRRD / MHA; :func:`~semi3d.data.volumes.read_channels`), as many in
+    every case as in the first (``channel_names``: ``image``, or ``channel0``, ``channel1``, ...).
 
     Args:
         images: folder of images.
@@ -306,9 +310,15 @@ class FolderReader(Reader):
         self.num_classes, self.domain = num_classes, domain
         self.image_key, self.label_key = image_key, label_key
         self.suffixes = tuple(suffixes)
-        self.channel_names = ["image"]
         self._images = index_cases(self.root, self.suffixes, series=True)
         self._labels = index_cases(self.labels_dir, self.suffixes) if self.labels_dir is not None else {}
+
+    @functools.cached_property
+    def channel_names(self) -> list[str]:  # type: ignore[override]
+        """``["image"]``, or one name per channel when the first case's image has several."""
+        first = next(iter(self._images.values()), None)
+        n = len(read_channels(first, self.image_key)) if first is not None else 1
+        return ["image"] if n == 1 else [f"channel{c}" for c in range(n)]
 
     def case_ids(self) -> list[str]:
         return list(self._images)
@@ -318,7 +328,11 @@ class FolderReader(Reader):
         return case_id in self._labels
 
     def _volumes(self, case_id: str) -> tuple[list[Volume], Volume | None]:
-        label = self._labels.get(case_id)
-        return ([read_volume(self._images[case_id], self.image_key)],
-                read_volume(label, self.label_key) if label is not None else None)
+        label, path = self._labels.get(case_id), self._images[case_id]
+        channels = read_channels(path, self.image_key)
+        if len(channels) != len(self.channel_names):
+            first = next(iter(self._images.values()))
+            raise InputError(path, f"{len(channels)} image channel(s); the first case ({first.name}) has "
+                                   f"{len(self.channel_names)}: every case needs the same channels")
+        return channels, read_volume(label, self.label_key) if label is not None else None
 

@@ -118,13 +118,14 @@ def _read_dicom(path: Path, key: str | None):
 
 
 def _from_itk(img: Any, path: Path):
-    """(array (X, Y, Z), RAS affine, spacing) of a SimpleITK image read from ``path``."""
+    """(array (X, Y, Z), or (X, Y, Z, C) for a vector image, RAS affine, spacing) of a SimpleITK
+    image read from ``path``."""
     import SimpleITK as sitk
 
-    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(path, f"expected a 3D single-component image, got {img.GetDimension()}D "
-                               f"with {img.GetNumberOfComponentsPerPixel()} component(s)")
-    array = np.ascontiguousarray(sitk.GetArrayFromImage(img).transpose(2, 1, 0))  # (Z,Y,X) -> (X,Y,Z)
+    if img.GetDimension() != 3:
+        raise InputError(path, f"expected a 3D image, got {img.GetDimension()}D")
+    array = sitk.GetArrayFromImage(img)  # (Z, Y, X) or, with components, (Z, Y, X, C)
+    array = np.ascontiguousarray(array.transpose(2, 1, 0, *range(3, array.ndim)))
     return array, itk_affine(img), tuple(float(s) for s in img.GetSpacing())
 
 
@@ -188,6 +189,36 @@ def read_volume(path: PathLike, key: str | None = None) -> Volume:
         InputError: missing, unsupported, unreadable or truncated file, or not 3D.
     """
     path = Path(path)
+    array, affine, spacing = _read(path, key)
+    if array.ndim != 3:
+        raise InputError(path, f"expected a 3D volume (X, Y, Z), got shape {array.shape}")
+    return Volume(array, affine, spacing, path)
+
+
+def read_channels(path: PathLike, key: str | None = None) -> list[Volume]:
+    """Read an image of one or more channels: a 3D volume (:func:`read_volume`), or a 4D NIfTI
+    whose 4th axis holds the channels (the Medical Segmentation Decathlon's multi-modal images,
+    MONAI's channel-last NIfTI) or a vector NRRD / MHA (one channel per component), as
+    :func:`write_volume` writes a (C, X, Y, Z) array.
+
+    Returns:
+        one :class:`Volume` (X, Y, Z) per channel, sharing the file's affine and spacing.
+
+    Raises:
+        InputError: as :func:`read_volume`; a 4D h5 / npy array (their channel axis is not defined).
+    """
+    path = Path(path)
+    array, affine, spacing = _read(path, key)
+    if array.ndim == 4 and split_suffix(path)[1] in (".nii.gz", ".nii", ".nrrd", ".mha"):
+        return [Volume(array[..., c], affine, spacing, path) for c in range(array.shape[-1])]
+    if array.ndim != 3:
+        raise InputError(path, f"expected a 3D volume (X, Y, Z) or, for NIfTI / NRRD / MHA, channels on a 4th "
+                               f"axis (X, Y, Z, C), got shape {array.shape}")
+    return [Volume(array, affine, spacing, path)]
+
+
+def _read(path: Path, key: str | None) -> tuple[np.ndarray, np.ndarray | None, tuple | None]:
+    """(array with trailing singleton axes beyond the 3rd dropped, affine, spacing) of a volume file."""
     if path.is_dir():
         reader = _read_dicom
     elif not path.is_file():
@@ -205,11 +236,9 @@ def read_volume(path: PathLike, key: str | None = None) -> Volume:
     array = np.asarray(array)
     while array.ndim > 3 and array.shape[-1] == 1:
         array = array[..., 0]
-    if array.ndim != 3:
-        raise InputError(path, f"expected a 3D volume (X, Y, Z), got shape {array.shape}")
     if array.dtype.kind not in "biuf":
         raise InputError(path, f"unsupported data type {array.dtype}")
-    return Volume(array, affine, spacing, path)
+    return array, affine, spacing
 
 
 # ----------------------------------------------------------------------------------------------

@@ -279,7 +279,8 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
     (NIfTI, NRRD, MHA, h5, npy; nnU-Net's naming) with the input's affine; a folder holding one DICOM
     series is one case, written as ``<folder name>.nii.gz`` with the series' geometry. nnU-Net style names
     (``<case>_0000.nii.gz``, ``<case>_0001...``) are grouped into one multi-channel case per
-    ``<case>`` (:func:`group_channels`), post-processed as ``postprocess`` (default: the model's
+    ``<case>`` (:func:`group_channels`); a 4D NIfTI (channels last) or a vector NRRD / MHA is one case of its
+    channels (:func:`~semi3d.data.volumes.read_channels`); post-processed as ``postprocess`` (default: the model's
     ``inference.postprocess``) says, and, with ``probabilities``, ``<case>_prob`` (K, X, Y, Z)
     float32 (a K-component vector image in NRRD/MHA). ``precision``: auto (bf16 where native,
     as training) or fp32 / bf16 / fp16. ``ensemble``: more run folders, model files or bundles whose
@@ -291,7 +292,7 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
     ``inference.mirror_axes=[0,1]``), ``postprocess`` the same for one field. ``progress(i, n, paths)``:
     called after the i-th of n cases with its files. Returns the files written."""
     from ..data.postprocess import POSTPROCESS
-    from ..data.volumes import h5_dataset, read_volume, split_suffix, write_volume
+    from ..data.volumes import h5_dataset, read_channels, split_suffix, write_volume
     from ..data.readers import assemble_case
 
     model = Path(model)  # a run folder follows ``which`` (a file path included); a file: member_file's check
@@ -315,7 +316,7 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
     groups = group_channels(files, pred.in_channels)
 
     def read(name: str, fs: list[Path]) -> Case:
-        return assemble_case(name, [read_volume(f, h5_dataset(f, "image")) for f in fs], None, spacing=spacing)
+        return assemble_case(name, [v for f in fs for v in read_channels(f, h5_dataset(f, "image"))], None, spacing=spacing)
 
     def outputs(name: str, fs: list[Path]) -> list[Path]:  # in the input's format
         ext = {".hdf5": ".h5", None: ".nii.gz"}.get(split_suffix(fs[0])[1], split_suffix(fs[0])[1])  # DICOM: NIfTI
