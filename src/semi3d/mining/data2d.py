@@ -21,6 +21,7 @@ from .base import Strict
 __all__ = ["ImageFolderConfig", "Slice2D", "read_image_folder", "stack_slices", "volume_slices"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+IMAGE_CHANNELS, IMAGE_CLASSES = 3, 2  # a 2D image sample: RGB, a binary mask
 
 
 @dataclass
@@ -75,7 +76,8 @@ class ImageFolderConfig(Strict):
     splits: SplitsConfig = SplitsConfig()
 
 
-def _index(folder: Path) -> dict[str, Path]:
+def index_images(folder: Path) -> dict[str, Path]:
+    """``{stem: path}`` of the image files in ``folder`` (hidden files ignored), in name order."""
     if not folder.is_dir():
         raise InputError(folder, "no such folder")
     out: dict[str, Path] = {}
@@ -133,8 +135,8 @@ def read_image_sample(image_path: Path, mask_path: Path | None, threshold: int =
 def read_image_folder(cfg: ImageFolderConfig) -> tuple[dict[str, Slice2D], list[str], set[str]]:
     """All samples of an image folder: ``({id: Slice2D}, ids in name order, ids with a mask)``."""
     root = Path(cfg.root)
-    images = _index(root / cfg.images)
-    masks = _index(root / cfg.masks) if (root / cfg.masks).is_dir() else {}
+    images = index_images(root / cfg.images)
+    masks = index_images(root / cfg.masks) if (root / cfg.masks).is_dir() else {}
     if not images:
         raise InputError(root / cfg.images, f"no image files ({', '.join(IMAGE_SUFFIXES)})")
     orphans = sorted(set(masks) - set(images))

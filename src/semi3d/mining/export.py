@@ -54,6 +54,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from ..atomic import atomic_file
 from ..data.case import Case
 from ..data.preprocess import _safe_name, resample_probabilities
 from ..data.nnunet import NnUNetRawReader
@@ -65,7 +66,7 @@ from .base import Strict
 from .data2d import stack_slices
 
 __all__ = ["Dataset3DOptions", "label_to_original_grid", "stack_case_label", "write_pseudo_dataset",
-           "write_pseudo_masks_png", "write_pseudo_volumes"]
+           "write_masks_png", "write_pseudo_volumes"]
 
 DATASET_FORMATS = ("uamt_h5", "nnunet")
 
@@ -288,17 +289,22 @@ def write_pseudo_dataset(out_dir: str | Path, reader: Reader, splits: Mapping[st
     return {**record, "path": str(out)}
 
 
-def write_pseudo_masks_png(out_dir: str | Path, masks: Sequence[tuple[str, np.ndarray]]) -> list[Path]:
-    """Write ``(id, (H, W) label)`` pairs as 8-bit PNGs (foreground 255 for binary labels, else the class index)."""
+def write_masks_png(out_dir: str | Path, masks: Sequence[tuple[str, np.ndarray]]) -> list[Path]:
+    """Write ``(id, (H, W) label)`` pairs as 8-bit PNGs ``<out_dir>/<id>.png``, each atomically
+    (foreground 255 for binary labels, else the class index)."""
     from PIL import Image
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(out, f"cannot create the output folder: {e.strerror or e}") from None
     paths = []
     for sid, lab in masks:
         lab = np.asarray(lab, np.uint8)
         img = lab * 255 if lab.max(initial=0) <= 1 else lab
         path = out / f"{sid}.png"
-        Image.fromarray(img).save(path)
+        with atomic_file(path, suffix=".png") as tmp:
+            Image.fromarray(img).save(tmp)
         paths.append(path)
     return paths

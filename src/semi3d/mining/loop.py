@@ -48,8 +48,8 @@ from ..errors import InputError
 from ..registry import NETS2D
 from .base import PromptableSegmenter
 from .config import MiningConfig, build_refiner, load_mining_config
-from .data2d import Slice2D, read_image_folder, volume_slices
-from .export import write_pseudo_dataset, write_pseudo_masks_png, write_pseudo_volumes
+from .data2d import IMAGE_CHANNELS, IMAGE_CLASSES, Slice2D, read_image_folder, volume_slices
+from .export import write_pseudo_dataset, write_masks_png, write_pseudo_volumes
 from .iterative import refine_iteratively
 from .prompts import confident_label
 from .select import Candidate, select_pseudo_labels
@@ -117,7 +117,7 @@ def load_mining_data(cfg: MiningConfig) -> MiningData:
     unlabelled = [Slice2D(i, samples[i].image, None, i, 0) for i in splits["unlabelled"]]
     truth = {i: samples[i].label for i in splits["unlabelled"] if samples[i].label is not None}
     dev = [samples[i] for i in splits["validation"]]
-    return MiningData(labelled, unlabelled, truth, dev, 2, 3, splits, False)  # type: ignore[arg-type]
+    return MiningData(labelled, unlabelled, truth, dev, IMAGE_CLASSES, IMAGE_CHANNELS, splits, False)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------- mining
@@ -190,7 +190,7 @@ def _export(cands: list[Candidate], keep: list[bool], data: MiningData, cfg: Min
             return {"path": rec["path"], "n_real": len(rec["real"]), "n_pseudo": len(rec["pseudo"]),
                     "n_rejected": len(rec["rejected"]), "n_validation": len(rec["validation"])}
     elif cfg.save_pseudo != "none":
-        write_pseudo_masks_png(out, [(c.id, c.refined.label) for c, f in zip(cands, keep) if f])
+        write_masks_png(out, [(c.id, c.refined.label) for c, f in zip(cands, keep) if f])
     return None
 
 
