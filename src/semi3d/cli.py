@@ -223,7 +223,7 @@ def export(run: Path, out: Path = typer.Option(..., "--out", "-o", help="bundle 
 
 @app.command()
 @_clean_errors
-def plan(dataset: Path = typer.Argument(..., help="an nnU-Net v2 raw dataset folder or a UA-MT h5 folder (train.list)"),
+def plan(dataset: Path = typer.Argument(..., help="an nnU-Net v2 raw dataset folder, a Medical Segmentation Decathlon task folder or a UA-MT h5 folder (train.list)"),
          out: Optional[Path] = typer.Option(None, "--out", "-o", help="config to write (default DATASET/semi3d_plan_<method>_<budget>.yaml)"),
          budget: str = typer.Option("cpu", help="cpu | gpu: the patch, network and schedule to fit"),
          method: str = typer.Option("mn", help="the method the config trains"),

@@ -132,7 +132,7 @@ class PreprocessConfig(StrictModel):
 
 
 class DataConfig(StrictModel):
-    format: Literal["nnunet", "uamt_h5", "folder"] = "nnunet"
+    format: Literal["nnunet", "uamt_h5", "msd", "folder"] = "nnunet"
     root: Path
     options: dict[str, Any] = {}
     num_classes: int | None = Field(None, ge=2)

@@ -1,23 +1,26 @@
-"""The dataset formats by name: ``uamt_h5``, ``nnunet`` and ``folder``."""
+"""The dataset formats by name: ``uamt_h5``, ``nnunet``, ``msd`` and ``folder``."""
 from __future__ import annotations
 
 import inspect
 from typing import Any
 
 from ..errors import InputError
+from .msd import MSDReader
 from .nnunet import NnUNetRawReader
 from .readers import FolderReader, PathLike, Reader, UAMTH5Reader
 
 __all__ = ["READERS", "build_reader"]
 
-READERS: dict[str, type[Reader]] = {"uamt_h5": UAMTH5Reader, "nnunet": NnUNetRawReader, "folder": FolderReader}
+READERS: dict[str, type[Reader]] = {"uamt_h5": UAMTH5Reader, "nnunet": NnUNetRawReader, "msd": MSDReader,
+                                    "folder": FolderReader}
 
 
 def build_reader(format: str, root: PathLike, **options: Any) -> Reader:
     """Build a reader by format name.
 
     Args:
-        format: ``"uamt_h5"``, ``"nnunet"`` or ``"folder"`` (root is then the images folder).
+        format: ``"uamt_h5"``, ``"nnunet"``, ``"msd"`` (a Decathlon task) or ``"folder"`` (root is
+            then the images folder).
         root: dataset folder.
         options: keyword arguments of the reader class.
 

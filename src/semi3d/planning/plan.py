@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.formats import build_reader
+from ..data.msd import is_msd_json
 from ..errors import InputError
 from .fingerprint import Fingerprint, fingerprint
 
@@ -218,15 +219,20 @@ def _why_orientation(counts: dict[str, int]) -> str:
 
 def _detect_format(root: Path) -> tuple[str, dict]:
     if (root / "dataset.json").is_file():
-        return "nnunet", {}
+        try:
+            meta = json.loads((root / "dataset.json").read_text())
+        except (OSError, ValueError):
+            meta = None  # the nnU-Net reader names the problem
+        return ("msd" if is_msd_json(meta) else "nnunet"), {}
     if (root / "train.list").is_file():
         return "uamt_h5", {"list_file": str(root / "train.list")}
-    raise InputError(root, "cannot tell the dataset format: expected dataset.json (nnU-Net v2) or train.list (UA-MT h5)")
+    raise InputError(root, "cannot tell the dataset format: expected dataset.json (nnU-Net v2, or a Medical "
+                           "Segmentation Decathlon task) or train.list (UA-MT h5)")
 
 
 def plan_dataset(root: Path, out: Path | None = None, budget: str = "cpu", method: str = "mn",
                  pretrained2d: str | None = None, progress=None) -> Plan:
-    """Fingerprint the dataset at ``root`` (nnU-Net v2 raw or UA-MT h5, detected), plan it, and
+    """Fingerprint the dataset at ``root`` (nnU-Net v2 raw, a Decathlon task or UA-MT h5, detected), plan it, and
     write the commented config to ``out`` (default ``<root>/semi3d_plan_<method>_<budget>.yaml``)
     and the fingerprint beside it (``.fingerprint.json``). Returns the :class:`Plan`."""
     from ..atomic import write_text
