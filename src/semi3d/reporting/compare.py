@@ -6,6 +6,9 @@ Each run's evaluation is its ``eval_validation/metrics.json`` (or ``--eval NAME`
 :meth:`semi3d.engine.rundir.RunDir.metrics`); a folder holding ``metrics.json`` and no run (``semi3d
 evaluate-folder``'s output for another tool's predictions) is a row of method ``external``; means are over the foreground classes (the
 summary's ``"mean"`` row when there are several). Runs evaluated on different cases are flagged.
+The folds of one cross-validation (runs whose configs differ only in
+``data.splits.validation.fold``, name and machine settings, each scored on its validation split)
+add one row over their validation cases pooled.
 """
 from __future__ import annotations
 
