@@ -72,7 +72,7 @@ def test_decathlon_errors_name_the_file(tmp_path):
     with pytest.raises(InputError, match="dataset.json: 'labels' must map"):
         build_reader("msd", root)
     (root / "dataset.json").write_text(json.dumps({"labels": {"background": 0}, "file_ending": ".nii.gz"}))
-    with pytest.raises(InputError, match="not a Decathlon dataset.json"):
+    with pytest.raises(InputError, match="dataset.json: missing key 'modality'"):
         build_reader("msd", root)
     (root / "dataset.json").write_text(json.dumps(meta))
     (root / "imagesTr" / "syn_000.nii.gz").unlink()

@@ -11,12 +11,12 @@ when the listed file is not there. The test images have no label: they are read 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import InputError
-from .readers import PathLike, Reader, _existing_dir
-from .volumes import Volume, _short, read_channels, read_volume, split_suffix
+from .nnunet import read_meta
+from .readers import IndexedReader, PathLike, _existing_dir
+from .volumes import Volume, read_channels, read_volume, split_suffix
 
 __all__ = ["MSDReader", "is_msd_json"]
 
@@ -34,7 +34,7 @@ def _numbered(meta: dict, key: str, where: Path) -> list[str]:
     return [str(d[str(i)]) for i in range(len(d))]
 
 
-class MSDReader(Reader):
+class MSDReader(IndexedReader):
     """A Decathlon task folder (see the module docstring).
 
     Args:
@@ -45,14 +45,7 @@ class MSDReader(Reader):
     def __init__(self, root: PathLike, domain: str = "default"):
         self.root, self.domain = _existing_dir(root), domain
         where = self.root / "dataset.json"
-        try:
-            meta = json.loads(where.read_text())
-        except FileNotFoundError:
-            raise InputError(where, "missing (a Decathlon task folder needs dataset.json)") from None
-        except (OSError, ValueError) as e:
-            raise InputError(where, f"cannot read: {_short(e)}") from None
-        if not is_msd_json(meta):
-            raise InputError(where, "not a Decathlon dataset.json: needs 'modality' and 'training'")
+        meta = read_meta(where, ("labels", "modality", "training"), "a Decathlon task folder")
         self.class_names = _numbered(meta, "labels", where)
         self.num_classes = len(self.class_names)
         self.channel_names = _numbered(meta, "modality", where)
@@ -85,13 +78,6 @@ class MSDReader(Reader):
         if all(p.is_file() for p in per_channel):
             return per_channel
         raise InputError(path, f"listed in {where.name} but missing (nor nnU-Net v1's {per_channel[0].name}, ...)")
-
-    def case_ids(self) -> list[str]:
-        return list(self._images)
-
-    def has_label(self, case_id: str) -> bool:
-        self._require(case_id)
-        return case_id in self._labels
 
     def _volumes(self, case_id: str) -> tuple[list[Volume], Volume | None]:
         files = self._images[case_id]

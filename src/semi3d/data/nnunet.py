@@ -35,17 +35,18 @@ UNLABELLED_DIR = "imagesUnlabelled"
 Entry = tuple[dict[int, Path], "Path | None"]
 
 
-def _read_meta(path: Path) -> dict:
-    """``dataset.json``'s object, with its ``labels`` and ``file_ending``."""
+def read_meta(path: Path, keys: tuple[str, ...] = ("labels", "file_ending"),
+              needed_by: str = "an nnU-Net raw dataset") -> dict:
+    """A ``dataset.json``'s object, checked to have ``keys`` (defaults: nnU-Net v2's)."""
     try:
         meta = json.loads(path.read_text())
     except FileNotFoundError:
-        raise InputError(path, "missing (an nnU-Net raw dataset needs dataset.json)") from None
+        raise InputError(path, f"missing ({needed_by} needs dataset.json)") from None
     except (OSError, ValueError) as e:
         raise InputError(path, f"cannot read: {_short(e)}") from None
     if not isinstance(meta, dict):
         raise InputError(path, "expected a JSON object")
-    for key in ("labels", "file_ending"):
+    for key in keys:
         if key not in meta:
             raise InputError(path, f"missing key {key!r}")
     return meta
@@ -76,7 +77,7 @@ def read_dataset_json(path: Path) -> tuple[list[str], int | None]:
     """An nnU-Net ``dataset.json``'s classes: the K class names by value (background first; the
     ``ignore`` label left out) and the ignore label's value (None without one). Region-based labels
     are refused."""
-    return _labels(_read_meta(Path(path)), Path(path))
+    return _labels(read_meta(Path(path)), Path(path))
 
 
 class NnUNetRawReader(Reader):
@@ -93,7 +94,7 @@ class NnUNetRawReader(Reader):
         self.root = _existing_dir(root)
         self.domain = domain
         self.meta_path = meta_path = self.root / "dataset.json"
-        meta = _read_meta(meta_path)
+        meta = read_meta(meta_path)
         names, self.ignore_value = _labels(meta, meta_path)
         self.class_names, self.num_classes = names, len(names)
         channels = meta.get("channel_names", meta.get("modality"))

@@ -285,7 +285,22 @@ def index_cases(folder: Path, suffixes: Sequence[str], series: bool = False) -> 
     return out
 
 
-class FolderReader(Reader):
+class IndexedReader(Reader):
+    """A reader whose cases are the keys of ``self._images`` (in its order) and whose labelled cases
+    are the keys of ``self._labels``."""
+
+    _images: dict
+    _labels: dict
+
+    def case_ids(self) -> list[str]:
+        return list(self._images)
+
+    def has_label(self, case_id: str) -> bool:
+        self._require(case_id)
+        return case_id in self._labels
+
+
+class FolderReader(IndexedReader):
     """A folder of images (case id = file name without suffix) or of DICOM series folders (case id =
     folder name; each subfolder must hold one series), and an optional labels folder holding files
     of the same case ids: e.g. a Medical Segmentation Decathlon task's ``imagesTr`` and ``labelsTr``.
@@ -319,13 +334,6 @@ class FolderReader(Reader):
         first = next(iter(self._images.values()), None)
         n = len(read_channels(first, self.image_key)) if first is not None else 1
         return ["image"] if n == 1 else [f"channel{c}" for c in range(n)]
-
-    def case_ids(self) -> list[str]:
-        return list(self._images)
-
-    def has_label(self, case_id: str) -> bool:
-        self._require(case_id)
-        return case_id in self._labels
 
     def _volumes(self, case_id: str) -> tuple[list[Volume], Volume | None]:
         label, path = self._labels.get(case_id), self._images[case_id]
