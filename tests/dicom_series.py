@@ -33,7 +33,7 @@ def _write_slices(writer, img, folder, spacing, uid) -> None:
         position = "\\".join(str(v) for v in img.TransformIndexToPhysicalPoint((0, 0, z)))
         for tag, value in (("0008|0060", "CT"), ("0020|000e", uid), ("0020|000d", uid + ".1"),
                            ("0008|0018", f"{uid}.2.{z}"), ("0020|0013", str(z + 1)), ("0020|0032", position),
-                           ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0028|0030", f"{spacing[1]}\\{spacing[0]}"),
+                           ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0020|0052", uid + ".3"), ("0028|0030", f"{spacing[1]}\\{spacing[0]}"),
                            ("0018|0050", str(spacing[2]))):
             s.SetMetaData(tag, value)
         writer.SetFileName(str(Path(folder) / f"s{z:03d}.dcm"))

@@ -159,6 +159,34 @@ def test_predict_a_dicom_series_folder(trained, synth_root, tmp_path):
     assert r.exit_code == 2 and "no DICOM series in this folder; give the series folders themselves" in r.output
 
 
+def test_predict_writes_a_dicom_seg_over_the_series(trained, synth_root, tmp_path):
+    """--dicom-seg: <folder>.seg.dcm, a DICOM Segmentation whose frames over each source slice are
+    the NIfTI mask's slice, one segment per foreground class, in the source's patient and study;
+    a non-DICOM input is refused before anything is written."""
+    hd = pytest.importorskip("highdicom")
+    import pydicom
+    from dicom_series import write_series
+
+    src = read_volume(sorted((synth_root / "imagesTs").iterdir())[0])
+    write_series(tmp_path / "in" / "patient7", np.round(src.array * 100).astype(np.int16), spacing=src.spacing)
+    r = runner.invoke(app, ["predict", str(trained), str(tmp_path / "in" / "patient7"), "-o", str(tmp_path / "o"),
+                            "--dicom-seg"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["patient7.nii.gz", "patient7.seg.dcm"]
+    mask = read_volume(tmp_path / "o" / "patient7.nii.gz").array  # (X, Y, Z)
+    assert len(np.unique(mask)) > 1
+    seg = hd.seg.segread(tmp_path / "o" / "patient7.seg.dcm")
+    sources = sorted((pydicom.dcmread(f) for f in (tmp_path / "in" / "patient7").iterdir()),
+                     key=lambda d: float(d.ImagePositionPatient[2]))
+    frames = seg.get_pixels_by_source_instance([d.SOPInstanceUID for d in sources], combine_segments=True)
+    assert np.array_equal(frames, mask.transpose(2, 1, 0))  # (slices, rows = Y, columns = X)
+    assert [seg.get_segment_description(k).segment_label for k in seg.get_segment_numbers()] == ["organ", "lesion"]
+    assert (seg.PatientID, seg.StudyInstanceUID) == (sources[0].PatientID, sources[0].StudyInstanceUID)
+    nifti = sorted((synth_root / "imagesTs").iterdir())[0]
+    r = runner.invoke(app, ["predict", str(trained), str(nifti), "-o", str(tmp_path / "o2"), "--dicom-seg"])
+    assert r.exit_code == 2 and "not a DICOM series folder" in r.output and not (tmp_path / "o2").exists()
+
+
 def test_predict_into_unwritable_folder(trained, synth_root, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -116,6 +116,7 @@ def predict(model: Path = typer.Argument(..., help="a run folder, a checkpoints/
             precision: str = typer.Option("auto", help="auto (bf16 where the CPU/GPU has it natively) | fp32 | bf16 | fp16"),
             ensemble: list[Path] = typer.Option([], "--ensemble", help=ENSEMBLE_HELP),
             continue_: bool = typer.Option(False, "--continue", help="skip the cases whose outputs are already in OUT (go on after a stop)"),
+            dicom_seg: bool = typer.Option(False, "--dicom-seg", help="DICOM series inputs: also write <name>.seg.dcm, a DICOM Segmentation over the series (needs highdicom)"),
             set: list[str] = typer.Option([], "--set", help="an inference setting for this prediction: inference.<field>=<value>"),
             round_: Optional[int] = typer.Option(None, "--round", help="a mining run on 2D images: the round's model (default: the last finished)")):
     """Segment image files with a trained model; writes <case>.<ending> in the input's format
@@ -126,7 +127,7 @@ def predict(model: Path = typer.Argument(..., help="a run folder, a checkpoints/
 
     if is_mining_run(model):
         given = {"--probabilities": probabilities, "--which": which != "auto", "--postprocess": postprocess,
-                 "--ensemble": ensemble, "--set": set}
+                 "--ensemble": ensemble, "--set": set, "--dicom-seg": dicom_seg}
         for name in (n for n, v in given.items() if v):
             raise InputError(name, f"not an option for a mining run's 2D model ({model})")
         return predict_images(model, inputs, out, round_, precision, continue_,
@@ -134,7 +135,8 @@ def predict(model: Path = typer.Argument(..., help="a run folder, a checkpoints/
     if round_ is not None:
         raise InputError("--round", f"only for a mining run; {model} is not one")
     predict_files(model, inputs, out, probabilities, which, postprocess, precision, ensemble, continue_, set,
-                  progress=lambda i, n, paths: console.print("\n".join(map(str, paths))))  # as each is written
+                  progress=lambda i, n, paths: console.print("\n".join(map(str, paths))),  # as each is written
+                  dicom_seg=dicom_seg)
 
 
 @app.command()

@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .. import __version__
 from ..config import InferenceConfig, RunConfig, parse_overrides, set_dotted, validate
 from ..data.case import Case
 from ..engine.rundir import RunDir
@@ -274,7 +275,7 @@ def _case_names(files: list[Path]) -> list[str]:
 def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: bool = False,
                   which: str = "auto", postprocess: str | None = None, precision: str = "auto",
                   ensemble: list[Path] = (), skip_existing: bool = False, overrides: list[str] = (),
-                  progress: Callable[[int, int, list[Path]], None] | None = None) -> list[Path]:
+                  progress: Callable[[int, int, list[Path]], None] | None = None, dicom_seg: bool = False) -> list[Path]:
     """Segment each input image; writes ``<out>/<case>.<file ending>`` in the input's own format
     (NIfTI, NRRD, MHA, h5, npy; nnU-Net's naming) with the input's affine; a folder holding one DICOM
     series is one case, written as ``<folder name>.nii.gz`` with the series' geometry. nnU-Net style names
@@ -290,7 +291,9 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
     ``--continue_prediction``: rerun a stopped prediction of a folder). ``overrides``:
     ``inference.<field>=<YAML value>`` settings for this prediction (as ``evaluate --set``; e.g.
     ``inference.mirror_axes=[0,1]``), ``postprocess`` the same for one field. ``progress(i, n, paths)``:
-    called after the i-th of n cases with its files. Returns the files written."""
+    called after the i-th of n cases with its files. ``dicom_seg``: every input is a DICOM series
+    folder, and its mask is also written as ``<name>.seg.dcm``, a DICOM Segmentation object over the
+    series (:func:`~semi3d.data.dicom_seg.write_dicom_seg`). Returns the files written."""
     from ..data.postprocess import POSTPROCESS
     from ..data.volumes import h5_dataset, read_channels, split_suffix, write_volume
     from ..data.readers import assemble_case
@@ -314,13 +317,21 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
     files = _expand_inputs(inputs)
 
     groups = group_channels(files, pred.in_channels)
+    if dicom_seg:
+        from ..data.dicom_seg import require_highdicom, write_dicom_seg
+
+        require_highdicom()
+        for _, fs in groups:
+            if not fs[0].is_dir():
+                raise InputError(fs[0], "not a DICOM series folder: --dicom-seg writes segmentations of DICOM series only")
 
     def read(name: str, fs: list[Path]) -> Case:
         return assemble_case(name, [v for f in fs for v in read_channels(f, h5_dataset(f, "image"))], None, spacing=spacing)
 
     def outputs(name: str, fs: list[Path]) -> list[Path]:  # in the input's format
         ext = {".hdf5": ".h5", None: ".nii.gz"}.get(split_suffix(fs[0])[1], split_suffix(fs[0])[1])  # DICOM: NIfTI
-        return [Path(out) / f"{name}{ext}", *([Path(out) / f"{name}{PROBABILITIES}{ext}"] if probabilities else [])]
+        return [Path(out) / f"{name}{ext}", *([Path(out) / f"{name}{PROBABILITIES}{ext}"] if probabilities else []),
+                *([Path(out) / f"{name}.seg.dcm"] if dicom_seg else [])]
 
     if skip_existing:  # the outputs are written atomically: one that exists is complete
         groups = [(n, fs) for n, fs in groups if not all(p.is_file() for p in outputs(n, fs))]
@@ -330,9 +341,13 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
     for i, (name, fs) in enumerate(groups):
         case, paths = read(name, fs), outputs(name, fs)
         probs = pred(case)
-        written.append(write_volume(paths[0], pred.segment(case, probs), affine=case.affine))
+        mask = pred.segment(case, probs)
+        written.append(write_volume(paths[0], mask, affine=case.affine))
         if probabilities:
             written.append(write_volume(paths[1], probs.numpy(), affine=case.affine))
+        if dicom_seg:
+            written.append(write_dicom_seg(paths[-1], mask, fs[0], pred.class_names,
+                                           f"semi3d {pred.cfg.method.name} ({pred.cfg.name})", __version__))
         if progress:
             progress(i + 1, len(groups), paths)
     return written
