@@ -8,13 +8,13 @@ the CLI verb.
 from __future__ import annotations
 
 import warnings
+from importlib.metadata import version
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from .. import __version__
 from ..config import InferenceConfig, RunConfig, parse_overrides, set_dotted, validate
 from ..data.case import Case
 from ..engine.rundir import RunDir
@@ -347,7 +347,7 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
             written.append(write_volume(paths[1], probs.numpy(), affine=case.affine))
         if dicom_seg:
             written.append(write_dicom_seg(paths[-1], mask, fs[0], pred.class_names,
-                                           f"semi3d {pred.cfg.method.name} ({pred.cfg.name})", __version__))
+                                           f"semi3d {pred.cfg.method.name} ({pred.cfg.name})", version("semi3d")))
         if progress:
             progress(i + 1, len(groups), paths)
     return written
