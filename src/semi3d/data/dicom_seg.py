@@ -1,11 +1,13 @@
-"""A label map of a DICOM series written back as a DICOM Segmentation object (DICOM SEG), the form
-PACS viewers and clinical tools (3D Slicer, OHIF) load over the images.
+"""Label maps of a DICOM series as DICOM Segmentation objects (DICOM SEG), the form PACS viewers and
+clinical tools (3D Slicer, OHIF) load over the images and many public collections (TCIA) ship
+annotations in; with ``highdicom`` (optional extra ``dicom``).
 
-Written with ``highdicom`` (optional extra ``dicom``): one segment per foreground class, labelled by
-the class name (generic property codes, "Tissue"), algorithm type AUTOMATIC with the algorithm's
-name and version; the patient, study and frame of reference are the source series'. The label's
-(X, Y, Z) axes are the series' as :func:`~semi3d.data.volumes.read_volume` reads it: Z the slices in
-GDCM's order, one frame per source slice of (rows = Y, columns = X).
+Written (:func:`write_dicom_seg`): one segment per foreground class, labelled by the class name
+(generic property codes, "Tissue"), algorithm type AUTOMATIC with the algorithm's name and version;
+the patient, study and frame of reference are the source series'. Read (:func:`read_dicom_seg`): the
+segment numbers are the class values, each frame placed on the source slice it references. The
+label's (X, Y, Z) axes are the series' as :func:`~semi3d.data.volumes.read_volume` reads it: Z the
+slices in GDCM's order, one frame per source slice of (rows = Y, columns = X).
 """
 from __future__ import annotations
 
@@ -16,18 +18,71 @@ import numpy as np
 
 from ..atomic import atomic_file
 from ..errors import InputError
-from .volumes import _short
+from .volumes import Volume, _short
 
-__all__ = ["require_highdicom", "write_dicom_seg"]
+__all__ = ["SEG_SUFFIXES", "read_dicom_seg", "require_highdicom", "write_dicom_seg"]
+
+SEG_SUFFIXES = (".seg.dcm", ".dcm")  # label files read as DICOM SEG (over the case's DICOM series)
 
 
-def require_highdicom() -> None:
-    """InputError unless ``highdicom`` (which brings pydicom) is installed."""
+def require_highdicom(where: str = "--dicom-seg") -> None:
+    """InputError naming ``where`` (what needs it) unless ``highdicom`` (which brings pydicom) is installed."""
     import importlib.util
 
     if importlib.util.find_spec("highdicom") is None:
-        raise InputError("--dicom-seg", "needs the highdicom package: pip install highdicom "
+        raise InputError(where, "needs the highdicom package: pip install highdicom "
                                         "(or semi3d's extra: pip install 'semi3d[dicom]')")
+
+
+def _sources(series: Path, pixels: bool) -> list:
+    """The pydicom datasets of the one series in folder ``series``, in read_volume's slice order."""
+    import pydicom
+    import SimpleITK as sitk
+
+    from .volumes import dicom_series
+
+    uids = dicom_series(series)
+    if len(uids) != 1:
+        raise InputError(series, f"expected one DICOM series, found {len(uids)}")
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(series), uids[0])
+    try:
+        return [pydicom.dcmread(f, stop_before_pixels=not pixels) for f in files]
+    except Exception as e:  # pydicom raises InvalidDicomError / OSError / ...
+        raise InputError(series, f"cannot read the DICOM files: {_short(e)}") from None
+
+
+def _shape(sources: list) -> tuple[int, int, int]:
+    """(X, Y, Z) = (columns, rows, slices) of a series."""
+    return int(sources[0].Columns), int(sources[0].Rows), len(sources)
+
+
+def read_dicom_seg(path: Path, series: Path) -> Volume:
+    """The label map (X, Y, Z) uint8 that the DICOM SEG file ``path`` draws over the DICOM series in
+    folder ``series``: segment number k -> value k, 0 where no segment is (slices without a frame
+    included). Its affine is None (the image's applies: the frames are placed by the slices they
+    reference). Raises InputError: not a SEG, a SEG of none of the series' slices, overlapping
+    segments."""
+    import highdicom as hd
+
+    require_highdicom(str(path))
+    sources = _sources(series, pixels=False)
+    try:
+        seg = hd.seg.segread(path)
+    except Exception as e:  # pydicom / highdicom: not a file, not a SEG
+        raise InputError(path, f"cannot read as a DICOM SEG: {_short(e)}") from None
+    uids = [str(d.SOPInstanceUID) for d in sources]
+    referenced = {str(sop) for _, _, sop in seg.get_source_image_uids()}
+    covered = [i for i, u in enumerate(uids) if u in referenced]
+    if not covered:
+        raise InputError(path, f"references none of the slices of the series in {series}")
+    x, y, z = _shape(sources)
+    frames = np.zeros((z, y, x), np.uint8)
+    try:
+        frames[covered] = seg.get_pixels_by_source_instance([uids[i] for i in covered], combine_segments=True,
+                                                            assert_missing_frames_are_empty=True)
+    except (ValueError, KeyError, RuntimeError) as e:  # e.g. overlapping segments
+        raise InputError(path, f"cannot read its segments as one label map: {_short(e)}") from None
+    return Volume(np.ascontiguousarray(frames.transpose(2, 1, 0)), None, None, Path(path))
 
 
 def write_dicom_seg(path: Path, label: np.ndarray, series: Path, class_names: Sequence[str],
@@ -36,21 +91,10 @@ def write_dicom_seg(path: Path, label: np.ndarray, series: Path, class_names: Se
     DICOM SEG file ``path`` (atomically); ``class_names`` (K, background first) name the segments,
     ``algorithm`` / ``version`` identify what produced them. Returns ``path``."""
     import highdicom as hd
-    import pydicom
-    import SimpleITK as sitk
     from pydicom.sr.codedict import codes
 
-    from .volumes import dicom_series
-
-    uids = dicom_series(series)
-    if len(uids) != 1:
-        raise InputError(series, f"expected one DICOM series, found {len(uids)}")
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(series), uids[0])  # read_volume's slice order
-    try:
-        sources = [pydicom.dcmread(f) for f in files]
-    except Exception as e:  # pydicom raises InvalidDicomError / OSError / ...
-        raise InputError(series, f"cannot read the DICOM files: {_short(e)}") from None
-    shape = (int(sources[0].Columns), int(sources[0].Rows), len(sources))
+    sources = _sources(series, pixels=True)
+    shape = _shape(sources)
     if tuple(label.shape) != shape:
         raise InputError(series, f"label shape {tuple(label.shape)} is not the series' (columns, rows, slices) {shape}")
     frames = np.ascontiguousarray(np.transpose(label, (2, 1, 0))).astype(np.uint8)  # (slices, rows, columns)

@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import InputError
 from ..losses import IGNORE_INDEX
 from .case import Case
+from .dicom_seg import SEG_SUFFIXES, read_dicom_seg
 from .volumes import PathLike, Volume, _short, h5_keys, read_channels, read_volume, split_suffix
 
 AFFINE_TOL = 1e-3  # max absolute difference (mm) between the affines of an image and its label
@@ -303,7 +304,9 @@ class IndexedReader(Reader):
 class FolderReader(IndexedReader):
     """A folder of images (case id = file name without suffix) or of DICOM series folders (case id =
     folder name; each subfolder must hold one series), and an optional labels folder holding files
-    of the same case ids: e.g. a Medical Segmentation Decathlon task's ``imagesTr`` and ``labelsTr``.
+    of the same case ids: e.g. a Medical Segmentation Decathlon task's ``imagesTr`` and ``labelsTr``;
+    over a DICOM series, a label may be a DICOM SEG file ``<case>.seg.dcm`` / ``<case>.dcm``
+    (:func:`~semi3d.data.dicom_seg.read_dicom_seg`).
     An image is one channel, or several on a 4th axis (a 4D NIfTI as the Decathlon's multi-modal
     tasks store them, a vector NRRD / MHA; :func:`~semi3d.data.volumes.read_channels`), as many in
     every case as in the first (``channel_names``: ``image``, or ``channel0``, ``channel1``, ...).
@@ -326,7 +329,7 @@ class FolderReader(IndexedReader):
         self.image_key, self.label_key = image_key, label_key
         self.suffixes = tuple(suffixes)
         self._images = index_cases(self.root, self.suffixes, series=True)
-        self._labels = index_cases(self.labels_dir, self.suffixes) if self.labels_dir is not None else {}
+        self._labels = index_cases(self.labels_dir, (*self.suffixes, *SEG_SUFFIXES)) if self.labels_dir is not None else {}
 
     @functools.cached_property
     def channel_names(self) -> list[str]:  # type: ignore[override]
@@ -342,5 +345,9 @@ class FolderReader(IndexedReader):
             first = next(iter(self._images.values()))
             raise InputError(path, f"{len(channels)} image channel(s); the first case ({first.name}) has "
                                    f"{len(self.channel_names)}: every case needs the same channels")
+        if label is not None and split_suffix(label, SEG_SUFFIXES)[1]:
+            if not path.is_dir():
+                raise InputError(label, "a DICOM SEG label needs its image as a DICOM series folder")
+            return channels, read_dicom_seg(label, path)
         return channels, read_volume(label, self.label_key) if label is not None else None
 
