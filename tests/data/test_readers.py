@@ -84,6 +84,11 @@ def test_multichannel_images_read_as_written(tmp_path, suffix):
         np.testing.assert_array_equal(v.array, img[c])
         np.testing.assert_allclose(v.affine, _affine(), atol=1e-5)
     assert len(read_channels(write_volume(tmp_path / f"one{suffix}", _image(), affine=_affine()))) == 1
+    if suffix == ".nii.gz":  # ITK writes a vector image to NIfTI as (X, Y, Z, 1, C)
+        itk = sitk.GetImageFromArray(np.ascontiguousarray(img.transpose(3, 2, 1, 0)), isVector=True)
+        sitk.WriteImage(itk, str(tmp_path / "itk.nii.gz"))
+        assert nib.load(tmp_path / "itk.nii.gz").shape == (*SHAPE, 1, 2)
+        assert [np.array_equal(v.array, img[c]) for c, v in enumerate(read_channels(tmp_path / "itk.nii.gz"))] == [True, True]
     with pytest.raises(InputError, match=rf"two{suffix}: expected a 3D volume \(X, Y, Z\), got shape \(24, 20, 12, 2\)"):
         read_volume(path)
     with pytest.raises(InputError, match="two.h5: expected a 3D volume .* or, for NIfTI / NRRD / MHA, channels"):

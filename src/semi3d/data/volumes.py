@@ -198,8 +198,8 @@ def read_volume(path: PathLike, key: str | None = None) -> Volume:
 def read_channels(path: PathLike, key: str | None = None) -> list[Volume]:
     """Read an image of one or more channels: a 3D volume (:func:`read_volume`), or a 4D NIfTI
     whose 4th axis holds the channels (the Medical Segmentation Decathlon's multi-modal images,
-    MONAI's channel-last NIfTI) or a vector NRRD / MHA (one channel per component), as
-    :func:`write_volume` writes a (C, X, Y, Z) array.
+    MONAI's channel-last NIfTI; or its 5th, after a singleton 4th, as ITK writes a vector image) or a
+    vector NRRD / MHA (one channel per component), as :func:`write_volume` writes a (C, X, Y, Z) array.
 
     Returns:
         one :class:`Volume` (X, Y, Z) per channel, sharing the file's affine and spacing.
@@ -209,6 +209,8 @@ def read_channels(path: PathLike, key: str | None = None) -> list[Volume]:
     """
     path = Path(path)
     array, affine, spacing = _read(path, key)
+    if array.ndim == 5 and array.shape[3] == 1:  # a NIfTI vector image as ITK writes it: (X, Y, Z, 1, C)
+        array = array[:, :, :, 0]
     if array.ndim == 4 and split_suffix(path)[1] in (".nii.gz", ".nii", ".nrrd", ".mha"):
         return [Volume(array[..., c], affine, spacing, path) for c in range(array.shape[-1])]
     if array.ndim != 3:
