@@ -92,6 +92,17 @@ def test_refusals(tmp_path):
     write_dicom_seg(tmp_path / "lab" / "a.seg.dcm", _label(), tmp_path / "s", ["background", "organ", "lesion"], "x", "0")
     with pytest.raises(InputError, match="a.seg.dcm: a DICOM SEG label needs its image as a DICOM series folder"):
         build_reader("folder", tmp_path / "img", labels=tmp_path / "lab", num_classes=3).load("a")
+    import pydicom
+
+    from semi3d.data.dicom_seg import check_seg_source
+
+    check_seg_source(tmp_path / "s")
+    for f in (tmp_path / "s").iterdir():  # a series without a frame of reference (not a scanner's)
+        ds = pydicom.dcmread(f)
+        del ds.FrameOfReferenceUID
+        ds.save_as(f)
+    with pytest.raises(InputError, match="s: its DICOM files lack FrameOfReferenceUID: no DICOM SEG can reference them"):
+        check_seg_source(tmp_path / "s")
 
 
 def test_without_highdicom_the_option_says_what_to_install(monkeypatch, tmp_path):

@@ -20,7 +20,7 @@ from ..atomic import atomic_file
 from ..errors import InputError
 from .volumes import Volume, _short
 
-__all__ = ["SEG_SUFFIXES", "read_dicom_seg", "require_highdicom", "write_dicom_seg"]
+__all__ = ["SEG_SUFFIXES", "check_seg_source", "read_dicom_seg", "require_highdicom", "write_dicom_seg"]
 
 SEG_SUFFIXES = (".seg.dcm", ".dcm")  # label files read as DICOM SEG (over the case's DICOM series)
 
@@ -49,6 +49,17 @@ def _sources(series: Path, pixels: bool) -> list:
         return [pydicom.dcmread(f, stop_before_pixels=not pixels) for f in files]
     except Exception as e:  # pydicom raises InvalidDicomError / OSError / ...
         raise InputError(series, f"cannot read the DICOM files: {_short(e)}") from None
+
+
+def check_seg_source(series: Path) -> None:
+    """InputError naming ``series`` when a DICOM SEG cannot be made over it: what highdicom
+    requires of the source images and scanners' series carry (headers only; before any output)."""
+    require_highdicom()
+    for d in _sources(series, pixels=False):
+        missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
+                   if not d.get(k)]
+        if missing:
+            raise InputError(series, f"its DICOM files lack {', '.join(missing)}: no DICOM SEG can reference them")
 
 
 def _shape(sources: list) -> tuple[int, int, int]:

@@ -318,12 +318,13 @@ def predict_files(model: Path, inputs: list[Path], out: Path, probabilities: boo
 
     groups = group_channels(files, pred.in_channels)
     if dicom_seg:
-        from ..data.dicom_seg import require_highdicom, write_dicom_seg
+        from ..data.dicom_seg import check_seg_source, require_highdicom, write_dicom_seg
 
         require_highdicom()
         for _, fs in groups:
             if not fs[0].is_dir():
                 raise InputError(fs[0], "not a DICOM series folder: --dicom-seg writes segmentations of DICOM series only")
+            check_seg_source(fs[0])
 
     def read(name: str, fs: list[Path]) -> Case:
         return assemble_case(name, [v for f in fs for v in read_channels(f, h5_dataset(f, "image"))], None, spacing=spacing)
