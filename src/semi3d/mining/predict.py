@@ -60,7 +60,8 @@ def _image_files(inputs: Sequence[Path]) -> list[Path]:
     return files
 
 
-def _model(run: RunDir, cfg: MiningConfig, round_: int | None) -> tuple[torch.nn.Module, int]:
+def _model(run: RunDir, cfg: MiningConfig, round_: int | None) -> torch.nn.Module:
+    """The small model after round ``round_`` (None: the last finished), in eval mode."""
     done = [rec["round"] for rec in RunLog(run).records()]
     if not done:
         raise InputError(run.path, "no finished mining round: nothing to predict with")
@@ -69,7 +70,7 @@ def _model(run: RunDir, cfg: MiningConfig, round_: int | None) -> tuple[torch.nn
         raise InputError(run.path, f"round {r} did not finish; finished rounds: {', '.join(map(str, done))}")
     net = NETS2D.build(cfg.model.name, in_channels=IMAGE_CHANNELS, num_classes=IMAGE_CLASSES, **cfg.model.options)
     net.load_state_dict(ckpt.load(run.checkpoints / f"small_round{r}.pt"))
-    return net.eval(), r
+    return net.eval()
 
 
 def predict_images(run_dir: Path, inputs: Sequence[Path], out: Path, round_: int | None = None,
@@ -85,7 +86,7 @@ def predict_images(run_dir: Path, inputs: Sequence[Path], out: Path, round_: int
     if cfg.images is None:
         raise InputError(run.path, "a mining run on volumes: predict volumes with its round's run folder, "
                                    f"semi3d predict {run.path}/round<r> VOLUMES...")
-    net, _ = _model(run, cfg, round_)
+    net = _model(run, cfg, round_)
     device = pick_device(cfg.device)
     precision = resolve_precision(precision, device)
     files = _image_files(inputs)
