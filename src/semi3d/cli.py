@@ -107,7 +107,7 @@ def train(config: Path, set: list[str] = typer.Option([], "--set", help="overrid
 
 @app.command()
 @_clean_errors(stop_hint="\nthe cases written are complete: the same command with --continue predicts the rest")
-def predict(model: Path = typer.Argument(..., help="a run folder, a checkpoints/model_*.pt file or a bundle folder (semi3d export)"),
+def predict(model: Path = typer.Argument(..., help="a run folder, a checkpoints/model_*.pt file, a bundle folder (semi3d export) or a mining run on 2D images (semi3d mine)"),
             inputs: list[Path] = typer.Argument(..., help="image files (.nii.gz .nii .nrrd .mha .h5 .npy; a 4D NIfTI or vector NRRD / MHA holds channels), folders of them, or DICOM series folders"),
             out: Path = typer.Option(..., "--out", "-o", help="output folder"),
             probabilities: bool = typer.Option(False, help="also write the class probability maps"),
