@@ -93,4 +93,5 @@ def test_compare_pools_the_folds_of_a_cross_validation(tiny_tree, copy_run, tmp_
     assert (f0["cases"], f1["cases"], pooled["cases"]) == (3, 2, 5)
     assert pooled["dice"] == pytest.approx((3 * f0["dice"] + 2 * f1["dice"]) / 5)
     assert pooled["labelled"] == "2-3" and pooled["method"] == "supervised"
-    assert "cross-validation, folds 0,1" in (tmp_path / "c" / "compare.md").read_text()
+    md = (tmp_path / "c" / "compare.md").read_text()
+    assert "cross-validation, folds 0,1" in md and "its pooled row covers them all" in md

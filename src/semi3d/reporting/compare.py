@@ -94,7 +94,8 @@ def compare_runs(runs: list[Path], out: Path, eval_name: str | None = None) -> d
     for row, _, fold in scored:
         if fold is not None:
             folds.setdefault(fold[0], []).append((fold[1], row, fold[2]))
-    for row, dice in [(row, dice) for row, dice, _ in scored] + _cross_validation_rows(folds):
+    pooled = _cross_validation_rows(folds)
+    for row, dice in [(row, dice) for row, dice, _ in scored] + pooled:
         label = row["run"]
         n = 2
         while label in per_case:  # two runs of the same name (different output folders)
@@ -113,7 +114,8 @@ def compare_runs(runs: list[Path], out: Path, eval_name: str | None = None) -> d
     plot = _boxplot(per_case, out / "dice_boxplot.png")
     payload = {"rows": rows, "per_case_dice": per_case, "same_cases": same, "boxplot": plot.name}
     write_text(out / "compare.json", json.dumps(payload, indent=1))
-    note = "" if same else ("\n> Note: the runs were evaluated on different cases; their means are not "
+    cv = " (a cross-validation's folds each on their own cases; its pooled row covers them all)" if pooled else ""
+    note = "" if same else (f"\n> Note: the runs were evaluated on different cases{cv}; their means are not "
                             "directly comparable.\n")
     md = ("# Methods comparison\n\nMeans over the evaluated cases and the foreground classes (Dice, Jaccard in "
           "[0, 1]; HD95, ASD in voxels and mm).\n\n" + table_markdown(rows, COLUMNS) + note
