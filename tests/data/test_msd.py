@@ -71,6 +71,9 @@ def test_decathlon_errors_name_the_file(tmp_path):
     (root / "dataset.json").write_text(json.dumps({**meta, "labels": {"1": "organ"}}))
     with pytest.raises(InputError, match="dataset.json: 'labels' must map"):
         build_reader("msd", root)
+    (root / "dataset.json").write_text(json.dumps({**meta, "test": [{"image": "./imagesTs/syn_004.nii.gz"}]}))
+    with pytest.raises(InputError, match="dataset.json: 'test' must be a list of image paths"):
+        build_reader("msd", root)
     (root / "dataset.json").write_text(json.dumps({"labels": {"background": 0}, "file_ending": ".nii.gz"}))
     with pytest.raises(InputError, match="dataset.json: missing key 'modality'"):
         build_reader("msd", root)

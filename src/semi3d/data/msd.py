@@ -51,10 +51,12 @@ class MSDReader(IndexedReader):
         self.channel_names = _numbered(meta, "modality", where)
         self._images: dict[str, list[Path]] = {}
         self._labels: dict[str, Path] = {}
-        pairs = meta["training"]
+        pairs, tests = meta["training"], meta.get("test", [])
         if not isinstance(pairs, list) or not all(isinstance(p, dict) and {"image", "label"} <= set(p) for p in pairs):
             raise InputError(where, "'training' must be a list of {\"image\": path, \"label\": path}")
-        for entry in [*pairs, *({"image": p} for p in meta.get("test", []))]:
+        if not isinstance(tests, list) or not all(isinstance(p, str) for p in tests):
+            raise InputError(where, "'test' must be a list of image paths")
+        for entry in [*pairs, *({"image": p} for p in tests)]:
             cid = split_suffix(Path(entry["image"]).name)[0]
             if cid in self._images:
                 raise InputError(where, f"case {cid!r} listed twice")
@@ -74,7 +76,7 @@ class MSDReader(IndexedReader):
         if path.is_file():
             return [path]
         stem, ext = split_suffix(path)
-        per_channel = [path.with_name(f"{stem}_{c:04d}{ext}") for c in range(len(self.channel_names))]
+        per_channel = [path.with_name(f"{stem}_{c:04d}{ext or ''}") for c in range(len(self.channel_names))]
         if all(p.is_file() for p in per_channel):
             return per_channel
         raise InputError(path, f"listed in {where.name} but missing (nor nnU-Net v1's {per_channel[0].name}, ...)")
