@@ -18,7 +18,7 @@ import numpy as np
 
 from ..atomic import atomic_file
 from ..errors import InputError
-from .volumes import Volume, _short
+from .volumes import Volume, _short, series_files
 
 __all__ = ["SEG_SUFFIXES", "check_seg_source", "read_dicom_seg", "require_highdicom", "write_dicom_seg"]
 
@@ -37,14 +37,8 @@ def require_highdicom(where: str = "--dicom-seg") -> None:
 def _sources(series: Path, pixels: bool) -> list:
     """The pydicom datasets of the one series in folder ``series``, in read_volume's slice order."""
     import pydicom
-    import SimpleITK as sitk
 
-    from .volumes import dicom_series
-
-    uids = dicom_series(series)
-    if len(uids) != 1:
-        raise InputError(series, f"expected one DICOM series, found {len(uids)}")
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(series), uids[0])
+    files = series_files(series)
     try:
         return [pydicom.dcmread(f, stop_before_pixels=not pixels) for f in files]
     except Exception as e:  # pydicom raises InvalidDicomError / OSError / ...

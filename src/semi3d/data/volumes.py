@@ -102,18 +102,26 @@ def dicom_series(folder: Path) -> tuple[str, ...]:
     return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
 
 
+def series_files(folder: Path) -> list[str]:
+    """The files of the one DICOM series in ``folder``, in slice order (GDCM: by position); the
+    slice order of the volume :func:`read_volume` reads from the folder."""
+    import SimpleITK as sitk
+
+    series = dicom_series(folder)
+    if len(series) != 1:
+        raise InputError(folder, "no DICOM series in this folder" if not series else
+                         f"{len(series)} DICOM series in this folder ({', '.join(series[:3])}"
+                         f"{' ...' if len(series) > 3 else ''}); give one folder per series")
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+
+
 def _read_dicom(path: Path, key: str | None):
     """A folder holding one DICOM series (SimpleITK / GDCM: slices ordered by position, rescale
     slope and intercept applied, e.g. CT in HU)."""
     import SimpleITK as sitk
 
-    series = dicom_series(path)
-    if len(series) != 1:
-        raise InputError(path, "no DICOM series in this folder" if not series else
-                         f"{len(series)} DICOM series in this folder ({', '.join(series[:3])}"
-                         f"{' ...' if len(series) > 3 else ''}); give one folder per series")
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
+    reader.SetFileNames(series_files(path))
     return _from_itk(reader.Execute(), path)
 
 
