@@ -339,8 +339,21 @@ def test_predict_groups_the_channel_files_of_a_two_channel_model(synth_root, tin
                             "--set", f"data={{format: folder, root: {msd / 'imagesTr'}, num_classes: 3, "
                                      f"options: {{labels: {msd / 'labelsTr'}}}, patch_size: [16, 16, 16]}}"])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["predict", str(tmp_path / "runs" / "msd"), str(msd / "imagesTs"), "-o", str(tmp_path / "out_msd")])
+    r = runner.invoke(app, ["predict", str(tmp_path / "runs" / "msd"), str(msd / "imagesTs"), "-o", str(tmp_path / "out_msd"),
+                            "--precision", "fp32"])
     assert r.exit_code == 0 and sorted(p.name for p in (tmp_path / "out_msd").iterdir()) == ["syn_008.nii.gz", "syn_009.nii.gz"]
+    # its exported MONAI bundle takes the same 4D files (LoadImaged + EnsureChannelFirstd): the same masks
+    import subprocess
+    import sys
+
+    assert runner.invoke(app, ["export", str(tmp_path / "runs" / "msd"), "-o", str(tmp_path / "bundle")]).exit_code == 0
+    res = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", str(tmp_path / "bundle/configs/inference.json"),
+                          "--bundle_root", str(tmp_path / "bundle"), "--dataset_dir", str(msd / "imagesTs"),
+                          "--output_dir", str(tmp_path / "monai")], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for case in ("syn_008", "syn_009"):
+        assert np.array_equal(read_volume(tmp_path / "monai" / f"{case}.nii.gz").array,
+                              read_volume(tmp_path / "out_msd" / f"{case}.nii.gz").array)
 
 
 def test_evaluate_refuses_an_empty_id_list_and_predict_names_valid_which(trained, tmp_path):
