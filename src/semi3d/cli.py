@@ -107,7 +107,7 @@ def train(config: Path, set: list[str] = typer.Option([], "--set", help="overrid
 
 @app.command()
 @_clean_errors(stop_hint="\nthe cases written are complete: the same command with --continue predicts the rest")
-def predict(model: Path = typer.Argument(..., help="a run folder, a checkpoints/model_*.pt file, a bundle folder (semi3d export) or a mining run on 2D images (semi3d mine)"),
+def predict(model: Path = typer.Argument(..., help="a run folder, a checkpoints/model_*.pt file, a bundle folder (semi3d export) or a mining run (semi3d mine)"),
             inputs: list[Path] = typer.Argument(..., help="image files (.nii.gz .nii .nrrd .mha .h5 .npy; a 4D NIfTI or vector NRRD / MHA holds channels), folders of them, or DICOM series folders"),
             out: Path = typer.Option(..., "--out", "-o", help="output folder"),
             probabilities: bool = typer.Option(False, help="also write the class probability maps"),
@@ -118,20 +118,24 @@ def predict(model: Path = typer.Argument(..., help="a run folder, a checkpoints/
             continue_: bool = typer.Option(False, "--continue", help="skip the cases whose outputs are already in OUT (go on after a stop)"),
             dicom_seg: bool = typer.Option(False, "--dicom-seg", help="DICOM series inputs: also write <name>.seg.dcm, a DICOM Segmentation over the series (needs highdicom)"),
             set: list[str] = typer.Option([], "--set", help="an inference setting for this prediction: inference.<field>=<value>"),
-            round_: Optional[int] = typer.Option(None, "--round", help="a mining run on 2D images: the round's model (default: the last finished)")):
+            round_: Optional[int] = typer.Option(None, "--round", help="a mining run: the round's model (default: the last finished)")):
     """Segment image files with a trained model; writes <case>.<ending> in the input's format
-    (NIfTI, NRRD, MHA, h5, npy) with the input's affine. MODEL may also be a mining run on 2D
-    images (semi3d mine): images (.png .jpg ...) in, <stem>.png masks (0 / 255) out."""
+    (NIfTI, NRRD, MHA, h5, npy) with the input's affine. MODEL may also be a mining run (semi3d
+    mine): on volumes its round's model segments volumes; on 2D images, images (.png .jpg ...) in,
+    <stem>.png masks (0 / 255) out."""
     from .inference.predictor import predict_files
-    from .mining.predict import is_mining_run, predict_images
+    from .mining.predict import is_mining_run, predict_images, volume_round_run
 
     if is_mining_run(model):
-        given = {"--probabilities": probabilities, "--which": which != "auto", "--postprocess": postprocess,
-                 "--ensemble": ensemble, "--set": set, "--dicom-seg": dicom_seg}
-        for name in (n for n, v in given.items() if v):
-            raise InputError(name, f"not an option for a mining run's 2D model ({model})")
-        return predict_images(model, inputs, out, round_, precision, continue_,
-                              progress=lambda i, n, paths: console.print("\n".join(map(str, paths))))
+        round_run = volume_round_run(model, round_)  # on volumes: the round's run folder predicts
+        if round_run is None:  # on 2D images
+            given = {"--probabilities": probabilities, "--which": which != "auto", "--postprocess": postprocess,
+                     "--ensemble": ensemble, "--set": set, "--dicom-seg": dicom_seg}
+            for name in (n for n, v in given.items() if v):
+                raise InputError(name, f"not an option for a mining run's 2D model ({model})")
+            return predict_images(model, inputs, out, round_, precision, continue_,
+                                  progress=lambda i, n, paths: console.print("\n".join(map(str, paths))))
+        model, round_ = round_run, None
     if round_ is not None:
         raise InputError("--round", f"only for a mining run; {model} is not one")
     predict_files(model, inputs, out, probabilities, which, postprocess, precision, ensemble, continue_, set,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import h5py
 import numpy as np
 import pytest
 import yaml
@@ -88,3 +89,22 @@ def test_bad_inputs_and_options_are_named_and_nothing_is_written(image_run, tmp_
 def test_round_is_only_for_a_mining_run(tmp_path):
     r = runner.invoke(app, ["predict", str(tmp_path), str(tmp_path), "-o", str(tmp_path / "o"), "--round", "1"])
     assert r.exit_code == 2 and "--round: only for a mining run" in r.output
+
+
+def test_a_mining_run_on_volumes_predicts_with_its_rounds_run_folder(tmp_path):
+    """semi3d predict MINING_RUN VOLUME: the last (or --round) round's run folder segments the volume
+    slice by slice: the same masks as giving that folder itself."""
+    from semi3d.data.synthetic import write_dataset
+    from test_loop import _tree
+
+    root = write_dataset(tmp_path / "LA", n_labelled=6, n_unlabelled=0, seed=1, shape=(24, 24, 8), num_classes=2,
+                         format="uamt_h5", noise=0.2)
+    summary = run_mining(_tree(root, tmp_path / "runs", rounds=1, save_pseudo="none", refiner={"name": "identity"}))
+    run, vol = summary["run_dir"], str(sorted(root.rglob("*.h5"))[-1])
+    for args, out in (([run], "a"), ([f"{run}/round1"], "b"), ([run, "--round", "0"], "c"), ([f"{run}/round0"], "d")):
+        r = runner.invoke(app, ["predict", args[0], vol, "-o", str(tmp_path / out), *args[1:], "--precision", "fp32"])
+        assert r.exit_code == 0, r.output
+    read = [np.asarray(h5py.File(tmp_path / o / "mri_norm2.h5")["label"]) for o in "abcd"]
+    assert np.array_equal(read[0], read[1]) and np.array_equal(read[2], read[3])
+    r = runner.invoke(app, ["predict", run, vol, "-o", str(tmp_path / "e"), "--round", "4"])
+    assert r.exit_code == 2 and "round 4 did not finish; finished rounds: 0, 1" in r.output

@@ -6,8 +6,9 @@ RGB, longest side resized to ``images.max_size``, z-scored per channel), segment
 probabilities resized back to the image's own size (bilinear, ``align_corners=False``) before the
 argmax, so the mask ``<out>/<stem>.png`` (0 / 255) lies on the input's pixels. Every input is read
 before anything is written; each mask is written atomically, one image in memory at a time. A
-mining run on volumes trains the same kind of model as a run folder per round:
-``semi3d predict RUN/round<r> VOLUMES...`` segments volumes slice by slice.
+mining run on volumes trains its model as a run folder per round, ``RUN/round<r>``
+(:func:`volume_round_run`): ``semi3d predict RUN VOLUMES...`` segments volumes slice by slice with
+it, as every 3D run folder predicts.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from .data2d import IMAGE_CHANNELS, IMAGE_CLASSES, IMAGE_SUFFIXES, index_images,
 from .export import write_masks_png
 from .train2d import predict_probabilities
 
-__all__ = ["is_mining_run", "predict_images"]
+__all__ = ["is_mining_run", "predict_images", "volume_round_run"]
 
 
 def is_mining_run(path: Path) -> bool:
@@ -60,14 +61,35 @@ def _image_files(inputs: Sequence[Path]) -> list[Path]:
     return files
 
 
-def _model(run: RunDir, cfg: MiningConfig, round_: int | None) -> torch.nn.Module:
-    """The small model after round ``round_`` (None: the last finished), in eval mode."""
+def _round(run: RunDir, round_: int | None) -> int:
+    """``round_``, or the last finished round; InputError unless it finished."""
     done = [rec["round"] for rec in RunLog(run).records()]
     if not done:
         raise InputError(run.path, "no finished mining round: nothing to predict with")
     r = done[-1] if round_ is None else round_
     if r not in done:
         raise InputError(run.path, f"round {r} did not finish; finished rounds: {', '.join(map(str, done))}")
+    return r
+
+
+def volume_round_run(run_dir: Path, round_: int | None = None) -> Path | None:
+    """For a mining run on volumes, the run folder of round ``round_``'s training (None: the last
+    finished round), ``RUN/round<r>``: a 3D run folder whose model segments volumes slice by slice
+    (``semi3d predict``); None for a mining run on 2D images."""
+    run = RunDir(run_dir)
+    if load_mining_config(run.config).images is not None:
+        return None
+    r = _round(run, round_)
+    folder = run / f"round{r}"
+    if not RunDir(folder).config.is_file():
+        raise InputError(folder, f"missing: round {r} trained no model of its own (0 iterations); give the round "
+                                 "whose training it kept")
+    return folder
+
+
+def _model(run: RunDir, cfg: MiningConfig, round_: int | None) -> torch.nn.Module:
+    """The small model after round ``round_`` (None: the last finished), in eval mode."""
+    r = _round(run, round_)
     net = NETS2D.build(cfg.model.name, in_channels=IMAGE_CHANNELS, num_classes=IMAGE_CLASSES, **cfg.model.options)
     net.load_state_dict(ckpt.load(run.checkpoints / f"small_round{r}.pt"))
     return net.eval()
