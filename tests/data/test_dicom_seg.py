@@ -51,6 +51,12 @@ def test_a_seg_of_some_slices_reads_as_zero_elsewhere(tmp_path):
                               [desc], hd.UID(), 1, hd.UID(), 1, "x", "x", "0", "0")
     seg.save_as(tmp_path / "partial.dcm")
     assert np.array_equal(read_dicom_seg(tmp_path / "partial.dcm", tmp_path / "p01").array, (lab == 1).astype(np.uint8))
+    both = np.stack([(lab == 1), (lab > 0)], -1).transpose(2, 1, 0, 3)[1:3].astype(np.uint8)  # segment 2 covers 1
+    descs = [hd.seg.SegmentDescription(k, n, codes.SCT.Tissue, codes.SCT.Tissue, "MANUAL") for k, n in ((1, "a"), (2, "b"))]
+    hd.seg.Segmentation(sources[1:3], both, "BINARY", descs, hd.UID(), 1, hd.UID(), 1, "x", "x", "0", "0"
+                        ).save_as(tmp_path / "overlap.dcm")
+    with pytest.raises(InputError, match="overlap.dcm: cannot read its segments as one label map"):
+        read_dicom_seg(tmp_path / "overlap.dcm", tmp_path / "p01")
     _series(tmp_path / "other", uid="1.2.826.0.1.3680043.2.1125.9")
     write_dicom_seg(tmp_path / "o.seg.dcm", _label(), tmp_path / "other", ["background", "organ", "lesion"], "semi3d", "0")
     with pytest.raises(InputError, match="o.seg.dcm: references none of the slices of the series in"):
