@@ -31,7 +31,7 @@ def require_highdicom(where: str = "--dicom-seg") -> None:
 
     if importlib.util.find_spec("highdicom") is None:
         raise InputError(where, "needs the highdicom package: pip install highdicom "
-                                        "(or semi3d's extra: pip install 'semi3d[dicom]')")
+                                "(or semi3d's extra: pip install 'semi3d[dicom]')")
 
 
 def _sources(series: Path, pixels: bool) -> list:
@@ -67,9 +67,9 @@ def read_dicom_seg(path: Path, series: Path) -> Volume:
     included). Its affine is None (the image's applies: the frames are placed by the slices they
     reference). Raises InputError: not a SEG, a SEG of none of the series' slices, overlapping
     segments."""
+    require_highdicom(str(path))
     import highdicom as hd
 
-    require_highdicom(str(path))
     sources = _sources(series, pixels=False)
     try:
         seg = hd.seg.segread(path)
