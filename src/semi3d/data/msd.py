@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .nnunet import read_meta
-from .readers import IndexedReader, PathLike, _existing_dir
+from .readers import IndexedReader, PathLike, _existing_dir, under_root
 from .volumes import Volume, read_channels, read_volume, split_suffix
 
 __all__ = ["MSDReader", "is_msd_json"]
@@ -65,14 +65,14 @@ class MSDReader(IndexedReader):
                 self._labels[cid] = self._existing(entry["label"], where)
 
     def _existing(self, rel: str, where: Path) -> Path:
-        path = Path(rel) if Path(rel).is_absolute() else self.root / rel
+        path = under_root(self.root, rel)
         if not path.is_file():
             raise InputError(path, f"listed in {where.name} but missing")
         return path
 
     def _channel_files(self, rel: str, where: Path) -> list[Path]:
         """``[the listed file]``, or nnU-Net v1's ``<case>_0000<ext>``, ... beside it."""
-        path = Path(rel) if Path(rel).is_absolute() else self.root / rel
+        path = under_root(self.root, rel)
         if path.is_file():
             return [path]
         stem, ext = split_suffix(path)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .volumes import Volume, _short, read_volume
-from .readers import PathLike, Reader, _existing_dir
+from .readers import PathLike, Reader, _existing_dir, under_root
 
 __all__ = ["NnUNetRawReader", "UNLABELLED_DIR", "read_dataset_json"]
 
@@ -136,7 +136,7 @@ class NnUNetRawReader(Reader):
     def _path(self, p: object, case: str) -> Path:
         if not isinstance(p, str):
             raise InputError(self.meta_path, f"dataset[{case!r}]: file names must be strings, got {p!r}")
-        path = Path(p) if Path(p).is_absolute() else self.root / p
+        path = under_root(self.root, p)
         if not path.is_file():
             raise InputError(self.meta_path, f"dataset[{case!r}] names {p}, which does not exist")
         return path
@@ -156,7 +156,7 @@ class NnUNetRawReader(Reader):
         if unlabelled is None:
             folder = self.root / UNLABELLED_DIR
         else:
-            folder = Path(unlabelled) if Path(unlabelled).is_absolute() else self.root / unlabelled
+            folder = under_root(self.root, unlabelled)
             if not folder.is_dir():
                 raise InputError(folder, "no such folder (the unlabelled images)")
         pool = {cid: (chans, None) for cid, chans in self._channels(folder).items()}

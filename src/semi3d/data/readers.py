@@ -130,6 +130,12 @@ def read_case(image_paths: PathLike | Sequence[PathLike], label_path: PathLike |
 # ----------------------------------------------------------------------------------------------
 # readers
 # ----------------------------------------------------------------------------------------------
+def under_root(root: Path, path: PathLike) -> Path:
+    """``path`` as given when absolute, else relative to the dataset folder ``root`` (how the file
+    lists of a ``dataset.json`` and a dataset's options name files)."""
+    return Path(path) if Path(path).is_absolute() else Path(root) / path
+
+
 def _existing_dir(path: PathLike) -> Path:
     path = Path(path)
     if not path.is_dir():
