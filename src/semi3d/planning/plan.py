@@ -45,6 +45,7 @@ import numpy as np
 
 from ..data.formats import build_reader
 from ..data.msd import is_msd_json
+from ..data.nnunet import read_meta
 from ..errors import InputError
 from .fingerprint import Fingerprint, fingerprint
 
@@ -219,11 +220,7 @@ def _why_orientation(counts: dict[str, int]) -> str:
 
 def _detect_format(root: Path) -> tuple[str, dict]:
     if (root / "dataset.json").is_file():
-        try:
-            meta = json.loads((root / "dataset.json").read_text())
-        except (OSError, ValueError):
-            meta = None  # the nnU-Net reader names the problem
-        return ("msd" if is_msd_json(meta) else "nnunet"), {}
+        return ("msd" if is_msd_json(read_meta(root / "dataset.json", keys=())) else "nnunet"), {}
     if (root / "train.list").is_file():
         return "uamt_h5", {"list_file": str(root / "train.list")}
     raise InputError(root, "cannot tell the dataset format: expected dataset.json (nnU-Net v2, or a Medical "
