@@ -27,6 +27,17 @@ COLUMNS = ["run", "method", "labelled", "unlabelled", "cases", "dice", "dice_std
            "hd95_mm", "asd_mm"]
 
 
+def _means(summary: dict) -> dict:
+    """The metric columns of a row: ``summary``'s means over the foreground classes."""
+    fg = foreground_mean(summary)
+    return {m: fg.get(m) for m in COLUMNS[5:]}
+
+
+def _case_dice(per_case: dict) -> dict[str, float]:
+    """Per case, the Dice averaged over its foreground classes."""
+    return {cid: v["dice"] for cid, v in case_means(per_case).items() if "dice" in v}
+
+
 def _fold_key(cfg, splits, metrics) -> tuple[str, int] | None:
     """A run that is one fold of a cross-validation (``data.splits.validation.fold``) scored on its
     own validation cases: (its config without the fold, the run's name and machine settings; the
@@ -48,14 +59,12 @@ def _cross_validation_rows(folds: dict[str, list[tuple[int, dict, dict]]]) -> li
         if len(runs) < 2 or len(set(nums)) < len(nums):
             continue
         pooled = {cid: v for _, _, m in runs for cid, v in m["per_case"].items()}
-        fg = foreground_mean(summarise(pooled))
         first = runs[0][1]
         span = {k: sorted({r[k] for _, r, _ in runs}) for k in ("labelled", "unlabelled")}
         row = {**first, "run": f"{first['run']} (cross-validation, folds {','.join(map(str, nums))})",
                "path": " ".join(r["path"] for _, r, _ in runs), "cases": len(pooled),
-               **{k: v[0] if len(v) == 1 else f"{v[0]}-{v[-1]}" for k, v in span.items()},
-               **{m: fg.get(m) for m in COLUMNS[5:]}}
-        out.append((row, {cid: v["dice"] for cid, v in case_means(pooled).items() if "dice" in v}))
+               **{k: v[0] if len(v) == 1 else f"{v[0]}-{v[-1]}" for k, v in span.items()}, **_means(summarise(pooled))}
+        out.append((row, _case_dice(pooled)))
     return out
 
 
@@ -73,15 +82,13 @@ def _run_row(run_dir: Path, eval_name: str | None) -> tuple[dict, dict[str, floa
                                       f"run `semi3d evaluate {run_dir}` first")
         cfg, splits = run.load_config(), run.load_splits()
     metrics = load_metrics(path)
-    fg = foreground_mean(metrics["mean"])
     row = {"run": Path(run_dir).name if cfg is None else cfg.name, "path": str(run_dir),
            "evaluation": str(path.parent.name), "method": "external" if cfg is None else cfg.method.name,
            "labelled": None if splits is None else len(splits["labelled"]),
            "unlabelled": None if splits is None else len(splits["unlabelled"]),
-           "cases": len(metrics["per_case"]), **{m: fg.get(m) for m in COLUMNS[5:]}}
-    dice = {cid: v["dice"] for cid, v in case_means(metrics["per_case"]).items() if "dice" in v}
+           "cases": len(metrics["per_case"]), **_means(metrics["mean"])}
     fold = _fold_key(cfg, splits, metrics)
-    return row, dice, None if fold is None else (*fold, metrics)
+    return row, _case_dice(metrics["per_case"]), None if fold is None else (*fold, metrics)
 
 
 def compare_runs(runs: list[Path], out: Path, eval_name: str | None = None) -> dict:
