@@ -123,12 +123,28 @@ class SplitsConfig(StrictModel):
     test: SplitSpec | None = None
 
 
+def axis_codes(codes: str) -> str:
+    """``codes`` upper-cased when they name an orientation, one of L/R, A/P and S/I each (``"RAS"``,
+    ``"lps"``, ``"PIL"``), else ValueError."""
+    if not isinstance(codes, str) or sorted(codes.upper().translate(str.maketrans("LPI", "RAS"))) != ["A", "R", "S"]:
+        raise ValueError(f"expected three axis codes, one of L/R, A/P and S/I each, such as 'RAS' or 'LPS'; got {codes!r}")
+    return codes.upper()
+
+
 class PreprocessConfig(StrictModel):
     target_spacing: tuple[float, float, float] | None = None
     scale: float | tuple[float, float, float] | None = None
     normalisation: Literal["zscore", "minmax", "ct", "none"] = "zscore"
     ct_window: tuple[float, float] = (-1000.0, 1000.0)
     ct_stats: tuple[float, float] | None = None
+    # e.g. "RAS": every case's voxel axes reordered to point so (MONAI's Orientationd), predictions
+    # written back in each file's own order; None keeps the files' voxel order (nnU-Net)
+    orientation: str | None = None
+
+    @field_validator("orientation")
+    @classmethod
+    def _axis_codes(cls, v: str | None) -> str | None:
+        return None if v is None else axis_codes(v)
 
 
 class DataConfig(StrictModel):

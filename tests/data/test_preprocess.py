@@ -180,3 +180,61 @@ def test_cache_disk_reuse_and_corrupt(tmp_path):
     # and the repaired file is used again
     PreprocessedCache(pre, _counting_loader(calls), cache_dir=tmp_path).get("case/1")
     assert len(calls) == 3
+
+
+def _stored_like(array, axcodes):
+    """An (X, Y, Z) array on ``_case()``'s grid in the voxel order of ``_stored(axcodes)``."""
+    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+    return apply_orientation(array, ornt_transform(io_orientation(_affine()), axcodes2ornt(tuple(axcodes))))
+
+
+def _stored(axcodes):
+    """``_case()`` stored in another voxel order: the same world position for every voxel."""
+    import nibabel as nib
+    from nibabel.orientations import axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+
+    c = _case()
+    ornt = ornt_transform(io_orientation(c.affine), axcodes2ornt(tuple(axcodes)))
+    affine = c.affine @ inv_ornt_aff(ornt, SHAPE)
+    assert "".join(nib.aff2axcodes(affine)) == axcodes
+    return Case("c1", np.stack([_stored_like(ch, axcodes) for ch in c.image]), _stored_like(c.label, axcodes),
+                tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0)), affine)
+
+
+def test_orientation_is_nibabels_closest_canonical_and_restore_undoes_it():
+    import nibabel as nib
+
+    c = _stored("PIL")
+    pre = Preprocessor(normalisation="none", orientation="RAS")
+    out = pre(c)
+    canonical = nib.as_closest_canonical(nib.Nifti1Image(c.label, c.affine))
+    np.testing.assert_array_equal(out.label, np.asarray(canonical.dataobj))
+    np.testing.assert_allclose(out.affine, canonical.affine)
+    np.testing.assert_array_equal(out.image, _case().image.astype(np.float32))  # _case() is stored RAS-like
+    assert out.spacing == pytest.approx(SPACING)
+    # resampled too: restore maps back onto the stored grid and voxel order, as for the case stored RAS
+    pre = Preprocessor(scale=0.5, orientation="RAS")
+    out, out_ras = pre(c), pre(_case())
+    np.testing.assert_array_equal(out.label, out_ras.label)
+    onehot = torch.nn.functional.one_hot(torch.from_numpy(out.label.astype(np.int64)), 3).permute(3, 0, 1, 2).float()
+    back = pre.restore(onehot, c.image.shape[1:], c.affine).argmax(0).numpy()
+    back_ras = pre.restore(onehot, SHAPE, _case().affine).argmax(0).numpy()
+    np.testing.assert_array_equal(back, _stored_like(back_ras, "PIL"))
+    assert 2 * ((back > 0) & (c.label > 0)).sum() / ((back > 0).sum() + (c.label > 0).sum()) > 0.9
+    # another target orientation; none keeps the voxel order and the cache key of older runs
+    lps = Preprocessor(normalisation="none", orientation="LPS")(_case())
+    assert "".join(nib.aff2axcodes(lps.affine)) == "LPS"
+    np.testing.assert_array_equal(Preprocessor(normalisation="none")(c).label, c.label)
+    assert "orientation" not in Preprocessor().params() and Preprocessor(orientation="RAS").params()["orientation"] == "RAS"
+
+
+@pytest.mark.parametrize("bad", ["RRS", "RAX", "RA", "left"])
+def test_orientation_codes_are_checked(bad):
+    from semi3d.config import PreprocessConfig
+
+    with pytest.raises(InputError, match="orientation"):
+        Preprocessor(orientation=bad)
+    with pytest.raises(ValueError, match="one of L/R, A/P and S/I each"):
+        PreprocessConfig(orientation=bad)
+    assert PreprocessConfig(orientation="lps").orientation == "LPS"

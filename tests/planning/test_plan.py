@@ -36,7 +36,7 @@ def test_fingerprint_known_answers(aniso):
     assert fp.channels[0].p99_5 == pytest.approx(np.percentile(fg, 99.5), rel=1e-5)
     # the organ (class 1, around the lesion) and the lesion are one connected structure in every case
     assert fp.largest_component_share == [1.0, 1.0]
-    assert fp.orientations == {"RAS": 7}
+    assert fp.orientations == {"RAS": 7} and fp.axcodes == ["RAS"] * 7
 
 
 def test_plan_warns_of_cases_in_other_orientations(aniso, tmp_path):
@@ -52,9 +52,28 @@ def test_plan_warns_of_cases_in_other_orientations(aniso, tmp_path):
         img = nib.load(f)
         lps = nib.as_closest_canonical(img).as_reoriented([[0, -1], [1, -1], [2, 1]])
         nib.save(nib.Nifti1Image(np.asarray(lps.dataobj), lps.affine), f)
-    note = plan_dataset(root, tmp_path / "b.yaml").notes["orientation"]
-    assert note.startswith("WARNING: the cases are stored in 2 orientations (RAS 6, LPS 1 cases)"), note
-    assert "WARNING: the cases are stored in 2 orientations" in (tmp_path / "b.yaml").read_text()
+    plan = plan_dataset(root, tmp_path / "b.yaml")
+    note = plan.notes["orientation"]
+    assert note.startswith("the cases are stored in 2 orientations (RAS 6, LPS 1 cases): every case is reoriented to RAS"), note
+    assert load_config(tmp_path / "b.yaml").data.preprocess.orientation == "RAS"
+    # only X and Y were reversed: the same plan on the same RAS axes
+    same = plan_dataset(aniso, tmp_path / "c.yaml")
+    assert (plan.target_spacing, plan.patch_size, plan.slicing_axis) == (same.target_spacing, same.patch_size, same.slicing_axis)
+    assert load_config(tmp_path / "c.yaml").data.preprocess.orientation is None
+
+
+def test_a_case_stored_with_its_axes_permuted_is_planned_on_ras_axes():
+    """A case stored PIL (X posterior, Y inferior, Z left) has its spacing and shape read along
+    RAS axes (Z of PIL is X of RAS, ...): the thick slices stay on Z (the files' axes would mix them
+    into a median of (0.8, 1.9, 1.9) mm)."""
+    fp = _fp([(0.8, 0.8, 3.0)] * 4, shape=(200, 200, 40))
+    fp.axcodes = ["RAS", "RAS", "PIL", "PIL"]
+    for i in (2, 3):  # RAS (X, Y, Z) -> PIL axes (Y, Z, X)
+        fp.spacings[i], fp.shapes[i] = (0.8, 3.0, 0.8), (200, 40, 200)
+    assert fp.reoriented().spacings == [(0.8, 0.8, 3.0)] * 4 and fp.reoriented().shapes == [(200, 200, 40)] * 4
+    plan = make_plan(fp, "cpu", method="mn")
+    assert plan.slicing_axis == 2 and plan.config["data"]["preprocess"]["orientation"] == "RAS"
+    assert plan.config["method"]["options"]["views"] == [2]
 
 
 def test_plan_follows_the_anisotropy(aniso, tmp_path):

@@ -15,7 +15,7 @@ from .splits import read_domains, resolve_splits
 def make_preprocessor(cfg: DataConfig) -> Preprocessor:
     p = cfg.preprocess
     return Preprocessor(target_spacing=p.target_spacing, scale=p.scale, normalisation=p.normalisation,
-                        ct_window=p.ct_window, ct_stats=p.ct_stats)
+                        ct_window=p.ct_window, ct_stats=p.ct_stats, orientation=p.orientation)
 
 
 @dataclass

@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from ..atomic import atomic_file
+from ..config import axis_codes
 from ..errors import InputError
 from .case import Case
+from .orientation import apply_ornt, invert_ornt, reorientation
 
 __all__ = ["Preprocessor", "resample_probabilities", "resample_affine", "PreprocessedCache"]
 
@@ -122,6 +124,10 @@ class Preprocessor:
         ct_window: (low, high) HU clipping window for ``"ct"``.
         ct_stats: optional (mean, std) in HU for ``"ct"``, e.g. foreground statistics of the
             training set.
+        orientation: None keeps each file's voxel order (nnU-Net); axis codes such as ``"RAS"``
+            first reorder every case's voxel axes to point that way (:func:`~semi3d.data.orientation.reorientation`; MONAI's
+            ``Orientationd``), so cases stored in different orientations show the network the
+            anatomy the same way. :meth:`restore` maps predictions back to the file's own grid.
 
     The output shape is ``max(1, round(shape * factor))`` per axis, with ``factor = scale`` or
     ``spacing / target_spacing``. The new spacing is ``spacing * old_shape / new_shape`` (exact
@@ -137,7 +143,12 @@ class Preprocessor:
         normalisation: str = "zscore",
         ct_window: tuple[float, float] = (-1000.0, 1000.0),
         ct_stats: tuple[float, float] | None = None,
+        orientation: str | None = None,
     ):
+        try:
+            self.orientation = None if orientation is None else axis_codes(orientation)
+        except ValueError as e:
+            raise InputError("preprocess.orientation", str(e)) from None
         if target_spacing is not None and scale is not None:
             raise InputError("preprocess", "give either target_spacing or scale, not both")
         self.target_spacing = None if target_spacing is None else _triple(target_spacing, "preprocess.target_spacing")
@@ -165,6 +176,8 @@ class Preprocessor:
             "ct_window": list(self.ct_window),
             "ct_stats": None if self.ct_stats is None else list(self.ct_stats),
             "version": _VERSION,
+            # only when set, so the cache keys of runs that keep the files' voxel order stay the same
+            **({"orientation": self.orientation} if self.orientation else {}),
         }
 
     def output_shape(self, shape: Sequence[int], spacing: Sequence[float]) -> tuple[int, int, int]:
@@ -204,6 +217,8 @@ class Preprocessor:
         image = np.asarray(case.image)
         if image.ndim != 4 or min(image.shape) < 1:
             raise InputError(case.source or case.id, f"image must be (C,X,Y,Z), got shape {image.shape}")
+        case = self.orient(case)
+        image = np.asarray(case.image)
         shape = tuple(image.shape[1:])
         if case.label is not None and tuple(np.shape(case.label)) != shape:
             raise InputError(case.source or case.id, f"label shape {np.shape(case.label)} != image shape {shape}")
@@ -240,6 +255,33 @@ class Preprocessor:
         affine = resample_affine(case.affine, shape, new_shape)
         return Case(id=case.id, image=out_image, label=out_label, spacing=new_spacing,  # type: ignore[arg-type]
                     affine=affine, domain=case.domain, source=case.source)
+
+    def orient(self, case: Case) -> Case:
+        """``case`` with its voxel axes reordered to :attr:`orientation` (image, label, spacing and
+        affine; the world position of every voxel is unchanged), or ``case`` itself when no
+        orientation is set or it already has it."""
+        ornt = None if self.orientation is None else reorientation(case.affine, self.orientation)
+        if ornt is None:
+            return case
+        shape = np.asarray(case.image.shape[1:])
+        perm = np.argsort(ornt[:, 0])
+        from nibabel.orientations import inv_ornt_aff
+
+        return Case(case.id, apply_ornt(np.asarray(case.image), ornt),
+                    None if case.label is None else apply_ornt(np.asarray(case.label), ornt),
+                    tuple(float(case.spacing[i]) for i in perm),  # type: ignore[arg-type]
+                    np.asarray(case.affine, dtype=float) @ inv_ornt_aff(ornt, shape), case.domain, case.source)
+
+    def restore(self, probs: torch.Tensor, shape: Sequence[int], affine: np.ndarray) -> torch.Tensor:
+        """Probabilities (K, X', Y', Z') on this preprocessor's output grid of a case -> (K, X, Y, Z)
+        on the case's own grid (``shape`` (X, Y, Z) and ``affine`` as read): trilinear resampling
+        (:func:`resample_probabilities`), then the inverse of :meth:`orient`."""
+        ornt = None if self.orientation is None else reorientation(affine, self.orientation)
+        if ornt is not None:
+            shape = tuple(int(shape[i]) for i in np.argsort(ornt[:, 0]))
+        if tuple(probs.shape[1:]) != tuple(int(s) for s in shape):
+            probs = resample_probabilities(probs, shape)
+        return probs if ornt is None else apply_ornt(probs, invert_ornt(ornt))
 
 
 def _safe_name(case_id: str) -> str:

@@ -64,18 +64,20 @@ class Preprocessd(MapTransform):
 
 class Invertd(MapTransform):
     """``pred`` (K, X', Y', Z') probabilities on the padded preprocessed grid -> the label map
-    (1, X, Y, Z) uint8 on the input grid: crop, trilinear resampling back, argmax, then the run's
+    (1, X, Y, Z) uint8 on the input grid: crop, trilinear resampling back (and the input's voxel
+    order when the run reorients), argmax, then the run's
     ``inference.postprocess``. Meta (affine, file name) comes from ``image_key``; the output is named
     nnU-Net style (``<case>_0000.nii.gz`` -> ``<case>``)."""
 
     def __init__(self, keys, bundle_root: str, image_key: str = "image"):
         super().__init__(keys)
-        self.inference = read_bundle_metadata(Path(bundle_root))[1].inference
+        from ..data.dataset import make_preprocessor
+
+        cfg = read_bundle_metadata(Path(bundle_root))[1]
+        self.inference, self.pre = cfg.inference, make_preprocessor(cfg.data)
         self.image_key = image_key
 
     def __call__(self, data):
-        from ..data.preprocess import resample_probabilities
-
         d = dict(data)
         ref = d[self.image_key]
         shape = [int(s) for s in ref.meta[_SHAPE]]
@@ -83,8 +85,7 @@ class Invertd(MapTransform):
         for key in self.key_iterator(d):
             probs = torch.as_tensor(d[key]).float().cpu()
             probs = probs[(slice(None), *(slice(a, None if b < 0 else b) for a, b in crop))]
-            if list(probs.shape[1:]) != shape:
-                probs = resample_probabilities(probs, shape)
+            probs = self.pre.restore(probs, shape, np.asarray(ref.affine, dtype=float))
             label = label_map(probs, self.inference)
             meta = {k: v for k, v in ref.meta.items() if k not in (_SHAPE, _CROP, "affine")}
             name = str(meta.get("filename_or_obj", "case"))

@@ -136,16 +136,12 @@ class Predictor:
 
     def __call__(self, case: Case) -> torch.Tensor:
         """Probabilities (K, X, Y, Z) on the case's original grid."""
-        from ..data.preprocess import resample_probabilities
-
         if case.image.shape[0] != self.in_channels:
             raise InputError(case.source or case.id, f"image has {case.image.shape[0]} channel(s), the model expects {self.in_channels}")
         pre = self.preprocessor(Case(case.id, case.image, None, case.spacing, case.affine, case.domain, case.source))
         probs = predict_probs(self.net, torch.from_numpy(pre.image), self.cfg.data.patch_size, self.cfg.inference,
                               self.device, self.precision)
-        if tuple(probs.shape[1:]) != tuple(case.shape):
-            probs = resample_probabilities(probs, tuple(case.shape))
-        return probs
+        return self.preprocessor.restore(probs, case.shape, case.affine)
 
     def segment(self, case: Case, probs: torch.Tensor | None = None) -> np.ndarray:
         """The label map (X, Y, Z) uint8 on the case's original grid: the argmax of ``probs``

@@ -8,11 +8,13 @@ one: spacing in mm and shapes along (X, Y, Z).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from nibabel.orientations import aff2axcodes
 
+from ..data.orientation import codes_transform
 from ..data.postprocess import largest_component_shares
 from ..data.readers import Reader
 from ..losses import IGNORE_INDEX
@@ -42,8 +44,8 @@ class Fingerprint:
         largest_component_share: per foreground class (K - 1 entries), the lowest share over the
             labelled cases of its voxels in its largest 26-connected component (1.0: the class is
             one connected structure in every case), None for a class no labelled case has.
-        orientations: number of cases per voxel-axis orientation, the world direction (RAS) each
-            array axis X, Y, Z points to most closely, e.g. ``{"RAS": 60, "LPS": 4}``.
+        axcodes: per case its voxel-axis orientation: the world direction (RAS) each array axis
+            X, Y, Z points to most closely, e.g. ``"RAS"`` or ``"LPS"``.
     """
     n_cases: int
     n_labelled: int
@@ -53,7 +55,22 @@ class Fingerprint:
     class_names: list[str]
     class_share: list[float] = field(default_factory=list)
     largest_component_share: list[float | None] = field(default_factory=list)
-    orientations: dict[str, int] = field(default_factory=dict)
+    axcodes: list[str] = field(default_factory=list)
+
+    @property
+    def orientations(self) -> dict[str, int]:
+        """Number of cases per orientation (:attr:`axcodes`), e.g. ``{"RAS": 60, "LPS": 4}``."""
+        return dict(Counter(self.axcodes))
+
+    def reoriented(self, codes: str = "RAS") -> "Fingerprint":
+        """This fingerprint with every case's spacing and shape along the axes of orientation ``codes``
+        (what ``data.preprocess.orientation: codes`` trains on)."""
+        spacings, shapes = [], []
+        for case, sp, sh in zip(self.axcodes, self.spacings, self.shapes):
+            perm = np.argsort(codes_transform(case, codes)[:, 0])  # output axis j is input axis perm[j]
+            spacings.append(tuple(sp[i] for i in perm))
+            shapes.append(tuple(sh[i] for i in perm))
+        return replace(self, spacings=spacings, shapes=shapes, axcodes=[codes] * len(self.axcodes))
 
     @property
     def median_spacing(self) -> np.ndarray:
@@ -73,7 +90,7 @@ def fingerprint(reader: Reader, ids: list[str] | None = None, seed: int = 0, pro
     Foreground intensities are subsampled to :data:`SAMPLES_PER_CASE` per case with ``seed``."""
     rng = np.random.default_rng(seed)
     ids = list(ids if ids is not None else reader.case_ids())
-    spacings, shapes, samples, n_lab, orientations = [], [], None, 0, {}
+    spacings, shapes, samples, n_lab, axcodes = [], [], None, 0, []
     counts = np.zeros(0, dtype=np.int64)
     lowest: dict[int, float] = {}  # foreground class -> lowest largest-component share so far
     names = list(reader.channel_names)
@@ -81,8 +98,7 @@ def fingerprint(reader: Reader, ids: list[str] | None = None, seed: int = 0, pro
         case = reader.load(cid)
         spacings.append(tuple(float(s) for s in case.spacing))
         shapes.append(tuple(int(s) for s in case.image.shape[1:]))
-        code = "".join(aff2axcodes(case.affine))
-        orientations[code] = orientations.get(code, 0) + 1
+        axcodes.append("".join(aff2axcodes(case.affine)))
         if case.label is not None:
             n_lab += 1
             known = case.label != IGNORE_INDEX  # nnU-Net's ignore label: neither a class nor foreground
@@ -110,4 +126,4 @@ def fingerprint(reader: Reader, ids: list[str] | None = None, seed: int = 0, pro
     class_names = list(reader.class_names or ["background", *(f"class_{c}" for c in range(1, k))])
     share = (counts / counts.sum()).tolist() if counts.sum() else []
     return Fingerprint(len(ids), n_lab, spacings, shapes, channels, class_names, share,
-                       [lowest.get(k) for k in range(1, len(class_names))], orientations)
+                       [lowest.get(k) for k in range(1, len(class_names))], axcodes)

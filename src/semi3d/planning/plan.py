@@ -4,6 +4,9 @@ semi3d's methods and to a CPU or GPU budget).
 
 The rules, in the order they are applied (axes X, Y, Z; spacing in mm):
 
+0. **Orientation**: when the cases are stored in more than one voxel-axis orientation, every case
+   is reoriented to RAS (``data.preprocess.orientation``) and the rules below see RAS axes;
+   otherwise each file's voxel order is kept, as nnU-Net keeps it.
 1. **Target spacing**: the median spacing. When the coarsest axis is more than 3x the finest
    (anisotropic data), that axis takes the 10th percentile of its spacings instead, as nnU-Net does,
    so thin-slice cases are not thrown away.
@@ -135,6 +138,9 @@ def make_plan(fp: Fingerprint, budget: str = "cpu", method: str = "mn", root: st
     if budget not in BUDGETS:
         raise InputError("--budget", f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
     b = BUDGETS[budget]
+    orientations = fp.orientations
+    if len(orientations) > 1:  # the spacings and shapes the network will see, reoriented
+        fp = fp.reoriented("RAS")
     spacing, why_spacing = _target_spacing(fp)
     median = fp.median_shape_at(spacing)
     need = float(np.prod(median)) * b.min_coverage
@@ -160,6 +166,8 @@ def make_plan(fp: Fingerprint, budget: str = "cpu", method: str = "mn", root: st
     else:
         pre = {"target_spacing": [round(float(s), 4) for s in spacing], "normalisation": "zscore"}
         why_norm = f"{', '.join(c.name for c in fp.channels)}: z-score per case and channel"
+    if len(orientations) > 1:
+        pre["orientation"] = "RAS"
     net3d = {"name": "unet3d", "options": {"levels": len(strides) + 1, "base": b.base, "norm": "instance",
                                            "strides": [list(s) for s in strides]}}
     model: dict = {"net3d": net3d}
@@ -201,7 +209,7 @@ def make_plan(fp: Fingerprint, budget: str = "cpu", method: str = "mn", root: st
         "splits": f"{fp.n_labelled} labelled cases: the last {n_val} validate, the rest train; unlabelled: the rest"
                   + ("; test: the dataset's test cases (imagesTs)" if has_test else ""),
         "postprocess": why_post,
-        "orientation": _why_orientation(fp.orientations),
+        "orientation": _why_orientation(orientations),
         "budget": f"{budget}: batch {b.batch_size}, {b.iterations} iterations"
                   + (" (measured LA CPU schedule)" if budget == "cpu" else " (paper scale, not measured)"),
     }
@@ -213,9 +221,9 @@ def _why_orientation(counts: dict[str, int]) -> str:
     if len(counts) <= 1:
         return f"every case's voxel axes point {next(iter(counts), 'RAS')} (the files' voxel order is kept)"
     seen = ", ".join(f"{c} {n}" for c, n in sorted(counts.items(), key=lambda x: -x[1]))
-    return (f"WARNING: the cases are stored in {len(counts)} orientations ({seen} cases); semi3d keeps each "
-            "file's voxel order, as nnU-Net does, so the network sees the anatomy in different orientations: "
-            "reorient the files to one (e.g. nibabel.as_closest_canonical) before training")
+    return (f"the cases are stored in {len(counts)} orientations ({seen} cases): every case is reoriented to "
+            "RAS (the spacing, patch and slicing axis are planned on RAS axes) and predictions are written "
+            "back in each file's voxel order")
 
 
 def _detect_format(root: Path) -> tuple[str, dict]:

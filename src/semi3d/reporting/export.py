@@ -83,13 +83,14 @@ def bundle_metadata(m: dict, cfg, channel_names: list[str], source: Path, diviso
         },
         "semi3d": {
             "axis_order": "(N, C, X, Y, Z): channels first, then the spatial axes in the image file's "
-                          "voxel order (NIfTI i, j, k)",
+                          "voxel order (NIfTI i, j, k)" + ("" if p.orientation is None else
+                          f", reordered to point {p.orientation} (nibabel's closest orientation to the affine)"),
             "in_channels": c, "num_classes": k, "class_names": list(m["class_names"]),
             "patch_size": patch,
             "spatial_divisor": [int(d) for d in divisor],
             "preprocessing": {
                 "target_spacing_mm": None if p.target_spacing is None else list(p.target_spacing),
-                "scale": p.scale, "normalisation": p.normalisation,
+                "scale": p.scale, "normalisation": p.normalisation, "orientation": p.orientation,
                 "ct_window": list(p.ct_window), "ct_stats": None if p.ct_stats is None else list(p.ct_stats),
                 "spacing_when_file_has_none_mm": cfg.data.options.get("spacing"),
                 "resampling": "image trilinear to the target grid; probabilities back to the input grid trilinearly",

@@ -1,0 +1,66 @@
+"""Voxel-axis orientation: reorder a volume's axes so they point along given world directions
+(nibabel's orientation transforms; MONAI's ``Orientation``), and back.
+
+An orientation transform ``ornt`` is nibabel's (3, 2) array: row i holds the output axis of input
+axis i and -1 to flip it (else 1). Axis codes name the world direction (RAS: x right, y anterior,
+z superior) each array axis X, Y, Z points to, e.g. ``"RAS"``, ``"LPS"``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["reorientation", "codes_transform", "apply_ornt", "invert_ornt", "mixed_orientations"]
+
+
+def reorientation(affine: np.ndarray, axcodes: str) -> np.ndarray | None:
+    """The nibabel orientation transform (3, 2) that reorders a volume stored with ``affine`` so its
+    voxel axes point, as nearly as the affine allows, along ``axcodes`` (e.g. ``"RAS"``: X to the
+    right, Y anterior, Z superior; nibabel's ``as_closest_canonical`` for ``"RAS"``, MONAI's
+    ``Orientation``), or None when the volume already has that orientation."""
+    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+    ornt = ornt_transform(io_orientation(np.asarray(affine, dtype=float)), axcodes2ornt(tuple(axcodes)))
+    return None if np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]) else ornt
+
+
+def apply_ornt(x, ornt: np.ndarray):
+    """Apply a :func:`reorientation` to the last three (spatial) axes of a numpy array or tensor
+    (..., X, Y, Z): flip, then permute, as ``nibabel.apply_orientation`` does."""
+    lead = x.ndim - 3
+    flips = tuple(lead + i for i in range(3) if ornt[i, 1] < 0)
+    perm = (*range(lead), *(lead + int(i) for i in np.argsort(ornt[:, 0])))
+    if isinstance(x, torch.Tensor):
+        return (x.flip(flips) if flips else x).permute(perm).contiguous()
+    return np.ascontiguousarray(np.flip(x, flips).transpose(perm))
+
+
+def invert_ornt(ornt: np.ndarray) -> np.ndarray:
+    """The orientation transform that undoes ``ornt``."""
+    inv = np.zeros_like(ornt)
+    for i, (j, flip) in enumerate(ornt):
+        inv[int(j)] = (i, flip)
+    return inv
+
+
+def codes_transform(codes: str, target: str) -> np.ndarray:
+    """The orientation transform from a volume stored ``codes`` (e.g. ``"PIL"``) to ``target``."""
+    from nibabel.orientations import axcodes2ornt, ornt_transform
+
+    return ornt_transform(axcodes2ornt(tuple(codes)), axcodes2ornt(tuple(target)))
+
+
+def mixed_orientations(cases) -> str | None:
+    """A warning when ``cases`` (:class:`~semi3d.data.case.Case`, any grid) point their voxel axes in
+    more than one orientation, e.g. ``"the cases are stored in 2 orientations (RAS 60, LPS 4) ..."``;
+    None when they agree (as they all do after ``data.preprocess.orientation``)."""
+    from collections import Counter
+
+    from nibabel.orientations import aff2axcodes
+
+    counts = Counter("".join(aff2axcodes(c.affine)) for c in cases)
+    if len(counts) <= 1:
+        return None
+    seen = ", ".join(f"{code} {n}" for code, n in counts.most_common())
+    return (f"the cases are stored in {len(counts)} orientations ({seen}), so the network sees the anatomy in "
+            "different orientations; set data.preprocess.orientation: RAS to reorient them")
