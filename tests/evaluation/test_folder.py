@@ -127,3 +127,21 @@ def test_the_same_dice_as_nnunets_own_evaluation(folders, tmp_path):
         assert ours[case]["organ"]["dice"] == pytest.approx(row["metrics"][1]["Dice"])
         assert ours[case]["organ"]["jaccard"] == pytest.approx(row["metrics"][1]["IoU"])
     assert len(theirs["metric_per_case"]) == len(ours) == 2
+
+
+def test_normalised_surface_dice_on_request(folders, tmp_path):
+    """--nsd-tolerance adds ``nsd`` (at that many mm, the references' spacing) to every case, the
+    CSV and the table; without it the metrics are as before."""
+    from semi3d.evaluation.metrics import case_metrics
+
+    pred, ref = folders
+    r = CliRunner().invoke(app, ["evaluate-folder", str(pred), str(ref), "-o", str(tmp_path / "m"), "--nsd-tolerance", "2"])
+    assert r.exit_code == 0, r.output
+    assert "NSD %" in r.output
+    m = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    want = case_metrics(_cube(2, 6) * (np.arange(8) >= 4), _cube(2, 6), 2, SPACING, nsd_tolerance=2.0)["class1"]["nsd"]
+    assert m["per_case"]["a"]["organ"]["nsd"] == pytest.approx(want) and 0 < want < 1
+    assert m["per_case"]["b"]["organ"]["nsd"] == 1.0 and m["nsd_tolerance_mm"] == 2.0
+    assert (tmp_path / "m" / "metrics.csv").read_text().splitlines()[0].endswith(",asd_mm,nsd")
+    evaluate_folder(pred, ref)
+    assert "nsd" not in json.loads((pred / "metrics.json").read_text())["per_case"]["a"]["organ"]

@@ -167,3 +167,32 @@ def test_case_metrics_bad_input():
         case_metrics(pred, ref, 2, None)  # label 2 out of range
     with pytest.raises(InputError):
         case_metrics(pred, ref, 3, None, class_names=["only_one"])
+
+
+@pytest.mark.parametrize("tolerance", [0.0, 1.0, 2.5])
+@pytest.mark.parametrize("spacing", [None, (0.625, 0.625, 2.5), (1.3, 0.7, 1.0)])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_normalised_surface_dice_matches_monai(name, spacing, tolerance):
+    """``nsd`` is MONAI's ``compute_surface_dice`` (the same surfaces and Euclidean distances)."""
+    import torch
+    from monai.metrics import compute_surface_dice
+
+    a, b = CASES[name]
+    onehot = [torch.from_numpy(np.stack([~m, m]))[None].float() for m in (a, b)]
+    want = compute_surface_dice(*onehot, class_thresholds=[tolerance], spacing=spacing).item()
+    got = case_metrics(a.astype(np.uint8), b.astype(np.uint8), 2, spacing, nsd_tolerance=tolerance)["class1"]
+    assert got["nsd"] == pytest.approx(want, abs=1e-6)
+    assert "nsd" not in case_metrics(a.astype(np.uint8), b.astype(np.uint8), 2, spacing)["class1"]
+
+
+def test_normalised_surface_dice_known_answers_and_empty_masks():
+    a = _cube(SHAPE, (4, 4, 4), (12, 12, 12))
+    nsd = lambda p, r, t, sp=None: case_metrics(p.astype(np.uint8), r.astype(np.uint8), 2, sp, nsd_tolerance=t)["class1"]["nsd"]  # noqa: E731
+    assert nsd(a, a, 0.0) == 1.0
+    shifted = np.roll(a, 2, axis=0)  # every surface voxel within 2 voxels of the other surface
+    assert nsd(a, shifted, 2.0) == 1.0 and nsd(a, shifted, 1.9) < 1.0
+    assert nsd(a, shifted, 1.0, (0.5, 1.0, 1.0)) == 1.0  # 2 voxels of 0.5 mm
+    empty = np.zeros(SHAPE, bool)
+    assert nsd(empty, empty, 1.0) == 1.0 and nsd(a, empty, 1.0) == 0.0 and nsd(empty, a, 1.0) == 0.0
+    with pytest.raises(InputError, match="nsd_tolerance"):
+        nsd(a, a, -1.0)

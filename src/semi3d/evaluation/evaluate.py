@@ -18,7 +18,7 @@ from .summary import summarise, write_metrics
 def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None = None,
                  data_root: Path | None = None, overrides: list[str] = (), which: str = "auto",
                  save_predictions: bool = False, out: Path | None = None, progress=None,
-                 ensemble: Sequence[Path] = ()) -> dict:
+                 ensemble: Sequence[Path] = (), nsd_tolerance: float | None = None) -> dict:
     """Predict every case of ``split`` (or of ``ids_list``) with the run's selected model and write
     ``metrics.json`` / ``metrics.csv`` into ``out`` (default ``run_dir/eval_<split or list name>``).
 
@@ -29,7 +29,8 @@ def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None
     ``ensemble``: more run folders, model files or bundles (``which`` picks a run folder's model)
     whose probabilities are averaged with the run's (:class:`MeanOfModels`); default ``out`` then
     ``run_dir/eval_<name>_mean_of_<N>`` (N models). A member's run must not have trained (labelled
-    or unlabelled) on a held-out case evaluated here.
+    or unlabelled) on a held-out case evaluated here. ``nsd_tolerance`` (mm): also the normalised
+    surface Dice at that tolerance (:func:`case_metrics`).
     Returns the summary (mean per class and metric).
     """
     run = RunDir(run_dir).require()
@@ -65,7 +66,7 @@ def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None
         if case.label is None:
             raise InputError(case.source or cid, "has no label to evaluate against")
         pred = predictor.segment(case)
-        per_case[cid] = case_metrics(pred, case.label, k, case.spacing, predictor.class_names[1:])
+        per_case[cid] = case_metrics(pred, case.label, k, case.spacing, predictor.class_names[1:], nsd_tolerance)
         if save_predictions:
             write_volume(out / "predictions" / f"{cid}.nii.gz", pred, affine=case.affine)
         if progress:
@@ -74,6 +75,7 @@ def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None
              "postprocess": cfg.inference.postprocess,
              "largest_component_classes": cfg.inference.largest_component_classes,  # null: every class
              **({"ensemble": [str(m) for m in members]} if ensemble else {}),
+             **({"nsd_tolerance_mm": nsd_tolerance} if nsd_tolerance is not None else {}),
              "eval_time_s": time.time() - t0}
     write_metrics(out, per_case, extra)
     return summarise(per_case)

@@ -30,13 +30,15 @@ def _label_files(folder: Path, what: str) -> dict[str, Path]:
 def evaluate_folder(pred_dir: Path, ref_dir: Path, dataset_json: Path | None = None, num_classes: int | None = None,
                     out: Path | None = None, subset: bool = False,
                     spacing: tuple[float, float, float] | None = None,
-                    progress: Callable[[int, int, str], None] | None = None) -> dict:
+                    progress: Callable[[int, int, str], None] | None = None,
+                    nsd_tolerance: float | None = None) -> dict:
     """Dice / Jaccard / HD95 / ASD per case and foreground class of every prediction in ``pred_dir``
     against the reference of the same case in ``ref_dir`` (``<case><ending>`` in both, any format
     ``semi3d predict`` writes, an h5 file's ``label`` dataset when it has several; ``semi3d
     predict``'s ``<case>_prob`` files are skipped). Distances in voxels and in mm at the reference's
     spacing, as :func:`case_metrics`; ``spacing`` (X, Y, Z mm) for references that store none (h5,
-    npy; their mm columns are in voxels without it).
+    npy; their mm columns are in voxels without it). ``nsd_tolerance`` (mm): also the normalised
+    surface Dice at that tolerance.
 
     Classes: the ``labels`` of ``dataset_json`` (nnU-Net's ``dataset.json``; default
     ``ref_dir/../dataset.json`` when there, the nnU-Net layout ``labelsTr``/``labelsTs``), whose
@@ -77,11 +79,12 @@ def evaluate_folder(pred_dir: Path, ref_dir: Path, dataset_json: Path | None = N
         check_grid(ref_vol, pred_vol, "prediction")
         ref = as_label(ref_vol, num_classes, ignore)
         pred = as_label(pred_vol, num_classes)
-        per_case[case] = case_metrics(pred, ref, num_classes, ref_vol.spacing or spacing, class_names)
+        per_case[case] = case_metrics(pred, ref, num_classes, ref_vol.spacing or spacing, class_names, nsd_tolerance)
         if progress:
             progress(i + 1, len(refs), case)
     write_metrics(Path(out or pred_dir), per_case, {
         "predictions": str(pred_dir), "references": str(ref_dir), "n_cases": len(per_case),
         "classes": class_names[1:], "dataset_json": None if dataset_json is None else str(dataset_json),
+        **({"nsd_tolerance_mm": nsd_tolerance} if nsd_tolerance is not None else {}),
         "eval_time_s": time.time() - t0})
     return summarise(per_case)

@@ -81,14 +81,16 @@ def _surface(mask: np.ndarray) -> np.ndarray:
 
 
 def _distances(
-    pred_surf: np.ndarray, ref_surf: np.ndarray, spacing: np.ndarray | None
-) -> tuple[float, float]:
-    """hd95 and asd from two (cropped) surface masks, as medpy computes them."""
+    pred_surf: np.ndarray, ref_surf: np.ndarray, spacing: np.ndarray | None, tolerance: float | None = None
+) -> tuple[float, float, float | None]:
+    """hd95 and asd from two (cropped) surface masks, as medpy computes them, and the normalised
+    surface Dice at ``tolerance`` (None when not asked for)."""
     d_pred_to_ref = distance_transform_edt(~ref_surf, sampling=spacing)[pred_surf]
     d_ref_to_pred = distance_transform_edt(~pred_surf, sampling=spacing)[ref_surf]
-    hd95 = float(np.percentile(np.hstack((d_pred_to_ref, d_ref_to_pred)), 95))
+    both = np.hstack((d_pred_to_ref, d_ref_to_pred))
+    hd95 = float(np.percentile(both, 95))
     asd = float(d_pred_to_ref.mean())
-    return hd95, asd
+    return hd95, asd, None if tolerance is None else float(np.count_nonzero(both <= tolerance) / both.size)
 
 
 def _as_bool_pair(pred: np.ndarray, ref: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -100,22 +102,24 @@ def _as_bool_pair(pred: np.ndarray, ref: np.ndarray, where: str) -> tuple[np.nda
 
 
 def _overlap_and_distances(
-    pred: np.ndarray, ref: np.ndarray, spacings: Sequence[np.ndarray | None]
-) -> tuple[float, float, list[tuple[float, float]]]:
-    """Dice, Jaccard and one (hd95, asd) pair per entry of ``spacings``; masks are boolean."""
+    pred: np.ndarray, ref: np.ndarray, spacings: Sequence[np.ndarray | None], tolerance: float | None = None
+) -> tuple[float, float, list[tuple[float, float, float | None]]]:
+    """Dice, Jaccard and one (hd95, asd, nsd) triple per entry of ``spacings`` (nsd None without a
+    ``tolerance``); masks are boolean."""
     n_pred = int(np.count_nonzero(pred))
     n_ref = int(np.count_nonzero(ref))
+    no = None if tolerance is None else 0.0
     if n_pred == 0 and n_ref == 0:
-        return 1.0, 1.0, [(0.0, 0.0) for _ in spacings]
+        return 1.0, 1.0, [(0.0, 0.0, None if tolerance is None else 1.0) for _ in spacings]
     if n_pred == 0 or n_ref == 0:
-        worst = [(_worst_distance(pred.shape, s),) * 2 for s in spacings]
+        worst = [(*(_worst_distance(pred.shape, s),) * 2, no) for s in spacings]
         return 0.0, 0.0, worst
     inter = int(np.count_nonzero(pred & ref))
     dice = 2.0 * inter / float(n_pred + n_ref)
     jaccard = float(inter) / float(n_pred + n_ref - inter)
     pred_c, ref_c = _crop_union(pred, ref)
     pred_surf, ref_surf = _surface(pred_c), _surface(ref_c)
-    return dice, jaccard, [_distances(pred_surf, ref_surf, s) for s in spacings]
+    return dice, jaccard, [_distances(pred_surf, ref_surf, s, tolerance) for s in spacings]
 
 
 def binary_metrics(
@@ -139,7 +143,7 @@ def binary_metrics(
     """
     pred, ref = _as_bool_pair(pred, ref, "binary_metrics")
     sp = _check_spacing(spacing, pred.ndim)
-    dice, jaccard, [(hd95, asd)] = _overlap_and_distances(pred, ref, [sp])
+    dice, jaccard, [(hd95, asd, _)] = _overlap_and_distances(pred, ref, [sp])
     return {"dice": dice, "jaccard": jaccard, "hd95": hd95, "asd": asd}
 
 
@@ -166,6 +170,7 @@ def case_metrics(
     num_classes: int,
     spacing: Sequence[float] | None,
     class_names: Sequence[str] | None = None,
+    nsd_tolerance: float | None = None,
 ) -> dict[str, dict[str, float]]:
     """Per-class metrics of one case from integer label maps.
 
@@ -179,11 +184,15 @@ def case_metrics(
         spacing: voxel size per axis in (X, Y, Z) order, e.g. in mm; None if unknown.
         class_names: names of the foreground classes 1..K-1 (K-1 names), or of all K classes
             including background (the first is then dropped). Default ``"class1"...``.
+        nsd_tolerance: when given, also the normalised surface Dice (``"nsd"``, Nikolov et al.
+            2021; MONAI's ``compute_surface_dice``): the share of both masks' surface voxels that
+            lie within this distance of the other mask's surface, in the units of ``spacing``
+            (voxels when it is None). 1 when both masks are empty, 0 when one is.
 
     Returns:
-        ``{name: {"dice", "jaccard", "hd95", "asd", "hd95_mm", "asd_mm"}}`` for each foreground
-        class in order. ``hd95``/``asd`` are in voxels (spacing 1), ``hd95_mm``/``asd_mm`` use
-        ``spacing`` (equal to the voxel values when ``spacing`` is None). Empty masks follow the
+        ``{name: {"dice", "jaccard", "hd95", "asd", "hd95_mm", "asd_mm"[, "nsd"]}}`` for each
+        foreground class in order. ``hd95``/``asd`` are in voxels (spacing 1), ``hd95_mm``/``asd_mm``
+        use ``spacing`` (equal to the voxel values when ``spacing`` is None). Empty masks follow the
         module's empty-mask policy.
 
     Raises:
@@ -209,9 +218,11 @@ def case_metrics(
     spacings = [None] if sp is None else [None, sp]
 
     out: dict[str, dict[str, float]] = {}
+    if nsd_tolerance is not None and not (np.isfinite(nsd_tolerance) and nsd_tolerance >= 0):
+        raise InputError("nsd_tolerance", f"must be a distance >= 0, got {nsd_tolerance}")
     for c, name in enumerate(names, start=1):
-        dice, jaccard, dists = _overlap_and_distances(pred == c, ref == c, spacings)
-        (hd95, asd), (hd95_mm, asd_mm) = dists[0], dists[-1]
+        dice, jaccard, dists = _overlap_and_distances(pred == c, ref == c, spacings, nsd_tolerance)
+        (hd95, asd, _), (hd95_mm, asd_mm, nsd) = dists[0], dists[-1]
         out[name] = {
             "dice": dice,
             "jaccard": jaccard,
@@ -219,5 +230,6 @@ def case_metrics(
             "asd": asd,
             "hd95_mm": hd95_mm,
             "asd_mm": asd_mm,
+            **({} if nsd is None else {"nsd": nsd}),
         }
     return out

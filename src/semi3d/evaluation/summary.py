@@ -2,7 +2,7 @@
 
 ``per_case`` everywhere is ``{case_id: {class_name: {metric: value}}}`` as returned, case by
 case, by :func:`semi3d.evaluation.metrics.case_metrics` (dice/jaccard in [0, 1], hd95/asd in
-voxels, hd95_mm/asd_mm in the units of the spacing).
+voxels, hd95_mm/asd_mm in the units of the spacing, nsd in [0, 1] when asked for).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from semi3d.errors import InputError
 __all__ = ["summarise", "write_metrics", "format_table", "table_markdown", "CSV_COLUMNS"]
 
 METRICS = ("dice", "jaccard", "hd95", "asd", "hd95_mm", "asd_mm")
+OPTIONAL = ("nsd",)  # in metrics.csv only when some case has it
 CSV_COLUMNS = ("case", "class", *METRICS)
 MEAN_CLASS = "mean"
 
@@ -96,10 +97,11 @@ def _json_default(obj: Any) -> Any:
 def _csv_text(per_case: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    metrics = METRICS + tuple(m for m in OPTIONAL if any(m in row for c in per_case.values() for row in c.values()))
+    writer.writerow(("case", "class", *metrics))
     for case_id, classes in per_case.items():
         for cls, row in classes.items():
-            writer.writerow([case_id, cls, *(repr(float(row[m])) if m in row else "" for m in METRICS)])
+            writer.writerow([case_id, cls, *(repr(float(row[m])) if m in row else "" for m in metrics)])
     return buf.getvalue()
 
 
@@ -117,7 +119,8 @@ def write_metrics(
     Returns:
         The JSON payload ``{"per_case": ..., "mean": summarise(per_case), **extra}``.
         ``metrics.csv`` has one row per case x class with columns
-        ``case,class,dice,jaccard,hd95,asd,hd95_mm,asd_mm`` (missing metrics left blank).
+        ``case,class,dice,jaccard,hd95,asd,hd95_mm,asd_mm`` (and ``nsd`` when some case has it;
+        missing metrics left blank).
         Both files are written to temporary files in ``out_dir`` first and then renamed.
 
     Raises:
@@ -150,11 +153,12 @@ def format_table(summary: Mapping[str, Mapping[str, float]], title: str = "") ->
     """A rich table of a :func:`summarise` result, one row per class (``"mean"`` last as given).
 
     Columns: Class, Dice % and Jaccard % (x100, 2 decimals), HD95 and ASD in voxels, HD95 and
-    ASD in mm (2 decimals); a missing metric is shown as ``-``.
+    ASD in mm (2 decimals), and NSD % when any class has it; a missing metric is shown as ``-``.
     """
     table = Table(title=title or None)
     table.add_column("Class", style="bold")
-    for header in ("Dice %", "Jaccard %", "HD95 (vox)", "ASD (vox)", "HD95 (mm)", "ASD (mm)"):
+    nsd = any("nsd" in row for row in summary.values())
+    for header in ("Dice %", "Jaccard %", "HD95 (vox)", "ASD (vox)", "HD95 (mm)", "ASD (mm)", *(("NSD %",) if nsd else ())):
         table.add_column(header, justify="right")
     for cls, row in summary.items():
         table.add_row(
@@ -165,6 +169,7 @@ def format_table(summary: Mapping[str, Mapping[str, float]], title: str = "") ->
             _fmt(row, "asd"),
             _fmt(row, "hd95_mm"),
             _fmt(row, "asd_mm"),
+            *((_fmt(row, "nsd", 100.0),) if nsd else ()),
         )
     return table
 
