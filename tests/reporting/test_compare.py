@@ -24,6 +24,7 @@ def test_compare_two_runs(sup_run, mn_run, tmp_path):
     assert res["same_cases"]
     md = (out / "compare.md").read_text()
     assert "| run | method | labelled |" in md and "tiny_mn" in md and "![per-case Dice](dice_boxplot.png)" in md
+    assert "| nsd |" not in md  # no run was evaluated with an NSD tolerance
     assert json.loads((out / "compare.json").read_text())["rows"][0]["method"] == "supervised"
     assert (out / "dice_boxplot.png").stat().st_size > 5000
 
@@ -52,14 +53,19 @@ def test_compare_a_run_with_another_tools_scored_predictions(sup_run, synth_root
     from semi3d.evaluation.evaluate import evaluate_run
     from semi3d.evaluation.folder import evaluate_folder
 
-    evaluate_run(sup_run, "validation", save_predictions=True, out=tmp_path / "ev")
-    evaluate_folder(tmp_path / "ev" / "predictions", synth_root / "labelsTr", out=tmp_path / "other_tool", subset=True)
+    evaluate_run(sup_run, "validation", save_predictions=True, out=tmp_path / "ev", nsd_tolerance=1.0)
+    evaluate_folder(tmp_path / "ev" / "predictions", synth_root / "labelsTr", out=tmp_path / "other_tool", subset=True,
+                    nsd_tolerance=1.0)
     r = CliRunner().invoke(app, ["compare", str(sup_run), str(tmp_path / "other_tool"), "--out", str(tmp_path / "c")])
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "c" / "compare.json").read_text())
     run, other = res["rows"]
     assert (other["run"], other["method"], other["labelled"]) == ("other_tool", "external", None)
     assert other["dice"] == pytest.approx(run["dice"]) and other["cases"] == run["cases"] and res["same_cases"]
+    # scored with --nsd-tolerance 1 (the run's own evaluation was not): an nsd column, the run's cell empty
+    nsd = json.loads((tmp_path / "ev" / "metrics.json").read_text())["mean"]["mean"]["nsd"]
+    assert other["nsd"] == pytest.approx(nsd) and 0 < nsd <= 1 and run["nsd"] is None
+    assert "| asd_mm | nsd |" in (tmp_path / "c" / "compare.md").read_text()
 
 
 def test_compare_pools_the_folds_of_a_cross_validation(tiny_tree, copy_run, tmp_path):

@@ -20,6 +20,9 @@ def test_metrics_rows_worst_first_and_picks():
     }
     rows = metrics_rows(per_case, ["organ", "lesion"])
     assert [r["case"] for r in rows] == ["b", "c", "a"] and [r["rank"] for r in rows] == [1, 2, 3]
+    assert "nsd" not in rows[0]
+    per_case["b"]["organ"]["nsd"], per_case["b"]["lesion"]["nsd"] = 0.5, 0.7  # evaluated with --nsd-tolerance
+    assert metrics_rows(per_case, ["organ", "lesion"])[0]["nsd"] == pytest.approx(0.6)
     assert rows[0]["dice"] == pytest.approx(0.3) and rows[0]["hd95"] == pytest.approx(7.0)
     assert rows[0]["dice_organ"] == 0.2 and rows[0]["dice_lesion"] == 0.4
     assert pick_cases(rows) == [("best", "a"), ("median", "c"), ("worst", "b")]
@@ -54,9 +57,19 @@ def test_report_of_an_evaluated_run(sup_run, tmp_path):
     assert "Per case, worst first" in page and "syn_004" in page and "method" in page
     md = paths["markdown"].read_text()
     assert "![training curves](curves.png)" in md and "(cases.png)" in md and "```yaml" in md
-    assert "| rank | case |" in md and "**labelled** (3)" in md
+    assert "| rank | case |" in md and "**labelled** (3)" in md and "nsd" not in md
     assert (out / "curves.png").stat().st_size > 5000 and (out / "cases.png").stat().st_size > 5000
     assert (sup_run / "progress.png").is_file()  # the trainer's picture is kept
+
+
+def test_report_shows_the_nsd_of_an_evaluation_with_a_tolerance(sup_run, copy_run, tmp_path):
+    from semi3d.evaluation.evaluate import evaluate_run
+
+    run = copy_run(sup_run, "nsd")
+    evaluate_run(run, "validation", out=run / "eval_nsd", nsd_tolerance=2.0)
+    md = build_report(run, tmp_path / "rep", eval_dir="eval_nsd")["markdown"].read_text()
+    assert "| class | dice | dice_std | jaccard | hd95 | asd | hd95_mm | asd_mm | nsd |" in md
+    assert "| hd95_mm | asd_mm | nsd |" in md.split("Per case, worst first")[1]
 
 
 def test_report_without_evaluation(sup_run, copy_run, tmp_path):

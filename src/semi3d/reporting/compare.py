@@ -24,7 +24,7 @@ from .common import case_means, foreground_mean, load_metrics, pyplot, save_figu
 __all__ = ["compare_runs", "COLUMNS"]
 
 COLUMNS = ["run", "method", "labelled", "unlabelled", "cases", "dice", "dice_std", "jaccard", "hd95", "asd",
-           "hd95_mm", "asd_mm"]
+           "hd95_mm", "asd_mm", "nsd"]  # nsd: a column only when some run was evaluated with a tolerance
 
 
 def _means(summary: dict) -> dict:
@@ -124,8 +124,9 @@ def compare_runs(runs: list[Path], out: Path, eval_name: str | None = None) -> d
     cv = " (a cross-validation's folds each on their own cases; its pooled row covers them all)" if pooled else ""
     note = "" if same else (f"\n> Note: the runs were evaluated on different cases{cv}; their means are not "
                             "directly comparable.\n")
-    md = ("# Methods comparison\n\nMeans over the evaluated cases and the foreground classes (Dice, Jaccard in "
-          "[0, 1]; HD95, ASD in voxels and mm).\n\n" + table_markdown(rows, COLUMNS) + note
+    columns = [c for c in COLUMNS if c != "nsd" or any(r.get("nsd") is not None for r in rows)]
+    md = ("# Methods comparison\n\nMeans over the evaluated cases and the foreground classes (Dice, Jaccard, "
+          "NSD in [0, 1]; HD95, ASD in voxels and mm).\n\n" + table_markdown(rows, columns) + note
           + f"\n![per-case Dice]({plot.name})\n")
     write_text(out / "compare.md", md)
     return payload

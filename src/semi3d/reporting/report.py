@@ -84,7 +84,8 @@ def plot_curves(records: list[dict], path: Path, unlabelled_panel: bool | None =
 # ---------------------------------------------------------------------------------- metrics
 def metrics_rows(per_case: dict, class_names: list[str] | None = None) -> list[dict]:
     """One row per case, worst first: ``case``, ``dice_<class>`` per class, and the means over the
-    case's classes ``dice``, ``jaccard``, ``hd95``, ``asd`` (voxels) and ``hd95_mm``, ``asd_mm``.
+    case's classes ``dice``, ``jaccard``, ``hd95``, ``asd`` (voxels), ``hd95_mm``, ``asd_mm`` and, when
+    evaluated with a tolerance, ``nsd``.
 
     Sorted by mean Dice ascending (ties: HD95 descending, then case id)."""
     means = case_means(per_case)
@@ -94,7 +95,7 @@ def metrics_rows(per_case: dict, class_names: list[str] | None = None) -> list[d
         for cls in class_names or list(classes):
             if cls in classes and "dice" in classes[cls]:
                 row[f"dice_{cls}"] = classes[cls]["dice"]
-        row.update({m: means[cid][m] for m in ("dice", "jaccard", "hd95", "asd", "hd95_mm", "asd_mm") if m in means[cid]})
+        row.update({m: means[cid][m] for m in ("dice", "jaccard", "hd95", "asd", "hd95_mm", "asd_mm", "nsd") if m in means[cid]})
         rows.append(row)
     rows.sort(key=lambda r: (r.get("dice", 0.0), -r.get("hd95", 0.0), r["case"]))
     for i, r in enumerate(rows, 1):
@@ -233,7 +234,7 @@ def build_report(run_dir: Path, out: Path | None = None, eval_dir: Path | str | 
         names = list(next(iter(metrics["per_case"].values())).keys())
         rows = metrics_rows(metrics["per_case"], names)
         for cls, row in metrics.get("mean", {}).items():
-            summary_rows.append({"class": cls, **{m: row.get(m) for m in ("dice", "dice_std", "jaccard", "hd95", "asd", "hd95_mm", "asd_mm")}})
+            summary_rows.append({"class": cls, **{m: row.get(m) for m in _MEANS[1:] if m in row}})
         picks = pick_cases(rows)
         try:
             loaded = _load_for_overlay(run_dir, cfg, metrics_path, [c for _, c in picks])
@@ -289,10 +290,11 @@ def _run_info(run_dir: Path, cfg, splits, records, metrics, metrics_path) -> lis
 def _case_cols(rows: list[dict]) -> list[str]:
     per_class = [k for k in (rows[0] if rows else {}) if k.startswith("dice_")]
     multi = len(per_class) > 1
-    return ["rank", "case", *(per_class if multi else []), "dice", "jaccard", "hd95", "asd", "hd95_mm", "asd_mm"]
+    return ["rank", "case", *(per_class if multi else []), "dice", "jaccard", "hd95", "asd", "hd95_mm", "asd_mm",
+            *(["nsd"] if any("nsd" in r for r in rows) else [])]
 
 
-_MEANS = ["class", "dice", "dice_std", "jaccard", "hd95", "asd", "hd95_mm", "asd_mm"]
+_MEANS = ["class", "dice", "dice_std", "jaccard", "hd95", "asd", "hd95_mm", "asd_mm", "nsd"]
 
 
 def _blocks(cfg, run_dir, info, notes, summary_rows, rows, splits, written) -> list[tuple]:
@@ -304,7 +306,7 @@ def _blocks(cfg, run_dir, info, notes, summary_rows, rows, splits, written) -> l
         out += [("h2", "Training curves"), ("img", "training curves", "curves")]
     if rows:
         out += [("h2", "Evaluation"), ("p", "Mean per class (Dice, Jaccard in [0, 1]; HD95, ASD in voxels and mm):"),
-                ("table", summary_rows, _MEANS), ("p", "Per case, worst first (means over the foreground classes):"),
+                ("table", summary_rows, [m for m in _MEANS if m != "nsd" or any("nsd" in r for r in summary_rows)]), ("p", "Per case, worst first (means over the foreground classes):"),
                 ("table", rows, _case_cols(rows))]
     if "cases" in written:
         out += [("h2", "Best, median and worst case"),
