@@ -21,12 +21,19 @@ from rich.table import Table
 from semi3d.atomic import atomic_file
 from semi3d.errors import InputError
 
-__all__ = ["summarise", "write_metrics", "format_table", "table_markdown", "CSV_COLUMNS"]
+__all__ = ["summarise", "write_metrics", "format_table", "table_markdown", "present", "CSV_COLUMNS"]
 
 METRICS = ("dice", "jaccard", "hd95", "asd", "hd95_mm", "asd_mm")
 OPTIONAL = ("nsd",)  # in metrics.csv only when some case has it
 CSV_COLUMNS = ("case", "class", *METRICS)
 MEAN_CLASS = "mean"
+
+
+def present(columns, rows) -> list[str]:
+    """``columns`` without the :data:`OPTIONAL` metrics that no row (a dict) holds a value of: a
+    table's ``nsd`` column only when some case was evaluated with a tolerance."""
+    rows = list(rows)
+    return [c for c in columns if c not in OPTIONAL or any(r.get(c) is not None for r in rows)]
 
 
 def _ordered_union(items) -> list[str]:
@@ -97,7 +104,7 @@ def _json_default(obj: Any) -> Any:
 def _csv_text(per_case: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    metrics = METRICS + tuple(m for m in OPTIONAL if any(m in row for c in per_case.values() for row in c.values()))
+    metrics = present(METRICS + OPTIONAL, (row for c in per_case.values() for row in c.values()))
     writer.writerow(("case", "class", *metrics))
     for case_id, classes in per_case.items():
         for cls, row in classes.items():
@@ -157,7 +164,7 @@ def format_table(summary: Mapping[str, Mapping[str, float]], title: str = "") ->
     """
     table = Table(title=title or None)
     table.add_column("Class", style="bold")
-    nsd = any("nsd" in row for row in summary.values())
+    nsd = "nsd" in present(OPTIONAL, summary.values())
     for header in ("Dice %", "Jaccard %", "HD95 (vox)", "ASD (vox)", "HD95 (mm)", "ASD (mm)", *(("NSD %",) if nsd else ())):
         table.add_column(header, justify="right")
     for cls, row in summary.items():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..atomic import write_text
 from ..errors import InputError
-from ..evaluation.summary import summarise, table_markdown
+from ..evaluation.summary import present, summarise, table_markdown
 from ..engine.rundir import RunDir
 from .common import case_means, foreground_mean, load_metrics, pyplot, save_figure
 
@@ -124,9 +124,8 @@ def compare_runs(runs: list[Path], out: Path, eval_name: str | None = None) -> d
     cv = " (a cross-validation's folds each on their own cases; its pooled row covers them all)" if pooled else ""
     note = "" if same else (f"\n> Note: the runs were evaluated on different cases{cv}; their means are not "
                             "directly comparable.\n")
-    columns = [c for c in COLUMNS if c != "nsd" or any(r.get("nsd") is not None for r in rows)]
     md = ("# Methods comparison\n\nMeans over the evaluated cases and the foreground classes (Dice, Jaccard, "
-          "NSD in [0, 1]; HD95, ASD in voxels and mm).\n\n" + table_markdown(rows, columns) + note
+          "NSD in [0, 1]; HD95, ASD in voxels and mm).\n\n" + table_markdown(rows, present(COLUMNS, rows)) + note
           + f"\n![per-case Dice]({plot.name})\n")
     write_text(out / "compare.md", md)
     return payload

@@ -20,7 +20,7 @@ import numpy as np
 from ..atomic import write_text
 from ..engine.rundir import RunDir
 from ..errors import InputError
-from ..evaluation.summary import table_markdown
+from ..evaluation.summary import METRICS, OPTIONAL, present, table_markdown
 from ..losses import without_ignored
 from .common import (case_means, draw_errors, draw_image, draw_labels, foreground_mean, load_metrics, png_base64,
                      pyplot, richest_slice, save_figure)
@@ -95,7 +95,7 @@ def metrics_rows(per_case: dict, class_names: list[str] | None = None) -> list[d
         for cls in class_names or list(classes):
             if cls in classes and "dice" in classes[cls]:
                 row[f"dice_{cls}"] = classes[cls]["dice"]
-        row.update({m: means[cid][m] for m in ("dice", "jaccard", "hd95", "asd", "hd95_mm", "asd_mm", "nsd") if m in means[cid]})
+        row.update({m: means[cid][m] for m in METRICS + OPTIONAL if m in means[cid]})
         rows.append(row)
     rows.sort(key=lambda r: (r.get("dice", 0.0), -r.get("hd95", 0.0), r["case"]))
     for i, r in enumerate(rows, 1):
@@ -290,8 +290,8 @@ def _run_info(run_dir: Path, cfg, splits, records, metrics, metrics_path) -> lis
 def _case_cols(rows: list[dict]) -> list[str]:
     per_class = [k for k in (rows[0] if rows else {}) if k.startswith("dice_")]
     multi = len(per_class) > 1
-    return ["rank", "case", *(per_class if multi else []), "dice", "jaccard", "hd95", "asd", "hd95_mm", "asd_mm",
-            *(["nsd"] if any("nsd" in r for r in rows) else [])]
+    return present(["rank", "case", *(per_class if multi else []), "dice", "jaccard", "hd95", "asd", "hd95_mm",
+                    "asd_mm", "nsd"], rows)
 
 
 _MEANS = ["class", "dice", "dice_std", "jaccard", "hd95", "asd", "hd95_mm", "asd_mm", "nsd"]
@@ -306,7 +306,8 @@ def _blocks(cfg, run_dir, info, notes, summary_rows, rows, splits, written) -> l
         out += [("h2", "Training curves"), ("img", "training curves", "curves")]
     if rows:
         out += [("h2", "Evaluation"), ("p", "Mean per class (Dice, Jaccard in [0, 1]; HD95, ASD in voxels and mm):"),
-                ("table", summary_rows, [m for m in _MEANS if m != "nsd" or any("nsd" in r for r in summary_rows)]), ("p", "Per case, worst first (means over the foreground classes):"),
+                ("table", summary_rows, present(_MEANS, summary_rows)),
+                ("p", "Per case, worst first (means over the foreground classes):"),
                 ("table", rows, _case_cols(rows))]
     if "cases" in written:
         out += [("h2", "Best, median and worst case"),
