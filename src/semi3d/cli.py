@@ -37,8 +37,13 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 
 ENSEMBLE_HELP = ("another run folder, model file or bundle: the class probabilities of all the models are "
                  "averaged (repeat for more; --which picks a run folder's model)")
+def _one_or_list(values: list[float]) -> float | list[float] | None:
+    """A repeatable option's values: None when not given, the value when given once."""
+    return None if not values else values[0] if len(values) == 1 else values
+
+
 NSD_HELP = ("also the normalised surface Dice: the share of both surfaces within this many mm of the other "
-            "(MONAI's compute_surface_dice)")
+            "(MONAI's compute_surface_dice); repeat it for one tolerance per foreground class, in class order")
 
 
 def _clean_errors(fn=None, *, stop_hint: str = ""):
@@ -155,14 +160,14 @@ def evaluate(run: Path, split: str = typer.Option("validation", help="a split of
              save_predictions: bool = typer.Option(False, help="write the predicted masks too"),
              out: Optional[Path] = typer.Option(None, help="output folder (default RUN/eval_<split>, with --ensemble RUN/eval_<split>_mean_of_<N>)"),
              ensemble: list[Path] = typer.Option([], "--ensemble", help=ENSEMBLE_HELP),
-             nsd_tolerance: Optional[float] = typer.Option(None, help=NSD_HELP)):
+             nsd_tolerance: list[float] = typer.Option([], help=NSD_HELP)):
     """Dice / Jaccard / HD95 / ASD per class and case on the original grid -> metrics.json/csv."""
     from .evaluation.evaluate import evaluate_run
     from .evaluation.summary import format_table
 
     summary = evaluate_run(run, split, ids_list, data_root, set, which, save_predictions, out,
                            progress=lambda i, n, cid, m: console.print(f"[{i}/{n}] {cid}"),
-                           ensemble=ensemble, nsd_tolerance=nsd_tolerance)
+                           ensemble=ensemble, nsd_tolerance=_one_or_list(nsd_tolerance))
     console.print(format_table(summary, title=f"{run} ({ids_list or split})"))
 
 
@@ -176,14 +181,14 @@ def evaluate_folder(predictions: Path = typer.Argument(..., help="folder of pred
                     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default PREDICTIONS)"),
                     subset: bool = typer.Option(False, help="score only the predicted cases (default: every reference needs a prediction)"),
                     spacing: Optional[tuple[float, float, float]] = typer.Option(None, help="X Y Z mm for references that store none (h5, npy)"),
-                    nsd_tolerance: Optional[float] = typer.Option(None, help=NSD_HELP)):
+                    nsd_tolerance: list[float] = typer.Option([], help=NSD_HELP)):
     """Score another tool's (or semi3d's) predictions against references with semi3d evaluate's
     metrics (nnUNetv2_evaluate_folder) -> metrics.json/csv."""
     from .evaluation.folder import evaluate_folder as run
     from .evaluation.summary import format_table
 
     summary = run(predictions, references, dataset_json, num_classes, out, subset, spacing,
-                  progress=lambda i, n, case: console.print(f"[{i}/{n}] {case}"), nsd_tolerance=nsd_tolerance)
+                  progress=lambda i, n, case: console.print(f"[{i}/{n}] {case}"), nsd_tolerance=_one_or_list(nsd_tolerance))
     console.print(format_table(summary, title=f"{predictions} vs {references}"))
 
 

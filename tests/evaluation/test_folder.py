@@ -143,5 +143,8 @@ def test_normalised_surface_dice_on_request(folders, tmp_path):
     assert m["per_case"]["a"]["organ"]["nsd"] == pytest.approx(want) and 0 < want < 1
     assert m["per_case"]["b"]["organ"]["nsd"] == 1.0 and m["nsd_tolerance_mm"] == 2.0
     assert (tmp_path / "m" / "metrics.csv").read_text().splitlines()[0].endswith(",asd_mm,nsd")
+    r = CliRunner().invoke(app, ["evaluate-folder", str(pred), str(ref), "-o", str(tmp_path / "m2"),
+                                 "--nsd-tolerance", "2", "--nsd-tolerance", "3"])  # two tolerances, one class
+    assert r.exit_code == 2 and "one per foreground class (1)" in r.output and not (tmp_path / "m2").exists()
     evaluate_folder(pred, ref)
     assert "nsd" not in json.loads((pred / "metrics.json").read_text())["per_case"]["a"]["organ"]

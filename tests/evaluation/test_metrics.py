@@ -196,3 +196,15 @@ def test_normalised_surface_dice_known_answers_and_empty_masks():
     assert nsd(empty, empty, 1.0) == 1.0 and nsd(a, empty, 1.0) == 0.0 and nsd(empty, a, 1.0) == 0.0
     with pytest.raises(InputError, match="nsd_tolerance"):
         nsd(a, a, -1.0)
+
+
+def test_normalised_surface_dice_with_one_tolerance_per_class():
+    a, b = CASES["spheres_offset"]
+    c, d = CASES["cube_shifted"]
+    pred, ref = (a + 2 * (c & ~a)).astype(np.uint8), (b + 2 * (d & ~b)).astype(np.uint8)
+    per_class = case_metrics(pred, ref, 3, (1.0, 1.0, 2.0), nsd_tolerance=[1.0, 3.0])
+    for name, tol in (("class1", 1.0), ("class2", 3.0)):
+        assert per_class[name]["nsd"] == case_metrics(pred, ref, 3, (1.0, 1.0, 2.0), nsd_tolerance=tol)[name]["nsd"]
+    assert per_class["class1"]["nsd"] != per_class["class2"]["nsd"]
+    with pytest.raises(InputError, match=r"one per foreground class \(2\)"):
+        case_metrics(pred, ref, 3, None, nsd_tolerance=[1.0, 2.0, 3.0])

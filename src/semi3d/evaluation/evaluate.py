@@ -18,7 +18,7 @@ from .summary import summarise, write_metrics
 def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None = None,
                  data_root: Path | None = None, overrides: list[str] = (), which: str = "auto",
                  save_predictions: bool = False, out: Path | None = None, progress=None,
-                 ensemble: Sequence[Path] = (), nsd_tolerance: float | None = None) -> dict:
+                 ensemble: Sequence[Path] = (), nsd_tolerance: float | Sequence[float] | None = None) -> dict:
     """Predict every case of ``split`` (or of ``ids_list``) with the run's selected model and write
     ``metrics.json`` / ``metrics.csv`` into ``out`` (default ``run_dir/eval_<split or list name>``).
 
@@ -29,7 +29,7 @@ def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None
     ``ensemble``: more run folders, model files or bundles (``which`` picks a run folder's model)
     whose probabilities are averaged with the run's (:class:`MeanOfModels`); default ``out`` then
     ``run_dir/eval_<name>_mean_of_<N>`` (N models). A member's run must not have trained (labelled
-    or unlabelled) on a held-out case evaluated here. ``nsd_tolerance`` (mm): also the normalised
+    or unlabelled) on a held-out case evaluated here. ``nsd_tolerance`` (mm, one or one per foreground class): also the normalised
     surface Dice at that tolerance (:func:`case_metrics`).
     Returns the summary (mean per class and metric).
     """

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from ..data.nnunet import read_dataset_json
 from ..data.readers import as_label, check_grid, index_cases
@@ -31,13 +31,13 @@ def evaluate_folder(pred_dir: Path, ref_dir: Path, dataset_json: Path | None = N
                     out: Path | None = None, subset: bool = False,
                     spacing: tuple[float, float, float] | None = None,
                     progress: Callable[[int, int, str], None] | None = None,
-                    nsd_tolerance: float | None = None) -> dict:
+                    nsd_tolerance: float | Sequence[float] | None = None) -> dict:
     """Dice / Jaccard / HD95 / ASD per case and foreground class of every prediction in ``pred_dir``
     against the reference of the same case in ``ref_dir`` (``<case><ending>`` in both, any format
     ``semi3d predict`` writes, an h5 file's ``label`` dataset when it has several; ``semi3d
     predict``'s ``<case>_prob`` files are skipped). Distances in voxels and in mm at the reference's
     spacing, as :func:`case_metrics`; ``spacing`` (X, Y, Z mm) for references that store none (h5,
-    npy; their mm columns are in voxels without it). ``nsd_tolerance`` (mm): also the normalised
+    npy; their mm columns are in voxels without it). ``nsd_tolerance`` (mm, one or one per foreground class): also the normalised
     surface Dice at that tolerance.
 
     Classes: the ``labels`` of ``dataset_json`` (nnU-Net's ``dataset.json``; default

@@ -164,13 +164,26 @@ def _foreground_names(num_classes: int, class_names: Sequence[str] | None) -> li
     return names
 
 
+def _tolerances(tolerance: float | Sequence[float] | None, n: int) -> list[float | None]:
+    """One NSD tolerance per foreground class (``n``) from one value or ``n`` values."""
+    if tolerance is None:
+        return [None] * n
+    values = [float(t) for t in np.atleast_1d(np.asarray(tolerance, dtype=float))]
+    if len(values) == 1:
+        values *= n
+    if len(values) != n or not all(np.isfinite(t) and t >= 0 for t in values):
+        raise InputError("nsd_tolerance", f"expected one distance >= 0 or one per foreground class ({n}), "
+                                          f"got {tolerance}")
+    return values
+
+
 def case_metrics(
     pred: np.ndarray,
     ref: np.ndarray,
     num_classes: int,
     spacing: Sequence[float] | None,
     class_names: Sequence[str] | None = None,
-    nsd_tolerance: float | None = None,
+    nsd_tolerance: float | Sequence[float] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Per-class metrics of one case from integer label maps.
 
@@ -187,7 +200,9 @@ def case_metrics(
         nsd_tolerance: when given, also the normalised surface Dice (``"nsd"``, Nikolov et al.
             2021; MONAI's ``compute_surface_dice``): the share of both masks' surface voxels that
             lie within this distance of the other mask's surface, in the units of ``spacing``
-            (voxels when it is None). 1 when both masks are empty, 0 when one is.
+            (voxels when it is None): one distance for every class, or one per foreground class
+            (K-1, in class order; the Decathlon's per-class tolerances). 1 when both masks are
+            empty, 0 when one is.
 
     Returns:
         ``{name: {"dice", "jaccard", "hd95", "asd", "hd95_mm", "asd_mm"[, "nsd"]}}`` for each
@@ -218,10 +233,9 @@ def case_metrics(
     spacings = [None] if sp is None else [None, sp]
 
     out: dict[str, dict[str, float]] = {}
-    if nsd_tolerance is not None and not (np.isfinite(nsd_tolerance) and nsd_tolerance >= 0):
-        raise InputError("nsd_tolerance", f"must be a distance >= 0, got {nsd_tolerance}")
+    tolerances = _tolerances(nsd_tolerance, len(names))
     for c, name in enumerate(names, start=1):
-        dice, jaccard, dists = _overlap_and_distances(pred == c, ref == c, spacings, nsd_tolerance)
+        dice, jaccard, dists = _overlap_and_distances(pred == c, ref == c, spacings, tolerances[c - 1])
         (hd95, asd, _), (hd95_mm, asd_mm, nsd) = dists[0], dists[-1]
         out[name] = {
             "dice": dice,
