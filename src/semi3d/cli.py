@@ -37,6 +37,8 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 
 ENSEMBLE_HELP = ("another run folder, model file or bundle: the class probabilities of all the models are "
                  "averaged (repeat for more; --which picks a run folder's model)")
+
+
 def _one_or_list(values: list[float]) -> float | list[float] | None:
     """A repeatable option's values: None when not given, the value when given once."""
     return None if not values else values[0] if len(values) == 1 else values
