@@ -18,6 +18,7 @@ from semi3d.engine import precision as P
 from semi3d.engine.interrupt import Interrupted
 from semi3d.engine.runlog import TIMING_KEYS
 from semi3d.engine.trainer import Trainer
+from semi3d.errors import InputError
 from test_interrupt import _SignalledTrainer
 from tiny_configs import mn_tree
 
@@ -38,6 +39,12 @@ def _worker(rank: int, port: int, jobs: list, out: str, rank_seeds: bool) -> Non
     try:
         for key, tree, stop in jobs:
             cfg = load_config(tree=tree)
+            if stop == "refuse":  # resumed with a key that may not change: every rank refuses, none waits
+                Trainer(cfg).fit(stop_at=2)
+                with pytest.raises(InputError, match="cannot change seed"):
+                    Trainer(load_config(tree=tree, overrides=["seed=7"]), resume=True)
+                torch.save({"refused": rank}, Path(out) / f"{key}_rank{rank}.pt")
+                continue
             if stop == "sigterm":  # SIGTERM reaches rank 1 only, in step 2: both ranks stop after it
                 tr = (_SignalledTrainer if rank == 1 else Trainer)(cfg)
                 tr.signum = signal.SIGTERM
@@ -101,8 +108,9 @@ def test_two_ranks_stay_identical_and_resume_exactly(sup_tree, synth_root, tmp_p
     jobs = [("full", {**sup_tree, "name": "full", "output_dir": str(runs)}, None),
             ("part", {**sup_tree, "name": "part", "output_dir": str(runs)}, 4),
             ("signal", {**sup_tree, "name": "signal", "output_dir": str(runs)}, "sigterm"),
-            ("mn", mn, None)]
+            ("mn", mn, None), ("refuse", {**sup_tree, "name": "refuse", "output_dir": str(runs)}, "refuse")]
     res = _spawn(jobs, tmp_path, rank_seeds=True)
+    assert [res[("refuse", r)]["refused"] for r in range(WORLD)] == [0, 1]  # (rank 1 used to wait for rank 0)
     for key in ("full", "part", "signal", "mn"):
         assert res[(key, 0)]["world"] == WORLD
         assert _same(res[(key, 0)]["state"], res[(key, 1)]["state"]), f"{key}: ranks diverged"

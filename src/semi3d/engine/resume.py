@@ -48,10 +48,10 @@ def _allowed(key: str) -> bool:
     return any(key == p or (p.endswith(".") and key.startswith(p)) for p in ALLOWED)
 
 
-def check_resume_config(run: RunDir, cfg: RunConfig, step: int) -> dict[str, tuple[Any, Any]]:
+def check_resume_config(run: RunDir, cfg: RunConfig, step: int, record: bool = True) -> dict[str, tuple[Any, Any]]:
     """Compare ``cfg`` with the run's ``config.yaml``; refuse a change outside :data:`ALLOWED`,
-    otherwise record the allowed changes (``config.yaml`` rewritten, ``resume_changes.jsonl``
-    appended) and return them."""
+    otherwise record the allowed changes when ``record`` (``config.yaml`` rewritten,
+    ``resume_changes.jsonl`` appended; one process of several does it) and return them."""
     path = run.config
     try:
         old = yaml.safe_load(path.read_text())
@@ -68,7 +68,7 @@ def check_resume_config(run: RunDir, cfg: RunConfig, step: int) -> dict[str, tup
         more = f" and {len(refused) - 4} more" if len(refused) > 4 else ""
         raise InputError(path, f"cannot change {shown}{more}: the run's checkpoints belong to its saved "
                                "config; train a new run (another name) instead")
-    if changes:
+    if changes and record:
         write_text(path, dump_config(cfg))
         with open(run / "resume_changes.jsonl", "a") as f:
             f.write(json.dumps({"step": step, "changes": {k: list(v) for k, v in changes.items()}}) + "\n")

@@ -175,9 +175,8 @@ class Trainer:
         self.saved_step: int | None = None
         self.log = RunLog(self.run, enabled=self.main, tensorboard=resolve_tensorboard(t.tensorboard))
         if resume:
-            state = ckpt.load(self.run.last)
-            if self.main:
-                check_resume_config(self.run, cfg, state["step"])
+            state = ckpt.load(self.run.last)  # every rank checks (each refuses, none waits); rank 0 records
+            check_resume_config(self.run, cfg, state["step"], record=self.main)
             self._load(state)
 
     # batches -------------------------------------------------------------------------------
