@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["reorientation", "codes_transform", "apply_ornt", "invert_ornt", "mixed_orientations"]
+__all__ = ["reorientation", "codes_transform", "source_axes", "apply_ornt", "invert_ornt", "mixed_orientations"]
 
 
 def reorientation(affine: np.ndarray, axcodes: str) -> np.ndarray | None:
@@ -24,12 +24,17 @@ def reorientation(affine: np.ndarray, axcodes: str) -> np.ndarray | None:
     return None if np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]) else ornt
 
 
+def source_axes(ornt: np.ndarray) -> list[int]:
+    """Per output axis j, the input axis that ``ornt`` moves there: reorders shapes and spacings."""
+    return [int(i) for i in np.argsort(ornt[:, 0])]
+
+
 def apply_ornt(x, ornt: np.ndarray):
     """Apply a :func:`reorientation` to the last three (spatial) axes of a numpy array or tensor
     (..., X, Y, Z): flip, then permute, as ``nibabel.apply_orientation`` does."""
     lead = x.ndim - 3
     flips = tuple(lead + i for i in range(3) if ornt[i, 1] < 0)
-    perm = (*range(lead), *(lead + int(i) for i in np.argsort(ornt[:, 0])))
+    perm = (*range(lead), *(lead + i for i in source_axes(ornt)))
     if isinstance(x, torch.Tensor):
         return (x.flip(flips) if flips else x).permute(perm).contiguous()
     return np.ascontiguousarray(np.flip(x, flips).transpose(perm))

@@ -21,7 +21,7 @@ from ..atomic import atomic_file
 from ..config import axis_codes
 from ..errors import InputError
 from .case import Case
-from .orientation import apply_ornt, invert_ornt, reorientation
+from .orientation import apply_ornt, invert_ornt, reorientation, source_axes
 
 __all__ = ["Preprocessor", "resample_probabilities", "resample_affine", "PreprocessedCache"]
 
@@ -263,13 +263,12 @@ class Preprocessor:
         ornt = None if self.orientation is None else reorientation(case.affine, self.orientation)
         if ornt is None:
             return case
-        shape = np.asarray(case.image.shape[1:])
-        perm = np.argsort(ornt[:, 0])
         from nibabel.orientations import inv_ornt_aff
 
+        shape = np.asarray(case.image.shape[1:])
         return Case(case.id, apply_ornt(np.asarray(case.image), ornt),
                     None if case.label is None else apply_ornt(np.asarray(case.label), ornt),
-                    tuple(float(case.spacing[i]) for i in perm),  # type: ignore[arg-type]
+                    tuple(float(case.spacing[i]) for i in source_axes(ornt)),  # type: ignore[arg-type]
                     np.asarray(case.affine, dtype=float) @ inv_ornt_aff(ornt, shape), case.domain, case.source)
 
     def restore(self, probs: torch.Tensor, shape: Sequence[int], affine: np.ndarray) -> torch.Tensor:
@@ -278,7 +277,7 @@ class Preprocessor:
         (:func:`resample_probabilities`), then the inverse of :meth:`orient`."""
         ornt = None if self.orientation is None else reorientation(affine, self.orientation)
         if ornt is not None:
-            shape = tuple(int(shape[i]) for i in np.argsort(ornt[:, 0]))
+            shape = tuple(int(shape[i]) for i in source_axes(ornt))
         if tuple(probs.shape[1:]) != tuple(int(s) for s in shape):
             probs = resample_probabilities(probs, shape)
         return probs if ornt is None else apply_ornt(probs, invert_ornt(ornt))

@@ -108,12 +108,11 @@ def _overlap_and_distances(
     ``tolerance``); masks are boolean."""
     n_pred = int(np.count_nonzero(pred))
     n_ref = int(np.count_nonzero(ref))
-    no = None if tolerance is None else 0.0
     if n_pred == 0 and n_ref == 0:
         return 1.0, 1.0, [(0.0, 0.0, None if tolerance is None else 1.0) for _ in spacings]
     if n_pred == 0 or n_ref == 0:
-        worst = [(*(_worst_distance(pred.shape, s),) * 2, no) for s in spacings]
-        return 0.0, 0.0, worst
+        worst = [_worst_distance(pred.shape, s) for s in spacings]
+        return 0.0, 0.0, [(w, w, None if tolerance is None else 0.0) for w in worst]
     inter = int(np.count_nonzero(pred & ref))
     dice = 2.0 * inter / float(n_pred + n_ref)
     jaccard = float(inter) / float(n_pred + n_ref - inter)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 from nibabel.orientations import aff2axcodes
 
-from ..data.orientation import codes_transform
+from ..data.orientation import codes_transform, source_axes
 from ..data.postprocess import largest_component_shares
 from ..data.readers import Reader
 from ..losses import IGNORE_INDEX
@@ -67,7 +67,7 @@ class Fingerprint:
         (what ``data.preprocess.orientation: codes`` trains on)."""
         spacings, shapes = [], []
         for case, sp, sh in zip(self.axcodes, self.spacings, self.shapes):
-            perm = np.argsort(codes_transform(case, codes)[:, 0])  # output axis j is input axis perm[j]
+            perm = source_axes(codes_transform(case, codes))
             spacings.append(tuple(sp[i] for i in perm))
             shapes.append(tuple(sh[i] for i in perm))
         return replace(self, spacings=spacings, shapes=shapes, axcodes=[codes] * len(self.axcodes))
