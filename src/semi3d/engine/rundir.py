@@ -37,7 +37,7 @@ class _At:
 
 
 class RunDir:
-    """Paths and readers of one run folder; ``RunDir(path)`` touches nothing on disk."""
+    """Paths and readers of one run folder; ``RunDir(path)`` touches nothing on disk (``prepare`` does)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -65,6 +65,22 @@ class RunDir:
 
     def eval_dir(self, split: str) -> Path:
         return self.path / f"eval_{split}"
+
+    # ------------------------------------------------------------------ training
+    def prepare(self, resume: bool) -> None:
+        """Create the folder for a new training run, or check it holds a checkpoint to resume;
+        a finished or started run is never overwritten silently."""
+        if resume and not self.last.is_file():
+            raise InputError(self.last, "nothing to resume: no checkpoint in this run folder")
+        if not resume and self.last.is_file():
+            raise InputError(self.path, "run folder already holds a checkpoint; pass --resume or choose another name")
+        try:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write_test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise InputError(self.path, f"cannot write the run folder: {e.strerror}") from None
 
     # ------------------------------------------------------------------ readers
     def require(self) -> RunDir:

@@ -1,10 +1,39 @@
-"""Learning-rate schedules as pure functions of the iteration (nothing to checkpoint)."""
+"""Optimisers per model group, and learning-rate schedules as pure functions of the iteration
+(nothing to checkpoint)."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from ..config import ScheduleConfig
+import torch
+
+from ..config import ScheduleConfig, TrainConfig
+from ..errors import InputError
+
+
+def make_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
+    """One optimiser from an ``OptimConfig`` dump (name, lr, weight_decay, momentum, nesterov)."""
+    name, lr, wd = cfg["name"], cfg["lr"], cfg["weight_decay"]
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    return torch.optim.SGD(params, lr=lr, momentum=cfg["momentum"], weight_decay=wd, nesterov=cfg["nesterov"])
+
+
+def make_optimizers(groups: dict[str, torch.nn.Module], t: TrainConfig
+                    ) -> tuple[dict[str, torch.optim.Optimizer], dict[str, float]]:
+    """One optimiser per model group over its trainable parameters: ``train.optimizer`` with the
+    group's ``train.group_optimizers`` entries on top; returns (optimisers, base lr) by group."""
+    unknown = set(t.group_optimizers) - set(groups)
+    if unknown:
+        raise InputError("train.group_optimizers", f"unknown group {sorted(unknown)[0]!r}; groups: {', '.join(groups)}")
+    optimizers, base_lr = {}, {}
+    for g, net in groups.items():
+        ocfg = {**t.optimizer.model_dump(), **t.group_optimizers.get(g, {})}
+        optimizers[g] = make_optimizer([p for p in net.parameters() if p.requires_grad], ocfg)
+        base_lr[g] = ocfg["lr"]
+    return optimizers, base_lr
 
 
 @dataclass

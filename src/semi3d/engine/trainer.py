@@ -33,36 +33,11 @@ from . import distributed as D
 from .interrupt import Interrupted, StopRequest
 from .resume import check_resume_config
 from .precision import autocast, channels_last_3d, fp32_small_convs, pick_device, resolve_precision, use_channels_last
-from .schedules import LRSchedule
+from .schedules import LRSchedule, make_optimizers
 from .sliding_window import predict_probs
 from .services import TrainerServices
 from .rundir import RunDir
 from .runlog import Pace, RunLog, console, overlay, progress_line, resolve_tensorboard
-
-
-def make_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
-    name, lr, wd = cfg["name"], cfg["lr"], cfg["weight_decay"]
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
-    return torch.optim.SGD(params, lr=lr, momentum=cfg["momentum"], weight_decay=wd, nesterov=cfg["nesterov"])
-
-
-def prepare_run_dir(run: RunDir, resume: bool) -> None:
-    """Create the run folder (or check it for resume); refuse to overwrite a finished run silently."""
-    last = run.last
-    if resume and not last.is_file():
-        raise InputError(last, "nothing to resume: no checkpoint in this run folder")
-    if not resume and last.is_file():
-        raise InputError(run.path, "run folder already holds a checkpoint; pass --resume or choose another name")
-    try:
-        run.checkpoints.mkdir(parents=True, exist_ok=True)
-        probe = run / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise InputError(run.path, f"cannot write the run folder: {e.strerror}") from None
 
 
 class Trainer:
@@ -103,7 +78,7 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.local_rank)
         self.precision = resolve_precision(cfg.precision, self.device)
         if self.main:
-            prepare_run_dir(self.run, resume)
+            self.run.prepare(resume)
         D.barrier()  # ranks > 0 read what rank 0 checked / created (a shared file system across nodes)
 
         splits = self.run.load_splits() if resume else None
@@ -138,14 +113,7 @@ class Trainer:
             D.broadcast_parameters(self.method)  # identical start on every rank
             if D.rank_seed(cfg.seed, self.dist.rank) != cfg.seed:
                 torch.manual_seed(D.rank_seed(cfg.seed, self.dist.rank))  # per-rank noise / dropout
-        self.optimizers, self.base_lr = {}, {}
-        for g, net in self.method.groups.items():
-            ocfg = {**t.optimizer.model_dump(), **t.group_optimizers.get(g, {})}
-            self.optimizers[g] = make_optimizer([p for p in net.parameters() if p.requires_grad], ocfg)
-            self.base_lr[g] = ocfg["lr"]
-        unknown = set(t.group_optimizers) - set(self.optimizers)
-        if unknown:
-            raise InputError("train.group_optimizers", f"unknown group {sorted(unknown)[0]!r}; groups: {', '.join(self.optimizers)}")
+        self.optimizers, self.base_lr = make_optimizers(self.method.groups, t)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
 
         self.gen = torch.Generator().manual_seed(D.rank_seed(cfg.seed, self.dist.rank))
