@@ -83,7 +83,7 @@ def test_without_an_orientation_the_files_voxel_order_is_kept(synth_root, tiny_t
     _store_as(root / "labelsTr" / "syn_000.nii.gz", "LPS")
     tiny_tree["data"]["root"] = str(root)
     mixed, out = _train(tiny_tree, tmp_path, "mixed")
-    assert "warning: the cases are stored in 2 orientations (RAS 6, LPS 1)" in out
+    assert "warning: the cases are stored in 2 orientations (RAS 6, LPS 1 cases)" in out
     assert "set data.preprocess.orientation: RAS" in out
     tiny_tree["data"]["root"] = str(synth_root)
     plain, _ = _train(tiny_tree, tmp_path, "plain")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["reorientation", "codes_transform", "source_axes", "apply_ornt", "invert_ornt", "mixed_orientations"]
+__all__ = ["reorientation", "codes_transform", "source_axes", "apply_ornt", "invert_ornt", "stored_in",
+           "mixed_orientations"]
 
 
 def reorientation(affine: np.ndarray, axcodes: str) -> np.ndarray | None:
@@ -55,10 +56,17 @@ def codes_transform(codes: str, target: str) -> np.ndarray:
     return ornt_transform(axcodes2ornt(tuple(codes)), axcodes2ornt(tuple(target)))
 
 
+def stored_in(counts: dict[str, int]) -> str:
+    """``"the cases are stored in 2 orientations (RAS 60, LPS 4 cases)"``, most common first
+    (``counts``: cases by axis codes)."""
+    seen = ", ".join(f"{code} {n}" for code, n in sorted(counts.items(), key=lambda x: -x[1]))
+    return f"the cases are stored in {len(counts)} orientations ({seen} cases)"
+
+
 def mixed_orientations(cases) -> str | None:
     """A warning when ``cases`` (:class:`~semi3d.data.case.Case`, any grid) point their voxel axes in
-    more than one orientation, e.g. ``"the cases are stored in 2 orientations (RAS 60, LPS 4) ..."``;
-    None when they agree (as they all do after ``data.preprocess.orientation``)."""
+    more than one orientation (:func:`stored_in`, then what to set); None when they agree (as they
+    all do after ``data.preprocess.orientation``)."""
     from collections import Counter
 
     from nibabel.orientations import aff2axcodes
@@ -66,6 +74,5 @@ def mixed_orientations(cases) -> str | None:
     counts = Counter("".join(aff2axcodes(c.affine)) for c in cases)
     if len(counts) <= 1:
         return None
-    seen = ", ".join(f"{code} {n}" for code, n in counts.most_common())
-    return (f"the cases are stored in {len(counts)} orientations ({seen}), so the network sees the anatomy in "
-            "different orientations; set data.preprocess.orientation: RAS to reorient them")
+    return (f"{stored_in(counts)}, so the network sees the anatomy in different orientations; set "
+            "data.preprocess.orientation: RAS to reorient them")

@@ -49,6 +49,7 @@ import numpy as np
 from ..data.formats import build_reader
 from ..data.msd import is_msd_json
 from ..data.nnunet import read_meta
+from ..data.orientation import stored_in
 from ..errors import InputError
 from .fingerprint import Fingerprint, fingerprint
 
@@ -220,8 +221,7 @@ def _why_orientation(counts: dict[str, int]) -> str:
     """The plan's note on the cases' voxel-axis orientations (:attr:`Fingerprint.orientations`)."""
     if len(counts) <= 1:
         return f"every case's voxel axes point {next(iter(counts), 'RAS')} (the files' voxel order is kept)"
-    seen = ", ".join(f"{c} {n}" for c, n in sorted(counts.items(), key=lambda x: -x[1]))
-    return (f"the cases are stored in {len(counts)} orientations ({seen} cases): every case is reoriented to "
+    return (f"{stored_in(counts)}: every case is reoriented to "
             "RAS (the spacing, patch and slicing axis are planned on RAS axes) and predictions are written "
             "back in each file's voxel order")
 
