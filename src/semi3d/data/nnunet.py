@@ -178,7 +178,9 @@ class NnUNetRawReader(Reader):
     def _known_ids(self) -> list[str]:
         return [*self._train, *self._unlabelled, *self._test]
 
-    def _entry(self, case_id: str) -> Entry:
+    def entry(self, case_id: str) -> Entry:
+        """The case's files: ``({channel index: image file}, label file or None)``; KeyError for
+        an unknown id."""
         for d in (self._train, self._unlabelled, self._test):
             if case_id in d:
                 return d[case_id]
@@ -186,10 +188,10 @@ class NnUNetRawReader(Reader):
 
     def has_label(self, case_id: str) -> bool:
         self._require(case_id)
-        return self._entry(case_id)[1] is not None
+        return self.entry(case_id)[1] is not None
 
     def _volumes(self, case_id: str) -> tuple[list[Volume], Volume | None]:
-        chans, label = self._entry(case_id)
+        chans, label = self.entry(case_id)
         n = len(self.channel_names)
         missing = [i for i in range(n) if i not in chans]
         extra = sorted(set(chans) - set(range(n)))

@@ -228,7 +228,9 @@ class UAMTH5Reader(Reader):
         self._ids = self._read_list(list_file) if list_file is not None else self._scan()
         self._labelled: dict[str, bool] = {}
 
-    def _file(self, case_id: str) -> Path | None:
+    def case_file(self, case_id: str) -> Path | None:
+        """The case's h5 file (``<root>/2018LA_Seg_Training Set/<id>/<filename>`` or
+        ``<root>/<id>/<filename>``), None when there is none."""
         for base in (self.root / self.SUBDIR, self.root):
             path = base / case_id / self.filename
             if path.is_file():
@@ -252,7 +254,7 @@ class UAMTH5Reader(Reader):
             raise InputError(path, f"cannot read: {_short(e)}") from None
         ids = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
         for cid in ids:
-            if self._file(cid) is None:
+            if self.case_file(cid) is None:
                 raise InputError(path, f"lists case {cid!r} but {self.root} has no {cid}/{self.filename}")
         return list(dict.fromkeys(ids))
 
@@ -262,11 +264,11 @@ class UAMTH5Reader(Reader):
     def has_label(self, case_id: str) -> bool:
         if case_id not in self._labelled:
             self._require(case_id)
-            self._labelled[case_id] = self.label_key in h5_keys(self._file(case_id))  # type: ignore[arg-type]
+            self._labelled[case_id] = self.label_key in h5_keys(self.case_file(case_id))  # type: ignore[arg-type]
         return self._labelled[case_id]
 
     def _volumes(self, case_id: str) -> tuple[list[Volume], Volume | None]:
-        path = self._file(case_id)
+        path = self.case_file(case_id)
         if path is None:
             raise InputError(self.root / case_id / self.filename, "no such file")
         image = read_volume(path, self.image_key)

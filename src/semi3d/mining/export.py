@@ -58,7 +58,7 @@ from ..atomic import atomic_file
 from ..data.case import Case
 from ..data.preprocess import _safe_name, resample_probabilities
 from ..data.nnunet import NnUNetRawReader
-from ..data.volumes import _atomic, _storage, _write_h5_datasets, read_volume, write_volume
+from ..data.volumes import read_volume, write_h5, write_volume
 from ..data.readers import Reader, UAMTH5Reader
 from ..errors import InputError
 from ..losses import class_argmax
@@ -153,25 +153,24 @@ def _copy(src: Path, dst: Path) -> None:
 
 
 def _write_uamt_case(tmp: Path, reader: UAMTH5Reader, cid: str, stacked: np.ndarray | None,
-                     num_classes: int) -> np.ndarray | None:
-    """Copy a real case's file, or write image (as stored) + pseudo-label; returns the label written."""
-    src = reader._file(cid)
+                     num_classes: int) -> None:
+    """Copy a real case's file, or write image (as stored) + pseudo-label."""
+    src = reader.case_file(cid)
     if src is None:
         raise InputError(reader.root / cid / reader.filename, "no such file")
     dst = tmp / UAMTH5Reader.SUBDIR / cid / reader.filename
     if stacked is None:
         _copy(src, dst)
-        return None
-    image = read_volume(src, reader.image_key).array  # the stored array and dtype, unchanged
-    lab = _storage(label_to_original_grid(stacked, image.shape, num_classes), dst)
-    _atomic(dst, lambda t: _write_h5_datasets(t, {reader.image_key: image, reader.label_key: lab}, None))
-    return lab
+        return
+    image = read_volume(src, reader.image_key).array  # the stored values (float64 kept as float32)
+    lab = label_to_original_grid(stacked, image.shape, num_classes)
+    write_h5(dst, {reader.image_key: image, reader.label_key: lab})
 
 
 def _write_nnunet_case(tmp: Path, reader: NnUNetRawReader, cid: str, stacked: np.ndarray | None,
-                       num_classes: int) -> np.ndarray | None:
+                       num_classes: int) -> None:
     """Copy a case's channel files (and its real label file, or write the pseudo-label on the image grid)."""
-    chans, label_path = reader._entry(cid)
+    chans, label_path = reader.entry(cid)
     for i in range(len(reader.channel_names)):
         if i not in chans:
             raise InputError(reader.root / "imagesTr", f"case {cid!r} lacks channel {i}")
@@ -181,11 +180,10 @@ def _write_nnunet_case(tmp: Path, reader: NnUNetRawReader, cid: str, stacked: np
         if label_path is None:
             raise InputError(reader.root / "labelsTr", f"case {cid!r} has no label file")
         _copy(label_path, dst)
-        return None
+        return
     ref = read_volume(chans[0])
     lab = label_to_original_grid(stacked, ref.array.shape, num_classes)
     write_volume(dst, lab, affine=ref.affine)
-    return lab
 
 
 def _write_list(path: Path, ids: Sequence[str]) -> None:
@@ -238,6 +236,7 @@ def write_pseudo_dataset(out_dir: str | Path, reader: Reader, splits: Mapping[st
         fractions[cid] = f
         (pseudo if f >= min_kept_fraction else rejected).append(cid)
 
+    write_case = _write_uamt_case if isinstance(reader, UAMTH5Reader) else _write_nnunet_case
     tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
     try:
         if tmp.exists():
@@ -246,16 +245,10 @@ def write_pseudo_dataset(out_dir: str | Path, reader: Reader, splits: Mapping[st
         for cid in real + dev:
             if not reader.has_label(cid):
                 raise InputError(reader.root, f"case {cid!r} of the labelled / validation split has no label")
-            if isinstance(reader, UAMTH5Reader):
-                _write_uamt_case(tmp, reader, cid, None, num_classes)
-            else:
-                _write_nnunet_case(tmp, reader, cid, None, num_classes)
+            write_case(tmp, reader, cid, None, num_classes)
         for cid in pseudo:
-            stacked = stack_case_label(cases[cid].image.shape[1:], labels.get(cid, {}), axis)
-            if isinstance(reader, UAMTH5Reader):
-                _write_uamt_case(tmp, reader, cid, stacked, num_classes)
-            else:
-                _write_nnunet_case(tmp, reader, cid, stacked, num_classes)
+            write_case(tmp, reader, cid, stack_case_label(cases[cid].image.shape[1:], labels.get(cid, {}), axis),
+                       num_classes)
         all_ids = real + pseudo + dev
         if fmt == "nnunet":
             meta = json.loads((src_root / "dataset.json").read_text())
