@@ -13,7 +13,8 @@ from torch import nn
 
 from ..errors import InputError
 from ..registry import NETS3D
-from .nets3d import _check_io as check_io, _check_options as check_options, main_output
+from .checks import check_io, check_options
+from .nets3d import main_output
 
 __all__ = ["Ensemble"]
 class Ensemble(nn.Module):
@@ -41,8 +42,8 @@ class Ensemble(nn.Module):
 def ensemble(in_channels: int, num_classes: int, **options: Any) -> nn.Module:
     """:class:`Ensemble` of registered 3D networks. Option ``members`` (required): a list of two or
     more ``{name, options}`` specs (as ``model.net3d``), each built with the same channels and classes."""
-    check_io("ensemble", in_channels, num_classes)
-    check_options("ensemble", options, ("members",))
+    check_io("model ensemble", in_channels, num_classes)
+    check_options("model ensemble", options, ("members",))
     specs = options.get("members")
     if (not isinstance(specs, list) or len(specs) < 2
             or any(not isinstance(m, dict) or not isinstance(m.get("name"), str) or set(m) - {"name", "options"}

@@ -10,14 +10,15 @@ from typing import Any
 from torch import nn
 
 from ..registry import NETS3D
-from .nets3d import _check_io, _check_options, _divisor_of, _triple, _with_divisor
+from .checks import check_io, check_options
+from .nets3d import _divisor_of, _triple, _with_divisor
 
 
 def _monai_options(
     name: str, cls: type, options: dict[str, Any], fixed: Iterable[str], extra: Iterable[str] = ()
 ) -> None:
     valid = set(inspect.signature(cls.__init__).parameters) - {"self", *fixed}
-    _check_options(name, options, valid | set(extra))
+    check_options(f"model {name}", options, valid | set(extra))
 
 
 @NETS3D.register("monai_unet")
@@ -30,7 +31,7 @@ def monai_unet(in_channels: int, num_classes: int, **options: Any) -> nn.Module:
     """
     from monai.networks.nets import UNet
 
-    _check_io("monai_unet", in_channels, num_classes)
+    check_io("model monai_unet", in_channels, num_classes)
     _monai_options("monai_unet", UNet, options, ("spatial_dims", "in_channels", "out_channels"))
     kw: dict[str, Any] = {"channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2), "num_res_units": 2, **options}
     divisor = _divisor_of(kw["strides"], "model monai_unet strides")
@@ -50,7 +51,7 @@ def swinunetr(in_channels: int, num_classes: int, **options: Any) -> nn.Module:
     """
     from monai.networks.nets import SwinUNETR
 
-    _check_io("swinunetr", in_channels, num_classes)
+    check_io("model swinunetr", in_channels, num_classes)
     _monai_options("swinunetr", SwinUNETR, options, ("spatial_dims", "in_channels", "out_channels"), ("img_size",))
     if importlib.util.find_spec("einops") is None:
         raise ImportError("model swinunetr needs the 'einops' package (pip install einops)")
@@ -76,7 +77,7 @@ def dynunet(in_channels: int, num_classes: int, **options: Any) -> nn.Module:
     """
     from monai.networks.nets import DynUNet
 
-    _check_io("dynunet", in_channels, num_classes)
+    check_io("model dynunet", in_channels, num_classes)
     _monai_options("dynunet", DynUNet, options, ("spatial_dims", "in_channels", "out_channels"))
     kw: dict[str, Any] = dict(options)
     kw.setdefault("strides", [1, 2, 2, 2, 2])

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..registry import NETS3D
+from .checks import check_io, check_options
 
 __all__ = ["UNet3D", "check_patch", "count_parameters", "list_nets3d"]
 
@@ -116,26 +117,13 @@ def _with_divisor(net: nn.Module, divisor: Triple) -> nn.Module:
     return net
 
 
-def _check_options(name: str, options: dict[str, Any], valid: Iterable[str]) -> None:
-    valid = sorted(set(valid))
-    for key in options:
-        if key not in valid:
-            raise InputError(f"model {name}", f"unknown option {key!r}; valid: {', '.join(valid)}")
-
-
-def _check_io(name: str, in_channels: Any, num_classes: Any) -> None:
-    for key, v in (("in_channels", in_channels), ("num_classes", num_classes)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise InputError(f"model {name}", f"{key} must be a positive int, got {v!r}")
-
-
 def _register_class(name: str, cls: type[nn.Module]) -> Callable[..., nn.Module]:
     """Register a builder for ``cls`` that rejects options ``cls.__init__`` does not accept."""
     valid = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "in_channels", "num_classes")]
 
     def build(in_channels: int, num_classes: int, **options: Any) -> nn.Module:
-        _check_io(name, in_channels, num_classes)
-        _check_options(name, options, valid)
+        check_io(f"model {name}", in_channels, num_classes)
+        check_options(f"model {name}", options, valid)
         return cls(in_channels, num_classes, **options)
 
     build.__name__ = build.__qualname__ = name
@@ -293,8 +281,8 @@ def slicewise2d(in_channels: int, num_classes: int, **options: Any) -> nn.Module
     from .slicing import SliceWise2D, spatial_axes
 
     where = "model slicewise2d"
-    _check_io("slicewise2d", in_channels, num_classes)
-    _check_options("slicewise2d", options, ("net2d", "axes"))
+    check_io("model slicewise2d", in_channels, num_classes)
+    check_options("model slicewise2d", options, ("net2d", "axes"))
     spec = options.get("net2d")
     if (not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or set(spec) - {"name", "options"}
             or not isinstance(spec.get("options", {}), dict)):

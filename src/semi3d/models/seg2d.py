@@ -43,6 +43,7 @@ from ..errors import InputError
 from ..registry import NETS2D
 from .backbones2d import EfficientNetLite0Encoder, MobileNetV2Encoder, load_pretrained, package_weights_path
 from .backbones2d import efficientnet_lite, mobilenet_v2
+from .checks import check_input_2d, check_io, choice, pad_to, positive_int, with_defaults
 
 __all__ = ["InputAdapter", "InputNorm", "UNet2D", "UNetDecoder2D", "list_nets2d", "trainable_summary"]
 
@@ -63,40 +64,6 @@ def trainable_summary(model: nn.Module) -> dict[str, float]:
     return {"trainable": trainable, "total": total, "fraction": trainable / max(total, 1)}
 
 
-def _options(net: str, given: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise InputError(net, f"unknown option(s) {', '.join(map(repr, unknown))}; valid: {', '.join(defaults)}")
-    return {**defaults, **given}
-
-
-def _choice(net: str, key: str, value: Any, allowed: Sequence[str]) -> str:
-    if value not in allowed:
-        raise InputError(net, f"{key}={value!r}: choose one of {', '.join(map(repr, allowed))}")
-    return value
-
-
-def _positive_int(net: str, key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(net, f"{key}={value!r}: expected a positive integer")
-    return value
-
-
-def _pad_to(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[slice, slice]]:
-    """Zero-pad the last two axes of ``x`` to multiples of ``multiple``; return the crop back."""
-    h, w = x.shape[-2:]
-    ph, pw = -h % multiple, -w % multiple
-    if not (ph or pw):
-        return x, (slice(None), slice(None))
-    x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
-    return x, (slice(ph // 2, ph // 2 + h), slice(pw // 2, pw // 2 + w))
-
-
-def _check_input(x: torch.Tensor, in_channels: int, name: str) -> None:
-    if x.ndim != 4 or x.shape[1] != in_channels:
-        raise ValueError(f"{name}: expected an input (N, {in_channels}, H, W), got shape {tuple(x.shape)}")
-
-
 # ------------------------------------------------------------------------------------ input stage
 class InputAdapter(nn.Module):
     """Map ``(N, C, H, W)`` to the ``(N, 3, H, W)`` RGB input of an ImageNet encoder.
@@ -109,7 +76,7 @@ class InputAdapter(nn.Module):
 
     def __init__(self, mode: str, in_channels: int, net: str = "input_adapter"):
         super().__init__()
-        _choice(net, "input_adapter", mode, ADAPTERS)
+        choice(net, "input_adapter", mode, ADAPTERS)
         self.mode, self.in_channels = mode, in_channels
         if mode == "repeat":
             if in_channels not in (1, 3):
@@ -141,7 +108,7 @@ class InputNorm(nn.Module):
 
     def __init__(self, mode: str, backbone_norm: Callable[[torch.Tensor], torch.Tensor], net: str = "input_norm"):
         super().__init__()
-        self.mode = _choice(net, "input_norm", mode, NORMS)
+        self.mode = choice(net, "input_norm", mode, NORMS)
         self.backbone_norm = backbone_norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -224,8 +191,8 @@ class UNet2D(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.in_channels, type(self).__name__)
-        x, crop = _pad_to(x, self.size_multiple)
+        check_input_2d(x, self.in_channels, type(self).__name__)
+        x, crop = pad_to(x, self.size_multiple)
         logits = self.decoder(self.encoder(self.norm(self.adapter(x))))
         return logits[..., crop[0], crop[1]]
 
@@ -236,14 +203,13 @@ _CNN_DEFAULTS = dict(pretrained=None, input_adapter="repeat", input_norm="none",
 
 def _build_unet(net: str, encoder_cls: type[nn.Module], backbone_norm: Callable, in_channels: int,
                 num_classes: int, options: dict[str, Any]) -> UNet2D:
-    o = _options(net, options, _CNN_DEFAULTS)
-    _positive_int(net, "in_channels", in_channels)
-    _positive_int(net, "num_classes", num_classes)
+    o = with_defaults(net, options, _CNN_DEFAULTS)
+    check_io(net, in_channels, num_classes)
     dec = o["decoder_channels"]
     if isinstance(dec, (str, bytes)) or not isinstance(dec, Sequence) or len(dec) != 5:
         raise InputError(net, f"decoder_channels={dec!r}: expected 5 positive integers (deep to shallow)")
     for c in dec:
-        _positive_int(net, "decoder_channels", c)
+        positive_int(net, "decoder_channels", c)
     adapter = InputAdapter(o["input_adapter"], in_channels, net)
     norm = InputNorm(o["input_norm"], backbone_norm, net)
     encoder = encoder_cls()

@@ -15,7 +15,8 @@ from torch import nn
 from ..errors import InputError
 from ..registry import NETS2D
 from .backbones2d import mobilenet_v2
-from .seg2d import InputAdapter, InputNorm, _check_input, _choice, _options, _pad_to, _positive_int
+from .checks import check_input_2d, check_io, choice, pad_to, positive_int, with_defaults
+from .seg2d import InputAdapter, InputNorm
 
 __all__ = ["SegFormer2D", "SEGFORMER_MODES"]
 
@@ -74,8 +75,8 @@ class SegFormer2D(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.in_channels, type(self).__name__)
-        x, crop = _pad_to(x, self.size_multiple)
+        check_input_2d(x, self.in_channels, type(self).__name__)
+        x, crop = pad_to(x, self.size_multiple)
         hidden = self.encoder(self.norm(self.adapter(x)), output_hidden_states=True).hidden_states
         fused = self.decode_head(hidden)  # (N, D, H/4, W/4): classifier replaced by Identity
         logits = self.head(torch.cat([fused, F.avg_pool2d(x, 4)], dim=1))
@@ -148,11 +149,10 @@ def segformer(in_channels: int, num_classes: int, **options: Any) -> SegFormer2D
     ImageNet mean/std).
     """
     net = "segformer"
-    o = _options(net, options, _SEGFORMER_DEFAULTS)
-    _positive_int(net, "in_channels", in_channels)
-    _positive_int(net, "num_classes", num_classes)
-    adaptation = _choice(net, "adaptation", o["adaptation"], SEGFORMER_MODES)
-    rank = _positive_int(net, "lora_rank", o["lora_rank"])
+    o = with_defaults(net, options, _SEGFORMER_DEFAULTS)
+    check_io(net, in_channels, num_classes)
+    adaptation = choice(net, "adaptation", o["adaptation"], SEGFORMER_MODES)
+    rank = positive_int(net, "lora_rank", o["lora_rank"])
     if not (0.0 <= float(o["lora_dropout"]) < 1.0) or float(o["lora_alpha"]) <= 0:
         raise InputError(net, f"lora_alpha={o['lora_alpha']!r} must be > 0 and lora_dropout="
                               f"{o['lora_dropout']!r} in [0, 1)")

@@ -30,6 +30,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..registry import NETS2D
+from .checks import check_input_2d, check_io, choice, pad_to, positive_int, with_defaults
 
 __all__ = ["UNetPlusPlus2D", "unetpp2d"]
 
@@ -102,14 +103,8 @@ class UNetPlusPlus2D(nn.Module):
     def forward_heads(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Logits of every head, each ``(N, K, H, W)``: ``L - 1`` maps with deep supervision (top
         nodes ``X[0][1]`` .. ``X[0][L-1]``, shallow to full depth), else one."""
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"UNetPlusPlus2D: expected an input (N, {self.in_channels}, H, W), got shape "
-                             f"{tuple(x.shape)}")
-        h, wd = x.shape[-2:]
-        m = self.size_multiple
-        ph, pw = -h % m, -wd % m
-        if ph or pw:
-            x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        check_input_2d(x, self.in_channels, "UNetPlusPlus2D")
+        x, crop = pad_to(x, self.size_multiple)
         grid: list[list[torch.Tensor]] = [[] for _ in range(self.levels)]
         for i in range(self.levels):
             inp = x if i == 0 else self.pool(grid[i - 1][0])
@@ -119,18 +114,11 @@ class UNetPlusPlus2D(nn.Module):
                 r = i - k
                 grid[r].append(self.nodes[r][k](torch.cat([*grid[r][:k], self._up(grid[r + 1][k - 1])], 1)))
         tops = grid[0][1:] if self.deep_supervision else grid[0][-1:]
-        crop = (..., slice(ph // 2, ph // 2 + h), slice(pw // 2, pw // 2 + wd))
-        return [head(t)[crop] for head, t in zip(self.heads, tops)]
+        return [head(t)[(..., *crop)] for head, t in zip(self.heads, tops)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         heads = self.forward_heads(x)
         return heads[0] if len(heads) == 1 else torch.stack(heads).mean(0)
-
-
-def _positive_int(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError("unetpp2d", f"{key}={value!r}: expected a positive integer")
-    return value
 
 
 @NETS2D.register("unetpp2d")
@@ -142,22 +130,15 @@ def unetpp2d(in_channels: int, num_classes: int, **options: Any) -> UNetPlusPlus
     (``"batch"`` | ``"instance"`` | ``"group"`` | ``"none"``), ``upsample`` (``"bilinear"`` |
     ``"nearest"``).
     """
-    unknown = sorted(set(options) - set(_DEFAULTS))
-    if unknown:
-        raise InputError("unetpp2d",
-                         f"unknown option(s) {', '.join(map(repr, unknown))}; valid: {', '.join(_DEFAULTS)}")
-    o = {**_DEFAULTS, **options}
-    _positive_int("in_channels", in_channels)
-    _positive_int("num_classes", num_classes)
+    o = with_defaults("unetpp2d", options, _DEFAULTS)
+    check_io("unetpp2d", in_channels, num_classes)
     widths = o["widths"]
     if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence) or len(widths) < 2:
         raise InputError("unetpp2d", f"widths={widths!r}: expected at least 2 positive integers (shallow to deep)")
     for c in widths:
-        _positive_int("widths", c)
-    if o["norm"] not in NORMS:
-        raise InputError("unetpp2d", f"norm={o['norm']!r}: choose one of {', '.join(map(repr, NORMS))}")
-    if o["upsample"] not in UPSAMPLE:
-        raise InputError("unetpp2d", f"upsample={o['upsample']!r}: choose one of {', '.join(map(repr, UPSAMPLE))}")
+        positive_int("unetpp2d", "widths", c)
+    choice("unetpp2d", "norm", o["norm"], NORMS)
+    choice("unetpp2d", "upsample", o["upsample"], UPSAMPLE)
     if not isinstance(o["deep_supervision"], bool):
         raise InputError("unetpp2d", f"deep_supervision={o['deep_supervision']!r}: expected true or false")
     return UNetPlusPlus2D(in_channels, num_classes, tuple(widths), o["deep_supervision"], o["norm"], o["upsample"])
