@@ -18,7 +18,7 @@ import numpy as np
 
 from ..atomic import atomic_file
 from ..errors import InputError
-from .volumes import Volume, _short, series_files
+from .volumes import Volume, short_error, series_files
 
 __all__ = ["SEG_SUFFIXES", "check_seg_source", "read_dicom_seg", "require_highdicom", "write_dicom_seg"]
 
@@ -42,7 +42,7 @@ def _sources(series: Path, pixels: bool) -> list:
     try:
         return [pydicom.dcmread(f, stop_before_pixels=not pixels) for f in files]
     except Exception as e:  # pydicom raises InvalidDicomError / OSError / ...
-        raise InputError(series, f"cannot read the DICOM files: {_short(e)}") from None
+        raise InputError(series, f"cannot read the DICOM files: {short_error(e)}") from None
 
 
 def check_seg_source(series: Path) -> None:
@@ -74,7 +74,7 @@ def read_dicom_seg(path: Path, series: Path) -> Volume:
     try:
         seg = hd.seg.segread(path)
     except Exception as e:  # pydicom / highdicom: not a file, not a SEG
-        raise InputError(path, f"cannot read as a DICOM SEG: {_short(e)}") from None
+        raise InputError(path, f"cannot read as a DICOM SEG: {short_error(e)}") from None
     uids = [str(d.SOPInstanceUID) for d in sources]
     referenced = {str(sop) for _, _, sop in seg.get_source_image_uids()}
     covered = [i for i, u in enumerate(uids) if u in referenced]
@@ -86,7 +86,7 @@ def read_dicom_seg(path: Path, series: Path) -> Volume:
         frames[covered] = seg.get_pixels_by_source_instance([uids[i] for i in covered], combine_segments=True,
                                                             assert_missing_frames_are_empty=True)
     except (ValueError, KeyError, RuntimeError) as e:  # e.g. overlapping segments
-        raise InputError(path, f"cannot read its segments as one label map: {_short(e)}") from None
+        raise InputError(path, f"cannot read its segments as one label map: {short_error(e)}") from None
     return Volume(np.ascontiguousarray(frames.transpose(2, 1, 0)), None, None, Path(path))
 
 
@@ -117,7 +117,7 @@ def write_dicom_seg(path: Path, label: np.ndarray, series: Path, class_names: Se
                                   manufacturer_model_name=algorithm, software_versions=version,
                                   device_serial_number="none", omit_empty_frames=False)
     except (ValueError, AttributeError, TypeError) as e:  # highdicom: what the source series lacks
-        raise InputError(series, f"cannot make a DICOM SEG of this series: {_short(e)}") from None
+        raise InputError(series, f"cannot make a DICOM SEG of this series: {short_error(e)}") from None
     with atomic_file(path, suffix=".dcm") as tmp:
         seg.save_as(tmp)
     return Path(path)

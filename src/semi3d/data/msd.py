@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .nnunet import read_meta
-from .readers import IndexedReader, PathLike, _existing_dir, under_root
+from .readers import IndexedReader, PathLike, existing_dir, under_root
 from .volumes import Volume, read_channels, read_volume, split_suffix
 
 __all__ = ["MSDReader", "is_msd_json"]
@@ -43,7 +43,7 @@ class MSDReader(IndexedReader):
     """
 
     def __init__(self, root: PathLike, domain: str = "default"):
-        self.root, self.domain = _existing_dir(root), domain
+        self.root, self.domain = existing_dir(root), domain
         where = self.root / "dataset.json"
         meta = read_meta(where, ("labels", "modality", "training"), "a Decathlon task folder")
         self.class_names = _numbered(meta, "labels", where)

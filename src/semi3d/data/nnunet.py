@@ -26,8 +26,8 @@ import warnings
 from pathlib import Path
 
 from ..errors import InputError
-from .volumes import Volume, _short, read_volume
-from .readers import PathLike, Reader, _existing_dir, under_root
+from .volumes import Volume, short_error, read_volume
+from .readers import PathLike, Reader, existing_dir, under_root
 
 __all__ = ["NnUNetRawReader", "UNLABELLED_DIR", "read_dataset_json"]
 
@@ -43,7 +43,7 @@ def read_meta(path: Path, keys: tuple[str, ...] = ("labels", "file_ending"),
     except FileNotFoundError:
         raise InputError(path, f"missing ({needed_by} needs dataset.json)") from None
     except (OSError, ValueError) as e:
-        raise InputError(path, f"cannot read: {_short(e)}") from None
+        raise InputError(path, f"cannot read: {short_error(e)}") from None
     if not isinstance(meta, dict):
         raise InputError(path, "expected a JSON object")
     for key in keys:
@@ -91,7 +91,7 @@ class NnUNetRawReader(Reader):
     """
 
     def __init__(self, root: PathLike, domain: str = "default", unlabelled: PathLike | None = None):
-        self.root = _existing_dir(root)
+        self.root = existing_dir(root)
         self.domain = domain
         self.meta_path = meta_path = self.root / "dataset.json"
         meta = read_meta(meta_path)

@@ -283,7 +283,9 @@ class Preprocessor:
         return probs if ornt is None else apply_ornt(probs, invert_ornt(ornt))
 
 
-def _safe_name(case_id: str) -> str:
+def safe_name(case_id: str) -> str:
+    """A file-name-safe form of ``case_id`` (other characters -> ``_`` plus a short hash, so two ids
+    never share a name)."""
     name = re.sub(r"[^\w.-]", "_", case_id)
     if name != case_id or name.startswith("."):
         name = f"{name}-{hashlib.sha1(case_id.encode()).hexdigest()[:8]}"
@@ -318,7 +320,7 @@ class PreprocessedCache:
 
     def path(self, case_id: str) -> Path | None:
         """On-disk location of a case (None for a memory-only cache)."""
-        return None if self.dir is None else self.dir / f"{_safe_name(case_id)}.npz"
+        return None if self.dir is None else self.dir / f"{safe_name(case_id)}.npz"
 
     def get(self, case_id: str) -> Case:
         """The preprocessed case ``case_id`` (computed on first use)."""

@@ -19,7 +19,7 @@ from ..errors import InputError
 from ..losses import IGNORE_INDEX
 from .case import Case
 from .dicom_seg import SEG_SUFFIXES, read_dicom_seg
-from .volumes import PathLike, Volume, _short, h5_keys, read_channels, read_volume, split_suffix
+from .volumes import PathLike, Volume, short_error, h5_keys, read_channels, read_volume, split_suffix
 
 AFFINE_TOL = 1e-3  # max absolute difference (mm) between the affines of an image and its label
 _MAX_LISTED = 10
@@ -136,7 +136,8 @@ def under_root(root: Path, path: PathLike) -> Path:
     return Path(path) if Path(path).is_absolute() else Path(root) / path
 
 
-def _existing_dir(path: PathLike) -> Path:
+def existing_dir(path: PathLike) -> Path:
+    """``path`` as a Path, after checking it is a folder."""
     path = Path(path)
     if not path.is_dir():
         raise InputError(path, "no such folder")
@@ -220,7 +221,7 @@ class UAMTH5Reader(Reader):
                  spacing: Sequence[float] = (0.625, 0.625, 0.625), image_key: str = "image",
                  label_key: str = "label", num_classes: int | None = 2, filename: str = "mri_norm2.h5",
                  domain: str = "default"):
-        self.root = _existing_dir(root)
+        self.root = existing_dir(root)
         self.spacing = tuple(float(s) for s in spacing)  # type: ignore[assignment]
         self.image_key, self.label_key, self.filename = image_key, label_key, filename
         self.num_classes, self.domain = num_classes, domain
@@ -251,7 +252,7 @@ class UAMTH5Reader(Reader):
         try:
             text = path.read_text()
         except (OSError, UnicodeDecodeError) as e:
-            raise InputError(path, f"cannot read: {_short(e)}") from None
+            raise InputError(path, f"cannot read: {short_error(e)}") from None
         ids = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
         for cid in ids:
             if self.case_file(cid) is None:
@@ -331,8 +332,8 @@ class FolderReader(IndexedReader):
     def __init__(self, images: PathLike, labels: PathLike | None = None, num_classes: int | None = None,
                  suffixes: Sequence[str] = (".nii.gz", ".nii", ".nrrd", ".mha", ".h5", ".npy"),
                  image_key: str | None = None, label_key: str | None = None, domain: str = "default"):
-        self.root = _existing_dir(images)
-        self.labels_dir = _existing_dir(labels) if labels is not None else None
+        self.root = existing_dir(images)
+        self.labels_dir = existing_dir(labels) if labels is not None else None
         self.num_classes, self.domain = num_classes, domain
         self.image_key, self.label_key = image_key, label_key
         self.suffixes = tuple(suffixes)

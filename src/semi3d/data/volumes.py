@@ -55,7 +55,7 @@ def split_suffix(path: PathLike, suffixes: Sequence[str] = SUFFIXES) -> tuple[st
     return name, None
 
 
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
     """A one-line reason from a library exception (SimpleITK/h5py messages span several lines)."""
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
@@ -145,7 +145,7 @@ def h5_keys(path: PathLike) -> list[str]:
         with h5py.File(path, "r") as f:
             return [k for k in f if isinstance(f[k], h5py.Dataset)]
     except Exception as e:  # h5py raises OSError/KeyError/... on garbage
-        raise InputError(path, f"cannot read: {_short(e)}") from None
+        raise InputError(path, f"cannot read: {short_error(e)}") from None
 
 
 def h5_dataset(path: PathLike, name: str) -> str | None:
@@ -242,7 +242,7 @@ def _read(path: Path, key: str | None) -> tuple[np.ndarray, np.ndarray | None, t
     except InputError:
         raise
     except Exception as e:  # any library error (OSError, EOFError, zlib.error, RuntimeError, ...)
-        raise InputError(path, f"cannot read: {_short(e)}") from None
+        raise InputError(path, f"cannot read: {short_error(e)}") from None
     array = np.asarray(array)
     while array.ndim > 3 and array.shape[-1] == 1:
         array = array[..., 0]
@@ -320,7 +320,7 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        reason = "a file of that name exists" if folder.is_file() else _short(e)
+        reason = "a file of that name exists" if folder.is_file() else short_error(e)
         raise InputError(folder, f"cannot create folder: {reason}") from None
     try:
         with atomic_file(path, suffix=split_suffix(path)[1] or ".tmp") as tmp:
@@ -328,7 +328,7 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
     except InputError:
         raise
     except Exception as e:
-        raise InputError(folder, f"cannot write {path.name}: {_short(e)}") from None
+        raise InputError(folder, f"cannot write {path.name}: {short_error(e)}") from None
     return path
 
 

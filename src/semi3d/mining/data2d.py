@@ -15,7 +15,7 @@ from pydantic import Field
 from ..config import SplitsConfig
 from ..data.case import Case
 from ..errors import InputError
-from ..models.slicing import _spatial_dim
+from ..models.slicing import spatial_dim
 from .base import Strict
 
 __all__ = ["ImageFolderConfig", "Slice2D", "read_image_folder", "stack_slices", "volume_slices"]
@@ -49,7 +49,7 @@ def volume_slices(case: Case, axis: int = 2, with_label: bool = True) -> list[Sl
     Image ``(C, X, Y, Z)`` -> slices ``(C, A, B)``, label ``(X, Y, Z)`` -> ``(A, B)``, the two
     remaining axes in their original order (as :func:`semi3d.models.slicing.volume_to_slices`).
     """
-    d = _spatial_dim(axis) - 1  # axis within (C, X, Y, Z)
+    d = spatial_dim(axis) - 1  # axis within (C, X, Y, Z)
     image = np.moveaxis(case.image, d, 0)  # (S, C, A, B)
     label = np.moveaxis(case.label, d - 1, 0) if (with_label and case.label is not None) else None
     return [Slice2D(f"{case.id}:{i}", np.ascontiguousarray(image[i], np.float32),
@@ -59,7 +59,7 @@ def volume_slices(case: Case, axis: int = 2, with_label: bool = True) -> list[Sl
 
 def stack_slices(masks: Sequence[np.ndarray], axis: int = 2) -> np.ndarray:
     """Slices ``(A, B)`` in index order -> a volume ``(X, Y, Z)``: the inverse of :func:`volume_slices`."""
-    return np.moveaxis(np.stack(masks), 0, _spatial_dim(axis) - 2)
+    return np.moveaxis(np.stack(masks), 0, spatial_dim(axis) - 2)
 
 
 class ImageFolderConfig(Strict):

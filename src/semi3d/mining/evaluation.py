@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..models.slicing import _spatial_dim
+from ..models.slicing import spatial_dim
 from .iterative import label_dice
 from .train2d import predict_probabilities
 
@@ -30,7 +30,7 @@ def pooled_dice(preds: list[np.ndarray], truths: list[np.ndarray], num_classes: 
 
 def _stack_probs(probs: list[np.ndarray], axis: int) -> np.ndarray:
     """Slice probabilities ``(K, A, B)`` in index order -> ``(K, X, Y, Z)``."""
-    return np.moveaxis(np.stack(probs), 0, _spatial_dim(axis) - 1)
+    return np.moveaxis(np.stack(probs), 0, spatial_dim(axis) - 1)
 
 
 def evaluate_dev(net: torch.nn.Module, data: Any, cfg: Any, device: torch.device, precision: str = "fp32") -> dict:

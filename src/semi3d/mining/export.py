@@ -56,7 +56,7 @@ from pydantic import Field
 
 from ..atomic import atomic_file
 from ..data.case import Case
-from ..data.preprocess import _safe_name, resample_probabilities
+from ..data.preprocess import safe_name, resample_probabilities
 from ..data.nnunet import NnUNetRawReader
 from ..data.volumes import read_volume, write_h5, write_volume
 from ..data.readers import Reader, UAMTH5Reader
@@ -128,7 +128,7 @@ def write_pseudo_volumes(out_dir: str | Path, cases: Mapping[str, Case], labels:
         n = spatial[axis % 3]
         vol = stack_case_label(spatial, labels.get(cid, {}), axis)
         flags = np.array([bool(kept.get(cid, {}).get(i, False)) for i in range(n)])
-        name = _safe_name(cid)
+        name = safe_name(cid)
         label_path = write_volume(out / "labels" / f"{name}{suffix}", vol, affine=case.affine)
         kept_path = write_volume(out / "kept" / f"{name}.npy", flags.astype(np.uint8))
         index[cid] = {"label": str(label_path.relative_to(out)), "kept": str(kept_path.relative_to(out)),

@@ -42,7 +42,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .nets3d import _register_class, check_input
+from .nets3d import register_class, check_input
 from .vnet import vnet_resample, vnet_stage
 
 __all__ = ["ADNet", "ADStudent", "timestep_embedding"]
@@ -237,4 +237,4 @@ class ADNet(nn.Module):
         return self.student(image)
 
 
-_register_class("ad_student", ADStudent)
+register_class("ad_student", ADStudent)

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..registry import NETS3D
 from .checks import check_io, check_options
-from .nets3d import _divisor_of, _triple, _with_divisor
+from .nets3d import divisor_of, int_triple, with_divisor
 
 
 def _monai_options(
@@ -34,9 +34,9 @@ def monai_unet(in_channels: int, num_classes: int, **options: Any) -> nn.Module:
     check_io("model monai_unet", in_channels, num_classes)
     _monai_options("monai_unet", UNet, options, ("spatial_dims", "in_channels", "out_channels"))
     kw: dict[str, Any] = {"channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2), "num_res_units": 2, **options}
-    divisor = _divisor_of(kw["strides"], "model monai_unet strides")
+    divisor = divisor_of(kw["strides"], "model monai_unet strides")
     net = UNet(spatial_dims=3, in_channels=in_channels, out_channels=num_classes, **kw)
-    return _with_divisor(net, divisor)
+    return with_divisor(net, divisor)
 
 
 @NETS3D.register("swinunetr")
@@ -59,9 +59,9 @@ def swinunetr(in_channels: int, num_classes: int, **options: Any) -> nn.Module:
     img_size = kw.pop("img_size", (96, 96, 96))
     if "img_size" in inspect.signature(SwinUNETR.__init__).parameters:
         kw["img_size"] = img_size
-    patch = _triple(kw.get("patch_size", 2), "model swinunetr patch_size")
+    patch = int_triple(kw.get("patch_size", 2), "model swinunetr patch_size")
     net = SwinUNETR(in_channels=in_channels, out_channels=num_classes, spatial_dims=3, **kw)
-    return _with_divisor(net, tuple(p * 16 for p in patch))  # type: ignore[arg-type]
+    return with_divisor(net, tuple(p * 16 for p in patch))  # type: ignore[arg-type]
 
 
 @NETS3D.register("dynunet")
@@ -83,6 +83,6 @@ def dynunet(in_channels: int, num_classes: int, **options: Any) -> nn.Module:
     kw.setdefault("strides", [1, 2, 2, 2, 2])
     kw.setdefault("kernel_size", [3] * len(kw["strides"]))
     kw.setdefault("upsample_kernel_size", list(kw["strides"])[1:])
-    divisor = _divisor_of(kw["strides"], "model dynunet strides")
+    divisor = divisor_of(kw["strides"], "model dynunet strides")
     net = DynUNet(spatial_dims=3, in_channels=in_channels, out_channels=num_classes, **kw)
-    return _with_divisor(net, divisor)
+    return with_divisor(net, divisor)

@@ -47,17 +47,19 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def _triple(value: int | Sequence[int], where: str) -> Triple:
+def int_triple(value: int | Sequence[int], where: str) -> Triple:
+    """``(v, v, v)`` from one positive int, or the 3 positive ints given."""
     t = (value,) * 3 if isinstance(value, int) else tuple(value)
     if len(t) != 3 or not all(isinstance(v, int) and v >= 1 for v in t):
         raise InputError(where, f"expected a positive int or 3 positive ints, got {value!r}")
     return t  # type: ignore[return-value]
 
 
-def _divisor_of(strides: Iterable[int | Sequence[int]], where: str) -> Triple:
+def divisor_of(strides: Iterable[int | Sequence[int]], where: str) -> Triple:
+    """The per-axis product of the pooling ``strides``: what every input size must divide by."""
     out = [1, 1, 1]
     for s in strides:
-        out = [a * b for a, b in zip(out, _triple(s, where))]
+        out = [a * b for a, b in zip(out, int_triple(s, where))]
     return tuple(out)  # type: ignore[return-value]
 
 
@@ -110,14 +112,14 @@ def _divisor_hook(module: nn.Module, args: tuple[Any, ...]) -> None:
     check_input(args[0], module.divisor, type(module).__name__)
 
 
-def _with_divisor(net: nn.Module, divisor: Triple) -> nn.Module:
+def with_divisor(net: nn.Module, divisor: Triple) -> nn.Module:
     """Attach ``divisor`` and an input-shape check to a third-party module."""
     net.divisor = divisor
     net.register_forward_pre_hook(_divisor_hook)
     return net
 
 
-def _register_class(name: str, cls: type[nn.Module]) -> Callable[..., nn.Module]:
+def register_class(name: str, cls: type[nn.Module]) -> Callable[..., nn.Module]:
     """Register a builder for ``cls`` that rejects options ``cls.__init__`` does not accept."""
     valid = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "in_channels", "num_classes")]
 
@@ -218,8 +220,8 @@ class UNet3D(nn.Module):
             raise InputError(where, f"dropout must be in [0, 1), got {dropout!r}")
         if base < 1 or max_channels < 1:
             raise InputError(where, "base and max_channels must be positive")
-        self.strides: list[Triple] = [_triple(s, f"{where} strides") for s in strides]
-        self.divisor: Triple = _divisor_of(self.strides, f"{where} strides")
+        self.strides: list[Triple] = [int_triple(s, f"{where} strides") for s in strides]
+        self.divisor: Triple = divisor_of(self.strides, f"{where} strides")
         self.channels: tuple[int, ...] = tuple(min(base * 2**i, max_channels) for i in range(levels))
         self.deep_supervision = deep_supervision
         ch = self.channels
@@ -266,7 +268,7 @@ class UNet3D(nn.Module):
         return [out] + [h(f) for h, f in zip(self.aux_heads, decoded[-2::-1])]
 
 
-_register_class("unet3d", UNet3D)
+register_class("unet3d", UNet3D)
 
 
 # ----------------------------------------------------------------------- a 2D network, slice-wise

@@ -24,7 +24,8 @@ from torch import nn
 __all__ = ["SliceWise2D", "predict_2d_volume", "slices_to_volume", "spatial_axes", "volume_to_slices"]
 
 
-def _spatial_dim(axis: int) -> int:
+def spatial_dim(axis: int) -> int:
+    """The tensor dim of spatial ``axis`` (0..2 or -3..-1) in ``(N, C, X, Y, Z)``."""
     if isinstance(axis, bool) or not isinstance(axis, int) or not -3 <= axis <= 2:
         raise ValueError(f"axis must be a spatial axis 0, 1 or 2 (or -3..-1), got {axis!r}")
     return axis % 3 + 2
@@ -37,7 +38,7 @@ def volume_to_slices(x: torch.Tensor, axis: int = 2) -> torch.Tensor:
     """
     if x.ndim != 5:
         raise ValueError(f"expected a volume batch (N, C, X, Y, Z), got shape {tuple(x.shape)}")
-    d = _spatial_dim(axis)
+    d = spatial_dim(axis)
     y = x.movedim(d, 1)  # (N, S, C, A, B)
     n, s = y.shape[:2]
     return y.reshape(n * s, *y.shape[2:])
@@ -49,7 +50,7 @@ def slices_to_volume(y: torch.Tensor, n: int, axis: int = 2) -> torch.Tensor:
         raise ValueError(f"expected a slice batch (N*S, K, A, B), got shape {tuple(y.shape)}")
     if n < 1 or y.shape[0] % n:
         raise ValueError(f"{y.shape[0]} slices cannot be split into {n} volumes")
-    d = _spatial_dim(axis)
+    d = spatial_dim(axis)
     v = y.reshape(n, y.shape[0] // n, *y.shape[1:])  # (N, S, K, A, B)
     return v.movedim(1, d)
 
@@ -92,7 +93,7 @@ def spatial_axes(axes: Sequence[int] | int) -> tuple[int, ...]:
     axes = [axes] if isinstance(axes, int) and not isinstance(axes, bool) else axes
     if not isinstance(axes, (list, tuple)) or not axes:
         raise ValueError(f"expected a spatial axis 0, 1 or 2 or a list of them, got {axes!r}")
-    out = tuple(_spatial_dim(a) - 2 for a in axes)
+    out = tuple(spatial_dim(a) - 2 for a in axes)
     if len(set(out)) != len(out):
         raise ValueError(f"axes must be distinct, got {axes!r}")
     return out

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .nets3d import Triple, _register_class, check_input
+from .nets3d import Triple, register_class, check_input
 
 __all__ = ["VNet", "vnet_norm", "vnet_stage", "vnet_resample"]
 
@@ -118,4 +118,4 @@ class VNet(nn.Module):
         return self.out_conv(x)
 
 
-_register_class("vnet", VNet)
+register_class("vnet", VNet)
