@@ -4,7 +4,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, check_options
 from .msd import MSDReader
 from .nnunet import NnUNetRawReader
 from .readers import FolderReader, PathLike, Reader, UAMTH5Reader
@@ -30,10 +30,7 @@ def build_reader(format: str, root: PathLike, **options: Any) -> Reader:
     cls = READERS.get(format)
     if cls is None:
         raise InputError(format, f"unknown dataset format; choose one of {', '.join(READERS)}")
-    params = list(inspect.signature(cls).parameters)[1:]
-    unknown = sorted(set(options) - set(params))
-    if unknown:
-        raise InputError(format, f"unknown option(s) {', '.join(unknown)}; accepted: {', '.join(params)}")
+    check_options(f"data.options ({format})", options, list(inspect.signature(cls).parameters)[1:])
     return cls(root, **options)
 
 

@@ -4,24 +4,15 @@ the same whatever the network: one :class:`~semi3d.errors.InputError` naming the
 ``ValueError`` with the expected shape."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError
+from ..errors import InputError, check_options
 
 __all__ = ["check_options", "with_defaults", "choice", "positive_int", "check_io", "check_input_2d", "pad_to"]
-
-
-def check_options(where: str, given: Iterable[str], valid: Iterable[str]) -> None:
-    """InputError naming every key of ``given`` that is not in ``valid``."""
-    valid = list(valid)
-    unknown = sorted(set(given) - set(valid))
-    if unknown:
-        raise InputError(where, f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                                f"valid: {', '.join(sorted(valid))}")
 
 
 def with_defaults(where: str, given: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
