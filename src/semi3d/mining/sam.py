@@ -31,7 +31,6 @@ dict of ``SamConfig`` fields) for a random model, or an already built ``SamModel
 from __future__ import annotations
 
 import hashlib
-import re
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from pathlib import Path
@@ -43,13 +42,13 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..errors import InputError
+from ..models.hf import from_config, from_pretrained
 from .base import Prompt, PromptableSegmenter, Segmentation, Strict, as_image
 
 __all__ = ["SamOptions", "SamSegmenter", "load_sam"]
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 class SamOptions(Strict):
@@ -76,22 +75,8 @@ def load_sam(pretrained: str | Path | None = None, config: dict | None = None):
     if (pretrained is None) == (config is None):
         raise InputError("sam", "give exactly one of pretrained (a local folder or a hub id) or config")
     if config is not None:
-        if not isinstance(config, dict):
-            raise InputError("sam.config", f"expected a dict of SamConfig fields, got {type(config).__name__}")
-        try:
-            return SamModel(SamConfig(**config)).eval()
-        except Exception as exc:
-            raise InputError("sam.config", f"bad SamConfig: {exc}") from None
-    path = Path(pretrained).expanduser()
-    local = path.is_dir()
-    if not local and not _HUB_ID.fullmatch(str(pretrained)):
-        raise InputError(pretrained, "not found: no such local folder (and not a hub id 'owner/name')")
-    try:
-        model = SamModel.from_pretrained(str(path) if local else str(pretrained), local_files_only=local)
-    except (OSError, ValueError) as exc:
-        kind = "local folder" if local else "hub id"
-        raise InputError(pretrained, f"cannot load a SAM model from this {kind}: {exc}") from None
-    return model.float().eval()
+        return from_config(SamModel, SamConfig, config, "sam.config").eval()
+    return from_pretrained(SamModel, pretrained, "a SAM model", "sam.pretrained").eval()
 
 
 class SamSegmenter(PromptableSegmenter):

@@ -3,9 +3,7 @@
 input handling, padding and option errors as every network of :mod:`semi3d.models.seg2d`."""
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +14,7 @@ from ..errors import InputError
 from ..registry import NETS2D
 from .backbones2d import mobilenet_v2
 from .checks import check_input_2d, check_io, choice, pad_to, positive_int, with_defaults
+from .hf import from_config, from_pretrained
 from .seg2d import InputAdapter, InputNorm
 
 __all__ = ["SegFormer2D", "SEGFORMER_MODES"]
@@ -27,7 +26,6 @@ _LORA_TARGETS = re.compile(
     r".*\.attention\.(q_proj|k_proj|v_proj|o_proj|self\.query|self\.key|self\.value|output\.dense)"
     r"|.*\.mlp\.(fc1|fc2|dense1|dense2)"
 )
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 class SegFormer2D(nn.Module):
@@ -89,26 +87,8 @@ def _load_segformer(net: str, pretrained: Any, config: Any) -> Any:
     if pretrained is not None and config is not None:
         raise InputError(net, "give either pretrained (a saved model) or config (random init), not both")
     if pretrained is None:
-        if config is not None and not isinstance(config, dict):
-            raise InputError(net, f"config must be a dict of SegformerConfig fields, got {type(config).__name__}")
-        try:
-            cfg = SegformerConfig(**(config or {}))
-        except Exception as exc:  # TypeError for unknown fields, validation errors for bad values
-            raise InputError(net, f"bad SegformerConfig: {exc}") from None
-        return SegformerForSemanticSegmentation(cfg)
-    if not isinstance(pretrained, (str, os.PathLike)):
-        raise InputError(net, f"pretrained={pretrained!r}: expected a local folder or a hub id")
-    path = Path(pretrained).expanduser()
-    local = path.is_dir()
-    if not local and not _HUB_ID.fullmatch(str(pretrained)):
-        raise InputError(pretrained, "not found: no such local folder (and not a hub id 'owner/name')")
-    try:
-        model = SegformerForSemanticSegmentation.from_pretrained(str(path) if local else str(pretrained),
-                                                                 local_files_only=local)
-    except (OSError, ValueError) as exc:
-        kind = "local folder" if local else "hub id"
-        raise InputError(pretrained, f"cannot load a SegFormer from this {kind}: {exc}") from None
-    return model.float()
+        return from_config(SegformerForSemanticSegmentation, SegformerConfig, config or {}, f"{net} config")
+    return from_pretrained(SegformerForSemanticSegmentation, pretrained, "a SegFormer", net)
 
 
 def _adapt_segformer(net: str, encoder: nn.Module, adaptation: str, rank: int, alpha: float,
