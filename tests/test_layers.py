@@ -56,6 +56,17 @@ def test_imports_run_down_the_layers():
     assert not up, "imports of a higher layer:\n" + "\n".join(up)
 
 
+def test_no_module_imports_another_ones_private_names():
+    """What another module needs is public: ``from .x import _helper`` is refused."""
+    private = []
+    for mod, f in _modules().items():
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("semi3d")):
+                private += [f"{mod}: from {'.' * node.level}{node.module or ''} import {a.name}"
+                            for a in node.names if a.name.startswith("_")]
+    assert not private, "imports of private names:\n" + "\n".join(private)
+
+
 def test_no_import_cycle_between_packages_or_modules():
     edges = _imports(_modules())
     pkg_edges: dict[str, set[str]] = {}
