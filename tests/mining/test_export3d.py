@@ -3,6 +3,7 @@ in the source's layout, then a normal 3D training on it."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 import json
 from pathlib import Path
 
@@ -180,3 +181,50 @@ def test_dataset_3d_config(tmp_path):
     with pytest.raises(InputError, match="min_kept_fraction"):
         load_mining_config(tree={**base, "data": {**data, "format": "uamt_h5"},
                                  "dataset_3d": {"enabled": True, "min_kept_fraction": 1.5}})
+
+
+def _store_as(path: Path, axcodes: str) -> None:
+    """Rewrite a NIfTI file in another voxel order (the same world position for every voxel)."""
+    import nibabel as nib
+    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+    img = nib.load(path)
+    img = nib.Nifti1Image(np.asarray(img.dataobj), img.affine)
+    nib.save(img.as_reoriented(ornt_transform(io_orientation(img.affine), axcodes2ornt(tuple(axcodes)))), path)
+
+
+def test_mining_cases_stored_in_other_orientations(synth_root, tmp_path):
+    """``data.preprocess.orientation: RAS`` on cases stored LPS / PIL / ASL mines what the all-RAS
+    dataset mines (the same rounds, dev Dice on the files' own grids), and the 3D dataset's
+    pseudo-labels are written on each file's own grid: reoriented to RAS they equal the RAS run's."""
+    import nibabel as nib
+
+    root = tmp_path / "Dataset003_Mixed"
+    shutil.copytree(synth_root, root)
+    stored = {"syn_000": "LPS", "syn_002": "PIL", "syn_003": "LPS", "syn_004": "ASL"}
+    for cid, codes in stored.items():
+        _store_as(root / "imagesTr" / f"{cid}_0000.nii.gz", codes)
+        _store_as(root / "labelsTr" / f"{cid}.nii.gz", codes)
+
+    def mine(src: Path, name: str) -> dict:
+        return run_mining({
+            "name": name, "output_dir": str(tmp_path / "runs"), "device": "cpu", "axis": 2,
+            "data": {"format": "nnunet", "root": str(src), "preprocess": {"orientation": "RAS"},
+                     "splits": {"labelled": {"first": 2}, "validation": {"ids": ["syn_004"]},
+                                "unlabelled": {"ids": ["syn_002", "syn_003"]}}},
+            "model": {"name": "unetpp2d", "options": {"widths": [4, 8]}},
+            "train": {"iterations": 25, "finetune_iterations": 5, "batch_size": 4, "patch": [24, 24]},
+            "rounds": 1, "save_pseudo": "none", "dataset_3d": {"enabled": True, "min_kept_fraction": 0.0}})
+
+    mixed, plain = mine(root, "mixed"), mine(synth_root, "plain")
+    for key in ("dev_dice", "n_kept", "pseudo_dice_all", "model_dice_all"):
+        assert [r.get(key) for r in mixed["rounds"]] == [r.get(key) for r in plain["rounds"]], key
+    out_m, out_p = (Path(s["run_dir"]) / "pseudo" / "round1" / "dataset" for s in (mixed, plain))
+    assert json.loads((out_m / "pseudo_cases.json").read_text())["pseudo"] == ["syn_002", "syn_003"]
+    for cid in ("syn_002", "syn_003"):
+        lab, img = nib.load(out_m / "labelsTr" / f"{cid}.nii.gz"), nib.load(out_m / "imagesTr" / f"{cid}_0000.nii.gz")
+        assert "".join(nib.aff2axcodes(lab.affine)) == stored[cid]  # the file's own voxel order ...
+        assert lab.shape == img.shape and np.allclose(lab.affine, img.affine)
+        ras = np.asarray(nib.as_closest_canonical(lab).dataobj)  # ... holding the RAS run's label
+        np.testing.assert_array_equal(ras, np.asarray(nib.load(out_p / "labelsTr" / f"{cid}.nii.gz").dataobj))
+    assert np.asarray(nib.load(out_p / "labelsTr" / "syn_002.nii.gz").dataobj).any()  # not a trivial label

@@ -198,8 +198,6 @@ def test_config_errors(la_like, tmp_path):
     assert cfg.select.unit == "case" and cfg.train.batch_size == 2
     with pytest.raises(InputError, match="beta"):
         run_mining(_tree(la_like, tmp_path, refiner={"name": "random_walker", "options": {"beta": -1}}))
-    with pytest.raises(InputError, match="data.preprocess.orientation.*keeps the files' voxel order"):
-        load_mining_data(load_mining_config(tree=_tree(la_like, tmp_path), overrides=["data.preprocess.orientation=RAS"]))
     path = tmp_path / "mine.yaml"
     path.write_text("name: y\nimages: {root: /nonexistent}\n")
     with pytest.raises(InputError, match="no such folder"):

@@ -23,7 +23,7 @@ from ..errors import InputError
 from .case import Case
 from .orientation import apply_ornt, invert_ornt, reorientation, source_axes
 
-__all__ = ["Preprocessor", "resample_probabilities", "resample_affine", "PreprocessedCache"]
+__all__ = ["Preprocessor", "resample_probabilities", "restore_probabilities", "resample_affine", "PreprocessedCache"]
 
 _NORMALISATIONS = ("zscore", "minmax", "ct", "none")
 _ONEHOT_MAX_CLASSES = 8  # labels with more classes are resampled with nearest neighbour
@@ -273,14 +273,22 @@ class Preprocessor:
 
     def restore(self, probs: torch.Tensor, shape: Sequence[int], affine: np.ndarray) -> torch.Tensor:
         """Probabilities (K, X', Y', Z') on this preprocessor's output grid of a case -> (K, X, Y, Z)
-        on the case's own grid (``shape`` (X, Y, Z) and ``affine`` as read): trilinear resampling
-        (:func:`resample_probabilities`), then the inverse of :meth:`orient`."""
-        ornt = None if self.orientation is None else reorientation(affine, self.orientation)
-        if ornt is not None:
-            shape = tuple(int(shape[i]) for i in source_axes(ornt))
-        if tuple(probs.shape[1:]) != tuple(int(s) for s in shape):
-            probs = resample_probabilities(probs, shape)
-        return probs if ornt is None else apply_ornt(probs, invert_ornt(ornt))
+        on the case's own grid (:func:`restore_probabilities` with this :attr:`orientation`)."""
+        return restore_probabilities(probs, shape, affine, self.orientation)
+
+
+def restore_probabilities(probs: torch.Tensor, shape: Sequence[int], affine: np.ndarray,
+                          orientation: str | None) -> torch.Tensor:
+    """Probabilities (K, X', Y', Z') on the preprocessed grid of a case -> (K, X, Y, Z) on the
+    case's own grid (``shape`` (X, Y, Z) and ``affine`` as read): trilinear resampling
+    (:func:`resample_probabilities`), then the inverse of :meth:`Preprocessor.orient` to
+    ``orientation`` (axis codes, None: the files' voxel order was kept)."""
+    ornt = None if orientation is None else reorientation(affine, orientation)
+    if ornt is not None:
+        shape = tuple(int(shape[i]) for i in source_axes(ornt))
+    if tuple(probs.shape[1:]) != tuple(int(s) for s in shape):
+        probs = resample_probabilities(probs, shape)
+    return probs if ornt is None else apply_ornt(probs, invert_ornt(ornt))
 
 
 def safe_name(case_id: str) -> str:

@@ -43,7 +43,7 @@ def evaluate_dev(net: torch.nn.Module, data: Any, cfg: Any, device: torch.device
     per: dict[str, dict[str, float]] = {}
     k = data.num_classes
     if data.volumes:
-        from ..data.preprocess import resample_probabilities
+        from ..data.preprocess import restore_probabilities
         from ..evaluation.metrics import case_metrics
 
         by_case: dict[str, list[np.ndarray]] = {}
@@ -54,11 +54,12 @@ def evaluate_dev(net: torch.nn.Module, data: Any, cfg: Any, device: torch.device
             truth = data.dev_cases[cid].label
             if cfg.eval.original_grid and data.reader is not None:
                 if cid not in data.raw_labels:
-                    raw = data.reader.load(cid).label
-                    data.raw_labels[cid] = truth if raw is None else raw
-                truth = data.raw_labels[cid]
-                if tuple(truth.shape) != tuple(vol.shape[1:]):
-                    vol = resample_probabilities(torch.from_numpy(vol), truth.shape).numpy()
+                    raw = data.reader.load(cid)
+                    data.raw_labels[cid] = None if raw.label is None else (raw.label, raw.affine)
+                if data.raw_labels[cid] is not None:
+                    truth, affine = data.raw_labels[cid]
+                    vol = restore_probabilities(torch.from_numpy(vol), truth.shape, affine,
+                                                cfg.data.preprocess.orientation).numpy()
             pred = vol.argmax(0).astype(np.uint8)
             rec = {"dice": label_dice(pred, truth, k)}
             if cfg.eval.hd95:

@@ -23,12 +23,13 @@ true}``; by default after the last round only, ``every_round: true`` for every r
 - An unlabelled case that was mined is included when the fraction of its slices kept by the
   selection (over ALL its slices: with ``slice_step > 1`` the slices not mined count as not kept)
   is ``>= min_kept_fraction`` (default 1.0: every slice kept). Its image is the source's image
-  array exactly as stored (h5: the same array and dtype; nnU-Net: the channel files copied), its
-  label the stacked refined slices (slices not mined: 0) resampled from the preprocessed grid back
-  to the original grid the way predictions are (one-hot -> :func:`~semi3d.data.preprocess.resample_probabilities`,
-  trilinear with ``align_corners=False`` like the preprocessing -> argmax; identity when the grids
-  are equal). A 3D label has no "ignore" value: with ``min_kept_fraction < 1`` an included case's
-  slices that were NOT kept carry their refined mask anyway. The clean choice is
+  array as stored (h5: the same values, float64 written as float32; nnU-Net: the channel files
+  copied), its label the stacked refined slices (slices not mined: 0) mapped from the
+  preprocessed grid back to the original grid the way predictions are (one-hot ->
+  :func:`~semi3d.data.preprocess.restore_probabilities`: trilinear with ``align_corners=False``
+  like the preprocessing, then the reorientation undone when ``data.preprocess.orientation`` is
+  set -> argmax; identity when the grids are equal). A 3D label has no "ignore" value: with
+  ``min_kept_fraction < 1`` an included case's slices that were NOT kept carry their refined mask anyway. The clean choice is
   ``select.unit: case`` (a case is kept or rejected as a whole, so every included case has all
   its slices kept) with ``slice_step: 1``; slice-unit selection works with the default threshold
   1.0 too, but then only cases whose every slice passed are included.
@@ -56,7 +57,7 @@ from pydantic import Field
 
 from ..atomic import atomic_file
 from ..data.case import Case
-from ..data.preprocess import safe_name, resample_probabilities
+from ..data.preprocess import restore_probabilities, safe_name
 from ..data.nnunet import NnUNetRawReader
 from ..data.volumes import read_volume, write_h5, write_volume
 from ..data.readers import Reader, UAMTH5Reader
@@ -90,18 +91,22 @@ def stack_case_label(shape: Sequence[int], by_index: Mapping[int, np.ndarray], a
     return stack_slices(slices, axis % 3)
 
 
-def label_to_original_grid(label: np.ndarray, shape: Sequence[int], num_classes: int) -> np.ndarray:
-    """A label ``(X, Y, Z)`` on the preprocessed grid -> the original grid ``shape``: one-hot,
-    :func:`~semi3d.data.preprocess.resample_probabilities` (trilinear, ``align_corners=False``, as
-    the preprocessing and the predictions), argmax. Returned unchanged (uint8) when the shapes match."""
+def label_to_original_grid(label: np.ndarray, shape: Sequence[int], num_classes: int,
+                           affine: np.ndarray | None = None, orientation: str | None = None) -> np.ndarray:
+    """A label ``(X, Y, Z)`` on the preprocessed grid -> the original grid ``shape`` of the file
+    stored with ``affine``, as predictions are mapped back: one-hot,
+    :func:`~semi3d.data.preprocess.restore_probabilities` (trilinear, ``align_corners=False``, then
+    the inverse of the reorientation to ``orientation`` when one is set), argmax. Returned
+    unchanged (uint8) when no orientation is set and the shapes match."""
     label = np.asarray(label)
     shape = tuple(int(s) for s in shape)
-    if tuple(label.shape) == shape:
+    if orientation is None and tuple(label.shape) == shape:
         return label.astype(np.uint8)
     k = max(int(num_classes), int(label.max(initial=0)) + 1)
     onehot = torch.nn.functional.one_hot(torch.from_numpy(label.astype(np.int64)), k)
     probs = onehot.permute(3, 0, 1, 2).float()
-    return class_argmax(resample_probabilities(probs, shape), 0).numpy().astype(np.uint8)
+    restored = restore_probabilities(probs, shape, np.eye(4) if affine is None else affine, orientation)
+    return class_argmax(restored, 0).numpy().astype(np.uint8)
 
 
 def write_pseudo_volumes(out_dir: str | Path, cases: Mapping[str, Case], labels: Mapping[str, dict[int, np.ndarray]],
@@ -153,7 +158,7 @@ def _copy(src: Path, dst: Path) -> None:
 
 
 def _write_uamt_case(tmp: Path, reader: UAMTH5Reader, cid: str, stacked: np.ndarray | None,
-                     num_classes: int) -> None:
+                     num_classes: int, orientation: str | None) -> None:
     """Copy a real case's file, or write image (as stored) + pseudo-label."""
     src = reader.case_file(cid)
     if src is None:
@@ -163,12 +168,13 @@ def _write_uamt_case(tmp: Path, reader: UAMTH5Reader, cid: str, stacked: np.ndar
         _copy(src, dst)
         return
     image = read_volume(src, reader.image_key).array  # the stored values (float64 kept as float32)
-    lab = label_to_original_grid(stacked, image.shape, num_classes)
+    # the reader ignores a stored affine (the layout's geometry is its spacing alone), so do we
+    lab = label_to_original_grid(stacked, image.shape, num_classes, None, orientation)
     write_h5(dst, {reader.image_key: image, reader.label_key: lab})
 
 
 def _write_nnunet_case(tmp: Path, reader: NnUNetRawReader, cid: str, stacked: np.ndarray | None,
-                       num_classes: int) -> None:
+                       num_classes: int, orientation: str | None) -> None:
     """Copy a case's channel files (and its real label file, or write the pseudo-label on the image grid)."""
     chans, label_path = reader.entry(cid)
     for i in range(len(reader.channel_names)):
@@ -182,7 +188,7 @@ def _write_nnunet_case(tmp: Path, reader: NnUNetRawReader, cid: str, stacked: np
         _copy(label_path, dst)
         return
     ref = read_volume(chans[0])
-    lab = label_to_original_grid(stacked, ref.array.shape, num_classes)
+    lab = label_to_original_grid(stacked, ref.array.shape, num_classes, ref.affine, orientation)
     write_volume(dst, lab, affine=ref.affine)
 
 
@@ -193,7 +199,8 @@ def _write_list(path: Path, ids: Sequence[str]) -> None:
 def write_pseudo_dataset(out_dir: str | Path, reader: Reader, splits: Mapping[str, Sequence[str]],
                          cases: Mapping[str, Case], labels: Mapping[str, dict[int, np.ndarray]],
                          kept: Mapping[str, dict[int, bool]], num_classes: int, axis: int = 2,
-                         min_kept_fraction: float = 1.0, info: Mapping | None = None) -> dict:
+                         min_kept_fraction: float = 1.0, info: Mapping | None = None,
+                         orientation: str | None = None) -> dict:
     """Write a 3D training dataset: real labelled + dev cases and the accepted pseudo-labelled cases
     (see the module docstring for the layout and the inclusion rule).
 
@@ -209,6 +216,8 @@ def write_pseudo_dataset(out_dir: str | Path, reader: Reader, splits: Mapping[st
         axis: the slicing axis.
         min_kept_fraction: include a mined case when ``kept slices / all slices >= min_kept_fraction``.
         info: extra entries for ``pseudo_cases.json`` (e.g. the mining run and round).
+        orientation: the ``data.preprocess.orientation`` the cases were reoriented to (None: the
+            files' voxel order), undone when the pseudo-labels are written on the files' grids.
 
     Returns:
         the content of ``pseudo_cases.json`` (plus ``"path"``: the dataset folder).
@@ -245,10 +254,10 @@ def write_pseudo_dataset(out_dir: str | Path, reader: Reader, splits: Mapping[st
         for cid in real + dev:
             if not reader.has_label(cid):
                 raise InputError(reader.root, f"case {cid!r} of the labelled / validation split has no label")
-            write_case(tmp, reader, cid, None, num_classes)
+            write_case(tmp, reader, cid, None, num_classes, orientation)
         for cid in pseudo:
             write_case(tmp, reader, cid, stack_case_label(cases[cid].image.shape[1:], labels.get(cid, {}), axis),
-                       num_classes)
+                       num_classes, orientation)
         all_ids = real + pseudo + dev
         if fmt == "nnunet":
             meta = json.loads((src_root / "dataset.json").read_text())

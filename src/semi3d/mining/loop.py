@@ -79,7 +79,7 @@ class MiningData:
     dev_cases: dict[str, Case] = field(default_factory=dict)
     unlabelled_cases: dict[str, Case] = field(default_factory=dict)
     reader: Any = None
-    raw_labels: dict[str, np.ndarray] = field(default_factory=dict)  # dev labels on the original grid
+    raw_labels: dict[str, tuple[np.ndarray, np.ndarray] | None] = field(default_factory=dict)  # dev (label, affine) as read
 
 
 def load_mining_data(cfg: MiningConfig) -> MiningData:
@@ -91,9 +91,6 @@ def load_mining_data(cfg: MiningConfig) -> MiningData:
         if bundle.ignore_value is not None:
             raise InputError(cfg.data.root, "declares nnU-Net's ignore label, which knowledge mining does not "
                                             "support yet (its prompts and pseudo-label scores read every voxel)")
-        if cfg.data.preprocess.orientation is not None:
-            raise InputError("data.preprocess.orientation", "knowledge mining keeps the files' voxel order (its "
-                                                            "pseudo-labels are written on it); remove this key")
         splits = {k: list(v) for k, v in bundle.splits.items()}
         unl_ids = splits["unlabelled"][: cfg.unlabelled_max] if cfg.unlabelled_max is not None else splits["unlabelled"]
         labelled = [s for cid in splits["labelled"] for s in volume_slices(bundle.cache.get(cid), cfg.axis)]
@@ -189,7 +186,8 @@ def _export(cands: list[Candidate], keep: list[bool], data: MiningData, cfg: Min
         if d3.enabled and (d3.every_round or round_index == cfg.rounds):
             rec = write_pseudo_dataset(out / "dataset", data.reader, data.splits, data.unlabelled_cases, labels, kept,
                                        data.num_classes, cfg.axis % 3, d3.min_kept_fraction,
-                                       info={"mining_run": str(cfg.run_dir), "round": round_index})
+                                       info={"mining_run": str(cfg.run_dir), "round": round_index},
+                                       orientation=cfg.data.preprocess.orientation)
             return {"path": rec["path"], "n_real": len(rec["real"]), "n_pseudo": len(rec["pseudo"]),
                     "n_rejected": len(rec["rejected"]), "n_validation": len(rec["validation"])}
     elif cfg.save_pseudo != "none":
