@@ -18,7 +18,8 @@ import numpy as np
 
 from ..atomic import atomic_file
 from ..errors import InputError
-from .volumes import Volume, short_error, series_files
+from .dicom import series_files
+from .volumes import Volume, short_error
 
 __all__ = ["SEG_SUFFIXES", "check_seg_source", "read_dicom_seg", "require_highdicom", "write_dicom_seg"]
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..atomic import atomic_file
 from ..errors import InputError
+from .dicom import series_files
 
 PathLike = str | os.PathLike
 SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".h5", ".hdf5", ".npy")
@@ -93,26 +94,6 @@ def _read_itk(path: Path, key: str | None):
     import SimpleITK as sitk
 
     return _from_itk(sitk.ReadImage(str(path)), path)
-
-
-def dicom_series(folder: Path) -> tuple[str, ...]:
-    """The UIDs of the DICOM series whose files lie in ``folder`` (not its subfolders)."""
-    import SimpleITK as sitk
-
-    return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-
-
-def series_files(folder: Path) -> list[str]:
-    """The files of the one DICOM series in ``folder``, in slice order (GDCM: by position); the
-    slice order of the volume :func:`read_volume` reads from the folder."""
-    import SimpleITK as sitk
-
-    series = dicom_series(folder)
-    if len(series) != 1:
-        raise InputError(folder, "no DICOM series in this folder" if not series else
-                         f"{len(series)} DICOM series in this folder ({', '.join(series[:3])}"
-                         f"{' ...' if len(series) > 3 else ''}); give one folder per series")
-    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
 
 
 def _read_dicom(path: Path, key: str | None):

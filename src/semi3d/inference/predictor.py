@@ -202,7 +202,8 @@ def member_file(path: Path, which: str = "auto") -> Path:
 def _expand_inputs(inputs: list[Path]) -> list[Path]:
     """The image files of ``inputs`` (files, folders of files); a folder without image files but
     with one DICOM series is that series' input."""
-    from ..data.volumes import SUFFIXES, dicom_series, split_suffix
+    from ..data.dicom import dicom_series
+    from ..data.volumes import SUFFIXES, split_suffix
 
     files = []
     for p in map(Path, inputs):
