@@ -1,9 +1,8 @@
-"""The option / input checks every network builder shares (models/checks.py)."""
+"""The option checks every network builder shares (models/checks.py)."""
 import pytest
-import torch
 
 from semi3d.errors import InputError
-from semi3d.models.checks import check_input_2d, check_io, check_options, choice, pad_to, positive_int, with_defaults
+from semi3d.models.checks import check_io, check_options, choice, positive_int, with_defaults
 from semi3d.registry import NETS2D, NETS3D
 
 
@@ -29,23 +28,6 @@ def test_choice_and_io():
         choice("n", "mode", "c", ("a", "b"))
     with pytest.raises(InputError, match="num_classes=0"):
         check_io("n", 1, 0)
-
-
-@pytest.mark.parametrize("h,w", [(32, 32), (33, 47), (1, 64)])
-def test_pad_to_pads_evenly_and_crops_back(h, w):
-    x = torch.randn(2, 3, h, w)
-    padded, crop = pad_to(x, 32)
-    assert padded.shape[-2] % 32 == 0 and padded.shape[-1] % 32 == 0
-    assert torch.equal(padded[(..., *crop)], x)
-    top = crop[0].start or 0
-    assert top == (padded.shape[-2] - h) // 2  # the extra row (odd padding) goes to the bottom
-    assert float(padded.abs().sum()) == pytest.approx(float(x.abs().sum()), rel=1e-6)  # zeros only
-
-
-def test_check_input_2d():
-    check_input_2d(torch.zeros(1, 3, 4, 4), 3, "net")
-    with pytest.raises(ValueError, match=r"net: expected an input \(N, 3, H, W\), got shape \(1, 1, 4, 4\)"):
-        check_input_2d(torch.zeros(1, 1, 4, 4), 3, "net")
 
 
 @pytest.mark.parametrize("registry,name", [(NETS3D, "unet3d"), (NETS3D, "vnet"), (NETS2D, "unetpp2d"),

@@ -11,6 +11,7 @@ from torch import nn
 
 from semi3d.errors import InputError
 from semi3d.models.backbones2d import EfficientNetLite0Encoder, MobileNetV2Encoder, load_pretrained
+from semi3d.models.seg2d import check_input_2d, pad_to
 from semi3d.registry import NETS2D
 
 WEIGHTS = Path(__file__).resolve().parents[3] / "shared" / "weights"
@@ -313,3 +314,20 @@ def test_segformer_lora_frozen_head_trains_only_the_decode_heads_biases(saved_se
     assert all(p.requires_grad for p in net.head.parameters())
     net.train()(torch.randn(2, 1, 64, 64)).mean().backward()
     assert all((p.grad is not None) == p.requires_grad for p in net.parameters())
+
+
+@pytest.mark.parametrize("h,w", [(32, 32), (33, 47), (1, 64)])
+def test_pad_to_pads_evenly_and_crops_back(h, w):
+    x = torch.randn(2, 3, h, w)
+    padded, crop = pad_to(x, 32)
+    assert padded.shape[-2] % 32 == 0 and padded.shape[-1] % 32 == 0
+    assert torch.equal(padded[(..., *crop)], x)
+    top = crop[0].start or 0
+    assert top == (padded.shape[-2] - h) // 2  # the extra row (odd padding) goes to the bottom
+    assert float(padded.abs().sum()) == pytest.approx(float(x.abs().sum()), rel=1e-6)  # zeros only
+
+
+def test_check_input_2d():
+    check_input_2d(torch.zeros(1, 3, 4, 4), 3, "net")
+    with pytest.raises(ValueError, match=r"net: expected an input \(N, 3, H, W\), got shape \(1, 1, 4, 4\)"):
+        check_input_2d(torch.zeros(1, 1, 4, 4), 3, "net")

@@ -43,7 +43,7 @@ from ..errors import InputError
 from ..registry import NETS2D
 from .backbones2d import EfficientNetLite0Encoder, MobileNetV2Encoder, load_pretrained, package_weights_path
 from .backbones2d import efficientnet_lite, mobilenet_v2
-from .checks import check_input_2d, check_io, choice, pad_to, positive_int, with_defaults
+from .checks import check_io, choice, positive_int, with_defaults
 
 __all__ = ["InputAdapter", "InputNorm", "UNet2D", "UNetDecoder2D", "list_nets2d", "trainable_summary"]
 
@@ -62,6 +62,23 @@ def trainable_summary(model: nn.Module) -> dict[str, float]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"trainable": trainable, "total": total, "fraction": trainable / max(total, 1)}
+
+
+def check_input_2d(x: torch.Tensor, in_channels: int, name: str) -> None:
+    """``ValueError`` unless ``x`` is ``(N, in_channels, H, W)``."""
+    if x.ndim != 4 or x.shape[1] != in_channels:
+        raise ValueError(f"{name}: expected an input (N, {in_channels}, H, W), got shape {tuple(x.shape)}")
+
+
+def pad_to(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[slice, slice]]:
+    """Zero-pad the last two axes of ``x`` (H, W) to multiples of ``multiple``, split evenly on
+    both sides; returns the padded tensor and the (H, W) slices that crop it back."""
+    h, w = x.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    if not (ph or pw):
+        return x, (slice(None), slice(None))
+    x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+    return x, (slice(ph // 2, ph // 2 + h), slice(pw // 2, pw // 2 + w))
 
 
 # ------------------------------------------------------------------------------------ input stage

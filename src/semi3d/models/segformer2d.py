@@ -13,9 +13,9 @@ from torch import nn
 from ..errors import InputError
 from ..registry import NETS2D
 from .backbones2d import mobilenet_v2
-from .checks import check_input_2d, check_io, choice, pad_to, positive_int, with_defaults
+from .checks import check_io, choice, positive_int, with_defaults
 from .hf import from_config, from_pretrained
-from .seg2d import InputAdapter, InputNorm
+from .seg2d import InputAdapter, InputNorm, check_input_2d, pad_to
 
 __all__ = ["SegFormer2D", "SEGFORMER_MODES"]
 

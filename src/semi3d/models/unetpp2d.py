@@ -30,7 +30,8 @@ from torch import nn
 
 from ..errors import InputError
 from ..registry import NETS2D
-from .checks import check_input_2d, check_io, choice, pad_to, positive_int, with_defaults
+from .checks import check_io, choice, positive_int, with_defaults
+from .seg2d import check_input_2d, pad_to
 
 __all__ = ["UNetPlusPlus2D", "unetpp2d"]
 
