@@ -29,10 +29,11 @@ true}``; by default after the last round only, ``every_round: true`` for every r
   :func:`~semi3d.data.preprocess.restore_probabilities`: trilinear with ``align_corners=False``
   like the preprocessing, then the reorientation undone when ``data.preprocess.orientation`` is
   set -> argmax; identity when the grids are equal). A 3D label has no "ignore" value: with
-  ``min_kept_fraction < 1`` an included case's slices that were NOT kept carry their refined mask anyway. The clean choice is
-  ``select.unit: case`` (a case is kept or rejected as a whole, so every included case has all
-  its slices kept) with ``slice_step: 1``; slice-unit selection works with the default threshold
-  1.0 too, but then only cases whose every slice passed are included.
+  ``min_kept_fraction < 1`` an included case's slices that were NOT kept carry their refined
+  mask anyway. The clean choice is ``select.unit: case`` (a case is kept or rejected as a whole,
+  so every included case has all its slices kept) with ``slice_step: 1``; slice-unit selection
+  works with the default threshold 1.0 too, but then only cases whose every slice passed are
+  included.
 - Unlabelled cases that were rejected, not mined (``unlabelled_max``) and the test split are left
   out; the hidden labels of the unlabelled cases are never copied.
 
@@ -167,7 +168,7 @@ def _write_uamt_case(tmp: Path, reader: UAMTH5Reader, cid: str, stacked: np.ndar
     if stacked is None:
         _copy(src, dst)
         return
-    image = read_volume(src, reader.image_key).array  # the stored values (float64 kept as float32)
+    image = read_volume(src, reader.image_key).array  # the stored values (float64 written as float32)
     # the reader ignores a stored affine (the layout's geometry is its spacing alone), so do we
     lab = label_to_original_grid(stacked, image.shape, num_classes, None, orientation)
     write_h5(dst, {reader.image_key: image, reader.label_key: lab})
