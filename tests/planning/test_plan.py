@@ -14,6 +14,7 @@ from semi3d.planning.fingerprint import ChannelStats, Fingerprint, fingerprint
 from semi3d.planning.plan import BUDGETS, make_plan, plan_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,32 @@ def test_plan_warns_of_cases_in_other_orientations(aniso, tmp_path):
     same = plan_dataset(aniso, tmp_path / "c.yaml")
     assert (plan.target_spacing, plan.patch_size, plan.slicing_axis) == (same.target_spacing, same.patch_size, same.slicing_axis)
     assert load_config(tmp_path / "c.yaml").data.preprocess.orientation is None
+
+
+def test_a_plain_folder_of_images_with_labels(aniso, tmp_path):
+    """``semi3d plan IMAGES --labels LABELS``: files named by case (a scanner export, 3D Slicer) are
+    planned as the same cases in nnU-Net's layout, and the config reads them (the ``folder`` format)."""
+    import shutil
+
+    (tmp_path / "images").mkdir()
+    for f in sorted((aniso / "imagesTr").glob("*_0000.nii.gz")) + sorted((aniso / "imagesUnlabelled").glob("*")):
+        shutil.copy(f, tmp_path / "images" / f.name.replace("_0000", ""))
+    shutil.copytree(aniso / "labelsTr", tmp_path / "labels")
+    r = runner.invoke(app, ["plan", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
+                            "-o", str(tmp_path / "f.yaml")])
+    assert r.exit_code == 0, r.output
+    plan_dataset(aniso, tmp_path / "n.yaml")
+    cfg, ref_cfg = load_config(tmp_path / "f.yaml"), load_config(tmp_path / "n.yaml")
+    assert (cfg.data.format, cfg.data.options) == ("folder", {"labels": str(tmp_path / "labels")})
+    assert cfg.data.patch_size == ref_cfg.data.patch_size and cfg.model == ref_cfg.model
+    assert cfg.data.preprocess == ref_cfg.data.preprocess and cfg.method == ref_cfg.method
+    reader = build_reader(cfg.data.format, cfg.data.root, **cfg.data.options)
+    assert reader.labelled_ids() == build_reader("nnunet", aniso).labelled_ids() and len(reader.case_ids()) == 7
+    r = runner.invoke(app, ["plan", str(aniso), "--labels", str(tmp_path / "labels"), "-o", str(tmp_path / "x.yaml")])
+    assert r.exit_code == 2 and "--labels: is for a plain folder of images" in r.output
+    r = runner.invoke(app, ["plan", str(tmp_path / "images"), "-o", str(tmp_path / "x.yaml")])
+    assert r.exit_code == 2 and "give its labels folder with --labels" in r.output
+    assert not (tmp_path / "x.yaml").exists()
 
 
 def test_a_case_stored_with_its_axes_permuted_is_planned_on_ras_axes():
@@ -161,12 +188,12 @@ def test_the_planned_config_trains(aniso, tmp_path):
 
 
 def test_cli_plan_and_its_errors(aniso, tmp_path):
-    r = CliRunner().invoke(app, ["plan", str(aniso), "-o", str(tmp_path / "c.yaml"), "--method", "supervised"])
+    r = runner.invoke(app, ["plan", str(aniso), "-o", str(tmp_path / "c.yaml"), "--method", "supervised"])
     assert r.exit_code == 0, r.output
     assert "target_spacing" in r.output and (tmp_path / "c.yaml").is_file()
     assert r.output.splitlines()[0].startswith("[1/") and " fingerprint " in r.output  # progress as it reads
     assert load_config(tmp_path / "c.yaml").inference.postprocess == "largest_component"
-    r = CliRunner().invoke(app, ["plan", str(tmp_path / "nope")])
+    r = runner.invoke(app, ["plan", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "no such dataset folder" in r.output
-    r = CliRunner().invoke(app, ["plan", str(aniso), "--budget", "tpu", "-o", str(tmp_path / "d.yaml")])
+    r = runner.invoke(app, ["plan", str(aniso), "--budget", "tpu", "-o", str(tmp_path / "d.yaml")])
     assert r.exit_code == 2 and "unknown budget" in r.output and not (tmp_path / "d.yaml").exists()
