@@ -242,6 +242,7 @@ def export(run: Path, out: Path = typer.Option(..., "--out", "-o", help="bundle 
 @_clean_errors
 def plan(dataset: Path = typer.Argument(..., help="an nnU-Net v2 raw dataset folder, a Medical Segmentation Decathlon task folder, a UA-MT h5 folder (train.list), or a plain folder of images / DICOM series folders (with --labels)"),
          labels: Optional[Path] = typer.Option(None, "--labels", help="DATASET is a plain folder of images: the folder of their label files, named by case"),
+         modality: list[str] = typer.Option([], "--modality", help="with --labels: each channel's modality, e.g. CT (CT normalisation; repeat for several channels)"),
          out: Optional[Path] = typer.Option(None, "--out", "-o", help="config to write (default DATASET/semi3d_plan_<method>_<budget>.yaml)"),
          budget: str = typer.Option("cpu", help="cpu | gpu: the patch, network and schedule to fit"),
          method: str = typer.Option("mn", help="the method the config trains"),
@@ -251,7 +252,8 @@ def plan(dataset: Path = typer.Argument(..., help="an nnU-Net v2 raw dataset fol
     from .planning.plan import plan_dataset
 
     p = plan_dataset(dataset, out, budget, method, pretrained2d,
-                     progress=lambda i, n, cid: console.print(f"[{i}/{n}] fingerprint {cid}"), labels=labels)
+                     progress=lambda i, n, cid: console.print(f"[{i}/{n}] fingerprint {cid}"), labels=labels,
+                     modality=modality or None)
     for k, v in p.notes.items():
         console.print(f"{k}: {v}")
     console.print(f"-> {p.written}")

@@ -10,6 +10,7 @@ from semi3d.cli import app
 from semi3d.config import RunConfig, load_config
 from semi3d.data.formats import build_reader
 from semi3d.data.synthetic import write_dataset
+from semi3d.errors import InputError
 from semi3d.planning.fingerprint import ChannelStats, Fingerprint, fingerprint
 from semi3d.planning.plan import BUDGETS, make_plan, plan_dataset
 
@@ -65,7 +66,8 @@ def test_plan_warns_of_cases_in_other_orientations(aniso, tmp_path):
 
 def test_a_plain_folder_of_images_with_labels(aniso, tmp_path):
     """``semi3d plan IMAGES --labels LABELS``: files named by case (a scanner export, 3D Slicer) are
-    planned as the same cases in nnU-Net's layout, and the config reads them (the ``folder`` format)."""
+    planned as the same cases in nnU-Net's layout, and the config reads them (the ``folder`` format);
+    ``--modality CT`` plans CT normalisation."""
     import shutil
 
     (tmp_path / "images").mkdir()
@@ -82,6 +84,14 @@ def test_a_plain_folder_of_images_with_labels(aniso, tmp_path):
     assert cfg.data.preprocess == ref_cfg.data.preprocess and cfg.method == ref_cfg.method
     reader = build_reader(cfg.data.format, cfg.data.root, **cfg.data.options)
     assert reader.labelled_ids() == build_reader("nnunet", aniso).labelled_ids() and len(reader.case_ids()) == 7
+    # the folder says no modality: --modality names it (nnU-Net's dataset.json channel_names)
+    ct = plan_dataset(tmp_path / "images", tmp_path / "ct.yaml", labels=tmp_path / "labels", modality=["CT"])
+    assert ct.config["data"]["preprocess"]["normalisation"] == "ct" and len(ct.config["data"]["preprocess"]["ct_window"]) == 2
+    assert load_config(tmp_path / "ct.yaml").data.options["channel_names"] == ["CT"]
+    with pytest.raises(InputError, match="1 image channel.*channel_names names 2: CT, PET"):
+        plan_dataset(tmp_path / "images", tmp_path / "x.yaml", labels=tmp_path / "labels", modality=["CT", "PET"])
+    r = runner.invoke(app, ["plan", str(aniso), "--modality", "CT", "-o", str(tmp_path / "x.yaml")])
+    assert r.exit_code == 2 and "--modality: names the channels of a plain folder" in r.output
     r = runner.invoke(app, ["plan", str(aniso), "--labels", str(tmp_path / "labels"), "-o", str(tmp_path / "x.yaml")])
     assert r.exit_code == 2 and "--labels: is for a plain folder of images" in r.output
     r = runner.invoke(app, ["plan", str(tmp_path / "images"), "-o", str(tmp_path / "x.yaml")])

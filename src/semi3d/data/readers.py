@@ -327,11 +327,16 @@ class FolderReader(IndexedReader):
         suffixes: file suffixes to pick up (others and hidden files are ignored).
         image_key, label_key: h5 dataset names (None: the file's only dataset).
         domain: domain tag of the cases.
+        channel_names: the modality of each channel (e.g. ``["CT"]``, as nnU-Net's ``dataset.json``
+            ``channel_names``; ``semi3d plan`` normalises a ``CT`` channel as CT); default ``image``,
+            or ``channel0``, ``channel1``, ...
     """
 
     def __init__(self, images: PathLike, labels: PathLike | None = None, num_classes: int | None = None,
                  suffixes: Sequence[str] = (".nii.gz", ".nii", ".nrrd", ".mha", ".h5", ".npy"),
-                 image_key: str | None = None, label_key: str | None = None, domain: str = "default"):
+                 image_key: str | None = None, label_key: str | None = None, domain: str = "default",
+                 channel_names: Sequence[str] | None = None):
+        self._given_names = None if channel_names is None else [str(c) for c in channel_names]
         self.root = existing_dir(images)
         self.labels_dir = existing_dir(labels) if labels is not None else None
         self.num_classes, self.domain = num_classes, domain
@@ -342,9 +347,15 @@ class FolderReader(IndexedReader):
 
     @functools.cached_property
     def channel_names(self) -> list[str]:  # type: ignore[override]
-        """``["image"]``, or one name per channel when the first case's image has several."""
+        """The ``channel_names`` given, else ``["image"]``, or one name per channel when the first
+        case's image has several."""
         first = next(iter(self._images.values()), None)
         n = len(read_channels(first, self.image_key)) if first is not None else 1
+        if self._given_names is not None:
+            if len(self._given_names) != n:
+                raise InputError(first, f"{n} image channel(s), but channel_names names {len(self._given_names)}: "
+                                        f"{', '.join(self._given_names)}")
+            return self._given_names
         return ["image"] if n == 1 else [f"channel{c}" for c in range(n)]
 
     def _volumes(self, case_id: str) -> tuple[list[Volume], Volume | None]:
