@@ -5,7 +5,7 @@ import pytest
 import SimpleITK as sitk
 from dicom_series import write_series
 
-from semi3d.data.dicom import dicom_series, series_files
+from semi3d.data.dicom import dicom_modality, dicom_series, series_files
 from semi3d.data.volumes import read_volume
 from semi3d.errors import InputError
 
@@ -33,7 +33,7 @@ def test_a_folder_is_scanned_once_until_it_changes(tmp_path, scans):
     folder = tmp_path / "patient1"
     image = np.arange(8 * 6 * 4, dtype=np.int16).reshape(8, 6, 4)
     write_series(folder, image)
-    assert len(dicom_series(folder)) == 1
+    assert len(dicom_series(folder)) == 1 and dicom_modality(folder) == "CT"
     files = series_files(folder)
     assert [f.rsplit("/", 1)[1] for f in files] == [f"s{z:03d}.dcm" for z in range(4)]
     for _ in range(2):

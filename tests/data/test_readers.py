@@ -330,6 +330,8 @@ def test_folder_reader_dicom_series_images_with_nifti_labels(tmp_path):
     write_volume(lab / "p01.nii.gz", _label(), itk_affine(series))
     r = build_reader("folder", img, labels=lab, num_classes=3)
     assert r.case_ids() == ["p01", "p02"] and r.labelled_ids() == ["p01"]
+    assert r.channel_names == ["CT"]  # the series' Modality tag (semi3d plan normalises it as CT)
+    assert build_reader("folder", img, labels=lab, channel_names=["MR"]).channel_names == ["MR"]  # given wins
     case = r.load("p01")
     np.testing.assert_array_equal(case.image[0], np.round(_image(0) * 10))
     np.testing.assert_array_equal(case.label, _label())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import InputError
 
-__all__ = ["dicom_series", "series_files"]
+__all__ = ["dicom_modality", "dicom_series", "series_files"]
 
 
 def _folder_key(folder: str | os.PathLike) -> tuple[str, int, int]:
@@ -53,3 +53,15 @@ def _series_files(key: tuple[str, int, int], uid: str) -> tuple[str, ...]:
     import SimpleITK as sitk
 
     return tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(key[0], uid))
+
+
+def dicom_modality(folder: Path) -> str | None:
+    """The Modality (0008,0060) of the one series in ``folder``, e.g. ``"CT"`` or ``"MR"``, from
+    its first file's header; None when the tag is missing or empty."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(series_files(folder)[0])
+    reader.ReadImageInformation()
+    tag = "0008|0060"
+    return (reader.GetMetaData(tag).strip() or None) if reader.HasMetaDataKey(tag) else None

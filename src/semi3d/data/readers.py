@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import InputError
 from ..losses import IGNORE_INDEX
 from .case import Case
+from .dicom import dicom_modality
 from .dicom_seg import SEG_SUFFIXES, read_dicom_seg
 from .volumes import PathLike, Volume, short_error, h5_keys, read_channels, read_volume, split_suffix
 
@@ -347,8 +348,9 @@ class FolderReader(IndexedReader):
 
     @functools.cached_property
     def channel_names(self) -> list[str]:  # type: ignore[override]
-        """The ``channel_names`` given, else ``["image"]``, or one name per channel when the first
-        case's image has several."""
+        """The ``channel_names`` given, else, over DICOM series, the first series' Modality tag
+        (e.g. ``["CT"]``), else ``["image"]``, or one name per channel when the first case's image
+        has several."""
         first = next(iter(self._images.values()), None)
         n = len(read_channels(first, self.image_key)) if first is not None else 1
         if self._given_names is not None:
@@ -356,6 +358,8 @@ class FolderReader(IndexedReader):
                 raise InputError(first, f"{n} image channel(s), but channel_names names {len(self._given_names)}: "
                                         f"{', '.join(self._given_names)}")
             return self._given_names
+        if n == 1 and first is not None and first.is_dir() and (modality := dicom_modality(first)):
+            return [modality]
         return ["image"] if n == 1 else [f"channel{c}" for c in range(n)]
 
     def _volumes(self, case_id: str) -> tuple[list[Volume], Volume | None]:
