@@ -94,6 +94,10 @@ def test_a_plain_folder_of_images_with_labels(aniso, tmp_path):
     assert r.exit_code == 2 and "--modality: names the channels of a plain folder" in r.output
     r = runner.invoke(app, ["plan", str(aniso), "--labels", str(tmp_path / "labels"), "-o", str(tmp_path / "x.yaml")])
     assert r.exit_code == 2 and "--labels: is for a plain folder of images" in r.output
+    (tmp_path / "other").mkdir()  # labels named otherwise (e.g. nnU-Net's syn_000_0000 images): said so
+    shutil.copy(next((aniso / "labelsTr").iterdir()), tmp_path / "other" / "case_a.nii.gz")
+    with pytest.raises(InputError, match=r"no labelled case.*no file in .*other is named as an image's case \(syn_000, syn_001"):
+        plan_dataset(tmp_path / "images", tmp_path / "x.yaml", labels=tmp_path / "other")
     r = runner.invoke(app, ["plan", str(tmp_path / "images"), "-o", str(tmp_path / "x.yaml")])
     assert r.exit_code == 2 and "give its labels folder with --labels" in r.output
     assert not (tmp_path / "x.yaml").exists()

@@ -269,7 +269,12 @@ def plan_dataset(root: Path, out: Path | None = None, budget: str = "cpu", metho
     reader = build_reader(fmt, root, **options)
     fp = fingerprint(reader, progress=progress)
     if fp.n_labelled == 0:
-        raise InputError(root, "no labelled case: planning needs labels for the foreground statistics")
+        hint = ""
+        if fmt == "folder":
+            ids = reader.case_ids()[:2]
+            hint = (f"; no file in {options['labels']} is named as an image's case ({', '.join(ids)}, ...: "
+                    f"a label is <case>.nii.gz (or .nrrd, .mha, .seg.dcm ...))")
+        raise InputError(root, f"no labelled case: planning needs labels for the foreground statistics{hint}")
     has_test = bool(getattr(reader, "test_case_ids", list)())
     plan = make_plan(fp, budget, method, str(root), fmt, options, pretrained2d, has_test)
     out = Path(out) if out else root / f"semi3d_plan_{method}_{budget}.yaml"
