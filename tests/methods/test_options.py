@@ -14,6 +14,8 @@ def test_defaults_validate_and_unknown_keys_are_named(name):
     assert method_options(name, {}, model) == model()
     with pytest.raises(InputError, match=rf"method.options \({name}\): unknown option 'nope'; valid: "):
         method_options(name, {"nope": 1}, model)
+    with pytest.raises(InputError, match=rf"method.options \({name}\): unknown options 'nope', 'zz'; valid: "):
+        method_options(name, {"zz": 1, "nope": 1}, model)  # every unknown key at once
 
 
 @pytest.mark.parametrize("name,key,value,message", [

@@ -27,7 +27,7 @@ from pydantic import ConfigDict, ValidationError
 from torch import nn
 
 from ..config import NetSpec, RunConfig, StrictModel
-from ..errors import InputError
+from ..errors import InputError, check_options
 from ..registry import NETS2D, NETS3D
 
 
@@ -157,16 +157,15 @@ O = TypeVar("O", bound=MethodOptions)
 
 
 def method_options(name: str, options: dict, model: type[O]) -> O:
-    """``options`` validated as ``model``; the first problem as :class:`InputError` naming the key."""
+    """``options`` validated as ``model``: every unknown key at once, else the first problem, as
+    :class:`InputError` naming the key."""
+    check_options(f"method.options ({name})", options, model.model_fields)
     try:
         return model.model_validate(dict(options))
     except ValidationError as e:
         err = e.errors()[0]
         loc = err["loc"]  # (option, then list indices; union member tags such as 'int' are dropped)
         key = ".".join(str(x) for x in loc[:1] + tuple(i for i in loc[1:] if isinstance(i, int)))
-        if err["type"] == "extra_forbidden":
-            raise InputError(f"method.options ({name})",
-                             f"unknown option {key!r}; valid: {', '.join(sorted(model.model_fields))}") from None
         where = f"method.options.{key} ({name})" if key else f"method.options ({name})"
         msg = err["msg"].removeprefix("Value error, ")
         raise InputError(where, f"{msg}, got {err['input']!r}" if key else msg) from None
