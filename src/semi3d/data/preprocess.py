@@ -127,7 +127,8 @@ class Preprocessor:
         orientation: None keeps each file's voxel order (nnU-Net); axis codes such as ``"RAS"``
             first reorder every case's voxel axes to point that way
             (:func:`~semi3d.data.orientation.reorientation`; MONAI's ``Orientationd``), so cases
-            stored in different orientations show the network the anatomy the same way. :meth:`restore` maps predictions back to the file's own grid.
+            stored in different orientations show the network the anatomy the same way;
+            :meth:`restore` maps predictions back to the file's own grid.
 
     The output shape is ``max(1, round(shape * factor))`` per axis, with ``factor = scale`` or
     ``spacing / target_spacing``. The new spacing is ``spacing * old_shape / new_shape`` (exact

@@ -29,8 +29,8 @@ def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None
     ``ensemble``: more run folders, model files or bundles (``which`` picks a run folder's model)
     whose probabilities are averaged with the run's (:class:`MeanOfModels`); default ``out`` then
     ``run_dir/eval_<name>_mean_of_<N>`` (N models). A member's run must not have trained (labelled
-    or unlabelled) on a held-out case evaluated here. ``nsd_tolerance`` (mm, one or one per foreground class): also the normalised
-    surface Dice at that tolerance (:func:`case_metrics`).
+    or unlabelled) on a held-out case evaluated here. ``nsd_tolerance`` (mm, one or one per
+    foreground class): also the normalised surface Dice at that tolerance (:func:`case_metrics`).
     Returns the summary (mean per class and metric).
     """
     run = RunDir(run_dir).require()

@@ -37,8 +37,8 @@ def evaluate_folder(pred_dir: Path, ref_dir: Path, dataset_json: Path | None = N
     ``semi3d predict`` writes, an h5 file's ``label`` dataset when it has several; ``semi3d
     predict``'s ``<case>_prob`` files are skipped). Distances in voxels and in mm at the reference's
     spacing, as :func:`case_metrics`; ``spacing`` (X, Y, Z mm) for references that store none (h5,
-    npy; their mm columns are in voxels without it). ``nsd_tolerance`` (mm, one or one per foreground class): also the normalised
-    surface Dice at that tolerance.
+    npy; their mm columns are in voxels without it). ``nsd_tolerance`` (mm, one or one per
+    foreground class): also the normalised surface Dice at that tolerance.
 
     Classes: the ``labels`` of ``dataset_json`` (nnU-Net's ``dataset.json``; default
     ``ref_dir/../dataset.json`` when there, the nnU-Net layout ``labelsTr``/``labelsTs``), whose

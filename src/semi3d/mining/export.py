@@ -63,7 +63,7 @@ from ..data.nnunet import NnUNetRawReader
 from ..data.volumes import read_volume, write_h5, write_volume
 from ..data.readers import Reader, UAMTH5Reader
 from ..errors import InputError
-from ..losses import class_argmax
+from ..losses import class_argmax, one_hot
 from .base import Strict
 from .data2d import stack_slices
 
@@ -104,8 +104,7 @@ def label_to_original_grid(label: np.ndarray, shape: Sequence[int], num_classes:
     if orientation is None and tuple(label.shape) == shape:
         return label.astype(np.uint8)
     k = max(int(num_classes), int(label.max(initial=0)) + 1)
-    onehot = torch.nn.functional.one_hot(torch.from_numpy(label.astype(np.int64)), k)
-    probs = onehot.permute(3, 0, 1, 2).float()
+    probs = one_hot(torch.from_numpy(label.astype(np.int64))[None], k)[0]
     restored = restore_probabilities(probs, shape, np.eye(4) if affine is None else affine, orientation)
     return class_argmax(restored, 0).numpy().astype(np.uint8)
 

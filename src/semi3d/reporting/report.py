@@ -290,8 +290,7 @@ def _run_info(run_dir: Path, cfg, splits, records, metrics, metrics_path) -> lis
 def _case_cols(rows: list[dict]) -> list[str]:
     per_class = [k for k in (rows[0] if rows else {}) if k.startswith("dice_")]
     multi = len(per_class) > 1
-    return present(["rank", "case", *(per_class if multi else []), "dice", "jaccard", "hd95", "asd", "hd95_mm",
-                    "asd_mm", "nsd"], rows)
+    return present(["rank", "case", *(per_class if multi else []), *METRICS, *OPTIONAL], rows)
 
 
 _MEANS = ["class", "dice", "dice_std", "jaccard", "hd95", "asd", "hd95_mm", "asd_mm", "nsd"]
