@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import nibabel as nib
 import numpy as np
@@ -11,46 +10,17 @@ import yaml
 
 from semi3d.config import load_config
 from semi3d.data.formats import build_reader
-from semi3d.data.synthetic import write_dataset
 from semi3d.errors import InputError
 from semi3d.planning.plan import plan_dataset
+
+from msd_task import write_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _task(root, per_channel=False):
-    """A two-modality Decathlon task from the synthetic dataset: 4 training cases (4D NIfTI images,
-    channels last: the image and 2x + 1 of it), 1 test image without label; ``per_channel``:
-    nnU-Net v1's ``<case>_0000`` / ``_0001`` files instead of the 4D ones."""
-    src = write_dataset(root.parent / f"src_{root.name}", n_labelled=4, n_unlabelled=0, n_test=1,
-                        shape=(24, 24, 16), num_classes=2)
-    meta = {"name": "Two", "tensorImageSize": "4D", "modality": {"0": "T2", "1": "ADC"},
-            "labels": {"0": "background", "1": "organ"}, "numTraining": 4, "numTest": 1, "training": [], "test": []}
-    for folder, lab in (("imagesTr", "labelsTr"), ("imagesTs", None)):
-        (root / folder).mkdir(parents=True)
-        for f in sorted((src / folder).glob("*_0000.nii.gz")):
-            img = nib.load(f)
-            x = np.asarray(img.dataobj)
-            case = f.name.replace("_0000.nii.gz", "")
-            if per_channel:
-                for c, arr in enumerate((x, 2 * x + 1)):
-                    nib.save(nib.Nifti1Image(arr, img.affine), root / folder / f"{case}_{c:04d}.nii.gz")
-            else:
-                nib.save(nib.Nifti1Image(np.stack([x, 2 * x + 1], -1), img.affine), root / folder / f"{case}.nii.gz")
-            if lab:
-                (root / lab).mkdir(exist_ok=True)
-                shutil.copy(src / lab / f"{case}.nii.gz", root / lab / f"{case}.nii.gz")
-                meta["training"].append({"image": f"./{folder}/{case}.nii.gz", "label": f"./{lab}/{case}.nii.gz"})
-            else:
-                meta["test"].append(f"./{folder}/{case}.nii.gz")
-    (root / "._syn_000.nii.gz").write_bytes(b"macOS resource fork, as in the Decathlon's archives")
-    (root / "dataset.json").write_text(json.dumps(meta))
-    return root, src
-
-
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_a_decathlon_task_reads_its_listed_cases(tmp_path, per_channel):
-    root, src = _task(tmp_path / "Task99_Two", per_channel)
+    root, src = write_task(tmp_path / "Task99_Two", per_channel)
     r = build_reader("msd", root)
     assert r.case_ids() == ["syn_000", "syn_001", "syn_002", "syn_003", "syn_004"]
     assert r.labelled_ids() == r.case_ids()[:4] and r.unlabelled_ids() == ["syn_004"]  # the test image
@@ -63,7 +33,7 @@ def test_a_decathlon_task_reads_its_listed_cases(tmp_path, per_channel):
 
 
 def test_decathlon_errors_name_the_file(tmp_path):
-    root, _ = _task(tmp_path / "Task99_Two")
+    root, _ = write_task(tmp_path / "Task99_Two")
     meta = json.loads((root / "dataset.json").read_text())
     (root / "labelsTr" / "syn_001.nii.gz").unlink()
     with pytest.raises(InputError, match=r"labelsTr/syn_001.nii.gz: listed in dataset.json but missing"):
@@ -84,7 +54,7 @@ def test_decathlon_errors_name_the_file(tmp_path):
 
 
 def test_a_decathlon_task_is_planned_and_trains(tmp_path):
-    root, _ = _task(tmp_path / "Task99_Two")
+    root, _ = write_task(tmp_path / "Task99_Two")
     plan_dataset(root, tmp_path / "p.yaml", method="supervised")
     tree = yaml.safe_load((tmp_path / "p.yaml").read_text())
     assert tree["data"]["format"] == "msd"

@@ -1,5 +1,6 @@
-"""The 3D route: mined slice pseudo-labels written as a 3D training dataset (real + pseudo labels)
-in the source's layout, then a normal 3D training on it."""
+"""The 3D route end to end: mining writes its slice pseudo-labels as a 3D training dataset (real +
+pseudo labels) in the source's layout, then a normal 3D training on it (the layouts of every format:
+``test_dataset3d.py``)."""
 from __future__ import annotations
 
 import hashlib
@@ -13,14 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from semi3d.data.preprocess import Preprocessor
-from semi3d.data.nnunet import NnUNetRawReader
 from semi3d.data.volumes import read_volume
-from semi3d.data.readers import FolderReader
 from semi3d.data.synthetic import write_dataset
-from semi3d.errors import InputError
-from semi3d.mining.export import label_to_original_grid, write_pseudo_dataset
-from semi3d.mining.config import load_mining_config
 from semi3d.mining.loop import run_mining
 
 H5 = "2018LA_Seg_Training Set"
@@ -115,72 +110,6 @@ def test_mining_writes_a_3d_dataset_that_trains(la_like, tmp_path):
     hint = prepare_data(DataConfig.model_validate(rec["data"]))
     assert {k: hint.splits[k] for k in ("labelled", "validation")} == {"labelled": real + pseudo, "validation": dev}
     assert _hashes(la_like) == before
-
-
-def test_nnunet_dataset_inclusion_rule_and_errors(synth_root, tmp_path):
-    """nnU-Net raw source (3 classes), slicing axis 0, preprocessed at half resolution: a mined case
-    is included when its kept fraction reaches the threshold; rejected and test cases stay out."""
-    before = _hashes(synth_root)
-    reader = NnUNetRawReader(synth_root)
-    pre = Preprocessor(scale=0.5)
-    splits = {"labelled": ["syn_000", "syn_001"], "validation": ["syn_004"],
-              "unlabelled": ["syn_005", "syn_006", "syn_007"], "test": []}
-    cases = {cid: pre(reader.load(cid)) for cid in splits["unlabelled"]}
-    n = cases["syn_005"].shape[0]  # slices along X
-    rng = np.random.default_rng(0)
-    labels = {cid: {i: rng.integers(0, 3, c.shape[1:]).astype(np.uint8) for i in range(n)} for cid, c in cases.items()}
-    kept = {"syn_005": {i: True for i in range(n)},
-            "syn_006": {i: i < n // 2 for i in range(n)},    # half of the slices kept
-            "syn_007": {i: False for i in range(n)}}
-    out = tmp_path / "run" / "dataset"
-    rec = write_pseudo_dataset(out, reader, splits, cases, labels, kept, 3, axis=0, min_kept_fraction=0.5)
-    assert rec["pseudo"] == ["syn_005", "syn_006"] and rec["rejected"] == ["syn_007"]
-    assert rec["kept_fraction"] == {"syn_005": 1.0, "syn_006": 0.5, "syn_007": 0.0}
-    new = NnUNetRawReader(out)  # a valid nnU-Net raw folder: labels on the image grids (affine checked)
-    assert new.case_ids() == ["syn_000", "syn_001", "syn_004", "syn_005", "syn_006"]
-    assert new.labelled_ids() == new.case_ids() and new.test_case_ids() == []
-    assert json.loads((out / "dataset.json").read_text())["numTraining"] == 5
-    assert (out / "dev.list").read_text().split() == ["syn_004"]
-    assert (out / "pseudo.list").read_text().split() == rec["pseudo"]
-    for cid in new.case_ids():
-        img = f"{cid}_0000.nii.gz"
-        src = next(synth_root / d / img for d in ("imagesTr", "imagesUnlabelled") if (synth_root / d / img).is_file())
-        assert (out / "imagesTr" / img).read_bytes() == src.read_bytes()
-        case = new.load(cid)
-        if cid in rec["pseudo"]:
-            stacked = np.stack([labels[cid][i] for i in range(n)], axis=0)  # slices along X
-            np.testing.assert_array_equal(case.label, _upsample(stacked, case.shape, 3))
-            np.testing.assert_array_equal(case.label, label_to_original_grid(stacked, case.shape, 3))
-            assert case.shape == reader.load(cid).shape == (24, 24, 16)
-        else:
-            assert (out / f"labelsTr/{cid}.nii.gz").read_bytes() == (synth_root / f"labelsTr/{cid}.nii.gz").read_bytes()
-    # written again with a stricter threshold: the folder is replaced, syn_006 is gone
-    rec = write_pseudo_dataset(out, reader, splits, cases, labels, kept, 3, axis=0, min_kept_fraction=1.0)
-    assert rec["pseudo"] == ["syn_005"] and not (out / "labelsTr" / "syn_006.nii.gz").exists()
-    assert not any(p.name.startswith(".") for p in out.parent.iterdir())  # no temp folder left
-    assert _hashes(synth_root) == before
-
-    with pytest.raises(InputError, match="outside the source"):
-        write_pseudo_dataset(synth_root / "pseudo", reader, splits, cases, labels, kept, 3, axis=0)
-    with pytest.raises(InputError, match="uamt_h5 and nnunet"):
-        write_pseudo_dataset(tmp_path / "x", FolderReader(synth_root / "imagesTr"), splits, {}, {}, {}, 3)
-    assert _hashes(synth_root) == before
-
-
-def test_dataset_3d_config(tmp_path):
-    base = {"name": "x", "output_dir": str(tmp_path), "rounds": 1}
-    data = {"format": "folder", "root": str(tmp_path)}
-    assert load_mining_config(tree={**base, "data": {**data, "format": "nnunet"}}).dataset_3d.enabled is False
-    with pytest.raises(InputError, match="dataset_3d needs 3D volumes"):
-        load_mining_config(tree={**base, "data": data, "dataset_3d": {"enabled": True}})
-    with pytest.raises(InputError, match="dataset_3d needs 3D volumes"):
-        load_mining_config(tree={**base, "images": {"root": str(tmp_path)}, "dataset_3d": {"enabled": True}})
-    with pytest.raises(InputError, match="rounds >= 1"):
-        load_mining_config(tree={**base, "rounds": 0, "data": {**data, "format": "uamt_h5"},
-                                 "dataset_3d": {"enabled": True}})
-    with pytest.raises(InputError, match="min_kept_fraction"):
-        load_mining_config(tree={**base, "data": {**data, "format": "uamt_h5"},
-                                 "dataset_3d": {"enabled": True, "min_kept_fraction": 1.5}})
 
 
 def _store_as(path: Path, axcodes: str) -> None:

@@ -51,6 +51,7 @@ class MSDReader(IndexedReader):
         self.channel_names = _numbered(meta, "modality", where)
         self._images: dict[str, list[Path]] = {}
         self._labels: dict[str, Path] = {}
+        self._listed: dict[str, Path] = {}
         pairs, tests = meta["training"], meta.get("test", [])
         if not isinstance(pairs, list) or not all(isinstance(p, dict) and {"image", "label"} <= set(p) for p in pairs):
             raise InputError(where, "'training' must be a list of {\"image\": path, \"label\": path}")
@@ -60,9 +61,15 @@ class MSDReader(IndexedReader):
             cid = split_suffix(Path(entry["image"]).name)[0]
             if cid in self._images:
                 raise InputError(where, f"case {cid!r} listed twice")
+            self._listed[cid] = under_root(self.root, entry["image"])
             self._images[cid] = self._channel_files(entry["image"], where)
             if "label" in entry:
                 self._labels[cid] = self._existing(entry["label"], where)
+
+    def entry(self, case_id: str) -> tuple[Path, list[Path], Path | None]:
+        """The case's image as ``dataset.json`` lists it, its image files (that file, or nnU-Net
+        v1's one file per channel beside it) and its label file or None; KeyError for an unknown id."""
+        return self._listed[case_id], self._images[case_id], self._labels.get(case_id)
 
     def _existing(self, rel: str, where: Path) -> Path:
         path = under_root(self.root, rel)

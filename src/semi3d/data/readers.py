@@ -346,6 +346,18 @@ class FolderReader(IndexedReader):
         self._images = index_cases(self.root, self.suffixes, series=True)
         self._labels = index_cases(self.labels_dir, (*self.suffixes, *SEG_SUFFIXES)) if self.labels_dir is not None else {}
 
+    def entry(self, case_id: str) -> tuple[Path, Path | None]:
+        """The case's image (a file or a DICOM series folder) and label file or None; KeyError for
+        an unknown id."""
+        return self._images[case_id], self._labels.get(case_id)
+
+    @property
+    def options(self) -> dict:
+        """The reading options given (file suffixes, h5 keys, channel names when given): what a copy
+        of the dataset needs to be read the same way."""
+        return {"suffixes": list(self.suffixes), "image_key": self.image_key, "label_key": self.label_key,
+                "channel_names": self._given_names}
+
     @functools.cached_property
     def channel_names(self) -> list[str]:  # type: ignore[override]
         """The ``channel_names`` given, else, over DICOM series, the first series' Modality tag

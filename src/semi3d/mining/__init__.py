@@ -6,8 +6,8 @@
   ``transformers`` (imported only when used);
 - :mod:`.iterative`: rounds of prompt -> refine per slice; :mod:`.select`: pseudo-label selection;
 - :mod:`.data2d`, :mod:`.train2d`: 2D samples (volume slices, image folders) and the small model's
-  training; :mod:`.export`: pseudo-label volumes, and a real + pseudo-labelled 3D training
-  dataset (the 3D route);
+  training; :mod:`.export`: pseudo-label volumes; :mod:`.dataset3d`: a real + pseudo-labelled 3D
+  training dataset in the source's layout (the 3D route);
 - :mod:`.config`: the run's config; :mod:`.loop`: the mining loop, :func:`run_mining`.
 """
 from .base import Prompt, PromptableSegmenter, Segmentation

@@ -13,7 +13,7 @@ from ..config import DataConfig, NetSpec, parse_overrides, read_yaml_tree, set_d
 from ..errors import InputError
 from .base import PromptableSegmenter, Strict
 from .data2d import ImageFolderConfig
-from .export import DATASET_FORMATS, Dataset3DOptions
+from .dataset3d import DATASET_FORMATS, Dataset3DOptions
 from .iterative import IterateOptions
 from .prompts import PromptOptions
 from .select import SelectOptions
@@ -65,7 +65,7 @@ class MiningConfig(Strict):
     select: SelectOptions = SelectOptions()
     eval: EvalOptions = EvalOptions()
     save_pseudo: Literal["none", "nii.gz", "npy"] = "nii.gz"
-    dataset_3d: Dataset3DOptions = Dataset3DOptions()  # real + pseudo-labelled 3D dataset (mining/export.py)
+    dataset_3d: Dataset3DOptions = Dataset3DOptions()  # real + pseudo-labelled 3D dataset (mining/dataset3d.py)
 
     @model_validator(mode="after")
     def _one_source(self) -> "MiningConfig":

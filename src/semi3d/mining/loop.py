@@ -21,7 +21,7 @@ the stacked slice predictions, on the original voxel grid by default (``eval.ori
 For volumes the pseudo-labels of every round are also written as 3D volumes
 (:mod:`~semi3d.mining.export`), the extra targets of a 3D model; with ``dataset_3d: {enabled:
 true}`` also as a 3D training dataset (real labels + accepted pseudo-labels, in the source's
-layout, ``<run>/pseudo/round<r>/dataset/``) that ``semi3d train`` reads with any 3D method.
+layout, ``<run>/pseudo/round<r>/dataset/``; :mod:`~semi3d.mining.dataset3d`) that ``semi3d train`` reads with any 3D method.
 
 Entry point: :func:`run_mining` (a :class:`MiningConfig`, a dict or a YAML path; ``semi3d mine``
 passes :func:`~semi3d.mining.config.load_mining_config`'s, with its ``key=value`` overrides).
@@ -49,7 +49,8 @@ from ..registry import NETS2D
 from .base import PromptableSegmenter
 from .config import MiningConfig, build_refiner, load_mining_config
 from .data2d import IMAGE_CHANNELS, IMAGE_CLASSES, Slice2D, read_image_folder, volume_slices
-from .export import write_pseudo_dataset, write_masks_png, write_pseudo_volumes
+from .dataset3d import write_pseudo_dataset
+from .export import write_masks_png, write_pseudo_volumes
 from .iterative import refine_iteratively
 from .prompts import confident_label
 from .select import Candidate, select_pseudo_labels
@@ -229,7 +230,7 @@ def run_mining(cfg: MiningConfig | dict | str | Path, resume: bool = False) -> d
     model's state dict after round ``r``), ``round<r>/`` (the trainer run folder of round ``r``'s
     training, seed ``seed + r``: :mod:`~semi3d.mining.train2d`) and ``pseudo/round<r>/``
     (pseudo-labels, and with ``dataset_3d.enabled`` the 3D training dataset
-    ``pseudo/round<r>/dataset/``, see :mod:`~semi3d.mining.export`).
+    ``pseudo/round<r>/dataset/``, see :mod:`~semi3d.mining.dataset3d`).
 
     Returns:
         ``{"name", "run_dir", "refiner", "model", "num_classes", "splits": {split: count},
