@@ -102,7 +102,8 @@ def test_folder_of_dicom_series(tmp_path):
     for i, cid in enumerate(("ct_a", "ct_b", "ct_c")):
         lab = np.zeros((16, 12, 6), np.uint8)
         lab[4:12, 3:9, 1:5] = 1
-        write_series(images / cid, lab.astype(np.int16) * 300 + rng.integers(-50, 50, lab.shape), uid=f"1.2.826.0.1.3680043.2.1125.{7 + i}")
+        image = lab.astype(np.int16) * 300 + rng.integers(-50, 50, lab.shape)
+        write_series(images / cid, image, uid=f"1.2.826.0.1.3680043.2.1125.{7 + i}")
         if cid != "ct_c":
             write_volume(labs / f"{cid}.nii.gz", lab, affine=read_channels(images / cid)[0].affine)
     reader = FolderReader(images, labs)

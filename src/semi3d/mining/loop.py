@@ -21,7 +21,8 @@ the stacked slice predictions, on the original voxel grid by default (``eval.ori
 For volumes the pseudo-labels of every round are also written as 3D volumes
 (:mod:`~semi3d.mining.export`), the extra targets of a 3D model; with ``dataset_3d: {enabled:
 true}`` also as a 3D training dataset (real labels + accepted pseudo-labels, in the source's
-layout, ``<run>/pseudo/round<r>/dataset/``; :mod:`~semi3d.mining.dataset3d`) that ``semi3d train`` reads with any 3D method.
+layout, ``<run>/pseudo/round<r>/dataset/``; :mod:`~semi3d.mining.dataset3d`) that ``semi3d
+train`` reads with any 3D method.
 
 Entry point: :func:`run_mining` (a :class:`MiningConfig`, a dict or a YAML path; ``semi3d mine``
 passes :func:`~semi3d.mining.config.load_mining_config`'s, with its ``key=value`` overrides).
