@@ -162,15 +162,22 @@ def evaluate(run: Path, split: str = typer.Option("validation", help="a split of
              save_predictions: bool = typer.Option(False, help="write the predicted masks too"),
              out: Optional[Path] = typer.Option(None, help="output folder (default RUN/eval_<split>, with --ensemble RUN/eval_<split>_mean_of_<N>)"),
              ensemble: list[Path] = typer.Option([], "--ensemble", help=ENSEMBLE_HELP),
-             nsd_tolerance: list[float] = typer.Option([], help=NSD_HELP)):
+             nsd_tolerance: list[float] = typer.Option([], help=NSD_HELP),
+             determine_postprocessing: bool = typer.Option(False, help="score without post-processing and decide "
+                                                           "per class whether keeping the largest component raises Dice")):
     """Dice / Jaccard / HD95 / ASD per class and case on the original grid -> metrics.json/csv."""
     from .evaluation.evaluate import evaluate_run
+    from .evaluation.postprocessing import format_decision
     from .evaluation.summary import format_table
 
     summary = evaluate_run(run, split, ids_list, data_root, set, which, save_predictions, out,
                            progress=lambda i, n, cid, m: console.print(f"[{i}/{n}] {cid}"),
-                           ensemble=ensemble, nsd_tolerance=_one_or_list(nsd_tolerance))
+                           ensemble=ensemble, nsd_tolerance=_one_or_list(nsd_tolerance),
+                           determine_postprocessing=determine_postprocessing)
+    decision = summary.pop("postprocessing", None)
     console.print(format_table(summary, title=f"{run} ({ids_list or split})"))
+    if decision:
+        console.print(format_decision(decision))
 
 
 @app.command("evaluate-folder")

@@ -12,13 +12,15 @@ from ..engine.rundir import RunDir
 from ..errors import InputError
 from ..inference.predictor import is_bundle, load_models, member_file, model_file
 from .metrics import case_metrics
+from .postprocessing import choose_largest_component, largest_component_dice
 from .summary import summarise, write_metrics
 
 
 def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None = None,
                  data_root: Path | None = None, overrides: list[str] = (), which: str = "auto",
                  save_predictions: bool = False, out: Path | None = None, progress=None,
-                 ensemble: Sequence[Path] = (), nsd_tolerance: float | Sequence[float] | None = None) -> dict:
+                 ensemble: Sequence[Path] = (), nsd_tolerance: float | Sequence[float] | None = None,
+                 determine_postprocessing: bool = False) -> dict:
     """Predict every case of ``split`` (or of ``ids_list``) with the run's selected model and write
     ``metrics.json`` / ``metrics.csv`` into ``out`` (default ``run_dir/eval_<split or list name>``).
 
@@ -31,10 +33,15 @@ def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None
     ``run_dir/eval_<name>_mean_of_<N>`` (N models). A member's run must not have trained (labelled
     or unlabelled) on a held-out case evaluated here. ``nsd_tolerance`` (mm, one or one per
     foreground class): also the normalised surface Dice at that tolerance (:func:`case_metrics`).
-    Returns the summary (mean per class and metric).
+    ``determine_postprocessing``: predict without post-processing and decide, per class, whether
+    keeping its largest component raises its mean Dice (:mod:`~semi3d.evaluation.postprocessing`;
+    the decision is ``metrics.json``'s ``postprocessing``). Returns the summary (mean per class and
+    metric; with ``determine_postprocessing`` also ``"postprocessing"``: the decision).
     """
     run = RunDir(run_dir).require()
-    cfg = run.load_config(list(overrides) + ([f"data.root={data_root}"] if data_root else []))
+    overrides = [*overrides, *([f"data.root={data_root}"] if data_root else []),
+                 *(["inference.postprocess=none"] if determine_postprocessing else [])]
+    cfg = run.load_config(overrides)
     run_splits = run.load_splits()
     options = dict(cfg.data.options)
     if ids_list is not None:
@@ -60,13 +67,15 @@ def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None
     reader = build_reader(cfg.data.format, cfg.data.root, **options)
     predictor = load_models(members, cfg.device, cfg.precision, cfg.inference)
     k = predictor.num_classes
-    per_case, t0 = {}, time.time()
+    per_case, effects, t0 = {}, {}, time.time()
     for i, cid in enumerate(ids):
         case = reader.load(cid)
         if case.label is None:
             raise InputError(case.source or cid, "has no label to evaluate against")
         pred = predictor.segment(case)
         per_case[cid] = case_metrics(pred, case.label, k, case.spacing, predictor.class_names[1:], nsd_tolerance)
+        if determine_postprocessing:
+            effects[cid] = largest_component_dice(pred, case.label, k)
         if save_predictions:
             write_volume(out / "predictions" / f"{cid}.nii.gz", pred, affine=case.affine)
         if progress:
@@ -77,8 +86,10 @@ def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None
              **({"ensemble": [str(m) for m in members]} if ensemble else {}),
              **({"nsd_tolerance_mm": nsd_tolerance} if nsd_tolerance is not None else {}),
              "eval_time_s": time.time() - t0}
+    if determine_postprocessing:
+        extra["postprocessing"] = choose_largest_component(effects, list(per_case[ids[0]]))
     write_metrics(out, per_case, extra)
-    return summarise(per_case)
+    return {**summarise(per_case), **({"postprocessing": extra["postprocessing"]} if determine_postprocessing else {})}
 
 
 def _member(model: Path, which: str, held_out: Sequence[str]) -> Path:

@@ -34,7 +34,7 @@ from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binar
 from semi3d.errors import InputError
 from semi3d.losses import without_ignored
 
-__all__ = ["binary_metrics", "case_metrics"]
+__all__ = ["binary_metrics", "case_metrics", "overlap"]
 
 def _check_spacing(spacing: Sequence[float] | float | None, ndim: int) -> np.ndarray | None:
     if spacing is None:
@@ -101,21 +101,27 @@ def _as_bool_pair(pred: np.ndarray, ref: np.ndarray, where: str) -> tuple[np.nda
     return pred, ref
 
 
+def overlap(pred: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    """Dice and Jaccard of two boolean masks of the same shape, with the module's empty-mask policy
+    (both empty: 1, 1; one empty: 0, 0)."""
+    n_pred, n_ref = int(np.count_nonzero(pred)), int(np.count_nonzero(ref))
+    if n_pred == 0 or n_ref == 0:
+        return (1.0, 1.0) if n_pred == n_ref else (0.0, 0.0)
+    inter = int(np.count_nonzero(pred & ref))
+    return 2.0 * inter / float(n_pred + n_ref), float(inter) / float(n_pred + n_ref - inter)
+
+
 def _overlap_and_distances(
     pred: np.ndarray, ref: np.ndarray, spacings: Sequence[np.ndarray | None], tolerance: float | None = None
 ) -> tuple[float, float, list[tuple[float, float, float | None]]]:
     """Dice, Jaccard and one (hd95, asd, nsd) triple per entry of ``spacings`` (nsd None without a
     ``tolerance``); masks are boolean."""
-    n_pred = int(np.count_nonzero(pred))
-    n_ref = int(np.count_nonzero(ref))
-    if n_pred == 0 and n_ref == 0:
-        return 1.0, 1.0, [(0.0, 0.0, None if tolerance is None else 1.0) for _ in spacings]
-    if n_pred == 0 or n_ref == 0:
+    dice, jaccard = overlap(pred, ref)
+    if not pred.any() and not ref.any():
+        return dice, jaccard, [(0.0, 0.0, None if tolerance is None else 1.0) for _ in spacings]
+    if not pred.any() or not ref.any():
         worst = [_worst_distance(pred.shape, s) for s in spacings]
-        return 0.0, 0.0, [(w, w, None if tolerance is None else 0.0) for w in worst]
-    inter = int(np.count_nonzero(pred & ref))
-    dice = 2.0 * inter / float(n_pred + n_ref)
-    jaccard = float(inter) / float(n_pred + n_ref - inter)
+        return dice, jaccard, [(w, w, None if tolerance is None else 0.0) for w in worst]
     pred_c, ref_c = _crop_union(pred, ref)
     pred_surf, ref_surf = _surface(pred_c), _surface(ref_c)
     return dice, jaccard, [_distances(pred_surf, ref_surf, s, tolerance) for s in spacings]

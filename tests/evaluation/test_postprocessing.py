@@ -1,0 +1,88 @@
+"""Deciding the largest-component post-processing per class from a run's predictions (nnU-Net's
+determine_postprocessing): known answers, and a trained run whose decision, applied, scores what
+the decision said."""
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from semi3d.cli import app
+from semi3d.config import load_config
+from semi3d.engine.trainer import train
+from semi3d.evaluation.evaluate import evaluate_run
+from semi3d.evaluation.postprocessing import choose_largest_component, largest_component_dice
+from semi3d.losses import IGNORE_INDEX
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _maps():
+    """Class 1: one true cube, predicted with a spurious 8-voxel blob; class 2: two true blobs,
+    predicted exactly; class 3: one cube predicted exactly (one component: no change)."""
+    ref = np.zeros((20, 20, 20), np.uint8)
+    ref[2:6, 2:6, 2:6] = 1                      # 64 voxels
+    ref[10:12, 2:4, 2:4] = 2                    # 8 voxels
+    ref[15:18, 2:5, 2:5] = 2                    # 27 voxels, a second component
+    ref[10:13, 12:15, 12:15] = 3
+    pred = ref.copy()
+    pred[16:18, 16:18, 16:18] = 1               # spurious, 8 voxels
+    return pred, ref
+
+
+def test_known_answers():
+    pred, ref = _maps()
+    d = largest_component_dice(pred, ref, 4)
+    assert d[1] == pytest.approx((2 * 64 / (72 + 64), 1.0))
+    assert d[2] == pytest.approx((1.0, 2 * 27 / (27 + 35)))
+    assert d[3] == (1.0, 1.0)
+    decision = choose_largest_component({"a": d}, ["organ", "vessel", "node"])
+    assert [c["keep"] for c in decision["classes"].values()] == [True, False, False]
+    assert decision["inference"] == {"postprocess": "largest_component", "largest_component_classes": [1]}
+    assert decision["set"] == ["inference.postprocess=largest_component", "inference.largest_component_classes=[1]"]
+    # ignore-label voxels of the reference are left out: the spurious blob there costs nothing
+    ref_ignored = ref.copy()
+    ref_ignored[15:19, 15:19, 15:19] = IGNORE_INDEX
+    assert largest_component_dice(pred, ref_ignored, 4)[1] == (1.0, 1.0)
+    # the mean over cases decides: one case helped by 0.06, one hurt by 0.1 -> left
+    mixed = choose_largest_component({"a": {1: (0.9, 0.96)}, "b": {1: (0.8, 0.7)}}, ["organ"])
+    assert mixed["classes"]["organ"] == pytest.approx({"class": 1, "dice_none": 0.85, "dice_largest_component": 0.83,
+                                                        "keep": False})
+    assert mixed["set"] == ["inference.postprocess=none"]
+    every = choose_largest_component({"a": {1: (0.5, 0.6), 2: (0.1, 0.2)}}, ["x", "y"])
+    assert every["set"] == ["inference.postprocess=largest_component", "inference.largest_component_classes=null"]
+
+
+def test_a_run_decides_and_the_decision_applied_scores_what_it_said(tiny_tree, monkeypatch):
+    """A trained run whose argmax gets a spurious 2x2x2 'organ' blob in a corner (so that keeping
+    the largest component matters): the decision is taken on the maps as predicted, and the
+    settings it gives score, applied, the Dice it reported per class."""
+    import semi3d.inference.predictor as predictor
+
+    argmax = predictor.class_argmax
+
+    def with_blob(probs, dim):
+        label = argmax(probs, dim)
+        label[:2, :2, :2] = 1
+        return label
+
+    monkeypatch.setattr(predictor, "class_argmax", with_blob)
+    tree = {**tiny_tree, "name": "pp", "inference": {"overlap": 0.25, "postprocess": "largest_component"}}
+    tree["data"] = {**tree["data"], "splits": {"labelled": {"first": 3}, "validation": {"last": 2}, "test": {}}}
+    tree["train"] = {**tree["train"], "iterations": 40, "val_every": 40, "checkpoint_every": 40, "log_every": 10}
+    cfg = load_config(tree=tree)
+    train(cfg)
+    r = CliRunner().invoke(app, ["evaluate", str(cfg.run_dir), "--determine-postprocessing"])
+    assert r.exit_code == 0, r.output
+    assert "apply with: --set inference.postprocess=" in r.output
+    metrics = json.loads((cfg.run_dir / "eval_validation" / "metrics.json").read_text())
+    decision = metrics["postprocessing"]
+    assert metrics["postprocess"] == "none" and decision["n_cases"] == 2  # scored as predicted, not as configured
+    for name, c in decision["classes"].items():
+        assert c["dice_none"] == pytest.approx(metrics["mean"][name]["dice"])
+    applied = evaluate_run(cfg.run_dir, overrides=decision["set"], out=cfg.run_dir / "applied")
+    for name, c in decision["classes"].items():
+        expected = c["dice_largest_component"] if c["keep"] else c["dice_none"]
+        assert applied[name]["dice"] == pytest.approx(expected)
+    assert decision["classes"]["organ"]["keep"] and decision["set"][0] == "inference.postprocess=largest_component"
+    assert decision["classes"]["organ"]["dice_largest_component"] > decision["classes"]["organ"]["dice_none"]
