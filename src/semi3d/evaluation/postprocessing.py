@@ -66,6 +66,6 @@ def format_decision(decision: Mapping) -> str:
     component, then the ``--set`` values."""
     lines = [f"largest component ({decision['n_cases']} cases): class: mean Dice as predicted -> largest component kept"]
     for name, c in decision["classes"].items():
-        lines.append(f"  {name}: {100 * c['dice_none']:.2f} -> {100 * c['dice_largest_component']:.2f}"
-                     f"  ({'keep' if c['keep'] else 'leave'})")
+        none, largest = 100 * c["dice_none"], 100 * c["dice_largest_component"]
+        lines.append(f"  {name}: {none:.2f} -> {largest:.2f} ({largest - none:+.3f}: {'keep' if c['keep'] else 'leave'})")
     return "\n".join(lines + ["apply with: " + " ".join(f"--set {s}" for s in decision["set"])])
