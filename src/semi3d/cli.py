@@ -46,6 +46,8 @@ def _one_or_list(values: list[float]) -> float | list[float] | None:
 
 NSD_HELP = ("also the normalised surface Dice: the share of both surfaces within this many mm of the other "
             "(MONAI's compute_surface_dice); repeat it for one tolerance per foreground class, in class order")
+POSTPROCESSING_HELP = ("decide per class whether keeping its largest connected component raises its mean Dice "
+                       "(nnU-Net's determine_postprocessing; evaluate scores the run without post-processing)")
 
 
 def _clean_errors(fn=None, *, stop_hint: str = ""):
@@ -163,8 +165,7 @@ def evaluate(run: Path, split: str = typer.Option("validation", help="a split of
              out: Optional[Path] = typer.Option(None, help="output folder (default RUN/eval_<split>, with --ensemble RUN/eval_<split>_mean_of_<N>)"),
              ensemble: list[Path] = typer.Option([], "--ensemble", help=ENSEMBLE_HELP),
              nsd_tolerance: list[float] = typer.Option([], help=NSD_HELP),
-             determine_postprocessing: bool = typer.Option(False, help="score without post-processing and decide "
-                                                           "per class whether keeping the largest component raises Dice")):
+             determine_postprocessing: bool = typer.Option(False, help=POSTPROCESSING_HELP)):
     """Dice / Jaccard / HD95 / ASD per class and case on the original grid -> metrics.json/csv."""
     from .evaluation.evaluate import evaluate_run
     from .evaluation.postprocessing import format_decision
@@ -190,15 +191,21 @@ def evaluate_folder(predictions: Path = typer.Argument(..., help="folder of pred
                     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default PREDICTIONS)"),
                     subset: bool = typer.Option(False, help="score only the predicted cases (default: every reference needs a prediction)"),
                     spacing: Optional[tuple[float, float, float]] = typer.Option(None, help="X Y Z mm for references that store none (h5, npy)"),
-                    nsd_tolerance: list[float] = typer.Option([], help=NSD_HELP)):
+                    nsd_tolerance: list[float] = typer.Option([], help=NSD_HELP),
+                    determine_postprocessing: bool = typer.Option(False, help=POSTPROCESSING_HELP)):
     """Score another tool's (or semi3d's) predictions against references with semi3d evaluate's
     metrics (nnUNetv2_evaluate_folder) -> metrics.json/csv."""
     from .evaluation.folder import evaluate_folder as run
+    from .evaluation.postprocessing import format_decision
     from .evaluation.summary import format_table
 
     summary = run(predictions, references, dataset_json, num_classes, out, subset, spacing,
-                  progress=lambda i, n, case: console.print(f"[{i}/{n}] {case}"), nsd_tolerance=_one_or_list(nsd_tolerance))
+                  progress=lambda i, n, case: console.print(f"[{i}/{n}] {case}"), nsd_tolerance=_one_or_list(nsd_tolerance),
+                  determine_postprocessing=determine_postprocessing)
+    decision = summary.pop("postprocessing", None)
     console.print(format_table(summary, title=f"{predictions} vs {references}"))
+    if decision:
+        console.print(format_decision(decision))
 
 
 @app.command()

@@ -86,3 +86,24 @@ def test_a_run_decides_and_the_decision_applied_scores_what_it_said(tiny_tree, m
         assert applied[name]["dice"] == pytest.approx(expected)
     assert decision["classes"]["organ"]["keep"] and decision["set"][0] == "inference.postprocess=largest_component"
     assert decision["classes"]["organ"]["dice_largest_component"] > decision["classes"]["organ"]["dice_none"]
+
+
+def test_evaluate_folder_decides_on_any_tools_predictions(tmp_path):
+    """evaluate-folder scores the predictions as they are and decides from them: the known maps of
+    ``_maps`` as one case, and a second case without the spurious blob."""
+    from semi3d.data.volumes import write_volume
+
+    pred, ref = _maps()
+    for folder, maps in (("pred", (pred, ref)), ("ref", (ref, ref))):
+        write_volume(tmp_path / folder / "a.nii.gz", maps[0])
+        write_volume(tmp_path / folder / "b.nii.gz", maps[1])
+    r = CliRunner().invoke(app, ["evaluate-folder", str(tmp_path / "pred"), str(tmp_path / "ref"), "--num-classes", "4",
+                                 "--determine-postprocessing"])
+    assert r.exit_code == 0, r.output
+    assert "apply with: --set inference.postprocess=largest_component --set inference.largest_component_classes=[1]" \
+        in r.output.replace("\n", " ")
+    metrics = json.loads((tmp_path / "pred" / "metrics.json").read_text())
+    expected = choose_largest_component({"a": largest_component_dice(pred, ref, 4),
+                                         "b": largest_component_dice(ref, ref, 4)}, ["class1", "class2", "class3"])
+    assert metrics["postprocessing"] == json.loads(json.dumps(expected))
+    assert metrics["postprocessing"]["classes"]["class1"]["dice_none"] == pytest.approx(metrics["mean"]["class1"]["dice"])

@@ -86,10 +86,9 @@ def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None
              **({"ensemble": [str(m) for m in members]} if ensemble else {}),
              **({"nsd_tolerance_mm": nsd_tolerance} if nsd_tolerance is not None else {}),
              "eval_time_s": time.time() - t0}
-    if determine_postprocessing:
-        extra["postprocessing"] = choose_largest_component(effects, list(per_case[ids[0]]))
-    write_metrics(out, per_case, extra)
-    return {**summarise(per_case), **({"postprocessing": extra["postprocessing"]} if determine_postprocessing else {})}
+    decision = {"postprocessing": choose_largest_component(effects, list(per_case[ids[0]]))} if determine_postprocessing else {}
+    write_metrics(out, per_case, {**extra, **decision})
+    return {**summarise(per_case), **decision}
 
 
 def _member(model: Path, which: str, held_out: Sequence[str]) -> Path:

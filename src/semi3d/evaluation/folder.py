@@ -14,6 +14,7 @@ from ..data.volumes import SUFFIXES, h5_dataset, read_volume
 from ..errors import InputError
 from ..inference.predictor import PROBABILITIES
 from .metrics import case_metrics
+from .postprocessing import choose_largest_component, largest_component_dice
 from .summary import summarise, write_metrics
 
 
@@ -31,7 +32,7 @@ def evaluate_folder(pred_dir: Path, ref_dir: Path, dataset_json: Path | None = N
                     out: Path | None = None, subset: bool = False,
                     spacing: tuple[float, float, float] | None = None,
                     progress: Callable[[int, int, str], None] | None = None,
-                    nsd_tolerance: float | Sequence[float] | None = None) -> dict:
+                    nsd_tolerance: float | Sequence[float] | None = None, determine_postprocessing: bool = False) -> dict:
     """Dice / Jaccard / HD95 / ASD per case and foreground class of every prediction in ``pred_dir``
     against the reference of the same case in ``ref_dir`` (``<case><ending>`` in both, any format
     ``semi3d predict`` writes, an h5 file's ``label`` dataset when it has several; ``semi3d
@@ -48,7 +49,11 @@ def evaluate_folder(pred_dir: Path, ref_dir: Path, dataset_json: Path | None = N
     nnU-Net's ``--chill``) and every prediction its reference.
     Every file is read and checked (same case set, same grid as its reference, labels in 0..K-1)
     before ``metrics.json`` / ``metrics.csv`` are written into ``out`` (default ``pred_dir``), so bad
-    input writes nothing. Returns the summary (mean per class and metric)."""
+    input writes nothing. ``determine_postprocessing``: also decide, per class, whether keeping its
+    largest component would raise its mean Dice (:mod:`~semi3d.evaluation.postprocessing`; the
+    decision is ``metrics.json``'s ``postprocessing``, the predictions are scored as they are).
+    Returns the summary (mean per class and metric; with ``determine_postprocessing`` also
+    ``"postprocessing"``: the decision)."""
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     refs = _label_files(ref_dir, "reference")
     preds = {c: f for c, f in _label_files(pred_dir, "prediction").items()
@@ -73,18 +78,21 @@ def evaluate_folder(pred_dir: Path, ref_dir: Path, dataset_json: Path | None = N
         if missing := sorted(set(have) - set(lack)):
             raise InputError(folder, f"no {what} for {len(missing)} case(s): {', '.join(missing[:5])}"
                                      + (" ..." if len(missing) > 5 else "") + hint)
-    per_case, t0 = {}, time.time()
+    per_case, effects, t0 = {}, {}, time.time()
     for i, case in enumerate(sorted(refs)):
         ref_vol, pred_vol = (read_volume(f, h5_dataset(f, "label")) for f in (refs[case], preds[case]))
         check_grid(ref_vol, pred_vol, "prediction")
         ref = as_label(ref_vol, num_classes, ignore)
         pred = as_label(pred_vol, num_classes)
         per_case[case] = case_metrics(pred, ref, num_classes, ref_vol.spacing or spacing, class_names, nsd_tolerance)
+        if determine_postprocessing:
+            effects[case] = largest_component_dice(pred, ref, num_classes)
         if progress:
             progress(i + 1, len(refs), case)
+    decision = {"postprocessing": choose_largest_component(effects, class_names[1:])} if determine_postprocessing else {}
     write_metrics(Path(out or pred_dir), per_case, {
         "predictions": str(pred_dir), "references": str(ref_dir), "n_cases": len(per_case),
         "classes": class_names[1:], "dataset_json": None if dataset_json is None else str(dataset_json),
         **({"nsd_tolerance_mm": nsd_tolerance} if nsd_tolerance is not None else {}),
-        "eval_time_s": time.time() - t0})
-    return summarise(per_case)
+        "eval_time_s": time.time() - t0, **decision})
+    return {**summarise(per_case), **decision}

@@ -2,7 +2,8 @@
 nnU-Net's ``determine_postprocessing`` does on its cross-validation results.
 
 ``semi3d evaluate RUN --determine-postprocessing`` predicts the split without post-processing
-(``metrics.json`` scores those label maps) and, for every foreground class c, also scores the
+(``metrics.json`` scores those label maps; ``semi3d evaluate-folder ... --determine-postprocessing``
+takes any tool's predictions as they are) and, for every foreground class c, also scores the
 prediction with only class c's largest 26-connected component kept
 (:func:`~semi3d.data.postprocess.keep_largest_component` for ``[c]``). A class keeps the
 post-processing when it raises that class's mean Dice over the cases (strictly; a tie keeps the
