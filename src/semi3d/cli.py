@@ -50,6 +50,17 @@ POSTPROCESSING_HELP = ("decide per class whether keeping its largest connected c
                        "(nnU-Net's determine_postprocessing; evaluate scores the run without post-processing)")
 
 
+def _print_summary(summary: dict, title: str) -> None:
+    """An evaluation's table, then its post-processing decision when it has one."""
+    from .evaluation.postprocessing import format_decision
+    from .evaluation.summary import format_table
+
+    decision = summary.pop("postprocessing", None)
+    console.print(format_table(summary, title=title))
+    if decision:
+        console.print(format_decision(decision))
+
+
 def _clean_errors(fn=None, *, stop_hint: str = ""):
     """A verb whose bad input ends with one ``error:`` line (exit code 2), and whose Ctrl-C / SIGTERM
     ends with one ``stopped:`` line (130 / 143), plus ``stop_hint`` (how to go on), after what it
@@ -168,17 +179,12 @@ def evaluate(run: Path, split: str = typer.Option("validation", help="a split of
              determine_postprocessing: bool = typer.Option(False, help=POSTPROCESSING_HELP)):
     """Dice / Jaccard / HD95 / ASD per class and case on the original grid -> metrics.json/csv."""
     from .evaluation.evaluate import evaluate_run
-    from .evaluation.postprocessing import format_decision
-    from .evaluation.summary import format_table
 
     summary = evaluate_run(run, split, ids_list, data_root, set, which, save_predictions, out,
                            progress=lambda i, n, cid, m: console.print(f"[{i}/{n}] {cid}"),
                            ensemble=ensemble, nsd_tolerance=_one_or_list(nsd_tolerance),
                            determine_postprocessing=determine_postprocessing)
-    decision = summary.pop("postprocessing", None)
-    console.print(format_table(summary, title=f"{run} ({ids_list or split})"))
-    if decision:
-        console.print(format_decision(decision))
+    _print_summary(summary, f"{run} ({ids_list or split})")
 
 
 @app.command("evaluate-folder")
@@ -196,16 +202,11 @@ def evaluate_folder(predictions: Path = typer.Argument(..., help="folder of pred
     """Score another tool's (or semi3d's) predictions against references with semi3d evaluate's
     metrics (nnUNetv2_evaluate_folder) -> metrics.json/csv."""
     from .evaluation.folder import evaluate_folder as run
-    from .evaluation.postprocessing import format_decision
-    from .evaluation.summary import format_table
 
     summary = run(predictions, references, dataset_json, num_classes, out, subset, spacing,
                   progress=lambda i, n, case: console.print(f"[{i}/{n}] {case}"), nsd_tolerance=_one_or_list(nsd_tolerance),
                   determine_postprocessing=determine_postprocessing)
-    decision = summary.pop("postprocessing", None)
-    console.print(format_table(summary, title=f"{predictions} vs {references}"))
-    if decision:
-        console.print(format_decision(decision))
+    _print_summary(summary, f"{predictions} vs {references}")
 
 
 @app.command()
