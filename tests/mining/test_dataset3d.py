@@ -129,6 +129,22 @@ def test_decathlon_task(tmp_path, per_channel):
     assert meta["modality"] == {"0": "T2", "1": "ADC"}
 
 
+def test_decathlon_files_listed_outside_the_task(tmp_path):
+    """An image listed through ``..`` (outside the task folder) is copied into ``imagesTr`` of the
+    new dataset, never beside it (before: it was written through the same ``..``)."""
+    root, _ = write_task(tmp_path / "Task99_Two")
+    (tmp_path / "extra").mkdir()
+    (root / "imagesTr" / "syn_001.nii.gz").rename(tmp_path / "extra" / "syn_001.nii.gz")
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["training"][1]["image"] = "../extra/syn_001.nii.gz"
+    (root / "dataset.json").write_text(json.dumps(meta))
+    splits = {"labelled": ["syn_000"], "validation": ["syn_003"], "unlabelled": ["syn_001"]}
+    out = tmp_path / "run" / "dataset"
+    _round_trip(build_reader("msd", root), [root, tmp_path / "extra"], splits, out, 2)
+    assert (out / "imagesTr" / "syn_001.nii.gz").is_file() and not (out.parent / "extra").exists()
+    assert json.loads((out / "dataset.json").read_text())["training"][1]["image"] == "./imagesTr/syn_001.nii.gz"
+
+
 def test_nnunet_dataset_listing_its_files(synth_root, tmp_path):
     """An nnU-Net source whose dataset.json lists its files (``dataset``): the copy is written in the
     standard layout without that list, so the mined unlabelled cases are read too (before: the

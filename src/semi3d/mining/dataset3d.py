@@ -160,8 +160,9 @@ class _NnUNet(_Layout):
 
 def _relative(path: Path, root: Path, folder: str) -> Path:
     """``path`` relative to ``root``, or ``folder/<name>`` when it lies outside (an absolute path in
-    ``dataset.json``)."""
-    return path.relative_to(root) if _inside(path, root) else Path(folder) / path.name
+    ``dataset.json``, or one through ``..``); compared as written (``..`` folded, links not followed)."""
+    path, root = Path(os.path.normpath(path)), Path(os.path.normpath(root))
+    return path.relative_to(root) if _inside(path, root) and path != root else Path(folder) / path.name
 
 
 class _MSD(_Layout):
