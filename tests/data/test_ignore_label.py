@@ -151,3 +151,33 @@ def test_domain_copies_keep_the_ignore_label(ignore_root, tmp_path):
     with pytest.raises(InputError, match="ignore label"):
         write_domain_dataset(ignore_root, tmp_path / "h5", {"B": [sid]}, src_format="nnunet")
     assert not (tmp_path / "h5").exists()
+
+
+def test_knowledge_mining_with_an_ignore_label(ignore_root, tmp_path):
+    """Mining reads a dataset with an ignore label (before: refused): the pseudo-labels' Dice against
+    the hidden labels leaves the ignored voxels out, and the 3D dataset keeps the real labels'
+    ignore value and the dataset.json's ignore label."""
+    from semi3d.losses import without_ignored
+    from semi3d.mining.loop import run_mining
+
+    summary = run_mining({
+        "name": "mine_ign", "output_dir": str(tmp_path / "runs"), "device": "cpu", "axis": 2,
+        "data": {"format": "nnunet", "root": str(ignore_root),
+                 "splits": {"labelled": {"ids": ["syn_000", "syn_001"]}, "validation": {"ids": ["syn_003"]},
+                            "unlabelled": {"ids": ["syn_002"]}}},
+        "model": {"name": "unetpp2d", "options": {"widths": [4, 8]}},
+        "train": {"iterations": 20, "finetune_iterations": 2, "batch_size": 4, "patch": [24, 24]},
+        "rounds": 1, "select": {"min_score": 0.0, "min_agreement": 0.0},
+        "dataset_3d": {"enabled": True, "min_kept_fraction": 0.0}})
+    run = tmp_path / "runs" / "mine_ign"
+    mined = np.asarray(nib.load(run / "pseudo" / "round1" / "labels" / "syn_002.nii.gz").dataobj)
+    truth = build_reader("nnunet", ignore_root).load("syn_002").label
+    assert (truth[:6] == IGNORE_INDEX).all() and mined[:6].any()  # the mined label has foreground where truth is ignored
+    pred, ref = without_ignored(mined, truth)
+    dice = [2 * ((pred == c) & (ref == c)).sum() / ((pred == c).sum() + (ref == c).sum())
+            for c in (1, 2) if (pred == c).any() or (ref == c).any()]
+    assert summary["rounds"][1]["pseudo_dice_all"] == pytest.approx(np.mean(dice))
+    assert 0 <= summary["rounds"][1]["dev_dice"] <= 1
+    ds = run / "pseudo" / "round1" / "dataset"
+    assert json.loads((ds / "dataset.json").read_text())["labels"]["ignore"] == 3
+    assert (ds / "labelsTr" / "syn_000.nii.gz").read_bytes() == (ignore_root / "labelsTr" / "syn_000.nii.gz").read_bytes()

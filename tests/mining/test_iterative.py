@@ -109,3 +109,18 @@ def test_label_dice():
     a, b = _label(), _label(10, 20, 15, 25)
     assert label_dice(a, a, 2) == 1.0 and label_dice(a, b, 2) == 0.5
     assert label_dice(np.zeros((4, 4)), np.zeros((4, 4)), 2) == 1.0
+
+
+def test_scores_leave_the_ignored_pixels_of_the_truth_out():
+    """nnU-Net's ignore label in a hidden truth: a prediction there is neither right nor wrong
+    (before: a foreground prediction on ignored pixels counted as a false positive)."""
+    from semi3d.losses import IGNORE_INDEX
+    from semi3d.mining.evaluation import pooled_dice
+
+    truth = _label()
+    truth[:, :8] = IGNORE_INDEX
+    pred = _label()
+    pred[:, :8] = 1                                   # anything under the ignored pixels
+    assert label_dice(pred, truth, 2) == 1.0
+    assert pooled_dice([pred, _label()], [truth, _label()], 2) == 1.0
+    assert label_dice(pred, _label(), 2) == 2 * 100 / (100 + 100 + 40 * 8)  # the same pixels, not ignored

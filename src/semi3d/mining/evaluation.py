@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..losses import without_ignored
 from ..models.slicing import spatial_dim
 from .iterative import label_dice
 from .train2d import predict_probabilities
@@ -16,9 +17,11 @@ __all__ = ["evaluate_dev", "pooled_dice"]
 
 def pooled_dice(preds: list[np.ndarray], truths: list[np.ndarray], num_classes: int) -> float | None:
     """Dice pooled over samples (sum of intersections / sum of sizes), mean over the foreground
-    classes present in either; 1.0 when no sample has foreground; None without samples."""
+    classes present in either; 1.0 when no sample has foreground; None without samples. Pixels
+    where a truth holds :data:`~semi3d.losses.IGNORE_INDEX` are left out."""
     if not preds:
         return None
+    preds, truths = zip(*(without_ignored(np.asarray(p), np.asarray(t)) for p, t in zip(preds, truths)))
     scores = []
     for c in range(1, num_classes):
         inter = sum(int(((p == c) & (t == c)).sum()) for p, t in zip(preds, truths))

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from ..losses import without_ignored
 from .base import PromptableSegmenter, Strict, as_image
 from .prompts import PromptOptions, prompts_from_label
 
@@ -53,7 +54,9 @@ class RefinedSlice:
 
 
 def label_dice(a: np.ndarray, b: np.ndarray, num_classes: int) -> float:
-    """Mean Dice over the foreground classes present in ``a`` or ``b`` (1.0 when neither has any)."""
+    """Mean Dice over the foreground classes present in ``a`` or ``b`` (1.0 when neither has any);
+    voxels where the reference ``b`` holds :data:`~semi3d.losses.IGNORE_INDEX` are left out."""
+    a, b = without_ignored(np.asarray(a), np.asarray(b))
     scores = []
     for c in range(1, num_classes):
         x, y = a == c, b == c

@@ -90,9 +90,6 @@ def load_mining_data(cfg: MiningConfig) -> MiningData:
         from ..data.dataset import prepare_data
 
         bundle = prepare_data(cfg.data)
-        if bundle.ignore_value is not None:
-            raise InputError(cfg.data.root, "declares nnU-Net's ignore label, which knowledge mining does not "
-                                            "support yet (its prompts and pseudo-label scores read every voxel)")
         splits = {k: list(v) for k, v in bundle.splits.items()}
         unl_ids = splits["unlabelled"][: cfg.unlabelled_max] if cfg.unlabelled_max is not None else splits["unlabelled"]
         labelled = [s for cid in splits["labelled"] for s in volume_slices(bundle.cache.get(cid), cfg.axis)]
