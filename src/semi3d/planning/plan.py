@@ -36,7 +36,9 @@ The rules, in the order they are applied (axes X, Y, Z; spacing in mm):
    voxels: the labels say the class is one structure, so a second predicted component is an error
    (LA: 75 of 80 ground truths are one component, the other five lose at most 0.15 %; +0.05 to +0.18
    Dice on every measured run). A class spread over several structures (two kidneys, metastases)
-   keeps every component. nnU-Net decides this by cross-validation, which planning does not run.
+   keeps every component. nnU-Net decides this by cross-validation, which planning does not run;
+   a trained run decides it from its predictions with ``semi3d evaluate RUN
+   --determine-postprocessing`` (:mod:`semi3d.evaluation.postprocessing`).
 """
 from __future__ import annotations
 
