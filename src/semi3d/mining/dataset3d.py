@@ -96,7 +96,6 @@ class _Layout:
 
     def __init__(self, reader, num_classes: int, orientation: str | None):
         self.reader, self.num_classes, self.orientation = reader, num_classes, orientation
-        self.label_files: dict[str, Path] = {}  # case id -> its label file, relative to the dataset
 
     def pseudo_label(self, ref, stacked: np.ndarray) -> np.ndarray:
         """The stacked label on the grid of ``ref`` (the case's first image volume)."""
@@ -167,6 +166,10 @@ def _relative(path: Path, root: Path, folder: str) -> Path:
 
 class _MSD(_Layout):
     format = "msd"
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.label_files: dict[str, Path] = {}  # case id -> its label file, relative to the dataset (for dataset.json)
 
     def case(self, tmp, cid, stacked):
         r: MSDReader = self.reader
