@@ -1,5 +1,7 @@
 """DICOM series folders (data/dicom.py): the series a folder holds and their files, each folder's
 headers scanned once while it is unchanged."""
+import os
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -54,3 +56,21 @@ def test_a_folder_of_two_series_or_none(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match=r"empty: no DICOM series in this folder"):
         series_files(tmp_path / "empty")
+
+
+def test_a_series_rewritten_in_place_is_scanned_again(tmp_path, scans):
+    """The same file names written over (the folder's own mtime and entry count unchanged): the
+    cached answers are those of the new files, not the old ones."""
+    folder = tmp_path / "patient1"
+    write_series(folder, np.zeros((4, 4, 3), np.int16))
+    before = {f.name: f.stat().st_mtime_ns for f in folder.iterdir()}
+    dir_mtime = folder.stat().st_mtime_ns
+    assert dicom_series(folder) == ("1.2.826.0.1.3680043.2.1125.7",)
+    image = np.arange(4 * 4 * 3, dtype=np.int16).reshape(4, 4, 3)
+    write_series(folder, image, uid="1.2.826.0.1.3680043.2.1125.8")
+    for f in folder.iterdir():  # later in time, as a re-export minutes later would be
+        t = max(f.stat().st_mtime_ns, before[f.name] + 10**9)
+        os.utime(f, ns=(t, t))
+    os.utime(folder, ns=(dir_mtime, dir_mtime))
+    assert dicom_series(folder) == ("1.2.826.0.1.3680043.2.1125.8",) and scans["ids"] == 2
+    assert np.array_equal(read_volume(folder).array, image)

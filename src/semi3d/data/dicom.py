@@ -12,14 +12,17 @@ from ..errors import InputError
 __all__ = ["dicom_modality", "dicom_series", "series_files"]
 
 
-def _folder_key(folder: str | os.PathLike) -> tuple[str, int, int]:
-    """A folder's identity for the series caches: its path, mtime and entry count (a file added,
-    removed or renamed changes it)."""
+def _folder_key(folder: str | os.PathLike) -> tuple:
+    """A folder's identity for the series caches: its path, mtime, and each entry's name, size and
+    mtime (a file added, removed, renamed or rewritten in place changes it; a stat per file, no
+    header read)."""
     folder = Path(folder).resolve()
     try:
-        return str(folder), folder.stat().st_mtime_ns, len(os.listdir(folder))
+        with os.scandir(folder) as it:
+            entries = tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in it))
+        return str(folder), folder.stat().st_mtime_ns, entries
     except OSError:
-        return str(folder), -1, -1
+        return str(folder), -1, ()
 
 
 def dicom_series(folder: Path) -> tuple[str, ...]:
@@ -29,7 +32,7 @@ def dicom_series(folder: Path) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=64)
-def _series_ids(key: tuple[str, int, int]) -> tuple[str, ...]:
+def _series_ids(key: tuple) -> tuple[str, ...]:
     import SimpleITK as sitk
 
     return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(key[0]))
@@ -49,7 +52,7 @@ def series_files(folder: Path) -> list[str]:
 
 
 @functools.lru_cache(maxsize=64)
-def _series_files(key: tuple[str, int, int], uid: str) -> tuple[str, ...]:
+def _series_files(key: tuple, uid: str) -> tuple[str, ...]:
     import SimpleITK as sitk
 
     return tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(key[0], uid))
