@@ -56,6 +56,7 @@ def test_train_predict_evaluate(trained, synth_root, tmp_path):
         r = runner.invoke(app, ["predict", str(trained), str(images[0]), "-o", str(tmp_path / "bad"), "--set", bad])
         assert r.exit_code == 2 and says in r.output and not (tmp_path / "bad").exists(), r.output
 
+    from semi3d.data.postprocess import keep_largest_foreground
     from semi3d.errors import InputError
     from semi3d.inference.predictor import Predictor, model_file
 
@@ -70,6 +71,10 @@ def test_train_predict_evaluate(trained, synth_root, tmp_path):
     one = Predictor(model_file(trained), "cpu", inference={"postprocess": "largest_component", "largest_component_classes": [2]})
     assert one.segment(None, probs)[8, 8, 6] == 1 and one.segment(None, probs)[0, 10, 6] == 0
     assert np.array_equal(one.segment(None, probs), keep_largest_component(raw, 3, classes=[2]))
+    merged = Predictor(model_file(trained), "cpu", inference={"largest_foreground_component": True,
+                                                             "postprocess": "largest_component", "largest_component_classes": [2]})
+    assert np.array_equal(merged.segment(None, probs), keep_largest_component(keep_largest_foreground(raw), 3, classes=[2]))
+    assert merged.segment(None, probs)[8, 8, 6] == 0  # class 1's stray voxel: outside the one foreground region
     with pytest.raises(InputError, match="inference.largest_component_classes: class 3 is not a foreground class"):
         Predictor(model_file(trained), "cpu", inference={"largest_component_classes": [3]})
 

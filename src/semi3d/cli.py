@@ -46,8 +46,9 @@ def _one_or_list(values: list[float]) -> float | list[float] | None:
 
 NSD_HELP = ("also the normalised surface Dice: the share of both surfaces within this many mm of the other "
             "(MONAI's compute_surface_dice); repeat it for one tolerance per foreground class, in class order")
-POSTPROCESSING_HELP = ("decide per class whether keeping its largest connected component raises its mean Dice "
-                       "(nnU-Net's determine_postprocessing; evaluate scores the run without post-processing)")
+POSTPROCESSING_HELP = ("decide whether keeping the largest connected component of all foreground, then of each "
+                       "class, raises the mean Dice (nnU-Net's determine_postprocessing; evaluate scores the run "
+                       "without post-processing)")
 
 
 def _print_summary(summary: dict, title: str) -> None:

@@ -226,6 +226,10 @@ class InferenceConfig(StrictModel):
     # the foreground classes "largest_component" applies to (nnU-Net decides per class); the others
     # keep every component (two kidneys, many metastases). None = every foreground class
     largest_component_classes: list[int] | None = None
+    # before `postprocess`: keep only the largest 26-connected component of all foreground classes
+    # together (nnU-Net's first post-processing step; one structure made of several classes, such as
+    # a kidney with its tumour); `semi3d evaluate RUN --determine-postprocessing` decides both
+    largest_foreground_component: bool = False
     # mirror test-time augmentation (nnU-Net's default): the logits averaged over the flips of every
     # subset of these spatial axes (0 = X, 1 = Y, 2 = Z), 2^len passes; [] = off
     mirror_axes: list[Literal[0, 1, 2]] = []

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from semi3d.data.postprocess import (check_classes, keep_largest_component, largest_component_per_class,
-                                     largest_component_shares)
+from semi3d.data.postprocess import (check_classes, keep_largest_component, keep_largest_foreground,
+                                     largest_component_per_class, largest_component_shares)
 from semi3d.errors import InputError
 
 
@@ -33,6 +33,22 @@ def test_only_the_chosen_classes_lose_components():
     assert np.array_equal(out == 1, lab == 1)  # class 1 keeps its stray blob
     assert (out == 2).sum() == 8 and out[0, 0, 8] == 2 and out[0, 7, 0] == 0
     assert np.array_equal(keep_largest_component(lab, 3, classes=[1, 2]), keep_largest_component(lab, 3))
+
+
+def test_keeps_the_largest_component_of_all_foreground_together():
+    """Classes 1 and 2 touching form one region: both keep all of it (class 2 has two components
+    there); the stray class-1 blob and a lone class-2 voxel go."""
+    lab = _two_blobs()
+    lab[4:6, 0:4, 0:4] = 2    # touches the big class-1 blob
+    lab[0:2, 0:2, 4:5] = 2    # a second class-2 component (4 voxels), also touching it
+    lab[9, 0, 9] = 2          # alone
+    before = lab.copy()
+    out = keep_largest_foreground(lab)
+    assert np.array_equal(lab, before)
+    assert (out == 1).sum() == 65 and out[8, 8, 8] == 0 and out[4, 4, 4] == 1
+    assert (out == 2).sum() == 32 + 4 and out[9, 0, 9] == 0 and out[0, 7, 0] == 0  # its own separate class-2 blob too
+    assert (keep_largest_component(lab, 3, classes=[2]) == 2).sum() == 32  # per class: one of them only
+    assert np.array_equal(keep_largest_foreground(np.zeros_like(lab)), np.zeros_like(lab))
 
 
 def test_a_class_outside_the_model_is_refused():

@@ -11,7 +11,7 @@ from semi3d.cli import app
 from semi3d.config import load_config
 from semi3d.engine.trainer import train
 from semi3d.evaluation.evaluate import evaluate_run
-from semi3d.evaluation.postprocessing import choose_largest_component, largest_component_dice
+from semi3d.evaluation.postprocessing import choose_postprocessing, format_decision, postprocessing_dice
 from semi3d.losses import IGNORE_INDEX
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,27 +30,73 @@ def _maps():
     return pred, ref
 
 
+def _kidney():
+    """Class 1 (kidney) with two class-2 tumours touching it but not each other; the prediction
+    adds a spurious 8-voxel class-2 blob far away."""
+    ref = np.zeros((20, 20, 20), np.uint8)
+    ref[2:8, 2:8, 2:8] = 1                      # 216 voxels
+    ref[8:10, 2:5, 2:5] = 2                     # 18 voxels, touching the kidney
+    ref[2:4, 8:10, 2:4] = 2                     # 8 voxels, touching the kidney
+    pred = ref.copy()
+    pred[15:17, 15:17, 15:17] = 2               # spurious
+    return pred, ref
+
+
 def test_known_answers():
     pred, ref = _maps()
-    d = largest_component_dice(pred, ref, 4)
-    assert d[1] == pytest.approx((2 * 64 / (72 + 64), 1.0))
-    assert d[2] == pytest.approx((1.0, 2 * 27 / (27 + 35)))
-    assert d[3] == (1.0, 1.0)
-    decision = choose_largest_component({"a": d}, ["organ", "vessel", "node"])
+    d = postprocessing_dice(pred, ref, 4)
+    assert d["none"] == pytest.approx({1: 2 * 64 / (72 + 64), 2: 1.0, 3: 1.0})
+    assert d["class"] == pytest.approx({1: 1.0, 2: 2 * 27 / (27 + 35), 3: 1.0})
+    assert d["foreground"] == pytest.approx({1: 1.0, 2: 0.0, 3: 0.0})  # the organ cube is the largest region
+    decision = choose_postprocessing({"a": d}, ["organ", "vessel", "node"])
+    assert decision["foreground"]["keep"] is False and decision["foreground"]["worse"] == ["vessel", "node"]
     assert [c["keep"] for c in decision["classes"].values()] == [True, False, False]
-    assert decision["inference"] == {"postprocess": "largest_component", "largest_component_classes": [1]}
-    assert decision["set"] == ["inference.postprocess=largest_component", "inference.largest_component_classes=[1]"]
+    assert decision["inference"] == {"largest_foreground_component": False, "postprocess": "largest_component",
+                                     "largest_component_classes": [1]}
+    assert decision["set"] == ["inference.largest_foreground_component=false", "inference.postprocess=largest_component",
+                               "inference.largest_component_classes=[1]"]
     # ignore-label voxels of the reference are left out: the spurious blob there costs nothing
     ref_ignored = ref.copy()
     ref_ignored[15:19, 15:19, 15:19] = IGNORE_INDEX
-    assert largest_component_dice(pred, ref_ignored, 4)[1] == (1.0, 1.0)
-    # the mean over cases decides: one case helped by 0.06, one hurt by 0.1 -> left
-    mixed = choose_largest_component({"a": {1: (0.9, 0.96)}, "b": {1: (0.8, 0.7)}}, ["organ"])
-    assert mixed["classes"]["organ"] == pytest.approx({"class": 1, "dice_none": 0.85, "dice_largest_component": 0.83,
-                                                        "keep": False})
-    assert mixed["set"] == ["inference.postprocess=none"]
-    every = choose_largest_component({"a": {1: (0.5, 0.6), 2: (0.1, 0.2)}}, ["x", "y"])
-    assert every["set"] == ["inference.postprocess=largest_component", "inference.largest_component_classes=null"]
+    assert postprocessing_dice(pred, ref_ignored, 4)["none"][1] == 1.0
+
+
+def test_all_foreground_as_one_region():
+    """Step 1 removes the spurious tumour blob and keeps both true tumours (connected through the
+    kidney); step 2 on top would drop the smaller true tumour, so it is left."""
+    pred, ref = _kidney()
+    d = postprocessing_dice(pred, ref, 3)
+    assert d["none"] == pytest.approx({1: 1.0, 2: 52 / 60})
+    assert d["class"] == pytest.approx({1: 1.0, 2: 36 / 44})
+    assert d["foreground"] == pytest.approx({1: 1.0, 2: 1.0})
+    assert d["foreground_class"] == pytest.approx({1: 1.0, 2: 36 / 44})
+    decision = choose_postprocessing({"a": d}, ["kidney", "tumour"])
+    assert decision["foreground"].pop("worse") == []
+    assert decision["foreground"] == pytest.approx({"dice_none": (1 + 52 / 60) / 2, "dice_largest_component": 1.0,
+                                                    "keep": True})
+    assert decision["classes"]["tumour"] == pytest.approx({"class": 2, "dice_none": 52 / 60, "dice_before": 1.0,
+                                                           "dice_largest_component": 36 / 44, "keep": False})
+    assert decision["set"] == ["inference.largest_foreground_component=true", "inference.postprocess=none"]
+    assert "all foreground classes as one region: mean Dice 93.33 -> 100.00 (+6.667: keep)" in format_decision(
+        {**decision, "foreground": {**decision["foreground"], "worse": []}})
+
+
+def test_the_mean_over_cases_decides():
+    """One foreground class: no step 1 (the same maps as step 2). One case helped by 0.06, one hurt
+    by 0.1 -> left; two classes, step 1 no change, every class kept by step 2 ->
+    ``largest_component_classes=null``."""
+    def case(none, largest):
+        return {"none": none, "class": largest, "foreground": none, "foreground_class": largest}
+
+    mixed = choose_postprocessing({"a": case({1: 0.9}, {1: 0.96}), "b": case({1: 0.8}, {1: 0.7})}, ["organ"])
+    assert mixed["foreground"] is None
+    assert mixed["classes"]["organ"] == pytest.approx({"class": 1, "dice_none": 0.85, "dice_before": 0.85,
+                                                        "dice_largest_component": 0.83, "keep": False})
+    assert mixed["set"] == ["inference.largest_foreground_component=false", "inference.postprocess=none"]
+    every = choose_postprocessing({"a": case({1: 0.5, 2: 0.1}, {1: 0.6, 2: 0.2})}, ["x", "y"])
+    assert not every["foreground"]["keep"] and every["set"] == [
+        "inference.largest_foreground_component=false", "inference.postprocess=largest_component",
+        "inference.largest_component_classes=null"]
 
 
 def test_a_run_decides_and_the_decision_applied_scores_what_it_said(tiny_tree, monkeypatch):
@@ -74,18 +120,17 @@ def test_a_run_decides_and_the_decision_applied_scores_what_it_said(tiny_tree, m
     train(cfg)
     r = CliRunner().invoke(app, ["evaluate", str(cfg.run_dir), "--determine-postprocessing"])
     assert r.exit_code == 0, r.output
-    assert "apply with: --set inference.postprocess=" in r.output
+    assert "apply with: --set inference.largest_foreground_component=" in r.output
     metrics = json.loads((cfg.run_dir / "eval_validation" / "metrics.json").read_text())
     decision = metrics["postprocessing"]
     assert metrics["postprocess"] == "none" and decision["n_cases"] == 2  # scored as predicted, not as configured
     for name, c in decision["classes"].items():
         assert c["dice_none"] == pytest.approx(metrics["mean"][name]["dice"])
     applied = evaluate_run(cfg.run_dir, overrides=decision["set"], out=cfg.run_dir / "applied")
-    for name, c in decision["classes"].items():
-        expected = c["dice_largest_component"] if c["keep"] else c["dice_none"]
-        assert applied[name]["dice"] == pytest.approx(expected)
-    assert decision["classes"]["organ"]["keep"] and decision["set"][0] == "inference.postprocess=largest_component"
-    assert decision["classes"]["organ"]["dice_largest_component"] > decision["classes"]["organ"]["dice_none"]
+    final = {name: c["dice_largest_component"] if c["keep"] else c["dice_before"] for name, c in decision["classes"].items()}
+    for name, dice in final.items():
+        assert applied[name]["dice"] == pytest.approx(dice)
+    assert final["organ"] > decision["classes"]["organ"]["dice_none"]  # the blob went, by one step or the other
 
 
 def test_evaluate_folder_decides_on_any_tools_predictions(tmp_path):
@@ -100,10 +145,11 @@ def test_evaluate_folder_decides_on_any_tools_predictions(tmp_path):
     r = CliRunner().invoke(app, ["evaluate-folder", str(tmp_path / "pred"), str(tmp_path / "ref"), "--num-classes", "4",
                                  "--determine-postprocessing"])
     assert r.exit_code == 0, r.output
-    assert "apply with: --set inference.postprocess=largest_component --set inference.largest_component_classes=[1]" \
+    assert "apply with: --set inference.largest_foreground_component=false --set inference.postprocess=largest_component " \
+        "--set inference.largest_component_classes=[1]" \
         in r.output.replace("\n", " ")
     metrics = json.loads((tmp_path / "pred" / "metrics.json").read_text())
-    expected = choose_largest_component({"a": largest_component_dice(pred, ref, 4),
-                                         "b": largest_component_dice(ref, ref, 4)}, ["class1", "class2", "class3"])
+    expected = choose_postprocessing({"a": postprocessing_dice(pred, ref, 4),
+                                      "b": postprocessing_dice(ref, ref, 4)}, ["class1", "class2", "class3"])
     assert metrics["postprocessing"] == json.loads(json.dumps(expected))
     assert metrics["postprocessing"]["classes"]["class1"]["dice_none"] == pytest.approx(metrics["mean"]["class1"]["dice"])

@@ -1,4 +1,5 @@
-"""Label-map post-processing: keep the largest connected component of each foreground class.
+"""Label-map post-processing: keep the largest connected component of each foreground class, or
+of all foreground classes together.
 
 nnU-Net's "remove all but the largest component" and the LA semi-supervised literature's
 ``getLargestCC`` (BCP, UA-MT's ``nms``), for single-structure targets such as the left atrium.
@@ -23,13 +24,29 @@ def keep_largest_component(label: np.ndarray, num_classes: int, classes: Sequenc
     all their components. Ties keep the component found first in C order."""
     out = np.array(label, copy=True)
     for c in range(1, num_classes) if classes is None else classes:
-        m = out == c
-        if not m.any():
-            continue
-        comp, k = ndimage.label(m, _FULL)
-        if k > 1:
-            out[m & (comp != np.bincount(comp.ravel())[1:].argmax() + 1)] = 0
+        out[_outside_largest(out == c)] = 0
     return out
+
+
+def keep_largest_foreground(label: np.ndarray) -> np.ndarray:
+    """A copy of the label map ``label`` (X, Y, Z; integer classes, 0 = background) in which every
+    foreground voxel outside the largest 26-connected component of all foreground classes together
+    becomes background: nnU-Net's first post-processing step (one connected structure made of
+    several classes, such as a kidney with its tumour). Ties as :func:`keep_largest_component`."""
+    out = np.array(label, copy=True)
+    out[_outside_largest(out > 0)] = 0
+    return out
+
+
+def _outside_largest(mask: np.ndarray) -> np.ndarray:
+    """The voxels of the boolean ``mask`` outside its largest 26-connected component (the first
+    found in C order on a tie); all False when it has one component or none."""
+    if not mask.any():
+        return mask
+    comp, k = ndimage.label(mask, _FULL)
+    if k < 2:
+        return np.zeros_like(mask)
+    return mask & (comp != np.bincount(comp.ravel())[1:].argmax() + 1)
 
 
 def largest_component_shares(label: np.ndarray, num_classes: int) -> list[float | None]:

@@ -12,7 +12,7 @@ from ..engine.rundir import RunDir
 from ..errors import InputError
 from ..inference.predictor import is_bundle, load_models, member_file, model_file
 from .metrics import case_metrics
-from .postprocessing import choose_largest_component, largest_component_dice
+from .postprocessing import choose_postprocessing, postprocessing_dice
 from .summary import summarise, write_metrics
 
 
@@ -33,14 +33,15 @@ def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None
     ``run_dir/eval_<name>_mean_of_<N>`` (N models). A member's run must not have trained (labelled
     or unlabelled) on a held-out case evaluated here. ``nsd_tolerance`` (mm, one or one per
     foreground class): also the normalised surface Dice at that tolerance (:func:`case_metrics`).
-    ``determine_postprocessing``: predict without post-processing and decide, per class, whether
-    keeping its largest component raises its mean Dice (:mod:`~semi3d.evaluation.postprocessing`;
-    the decision is ``metrics.json``'s ``postprocessing``). Returns the summary (mean per class and
+    ``determine_postprocessing``: predict without post-processing and decide, as nnU-Net does,
+    whether keeping the largest component of all foreground, then of each class, raises the mean
+    Dice (:mod:`~semi3d.evaluation.postprocessing`; the decision is ``metrics.json``'s ``postprocessing``). Returns the summary (mean per class and
     metric; with ``determine_postprocessing`` also ``"postprocessing"``: the decision).
     """
     run = RunDir(run_dir).require()
     overrides = [*overrides, *([f"data.root={data_root}"] if data_root else []),
-                 *(["inference.postprocess=none"] if determine_postprocessing else [])]
+                 *(["inference.postprocess=none", "inference.largest_foreground_component=false"]
+                   if determine_postprocessing else [])]
     cfg = run.load_config(overrides)
     run_splits = run.load_splits()
     options = dict(cfg.data.options)
@@ -75,18 +76,19 @@ def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None
         pred = predictor.segment(case)
         per_case[cid] = case_metrics(pred, case.label, k, case.spacing, predictor.class_names[1:], nsd_tolerance)
         if determine_postprocessing:
-            effects[cid] = largest_component_dice(pred, case.label, k)
+            effects[cid] = postprocessing_dice(pred, case.label, k)
         if save_predictions:
             write_volume(out / "predictions" / f"{cid}.nii.gz", pred, affine=case.affine)
         if progress:
             progress(i + 1, len(ids), cid, per_case[cid])
     extra = {"run": str(run.path), "split": name, "model_step": predictor.step, "n_cases": len(ids),
+             "largest_foreground_component": cfg.inference.largest_foreground_component,
              "postprocess": cfg.inference.postprocess,
              "largest_component_classes": cfg.inference.largest_component_classes,  # null: every class
              **({"ensemble": [str(m) for m in members]} if ensemble else {}),
              **({"nsd_tolerance_mm": nsd_tolerance} if nsd_tolerance is not None else {}),
              "eval_time_s": time.time() - t0}
-    decision = {"postprocessing": choose_largest_component(effects, list(per_case[ids[0]]))} if determine_postprocessing else {}
+    decision = {"postprocessing": choose_postprocessing(effects, list(per_case[ids[0]]))} if determine_postprocessing else {}
     write_metrics(out, per_case, {**extra, **decision})
     return {**summarise(per_case), **decision}
 

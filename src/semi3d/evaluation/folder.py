@@ -14,7 +14,7 @@ from ..data.volumes import SUFFIXES, h5_dataset, read_volume
 from ..errors import InputError
 from ..inference.predictor import PROBABILITIES
 from .metrics import case_metrics
-from .postprocessing import choose_largest_component, largest_component_dice
+from .postprocessing import choose_postprocessing, postprocessing_dice
 from .summary import summarise, write_metrics
 
 
@@ -49,9 +49,10 @@ def evaluate_folder(pred_dir: Path, ref_dir: Path, dataset_json: Path | None = N
     nnU-Net's ``--chill``) and every prediction its reference.
     Every file is read and checked (same case set, same grid as its reference, labels in 0..K-1)
     before ``metrics.json`` / ``metrics.csv`` are written into ``out`` (default ``pred_dir``), so bad
-    input writes nothing. ``determine_postprocessing``: also decide, per class, whether keeping its
-    largest component would raise its mean Dice (:mod:`~semi3d.evaluation.postprocessing`; the
-    decision is ``metrics.json``'s ``postprocessing``, the predictions are scored as they are).
+    input writes nothing. ``determine_postprocessing``: also decide, as nnU-Net does, whether keeping
+    the largest component of all foreground, then of each class, would raise the mean Dice
+    (:mod:`~semi3d.evaluation.postprocessing`; the decision is ``metrics.json``'s
+    ``postprocessing``, the predictions are scored as they are).
     Returns the summary (mean per class and metric; with ``determine_postprocessing`` also
     ``"postprocessing"``: the decision)."""
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
@@ -86,10 +87,10 @@ def evaluate_folder(pred_dir: Path, ref_dir: Path, dataset_json: Path | None = N
         pred = as_label(pred_vol, num_classes)
         per_case[case] = case_metrics(pred, ref, num_classes, ref_vol.spacing or spacing, class_names, nsd_tolerance)
         if determine_postprocessing:
-            effects[case] = largest_component_dice(pred, ref, num_classes)
+            effects[case] = postprocessing_dice(pred, ref, num_classes)
         if progress:
             progress(i + 1, len(refs), case)
-    decision = {"postprocessing": choose_largest_component(effects, class_names[1:])} if determine_postprocessing else {}
+    decision = {"postprocessing": choose_postprocessing(effects, class_names[1:])} if determine_postprocessing else {}
     write_metrics(Path(out or pred_dir), per_case, {
         "predictions": str(pred_dir), "references": str(ref_dir), "n_cases": len(per_case),
         "classes": class_names[1:], "dataset_json": None if dataset_json is None else str(dataset_json),
