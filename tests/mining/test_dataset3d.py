@@ -18,6 +18,7 @@ from semi3d.data.preprocess import Preprocessor
 from semi3d.data.readers import FolderReader, IndexedReader
 from semi3d.data.volumes import read_channels, write_volume
 from semi3d.errors import InputError
+from semi3d.losses import IGNORE_INDEX
 from semi3d.mining.config import load_mining_config
 from semi3d.mining.dataset3d import write_pseudo_dataset
 from semi3d.mining.export import label_to_original_grid
@@ -212,6 +213,36 @@ def test_inclusion_rule_and_errors(synth_root, tmp_path):
     assert not (tmp_path / "x").exists() and _hashes(synth_root) == before
 
 
+def test_slices_not_kept_as_the_nnunet_ignore_label(synth_root, tmp_path):
+    """``not_kept="ignore"``: an included case's slices the selection did not keep carry nnU-Net's
+    ignore label (value K = 3, added to dataset.json), read back as IGNORE_INDEX; kept slices keep
+    their refined mask; a case with every slice kept has no ignored voxel."""
+    reader = NnUNetRawReader(synth_root)
+    splits = {"labelled": ["syn_000"], "validation": [], "unlabelled": ["syn_005", "syn_006"]}
+    cases, labels, _ = _mined(reader, splits["unlabelled"], 3, axis=0)
+    n = cases["syn_005"].shape[0]
+    kept = {"syn_005": dict.fromkeys(range(n), True), "syn_006": {i: i < n // 2 for i in range(n)}}
+    out = tmp_path / "dataset"
+    rec = write_pseudo_dataset(out, reader, splits, cases, labels, kept, 3, axis=0, min_kept_fraction=0.5,
+                               not_kept="ignore")
+    assert rec["pseudo"] == ["syn_005", "syn_006"] and rec["not_kept"] == "ignore"
+    assert json.loads((out / "dataset.json").read_text())["labels"]["ignore"] == 3
+    new = NnUNetRawReader(out)
+    assert new.ignore_value == 3 and new.num_classes == 3
+    stacked = np.stack([labels["syn_006"][i] for i in range(n)], axis=0)
+    stacked[n // 2:] = 3
+    expected = label_to_original_grid(stacked, (24, 24, 16), 4)
+    label = new.load("syn_006").label
+    np.testing.assert_array_equal(label, np.where(expected == 3, IGNORE_INDEX, expected))
+    assert (label[12:] == IGNORE_INDEX).all() and not (label[:11] == IGNORE_INDEX).any()
+    assert not (new.load("syn_005").label == IGNORE_INDEX).any()
+    assert (out / "labelsTr/syn_000.nii.gz").read_bytes() == (synth_root / "labelsTr/syn_000.nii.gz").read_bytes()
+    folder = FolderReader(synth_root / "imagesTr", labels=synth_root / "labelsTr")
+    with pytest.raises(InputError, match="'ignore' needs an nnunet source"):
+        write_pseudo_dataset(tmp_path / "f", folder, {"labelled": ["syn_000"]}, {}, {}, {}, 3, not_kept="ignore")
+    assert not (tmp_path / "f").exists()
+
+
 def test_dataset_3d_config(tmp_path):
     base = {"name": "x", "output_dir": str(tmp_path), "rounds": 1}
     data = {"format": "folder", "root": str(tmp_path)}
@@ -222,6 +253,10 @@ def test_dataset_3d_config(tmp_path):
     with pytest.raises(InputError, match="rounds >= 1"):
         load_mining_config(tree={**base, "rounds": 0, "data": {**data, "format": "uamt_h5"},
                                  "dataset_3d": {"enabled": True}})
+    with pytest.raises(InputError, match="'ignore' needs an nnunet source"):
+        load_mining_config(tree={**base, "data": data, "dataset_3d": {"enabled": True, "not_kept": "ignore"}})
+    assert load_mining_config(tree={**base, "data": {**data, "format": "nnunet"},
+                                    "dataset_3d": {"enabled": True, "not_kept": "ignore"}}).dataset_3d.not_kept == "ignore"
     with pytest.raises(InputError, match="min_kept_fraction"):
         load_mining_config(tree={**base, "data": {**data, "format": "uamt_h5"},
                                  "dataset_3d": {"enabled": True, "min_kept_fraction": 1.5}})

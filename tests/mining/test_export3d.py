@@ -157,3 +157,32 @@ def test_mining_cases_stored_in_other_orientations(synth_root, tmp_path):
         ras = np.asarray(nib.as_closest_canonical(lab).dataobj)  # ... holding the RAS run's label
         np.testing.assert_array_equal(ras, np.asarray(nib.load(out_p / "labelsTr" / f"{cid}.nii.gz").dataobj))
     assert np.asarray(nib.load(out_p / "labelsTr" / "syn_002.nii.gz").dataobj).any()  # not a trivial label
+
+
+def test_slice_selection_with_the_ignore_label(synth_root, tmp_path):
+    """``select.unit: slice`` with ``dataset_3d.not_kept: ignore``: in the written nnU-Net dataset a
+    mined case's slices are ignored exactly where the round's ``kept`` vector says not kept (the
+    grid is the files' own: no resampling), and the kept ones hold the round's stacked label."""
+    from semi3d.data.nnunet import NnUNetRawReader
+    from semi3d.losses import IGNORE_INDEX
+
+    summary = run_mining({
+        "name": "ign", "output_dir": str(tmp_path / "runs"), "device": "cpu", "axis": 2,
+        "data": {"format": "nnunet", "root": str(synth_root),
+                 "splits": {"labelled": {"first": 2}, "validation": {"ids": ["syn_004"]},
+                            "unlabelled": {"ids": ["syn_005", "syn_006"]}}},
+        "model": {"name": "unetpp2d", "options": {"widths": [4, 8]}},
+        "train": {"iterations": 25, "finetune_iterations": 5, "batch_size": 4, "patch": [24, 24]},
+        "select": {"unit": "slice", "min_score": 0.0, "min_agreement": 0.0, "keep_empty": False},
+        "rounds": 1, "dataset_3d": {"enabled": True, "min_kept_fraction": 0.0, "not_kept": "ignore"}})
+    round1 = Path(summary["run_dir"]) / "pseudo" / "round1"
+    new = NnUNetRawReader(round1 / "dataset")
+    assert new.ignore_value == 3
+    flags = {cid: np.load(round1 / "kept" / f"{cid}.npy").astype(bool) for cid in ("syn_005", "syn_006")}
+    assert any(f.any() for f in flags.values()) and not all(f.all() for f in flags.values())  # not trivial
+    for cid, kept in flags.items():
+        label = new.load(cid).label
+        stacked = np.asarray(read_volume(round1 / "labels" / f"{cid}.nii.gz").array)
+        assert label.shape == stacked.shape
+        np.testing.assert_array_equal((label == IGNORE_INDEX).all(axis=(0, 1)), ~kept)
+        np.testing.assert_array_equal(label[..., kept], stacked[..., kept])

@@ -77,6 +77,9 @@ class MiningConfig(Strict):
                                  f"{', '.join(DATASET_FORMATS)} (data.format)")
             if self.rounds < 1:
                 raise ValueError("dataset_3d needs at least one mining round (rounds >= 1)")
+            if self.dataset_3d.not_kept == "ignore" and self.data.format != "nnunet":
+                raise ValueError("dataset_3d.not_kept: 'ignore' needs an nnunet source (nnU-Net's ignore label), "
+                                 f"not {self.data.format}")
         return self
 
     @property

@@ -24,10 +24,13 @@ Which cases:
   (h5: the same values, float64 written as float32; other formats: the files copied), its label
   the stacked refined slices (slices not mined: 0) mapped from the preprocessed grid back to the
   original grid the way predictions are (:func:`~semi3d.mining.export.label_to_original_grid`).
-  A 3D label has no "ignore" value: with ``min_kept_fraction < 1`` an included case's slices that
-  were NOT kept carry their refined mask anyway. The clean choice is ``select.unit: case`` (a case
-  is kept or rejected as a whole) with ``slice_step: 1``; slice-unit selection works with the
-  default threshold 1.0 too, but then only cases whose every slice passed are included.
+  With ``min_kept_fraction < 1`` an included case has slices that were NOT kept; ``not_kept``
+  says what they hold: ``refined`` (default) their refined mask anyway (slices not mined: 0), or,
+  for an ``nnunet`` source, ``ignore``: nnU-Net's ignore label (the value K after the K classes;
+  ``dataset.json`` gets ``"ignore": K`` when it has none), so that training leaves them out of
+  every loss and only the kept slices teach (slice-unit selection, ``select.unit: slice``). Without
+  it the clean choice is ``select.unit: case`` (a case is kept or rejected as a whole) with
+  ``slice_step: 1``.
 - Unlabelled cases that were rejected, not mined (``unlabelled_max``) and the test split are left
   out; the hidden labels of the unlabelled cases are never copied.
 
@@ -45,6 +48,7 @@ import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
@@ -66,11 +70,14 @@ DATASET_FORMATS = ("uamt_h5", "nnunet", "msd", "folder")
 class Dataset3DOptions(Strict):
     """``dataset_3d`` of the mining config: write a 3D training dataset of real labels + accepted
     pseudo-labels (:func:`write_pseudo_dataset`). ``min_kept_fraction``: a mined case is included
-    when at least this fraction of its slices was kept by the selection; ``every_round``: write it
-    after every round (default: after the last round only)."""
+    when at least this fraction of its slices was kept by the selection; ``not_kept``: the label of
+    its slices that were not (``refined``: their refined mask; ``ignore``: nnU-Net's ignore label,
+    ``nnunet`` sources only); ``every_round``: write it after every round (default: after the last
+    round only)."""
 
     enabled: bool = False
     min_kept_fraction: float = Field(1.0, ge=0, le=1)
+    not_kept: Literal["refined", "ignore"] = "refined"
     every_round: bool = False
 
 
@@ -96,6 +103,7 @@ class _Layout:
 
     def __init__(self, reader, num_classes: int, orientation: str | None):
         self.reader, self.num_classes, self.orientation = reader, num_classes, orientation
+        self.ignore: int | None = None  # the label value of slices not kept, when they are ignored
 
     def pseudo_label(self, ref, stacked: np.ndarray) -> np.ndarray:
         """The stacked label on the grid of ``ref`` (the case's first image volume)."""
@@ -152,6 +160,8 @@ class _NnUNet(_Layout):
     def finish(self, tmp, out, ids):
         meta = json.loads(self.reader.meta_path.read_text())
         meta.pop("dataset", None)  # its file list names the source's files; the copy has the standard layout
+        if self.ignore is not None:
+            meta["labels"] = {**meta["labels"], "ignore": self.ignore}  # K: the highest value, as nnU-Net wants
         meta["numTraining"] = len(ids)
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=1))
         return out, {}
@@ -224,7 +234,7 @@ def write_pseudo_dataset(out_dir: str | Path, reader: Reader, splits: Mapping[st
                          cases: Mapping[str, Case], labels: Mapping[str, dict[int, np.ndarray]],
                          kept: Mapping[str, dict[int, bool]], num_classes: int, axis: int = 2,
                          min_kept_fraction: float = 1.0, info: Mapping | None = None,
-                         orientation: str | None = None) -> dict:
+                         orientation: str | None = None, not_kept: str = "refined") -> dict:
     """Write a 3D training dataset: real labelled + dev cases and the accepted pseudo-labelled cases
     (see the module docstring for the layouts and the inclusion rule).
 
@@ -243,6 +253,8 @@ def write_pseudo_dataset(out_dir: str | Path, reader: Reader, splits: Mapping[st
         info: extra entries for ``pseudo_cases.json`` (e.g. the mining run and round).
         orientation: the ``data.preprocess.orientation`` the cases were reoriented to (None: the
             files' voxel order), undone when the pseudo-labels are written on the files' grids.
+        not_kept: the label of an included case's slices that were not kept: ``"refined"`` (their
+            refined mask) or ``"ignore"`` (nnU-Net's ignore label, value K; ``nnunet`` sources).
 
     Returns:
         the content of ``pseudo_cases.json`` (plus ``"path"``: the dataset folder).
@@ -252,6 +264,11 @@ def write_pseudo_dataset(out_dir: str | Path, reader: Reader, splits: Mapping[st
         raise InputError("dataset_3d", "a 3D pseudo-label dataset can be written for the formats "
                                        f"{', '.join(DATASET_FORMATS)}, not {type(reader).__name__}")
     layout = layout_cls(reader, num_classes, orientation)
+    if not_kept == "ignore":
+        if layout.format != "nnunet":
+            raise InputError("dataset_3d.not_kept", f"'ignore' needs an nnunet source (nnU-Net's ignore label), "
+                                                    f"not {layout.format}")
+        layout.ignore = int(num_classes)
     out = Path(out_dir).resolve()
     src_root = Path(reader.root).resolve()
     sources = [src_root] + ([Path(reader.labels_dir).resolve()] if getattr(reader, "labels_dir", None) else [])
@@ -279,7 +296,11 @@ def write_pseudo_dataset(out_dir: str | Path, reader: Reader, splits: Mapping[st
                 raise InputError(reader.root, f"case {cid!r} of the labelled / validation split has no label")
             layout.case(tmp, cid, None)
         for cid in pseudo:
-            layout.case(tmp, cid, stack_case_label(cases[cid].image.shape[1:], labels.get(cid, {}), axis))
+            stacked = stack_case_label(cases[cid].image.shape[1:], labels.get(cid, {}), axis)
+            if layout.ignore is not None:
+                dropped = [i for i in range(stacked.shape[axis % 3]) if not kept.get(cid, {}).get(i, False)]
+                np.moveaxis(stacked, axis % 3, 0)[dropped] = layout.ignore
+            layout.case(tmp, cid, stacked)
         all_ids = real + pseudo + dev
         root, options = layout.finish(tmp, out, all_ids)
         _write_list(tmp / "train.list", all_ids)
@@ -292,7 +313,7 @@ def write_pseudo_dataset(out_dir: str | Path, reader: Reader, splits: Mapping[st
                 "splits": {"labelled": {"list": str(out / "labelled.list")},
                            "validation": {"list": str(out / "dev.list")} if dev else None, "unlabelled": "none"}}
         record = {**dict(info or {}), "format": layout.format, "source_root": str(src_root), "axis": axis % 3,
-                  "min_kept_fraction": min_kept_fraction, "real": real, "pseudo": pseudo, "validation": dev,
+                  "min_kept_fraction": min_kept_fraction, "not_kept": not_kept, "real": real, "pseudo": pseudo, "validation": dev,
                   "rejected": rejected, "kept_fraction": fractions, "data": data}
         (tmp / "pseudo_cases.json").write_text(json.dumps(record, indent=1))
         if out.exists():

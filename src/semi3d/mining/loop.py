@@ -186,7 +186,7 @@ def _export(cands: list[Candidate], keep: list[bool], data: MiningData, cfg: Min
             rec = write_pseudo_dataset(out / "dataset", data.reader, data.splits, data.unlabelled_cases, labels, kept,
                                        data.num_classes, cfg.axis % 3, d3.min_kept_fraction,
                                        info={"mining_run": str(cfg.run_dir), "round": round_index},
-                                       orientation=cfg.data.preprocess.orientation)
+                                       orientation=cfg.data.preprocess.orientation, not_kept=d3.not_kept)
             return {"path": rec["path"], "n_real": len(rec["real"]), "n_pseudo": len(rec["pseudo"]),
                     "n_rejected": len(rec["rejected"]), "n_validation": len(rec["validation"])}
     elif cfg.save_pseudo != "none":
