@@ -35,8 +35,9 @@ def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None
     foreground class): also the normalised surface Dice at that tolerance (:func:`case_metrics`).
     ``determine_postprocessing``: predict without post-processing and decide, as nnU-Net does,
     whether keeping the largest component of all foreground, then of each class, raises the mean
-    Dice (:mod:`~semi3d.evaluation.postprocessing`; the decision is ``metrics.json``'s ``postprocessing``). Returns the summary (mean per class and
-    metric; with ``determine_postprocessing`` also ``"postprocessing"``: the decision).
+    Dice (:mod:`~semi3d.evaluation.postprocessing`; the decision is ``metrics.json``'s
+    ``postprocessing``). Returns the summary (mean per class and metric; with
+    ``determine_postprocessing`` also ``"postprocessing"``: the decision).
     """
     run = RunDir(run_dir).require()
     overrides = [*overrides, *([f"data.root={data_root}"] if data_root else []),
