@@ -377,7 +377,7 @@ def test_version_help_and_a_short_demo_that_says_where_its_outputs_are(tmp_path)
     r = runner.invoke(app, ["--version"])
     assert r.exit_code == 0 and r.output.strip() == f"semi3d {version('semi3d')}"
     r = runner.invoke(app, ["--help"])
-    verbs = ["train", "predict", "evaluate", "evaluate-folder", "report", "suggest", "export", "plan", "compare", "demo", "mine",
+    verbs = ["train", "predict", "evaluate", "evaluate-folder", "postprocess", "report", "suggest", "export", "plan", "compare", "demo", "mine",
              "config", "list"]
     commands = [line.split()[0] for line in r.output.split("Commands:")[1].splitlines() if line.strip()]
     assert r.exit_code == 0 and commands == verbs and "``" not in r.output

@@ -212,6 +212,22 @@ def evaluate_folder(predictions: Path = typer.Argument(..., help="folder of pred
 
 @app.command()
 @_clean_errors
+def postprocess(predictions: Path = typer.Argument(..., help="folder of predicted label maps, <case><ending> (any tool's)"),
+                out: Path = typer.Option(..., "--out", "-o", help="output folder (another folder: the predictions are only read)"),
+                decision: Optional[Path] = typer.Option(None, help="a metrics.json written by --determine-postprocessing"),
+                set: list[str] = typer.Option([], "--set", help="inference.largest_foreground_component / postprocess / "
+                                              "largest_component_classes=value, on top of --decision")):
+    """Apply the largest-component post-processing (a --determine-postprocessing decision, or
+    --set values as it prints them) to a folder of label maps (nnUNetv2_apply_postprocessing)."""
+    from .evaluation.postprocessing import apply_postprocessing, postprocessing_settings
+
+    written = apply_postprocessing(predictions, out, postprocessing_settings(set, decision),
+                                   progress=lambda i, n, case: console.print(f"[{i}/{n}] {case}"))
+    console.print(f"{len(written)} file(s) written to {out}")
+
+
+@app.command()
+@_clean_errors
 def report(run: Path, out: Optional[Path] = typer.Option(None, help="output folder (default RUN/report)"),
            eval_dir: Optional[str] = typer.Option(None, help="evaluation folder to show (default RUN/eval_validation)"),
            evaluate: bool = typer.Option(False, help="evaluate the validation split first when no evaluation exists"),

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from semi3d.cli import app
 from semi3d.config import load_config
 from semi3d.engine.trainer import train
+from semi3d.data.postprocess import keep_largest_component, keep_largest_foreground
 from semi3d.evaluation.evaluate import evaluate_run
 from semi3d.evaluation.postprocessing import choose_postprocessing, format_decision, postprocessing_dice
 from semi3d.losses import IGNORE_INDEX
@@ -153,3 +154,59 @@ def test_evaluate_folder_decides_on_any_tools_predictions(tmp_path):
                                       "b": postprocessing_dice(ref, ref, 4)}, ["class1", "class2", "class3"])
     assert metrics["postprocessing"] == json.loads(json.dumps(expected))
     assert metrics["postprocessing"]["classes"]["class1"]["dice_none"] == pytest.approx(metrics["mean"]["class1"]["dice"])
+
+
+def test_postprocess_applies_a_decision_to_a_folder(tmp_path):
+    """``semi3d postprocess`` with the decision of ``evaluate-folder --determine-postprocessing``:
+    the files it writes score what the decision said, with the inputs' affines and names; ``--set``
+    goes on top; the predictions are only read; bad input writes nothing."""
+    import hashlib
+
+    from semi3d.data.volumes import read_volume, write_volume
+
+    pred, ref = _kidney()
+    affine = np.diag([0.8, 0.8, 2.0, 1.0])
+    for folder, maps in (("pred", (pred, ref)), ("ref", (ref, ref))):
+        write_volume(tmp_path / folder / "a.nii.gz", maps[0], affine=affine)
+        write_volume(tmp_path / folder / "b.nrrd", maps[1], affine=affine)
+    runner = CliRunner()
+    r = runner.invoke(app, ["evaluate-folder", str(tmp_path / "pred"), str(tmp_path / "ref"), "--num-classes", "3",
+                            "--determine-postprocessing", "-o", str(tmp_path / "scores")])
+    assert r.exit_code == 0, r.output
+    decision = json.loads((tmp_path / "scores" / "metrics.json").read_text())["postprocessing"]
+    assert decision["inference"]["largest_foreground_component"]
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "pred").iterdir()}
+    r = runner.invoke(app, ["postprocess", str(tmp_path / "pred"), "-o", str(tmp_path / "pp"),
+                            "--decision", str(tmp_path / "scores" / "metrics.json")])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "pp").iterdir()) == ["a.nii.gz", "b.nrrd"]
+    assert np.allclose(read_volume(tmp_path / "pp" / "b.nrrd").affine, affine)
+    r = runner.invoke(app, ["evaluate-folder", str(tmp_path / "pp"), str(tmp_path / "ref"), "--num-classes", "3"])
+    assert r.exit_code == 0, r.output
+    scored = json.loads((tmp_path / "pp" / "metrics.json").read_text())["mean"]
+    for name, c in decision["classes"].items():
+        assert scored[name]["dice"] == pytest.approx(c["dice_largest_component"] if c["keep"] else c["dice_before"])
+    assert scored["class2"]["dice"] == 1.0  # the spurious blob went
+    # --set on top of the decision: every class's own largest component too (the small tumour goes)
+    r = runner.invoke(app, ["postprocess", str(tmp_path / "pred"), "-o", str(tmp_path / "pp2"), "--decision",
+                            str(tmp_path / "scores" / "metrics.json"), "--set", "inference.postprocess=largest_component"])
+    assert r.exit_code == 0, r.output
+    out = np.asarray(read_volume(tmp_path / "pp2" / "a.nii.gz").array)
+    np.testing.assert_array_equal(out, keep_largest_component(keep_largest_foreground(pred), 3))
+    assert before == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "pred").iterdir()}
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.nii.gz").write_bytes((tmp_path / "pred" / "a.nii.gz").read_bytes())
+    (tmp_path / "bad" / "c.nii.gz").write_bytes(b"garbage")
+    for args, says in (([str(tmp_path / "bad"), "-o", str(tmp_path / "x"), "--set", "inference.postprocess=none"],
+                        "c.nii.gz: cannot read"),
+                       ([str(tmp_path / "pred"), "-o", str(tmp_path / "pred"), "--set", "inference.postprocess=none"],
+                        "is the prediction folder"),
+                       ([str(tmp_path / "pred"), "-o", str(tmp_path / "x")], "nothing to apply"),
+                       ([str(tmp_path / "pred"), "-o", str(tmp_path / "x"), "--set", "inference.overlap=0.1"],
+                        "postprocess sets inference.largest_foreground_component"),
+                       ([str(tmp_path / "pred"), "-o", str(tmp_path / "x"), "--decision", str(tmp_path / "ref" / "a.nii.gz")],
+                        "not a metrics.json with a post-processing decision")):
+        r = runner.invoke(app, ["postprocess", *args])
+        assert r.exit_code == 2 and says in r.output.replace("\n", " "), r.output
+        assert not (tmp_path / "x").exists()

@@ -80,3 +80,13 @@ def check_classes(classes: Sequence[int] | None, num_classes: int, where: str) -
 
 
 POSTPROCESS = {"none": lambda label, num_classes, classes=None: label, "largest_component": keep_largest_component}
+
+
+def postprocess_label(label: np.ndarray, num_classes: int, postprocess: str = "none",
+                      classes: Sequence[int] | None = None, largest_foreground: bool = False) -> np.ndarray:
+    """The label map ``label`` (X, Y, Z) post-processed as a model's ``inference`` block says:
+    with ``largest_foreground`` first :func:`keep_largest_foreground`, then ``postprocess``
+    (``"none"`` or ``"largest_component"``, for ``classes``: ``largest_component_classes``)."""
+    if largest_foreground:
+        label = keep_largest_foreground(label)
+    return POSTPROCESS[postprocess](label, num_classes, classes)

@@ -15,19 +15,32 @@ takes any tool's predictions as they are) and decides in nnU-Net's two steps:
 With one foreground class the two steps are the same maps; it is decided as step 2 alone.
 ``metrics.json``'s ``postprocessing`` entry holds the mean Dice of each step and the ``--set``
 values that apply the decision to ``predict`` / ``evaluate`` (or go into the config's ``inference``
-block). Choosing on the validation split makes its scores optimistic, as for any choice made on it.
+block); ``semi3d postprocess PREDICTIONS -o OUT --decision metrics.json`` applies it to a folder of
+label files, any tool's (:func:`apply_postprocessing`, nnU-Net's ``apply_postprocessing``).
+Choosing on the validation split makes its scores optimistic, as for any choice made on it.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+import os
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 
-from ..data.postprocess import keep_largest_component, keep_largest_foreground
+from ..config import InferenceConfig, parse_overrides
+from ..data.postprocess import keep_largest_component, keep_largest_foreground, postprocess_label
+from ..data.readers import as_label, index_cases
+from ..data.volumes import SUFFIXES, h5_dataset, read_volume, write_volume
+from ..errors import InputError
+from ..inference.predictor import PROBABILITIES
 from ..losses import without_ignored
 from .metrics import overlap
 
-__all__ = ["choose_postprocessing", "format_decision", "postprocessing_dice"]
+__all__ = ["apply_postprocessing", "choose_postprocessing", "format_decision", "postprocessing_dice",
+           "postprocessing_settings"]
 
 VARIANTS = ("none", "class", "foreground", "foreground_class")
 
@@ -100,3 +113,75 @@ def format_decision(decision: Mapping) -> str:
 def _change(d: Mapping, verdict: str) -> str:
     none, largest = 100 * d["dice_none"], 100 * d["dice_largest_component"]
     return f"{none:.2f} -> {largest:.2f} ({largest - none:+.3f}: {verdict})"
+
+
+FIELDS = ("largest_foreground_component", "postprocess", "largest_component_classes")  # what a decision sets
+
+
+def postprocessing_settings(settings: Sequence[str] = (), decision: Path | None = None) -> InferenceConfig:
+    """The post-processing to apply: the ``inference`` settings of ``decision`` (a ``metrics.json``
+    written by ``--determine-postprocessing``), then ``settings`` on top (``inference.<field>=<YAML
+    value>``, as the decision prints them; the fields of :data:`FIELDS` only)."""
+    fields: dict = {}
+    if decision is not None:
+        try:
+            fields.update(json.loads(Path(decision).read_text())["postprocessing"]["inference"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise InputError(decision, "not a metrics.json with a post-processing decision "
+                                       "(evaluate / evaluate-folder --determine-postprocessing)") from None
+    for key, value in parse_overrides(list(settings)):
+        if key.removeprefix("inference.") not in FIELDS or not key.startswith("inference."):
+            raise InputError(f"--set {key}", f"postprocess sets {', '.join('inference.' + f for f in FIELDS)} only")
+        fields[key.removeprefix("inference.")] = value
+    if not fields:
+        raise InputError("postprocess", "nothing to apply: give --decision METRICS_JSON or --set inference.<field>=...")
+    try:
+        return InferenceConfig.model_validate({k: v for k, v in fields.items() if k in FIELDS})
+    except ValidationError as e:
+        raise InputError(decision if not settings else "--set", "; ".join(
+            f"inference.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())) from None
+
+
+def apply_postprocessing(pred_dir: Path, out_dir: Path, inference: InferenceConfig,
+                         progress: Callable[[int, int, str], None] | None = None) -> list[Path]:
+    """Post-process every label file of ``pred_dir`` (``<case><ending>``, any format ``semi3d
+    predict`` writes, an h5 file's ``label`` dataset; ``<case>_prob`` files skipped) as ``inference``
+    says (:func:`~semi3d.data.postprocess.postprocess_label`, K = the file's largest label + 1) and
+    write it under the same name into ``out_dir`` with the file's affine. The predictions are only
+    read; ``out_dir`` must be another folder. The files are written into a hidden folder inside
+    ``out_dir`` and moved into place when every one is done, so bad input writes nothing.
+    ``progress(i, n, case)`` after each file. Returns the files written."""
+    pred_dir, out_dir = Path(pred_dir), Path(out_dir)
+    if not pred_dir.is_dir():
+        raise InputError(pred_dir, "no such prediction folder")
+    files = index_cases(pred_dir, SUFFIXES)
+    files = {c: f for c, f in files.items() if not (c.endswith(PROBABILITIES) and c[: -len(PROBABILITIES)] in files)}
+    if not files:
+        raise InputError(pred_dir, f"no label files ({', '.join(SUFFIXES)})")
+    if out_dir.resolve() == pred_dir.resolve():
+        raise InputError(out_dir, "is the prediction folder: write the post-processed files into another one")
+    tmp, created = out_dir / f".postprocess.tmp{os.getpid()}", not out_dir.exists()
+    done = False
+    try:
+        for i, (case, f) in enumerate(files.items()):
+            vol = read_volume(f, h5_dataset(f, "label"))
+            if vol.array.ndim != 3:
+                raise InputError(f, f"not a label map (X, Y, Z): shape {tuple(vol.array.shape)}")
+            label = as_label(vol, None)
+            k = max(int(label.max(initial=0)) + 1, 2)
+            write_volume(tmp / f.name, postprocess_label(label, k, inference.postprocess, inference.largest_component_classes,
+                                                         inference.largest_foreground_component), affine=vol.affine)
+            if progress:
+                progress(i + 1, len(files), case)
+        written = []
+        for f in files.values():
+            os.replace(tmp / f.name, out_dir / f.name)
+            written.append(out_dir / f.name)
+        done = True
+        return written
+    except OSError as e:
+        raise InputError(out_dir, f"cannot write: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created and not done and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # the folder this call made, left empty

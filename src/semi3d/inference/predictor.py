@@ -52,12 +52,11 @@ def label_map(probs: torch.Tensor, inference: InferenceConfig) -> np.ndarray:
     """Probabilities (K, X, Y, Z) -> label map (X, Y, Z) uint8: the argmax, then
     ``inference.largest_foreground_component``, then ``inference.postprocess`` (for
     ``inference.largest_component_classes``)."""
-    from ..data.postprocess import POSTPROCESS, keep_largest_foreground
+    from ..data.postprocess import postprocess_label
 
     label = class_argmax(probs, 0).numpy().astype(np.uint8)
-    if inference.largest_foreground_component:
-        label = keep_largest_foreground(label)
-    return POSTPROCESS[inference.postprocess](label, probs.shape[0], inference.largest_component_classes)
+    return postprocess_label(label, probs.shape[0], inference.postprocess, inference.largest_component_classes,
+                             inference.largest_foreground_component)
 
 
 class Predictor:
