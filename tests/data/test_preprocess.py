@@ -150,7 +150,7 @@ def test_cache_memory_calls_once():
     cache = PreprocessedCache(Preprocessor(scale=0.5), _counting_loader(calls))
     a = cache.get("a")
     assert cache.get("a") is a
-    cache.preload(["a", "b"])
+    cache.get("b")
     assert calls == ["a", "b"] and len(cache) == 2
 
 

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from semi3d.data.nnunet import NnUNetRawReader
 from semi3d.data.formats import build_reader
 from semi3d.data.volumes import itk_affine, read_channels, read_volume, write_h5, write_volume
-from semi3d.data.readers import FolderReader, UAMTH5Reader, read_case
+from semi3d.data.readers import FolderReader, UAMTH5Reader
 from semi3d.errors import InputError
 
 SHAPE = (24, 20, 12)
@@ -116,8 +116,8 @@ def test_h5_npy_and_defaults(tmp_path):
         assert f["prob"].dtype == np.float32 and f["prob"].shape == (2, *SHAPE)
     write_volume(tmp_path / "n.npy", lab.astype(np.int64) * 300)
     assert np.load(tmp_path / "n.npy").dtype == np.int16
-    case = read_case(write_volume(tmp_path / "c.nii.gz", _image(), affine=_affine()))
-    write_volume(tmp_path / "ref.nii.gz", lab, reference=case)
+    image = read_volume(write_volume(tmp_path / "c.nii.gz", _image(), affine=_affine()))
+    write_volume(tmp_path / "ref.nii.gz", lab, reference=image)
     np.testing.assert_allclose(read_volume(tmp_path / "ref.nii.gz").affine, _affine(), atol=1e-5)
 
 

@@ -11,7 +11,7 @@ import json
 import re
 import warnings
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -348,16 +348,6 @@ class PreprocessedCache:
                 self._write(path, case)
         self._mem[case_id] = case
         return case
-
-    def preload(self, ids: Iterable[str], progress: bool = False) -> None:
-        """Fill the cache upfront (optionally with a progress bar)."""
-        ids = list(ids)
-        if progress:
-            from rich.progress import track
-
-            ids = track(ids, description="preprocessing")  # type: ignore[assignment]
-        for case_id in ids:
-            self.get(case_id)
 
     @staticmethod
     def _read(path: Path, case_id: str) -> Case:

@@ -9,7 +9,6 @@ image float32 (C, X, Y, Z), label integer (X, Y, Z) or None, spacing in mm along
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -114,18 +113,6 @@ def assemble_case(case_id: str, channels: Sequence[Volume], label: Volume | None
     sp = tuple(float(s) for s in (ref.spacing or spacing or (1.0, 1.0, 1.0)))
     affine = ref.affine if ref.affine is not None else np.diag([*sp, 1.0])
     return Case(case_id, image, lab, sp, affine, domain, str(ref.path))  # type: ignore[arg-type]
-
-
-def read_case(image_paths: PathLike | Sequence[PathLike], label_path: PathLike | None = None,
-              case_id: str | None = None, num_classes: int | None = None) -> Case:
-    """Read and validate one case from explicit files (one per channel), e.g. for prediction.
-
-    The case id defaults to the first image's file name without its suffix.
-    """
-    paths = [image_paths] if isinstance(image_paths, (str, os.PathLike)) else list(image_paths)
-    channels = [read_volume(p) for p in paths]
-    label = read_volume(label_path) if label_path is not None else None
-    return assemble_case(case_id or split_suffix(paths[0])[0], channels, label, num_classes)
 
 
 # ----------------------------------------------------------------------------------------------
