@@ -60,6 +60,16 @@ def test_known_answers():
     ref_ignored = ref.copy()
     ref_ignored[15:19, 15:19, 15:19] = IGNORE_INDEX
     assert postprocessing_dice(pred, ref_ignored, 4)["none"][1] == 1.0
+    # ... but the components are the prediction's own: a larger predicted blob lying in the ignored
+    # region is the one the post-processing keeps, so the true blob outside it goes
+    ref_ignored[:] = 0
+    ref_ignored[2:5, 2:5, 2:5] = 1
+    ref_ignored[10:20, 10:20, 10:20] = IGNORE_INDEX
+    pred = ref_ignored.copy()
+    pred[10:20, 10:20, 10:20] = 0
+    pred[12:16, 12:16, 12:16] = 1
+    d = postprocessing_dice(pred, ref_ignored, 2)
+    assert (d["none"][1], d["class"][1], d["foreground"][1]) == (1.0, 0.0, 0.0)
 
 
 def test_all_foreground_as_one_region():

@@ -50,13 +50,16 @@ def postprocessing_dice(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> 
     voxels of ``ref`` left out as in :func:`~semi3d.evaluation.metrics.case_metrics`) under each
     post-processing: ``{"none": {c: dice}, "class": ..., "foreground": ..., "foreground_class": ...}``
     = as predicted, every class's largest component kept, the largest component of all foreground
-    together kept, and that followed by every class's largest component. (Keeping class c's largest
-    component changes no other class, so all classes are kept at once.)"""
-    pred, ref = without_ignored(np.asarray(pred), np.asarray(ref))
+    together kept, and that followed by every class's largest component. The components are those
+    of the prediction as it is (ignored voxels included), as applying the post-processing finds
+    them; only the scoring leaves the ignored voxels out. (Keeping class c's largest component
+    changes no other class, so all classes are kept at once.)"""
+    pred, ref = np.asarray(pred), np.asarray(ref)
     merged = keep_largest_foreground(pred)
     maps = {"none": pred, "class": keep_largest_component(pred, num_classes), "foreground": merged,
             "foreground_class": keep_largest_component(merged, num_classes)}
-    return {v: {c: overlap(m == c, ref == c)[0] for c in range(1, num_classes)} for v, m in maps.items()}
+    return {v: {c: overlap(*(x == c for x in without_ignored(m, ref)))[0] for c in range(1, num_classes)}
+            for v, m in maps.items()}
 
 
 def choose_postprocessing(per_case: Mapping[str, Mapping[str, Mapping[int, float]]],
