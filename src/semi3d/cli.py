@@ -332,7 +332,14 @@ def mine(config: Path, set: list[str] = typer.Option([], "--set", help="override
     summary = _resumable("mine", config, set, lambda: run_mining(cfg, resume), RunDir(cfg.run_dir).config)
     for r in summary["rounds"]:
         kept = f", kept {r['n_kept']}/{r['n_candidates']}" if "n_kept" in r else ""
-        console.print(f"round {r['round']}: dev Dice {100 * r['dev_dice']:.2f}{kept}")
+        if r.get("pseudo_dice_kept") is not None:  # the unlabelled cases' hidden labels are there (benchmarks)
+            kept += (f"; kept pseudo-labels' Dice against the hidden labels {100 * r['pseudo_dice_kept']:.2f} "
+                     f"(the small model's own masks {100 * r['model_dice_kept']:.2f})")
+        console.print(f"round {r['round']}: dev Dice {100 * r['dev_dice']:.2f}{kept}", soft_wrap=True)
+        if d3 := r.get("dataset_3d"):
+            console.print(f"  3D dataset: {d3['path']} ({d3['n_real']} real, {d3['n_pseudo']} pseudo-labelled, "
+                          f"{d3['n_rejected']} rejected, {d3['n_validation']} dev cases; its data: block is in "
+                          "pseudo_cases.json)", soft_wrap=True)
     console.print(f"-> {summary['run_dir']}")
 
 

@@ -254,14 +254,20 @@ def test_cli_mine(la_like, tmp_path):
 
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump(_tree(la_like, tmp_path / "runs", rounds=1)))
-    res = CliRunner().invoke(app, ["mine", str(path), "--set", "name=cli"])
+    sets = ["--set", "name=cli", "--set", "dataset_3d.enabled=true"]
+    res = CliRunner().invoke(app, ["mine", str(path), *sets])
     assert res.exit_code == 0, res.output
     assert "round 1: dev Dice" in res.output and (tmp_path / "runs" / "cli" / "train_summary.json").is_file()
+    r1 = json.loads((tmp_path / "runs" / "cli" / "train_summary.json").read_text())["rounds"][1]
+    assert (f"kept pseudo-labels' Dice against the hidden labels {100 * r1['pseudo_dice_kept']:.2f} "
+            f"(the small model's own masks {100 * r1['model_dice_kept']:.2f})") in res.output
+    d3 = r1["dataset_3d"]
+    assert f"3D dataset: {d3['path']} ({d3['n_real']} real, {d3['n_pseudo']} pseudo-labelled" in res.output
     bad = CliRunner().invoke(app, ["mine", str(path), "--set", "select.min_scor=1"])
     assert bad.exit_code == 2 and "min_scor" in bad.output
-    again = CliRunner().invoke(app, ["mine", str(path), "--set", "name=cli"])
+    again = CliRunner().invoke(app, ["mine", str(path), *sets])
     assert again.exit_code == 2 and "--resume" in again.output
-    done = CliRunner().invoke(app, ["mine", str(path), "--set", "name=cli", "--resume"])  # finished: nothing retrained
+    done = CliRunner().invoke(app, ["mine", str(path), *sets, "--resume"])  # finished: nothing retrained
     assert done.exit_code == 0 and "round 1: dev Dice" in done.output, done.output
 
 
