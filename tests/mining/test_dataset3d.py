@@ -240,6 +240,8 @@ def test_slices_not_kept_as_the_nnunet_ignore_label(synth_root, tmp_path):
     folder = FolderReader(synth_root / "imagesTr", labels=synth_root / "labelsTr")
     with pytest.raises(InputError, match="'ignore' needs an nnunet source"):
         write_pseudo_dataset(tmp_path / "f", folder, {"labelled": ["syn_000"]}, {}, {}, {}, 3, not_kept="ignore")
+    with pytest.raises(InputError, match="unknown 'zero'; choose refined or ignore"):
+        write_pseudo_dataset(tmp_path / "f", reader, splits, cases, labels, kept, 3, not_kept="zero")
     assert not (tmp_path / "f").exists()
 
 

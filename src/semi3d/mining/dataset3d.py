@@ -264,6 +264,8 @@ def write_pseudo_dataset(out_dir: str | Path, reader: Reader, splits: Mapping[st
         raise InputError("dataset_3d", "a 3D pseudo-label dataset can be written for the formats "
                                        f"{', '.join(DATASET_FORMATS)}, not {type(reader).__name__}")
     layout = layout_cls(reader, num_classes, orientation)
+    if not_kept not in ("refined", "ignore"):
+        raise InputError("dataset_3d.not_kept", f"unknown {not_kept!r}; choose refined or ignore")
     if not_kept == "ignore":
         if layout.format != "nnunet":
             raise InputError("dataset_3d.not_kept", f"'ignore' needs an nnunet source (nnU-Net's ignore label), "
@@ -313,8 +315,8 @@ def write_pseudo_dataset(out_dir: str | Path, reader: Reader, splits: Mapping[st
                 "splits": {"labelled": {"list": str(out / "labelled.list")},
                            "validation": {"list": str(out / "dev.list")} if dev else None, "unlabelled": "none"}}
         record = {**dict(info or {}), "format": layout.format, "source_root": str(src_root), "axis": axis % 3,
-                  "min_kept_fraction": min_kept_fraction, "not_kept": not_kept, "real": real, "pseudo": pseudo, "validation": dev,
-                  "rejected": rejected, "kept_fraction": fractions, "data": data}
+                  "min_kept_fraction": min_kept_fraction, "not_kept": not_kept, "real": real, "pseudo": pseudo,
+                  "validation": dev, "rejected": rejected, "kept_fraction": fractions, "data": data}
         (tmp / "pseudo_cases.json").write_text(json.dumps(record, indent=1))
         if out.exists():
             shutil.rmtree(out)
