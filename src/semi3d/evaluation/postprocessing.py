@@ -132,9 +132,10 @@ def postprocessing_settings(settings: Sequence[str] = (), decision: Path | None 
         except (OSError, ValueError, KeyError, TypeError):
             raise InputError(decision, "not a metrics.json with a post-processing decision "
                                        "(evaluate / evaluate-folder --determine-postprocessing)") from None
+    allowed = [f"inference.{f}" for f in FIELDS]
     for key, value in parse_overrides(list(settings)):
-        if key.removeprefix("inference.") not in FIELDS or not key.startswith("inference."):
-            raise InputError(f"--set {key}", f"postprocess sets {', '.join('inference.' + f for f in FIELDS)} only")
+        if key not in allowed:
+            raise InputError(f"--set {key}", f"postprocess sets {', '.join(allowed)} only")
         fields[key.removeprefix("inference.")] = value
     if not fields:
         raise InputError("postprocess", "nothing to apply: give --decision METRICS_JSON or --set inference.<field>=...")
@@ -151,7 +152,7 @@ def apply_postprocessing(pred_dir: Path, out_dir: Path, inference: InferenceConf
     predict`` writes, an h5 file's ``label`` dataset; ``<case>_prob`` files skipped) as ``inference``
     says (:func:`~semi3d.data.postprocess.postprocess_label`, K = the file's largest label + 1) and
     write it under the same name into ``out_dir`` with the file's affine. The predictions are only
-    read; ``out_dir`` must be another folder. The files are written into a hidden folder inside
+    read; ``out_dir`` must be another folder. The files are written into a hidden folder beside
     ``out_dir`` and moved into place when every one is done, so bad input writes nothing.
     ``progress(i, n, case)`` after each file. Returns the files written."""
     pred_dir, out_dir = Path(pred_dir), Path(out_dir)
@@ -163,8 +164,7 @@ def apply_postprocessing(pred_dir: Path, out_dir: Path, inference: InferenceConf
         raise InputError(pred_dir, f"no label files ({', '.join(SUFFIXES)})")
     if out_dir.resolve() == pred_dir.resolve():
         raise InputError(out_dir, "is the prediction folder: write the post-processed files into another one")
-    tmp, created = out_dir / f".postprocess.tmp{os.getpid()}", not out_dir.exists()
-    done = False
+    tmp = out_dir.parent / f".{out_dir.name}.postprocess.tmp{os.getpid()}"
     try:
         for i, (case, f) in enumerate(files.items()):
             vol = read_volume(f, h5_dataset(f, "label"))
@@ -176,15 +176,11 @@ def apply_postprocessing(pred_dir: Path, out_dir: Path, inference: InferenceConf
                                                          inference.largest_foreground_component), affine=vol.affine)
             if progress:
                 progress(i + 1, len(files), case)
-        written = []
+        out_dir.mkdir(parents=True, exist_ok=True)
         for f in files.values():
             os.replace(tmp / f.name, out_dir / f.name)
-            written.append(out_dir / f.name)
-        done = True
-        return written
+        return [out_dir / f.name for f in files.values()]
     except OSError as e:
         raise InputError(out_dir, f"cannot write: {e.strerror or e}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if created and not done and out_dir.is_dir() and not any(out_dir.iterdir()):
-            out_dir.rmdir()  # the folder this call made, left empty
