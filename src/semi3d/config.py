@@ -228,7 +228,8 @@ class InferenceConfig(StrictModel):
     largest_component_classes: list[int] | None = None
     # before `postprocess`: keep only the largest 26-connected component of all foreground classes
     # together (nnU-Net's first post-processing step; one structure made of several classes, such as
-    # a kidney with its tumour); `semi3d evaluate RUN --determine-postprocessing` decides both
+    # a kidney with its tumour); `semi3d plan` sets both from the labels' connectivity,
+    # `semi3d evaluate RUN --determine-postprocessing` decides both from a trained run's predictions
     largest_foreground_component: bool = False
     # mirror test-time augmentation (nnU-Net's default): the logits averaged over the flips of every
     # subset of these spatial axes (0 = X, 1 = Y, 2 = Z), 2^len passes; [] = off

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from semi3d.data.postprocess import (check_classes, keep_largest_component, keep_largest_foreground,
-                                     largest_component_per_class, largest_component_shares)
+                                     largest_component_per_class, largest_component_share,
+                                     largest_component_shares)
 from semi3d.errors import InputError
 
 
@@ -71,3 +72,13 @@ def test_largest_component_shares_known_answers():
     # class 1: 65 of 73 voxels in the largest component (the diagonal voxel joins it); class 2: one component
     assert largest_component_shares(lab, 5) == [65 / 73, 1.0, None, 1.0]
     assert largest_component_shares(np.zeros_like(lab), 3) == [None, None]
+
+
+def test_largest_component_share_of_a_mask_known_answers():
+    """All foreground of the two-blob map: 65 class-1 voxels, the 8-voxel blob and the separate class-2
+    block (8): the largest component holds 65 of 81; a mask of one component 1.0; empty None."""
+    lab = _two_blobs()
+    assert largest_component_share(lab > 0) == 65 / 81
+    assert largest_component_share(lab == 2) == 1.0
+    assert largest_component_share(np.zeros_like(lab, bool)) is None
+    assert largest_component_share(keep_largest_foreground(lab) > 0) == 1.0

@@ -37,7 +37,7 @@ def test_fingerprint_known_answers(aniso):
     assert fp.channels[0].mean == pytest.approx(fg.mean(), rel=1e-5)
     assert fp.channels[0].p99_5 == pytest.approx(np.percentile(fg, 99.5), rel=1e-5)
     # the organ (class 1, around the lesion) and the lesion are one connected structure in every case
-    assert fp.largest_component_share == [1.0, 1.0]
+    assert fp.largest_component_share == [1.0, 1.0] and fp.foreground_component_share == 1.0
     assert fp.orientations == {"RAS": 7} and fp.axcodes == ["RAS"] * 7
 
 
@@ -163,6 +163,33 @@ def test_largest_component_per_class():
     assert RunConfig.model_validate(plan.config).inference.largest_component_classes == [1]
     fp.largest_component_share = [0.995, None]  # no labelled case has a kidney: nothing known, nothing removed
     assert make_plan(fp, "cpu", method="supervised").config["inference"]["largest_component_classes"] == [1]
+
+
+@pytest.mark.parametrize("share,step1", [(0.995, True), (0.9, False)])
+def test_all_foreground_as_one_structure_with_several_classes(share, step1):
+    """A liver with its tumours (tumours spread over several components, the whole one structure):
+    nnU-Net's step 1 (all foreground together) is on, the tumour keeps its components; when the
+    foreground itself spreads over several structures step 1 is off, written as such."""
+    fp = _fp([(1.0, 1.0, 1.0)] * 2)
+    fp.class_names, fp.class_share = ["background", "liver", "tumour"], [0.8, 0.15, 0.05]
+    fp.largest_component_share, fp.foreground_component_share = [0.999, 0.5], share
+    plan = make_plan(fp, "cpu", method="supervised")
+    inference = RunConfig.model_validate(plan.config).inference
+    assert inference.largest_foreground_component is step1
+    assert inference.postprocess == "largest_component" and inference.largest_component_classes == [1]
+    note = plan.notes["postprocess"]
+    assert note.startswith("all foreground classes together are one structure" if step1 else
+                           "the foreground classes together spread over several components (their largest holds 90.0%")
+    assert "liver: " in note and "kept for tumour" in note
+
+
+def test_one_foreground_class_leaves_step1_to_the_per_class_rule():
+    """With one foreground class the two steps are the same: the plan writes the per-class one only."""
+    fp = _fp([(1.0, 1.0, 1.0)] * 2)
+    fp.foreground_component_share = 1.0
+    plan = make_plan(fp, "cpu", method="supervised")
+    assert "largest_foreground_component" not in plan.config["inference"]
+    assert plan.config["inference"]["postprocess"] == "largest_component"
 
 
 def test_target_spacing_takes_the_10th_percentile_of_a_thick_axis():

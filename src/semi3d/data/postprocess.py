@@ -49,6 +49,17 @@ def _outside_largest(mask: np.ndarray) -> np.ndarray:
     return mask & (comp != np.bincount(comp.ravel())[1:].argmax() + 1)
 
 
+def largest_component_share(mask: np.ndarray) -> float | None:
+    """The share of the boolean ``mask``'s (X, Y, Z) voxels in its largest 26-connected component
+    (1.0: one component), None when it is empty: how much :func:`keep_largest_foreground` would
+    remove from a true label when ``mask`` is its foreground. Labelled inside its bounding box."""
+    box = ndimage.find_objects(np.asarray(mask, dtype=np.int8))
+    if not box:
+        return None
+    sizes = np.bincount(ndimage.label(mask[box[0]], _FULL)[0].ravel())[1:]
+    return float(sizes.max() / sizes.sum())
+
+
 def largest_component_shares(label: np.ndarray, num_classes: int) -> list[float | None]:
     """For each foreground class 1..K-1 of the label map ``label`` (X, Y, Z; integer classes), the
     share of its voxels in its largest 26-connected component (1.0: one component), or None where
@@ -56,11 +67,7 @@ def largest_component_shares(label: np.ndarray, num_classes: int) -> list[float 
     Each class is labelled inside its bounding box only."""
     out: list[float | None] = []
     for c, box in enumerate(ndimage.find_objects(np.asarray(label, dtype=np.int64), max_label=num_classes - 1), 1):
-        if box is None:
-            out.append(None)
-            continue
-        sizes = np.bincount(ndimage.label(label[box] == c, _FULL)[0].ravel())[1:]
-        out.append(float(sizes.max() / sizes.sum()))
+        out.append(None if box is None else largest_component_share(label[box] == c))
     return out
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from nibabel.orientations import aff2axcodes
 
 from ..data.orientation import codes_transform, source_axes
-from ..data.postprocess import largest_component_shares
+from ..data.postprocess import largest_component_share, largest_component_shares
 from ..data.readers import Reader
 from ..losses import IGNORE_INDEX
 
@@ -44,6 +44,9 @@ class Fingerprint:
         largest_component_share: per foreground class (K - 1 entries), the lowest share over the
             labelled cases of its voxels in its largest 26-connected component (1.0: the class is
             one connected structure in every case), None for a class no labelled case has.
+        foreground_component_share: the same for all foreground classes together (1.0: the
+            foreground is one connected structure in every case, e.g. a liver with its tumours),
+            None when no labelled case has foreground.
         axcodes: per case its voxel-axis orientation: the world direction (RAS) each array axis
             X, Y, Z points to most closely, e.g. ``"RAS"`` or ``"LPS"``.
     """
@@ -56,6 +59,7 @@ class Fingerprint:
     class_share: list[float] = field(default_factory=list)
     largest_component_share: list[float | None] = field(default_factory=list)
     axcodes: list[str] = field(default_factory=list)
+    foreground_component_share: float | None = None
 
     @property
     def orientations(self) -> dict[str, int]:
@@ -92,7 +96,7 @@ def fingerprint(reader: Reader, ids: list[str] | None = None, seed: int = 0, pro
     ids = list(ids if ids is not None else reader.case_ids())
     spacings, shapes, samples, n_lab, axcodes = [], [], None, 0, []
     counts = np.zeros(0, dtype=np.int64)
-    lowest: dict[int, float] = {}  # foreground class -> lowest largest-component share so far
+    lowest: dict[int, float] = {}  # foreground class (0: all together) -> lowest largest-component share so far
     names = list(reader.channel_names)
     for i, cid in enumerate(ids):
         case = reader.load(cid)
@@ -108,6 +112,8 @@ def fingerprint(reader: Reader, ids: list[str] | None = None, seed: int = 0, pro
                 if share is not None:
                     lowest[k] = min(share, lowest.get(k, 1.0))
             fg = known & (case.label > 0)
+            if (share := largest_component_share(fg)) is not None:
+                lowest[0] = min(share, lowest.get(0, 1.0))
             if not fg.any():
                 fg = known
             vox = case.image[:, fg]  # (C, N) raw intensities of the foreground
@@ -126,4 +132,4 @@ def fingerprint(reader: Reader, ids: list[str] | None = None, seed: int = 0, pro
     class_names = list(reader.class_names or ["background", *(f"class_{c}" for c in range(1, k))])
     share = (counts / counts.sum()).tolist() if counts.sum() else []
     return Fingerprint(len(ids), n_lab, spacings, shapes, channels, class_names, share,
-                       [lowest.get(k) for k in range(1, len(class_names))], axcodes)
+                       [lowest.get(k) for k in range(1, len(class_names))], axcodes, lowest.get(0))

@@ -36,9 +36,12 @@ The rules, in the order they are applied (axes X, Y, Z; spacing in mm):
    voxels: the labels say the class is one structure, so a second predicted component is an error
    (LA: 75 of 80 ground truths are one component, the other five lose at most 0.15 %; +0.05 to +0.18
    Dice on every measured run). A class spread over several structures (two kidneys, metastases)
-   keeps every component. nnU-Net decides this by cross-validation, which planning does not run;
-   a trained run decides it from its predictions with ``semi3d evaluate RUN
-   --determine-postprocessing`` (:mod:`semi3d.evaluation.postprocessing`).
+   keeps every component. With several foreground classes, nnU-Net's first step comes before it
+   by the same rule: when all foreground classes together are one structure (a liver with its
+   tumours, a pancreas with its tumour), foreground outside its largest component is removed
+   (``inference.largest_foreground_component``). nnU-Net decides both by cross-validation, which
+   planning does not run; a trained run decides them from its predictions with ``semi3d evaluate
+   RUN --determine-postprocessing`` (:mod:`semi3d.evaluation.postprocessing`).
 """
 from __future__ import annotations
 
@@ -103,6 +106,22 @@ def _target_spacing(fp: Fingerprint) -> tuple[np.ndarray, str]:
 
 def _postprocess(fp: Fingerprint) -> tuple[dict, str]:
     """The ``inference`` post-processing for the labels' connectivity (rule 9), and why."""
+    post, why = _postprocess_per_class(fp)
+    share = fp.foreground_component_share
+    if len(fp.class_names) < 3 or share is None:  # one foreground class: step 1 is step 2
+        return post, why
+    if share >= ONE_STRUCTURE:
+        step1 = (f"all foreground classes together are one structure (in every labelled case their largest "
+                 f"connected component holds >= {ONE_STRUCTURE:.0%} of the foreground, least {share:.2%}), so "
+                 "predicted foreground outside its largest component is removed first")
+    else:
+        step1 = (f"the foreground classes together spread over several components (their largest holds "
+                 f"{share:.1%} of the foreground in one labelled case), so no foreground component is removed "
+                 "as a whole")
+    return {"largest_foreground_component": share >= ONE_STRUCTURE, **post}, f"{step1}; {why}"
+
+
+def _postprocess_per_class(fp: Fingerprint) -> tuple[dict, str]:
     shares = [(c, s, n) for c, (s, n) in enumerate(zip(fp.largest_component_share, fp.class_names[1:]), 1)
               if s is not None]
     one = [(c, s, n) for c, s, n in shares if s >= ONE_STRUCTURE]
