@@ -371,6 +371,28 @@ def test_evaluate_refuses_an_empty_id_list_and_predict_names_valid_which(trained
     assert r.exit_code == 2 and "auto, best, final" in r.output
 
 
+def test_a_relative_data_root_read_from_another_folder_says_how_to_point_at_it(tiny_tree, synth_root, tmp_path,
+                                                                               monkeypatch):
+    """A run trained with ``data.root`` relative to its folder, evaluated (reported, suggested) from
+    another folder: one line naming the root, the current folder and ``--data-root``, nothing written;
+    with ``--data-root`` it evaluates."""
+    monkeypatch.chdir(synth_root.parent)
+    tiny_tree["data"]["root"] = synth_root.name
+    cfg = tmp_path / "rel.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_tree))
+    assert runner.invoke(app, ["train", str(cfg), "--set", "train.iterations=2", "--set", "name=rel"]).exit_code == 0
+    run = tmp_path / "runs" / "rel"
+    monkeypatch.chdir(tmp_path)
+    for verb in (["evaluate", str(run)], ["suggest", str(run)], ["report", str(run), "--evaluate"]):
+        r = runner.invoke(app, verb)
+        assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+        assert r.output.startswith(f"error: {synth_root.name}: no such folder: the run's data.root is relative") and \
+            str(tmp_path) in r.output and "--data-root DIR" in r.output, r.output
+    assert not (run / "eval_validation").exists() and not (run / "report").exists()
+    r = runner.invoke(app, ["evaluate", str(run), "--data-root", str(synth_root)])
+    assert r.exit_code == 0, r.output
+
+
 def test_version_help_and_a_short_demo_that_says_where_its_outputs_are(tmp_path):
     from importlib.metadata import version
 

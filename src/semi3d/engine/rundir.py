@@ -97,6 +97,19 @@ class RunDir:
 
         return load_config(self.config, list(overrides))
 
+    def data_reader(self, cfg, **options):
+        """The reader of the run's dataset (``cfg.data``, its ``options`` updated by ``options``).
+        A relative ``data.root`` is read from the current folder, as in training: when it is not
+        there, one error that says so and how to point at it (``--data-root``)."""
+        from ..data.formats import build_reader
+
+        root = Path(cfg.data.root)
+        if not root.is_absolute() and not root.exists():
+            raise InputError(root, f"no such folder: the run's data.root is relative to the folder it was trained "
+                                   f"from, not to the current one ({Path.cwd()}); run from there or give "
+                                   "--data-root DIR")
+        return build_reader(cfg.data.format, root, **{**cfg.data.options, **options})
+
     def load_splits(self) -> dict[str, list[str]]:
         from ..data.splits import load_splits
 

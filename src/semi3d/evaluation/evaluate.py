@@ -5,7 +5,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from ..data.formats import build_reader
 from ..data.volumes import write_volume
 from ..data.splits import read_id_list
 from ..engine.rundir import RunDir
@@ -66,7 +65,7 @@ def evaluate_run(run_dir: Path, split: str = "validation", ids_list: Path | None
             raise InputError(run.splits, f"the {split} split is empty")
     members = [model_file(run.path, which), *(_member(Path(m), which, ids if held_out else ()) for m in ensemble)]
     out = Path(out) if out else run.eval_dir(f"{name}_mean_of_{len(members)}" if ensemble else name)
-    reader = build_reader(cfg.data.format, cfg.data.root, **options)
+    reader = run.data_reader(cfg, **options)
     predictor = load_models(members, cfg.device, cfg.precision, cfg.inference)
     k = predictor.num_classes
     per_case, effects, t0 = {}, {}, time.time()

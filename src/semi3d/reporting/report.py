@@ -122,11 +122,10 @@ def _load_for_overlay(run_dir: Path, cfg, metrics_path: Path, ids: list[str]):
     """``{case: (image (C,X,Y,Z), truth (X,Y,Z), prediction (X,Y,Z))}`` on the original grid; the
     evaluation's saved predictions are used when present, else the run's model predicts. Voxels
     under nnU-Net's ignore label are background in both, as in the metrics."""
-    from ..data.formats import build_reader
     from ..data.volumes import read_volume
     from ..inference.predictor import Predictor, model_file
 
-    reader = build_reader(cfg.data.format, cfg.data.root, **cfg.data.options)
+    reader = RunDir(run_dir).data_reader(cfg)
     predictor = None
     out = {}
     for cid in ids:
@@ -202,19 +201,19 @@ def build_report(run_dir: Path, out: Path | None = None, eval_dir: Path | str | 
     cfg = run.load_config([f"data.root={data_root}"] if data_root else [])
     splits = run.load_splits()
     out = Path(out) if out else run_dir / "report"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(out, f"cannot create the report folder: {e.strerror}") from None
     from ..engine.runlog import RunLog
 
     records = RunLog(run).records()
     metrics_path = run.metrics(eval_dir)
-    if metrics_path is None and evaluate:
+    if metrics_path is None and evaluate:  # before the report folder is made: a failure leaves none
         from ..evaluation.evaluate import evaluate_run
 
         evaluate_run(run_dir, "validation", data_root=data_root)
         metrics_path = run.eval_dir("validation") / "metrics.json"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(out, f"cannot create the report folder: {e.strerror}") from None
     written: dict[str, Path] = {}
     notes: list[str] = []
 

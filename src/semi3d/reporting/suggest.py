@@ -164,7 +164,6 @@ def suggest_cases(run_dir: Path, k: int = 5, out: Path | None = None, data_root:
     evidence into ``out`` (default ``RUN/suggest``) and return the JSON payload."""
     from ..data.case import Case
     from ..data.dataset import make_preprocessor
-    from ..data.formats import build_reader
     from ..engine.precision import channels_last_3d, pick_device, resolve_precision, use_channels_last
     from ..inference.predictor import Predictor, model_file, predict_probs
 
@@ -196,7 +195,7 @@ def suggest_cases(run_dir: Path, k: int = 5, out: Path | None = None, data_root:
                  "models' probabilities over the volume" if two_models else
                  f"entropy: mean normalised predictive entropy over voxels with foreground probability >= "
                  f"{FG_THRESHOLD} dilated by {margin} voxels")
-    reader = build_reader(cfg.data.format, cfg.data.root, **cfg.data.options)
+    reader = run.data_reader(cfg)
     pre = make_preprocessor(cfg.data)
     out = Path(out) if out else run_dir / "suggest"
     entries: dict[str, dict] = {}
