@@ -58,16 +58,26 @@ class DataBundle:
         return self.channels or len(getattr(self.reader, "channel_names", None) or [0])
 
 
-def prepare_data(cfg: DataConfig, splits: dict[str, list[str]] | None = None) -> DataBundle:
-    """Build the reader, resolve (or reuse) the splits and the preprocessing cache."""
-    reader = build_reader(cfg.format, cfg.root, **cfg.options)
+def data_domains(cfg: DataConfig) -> dict[str, str]:
+    """The cases' domain tags: ``cfg.domains``, else the dataset's own ``domains.json``, else none."""
+    dom_file = cfg.domains or (Path(cfg.root) / "domains.json")
+    return read_domains(dom_file) if cfg.domains or dom_file.is_file() else {}
+
+
+def data_splits(cfg: DataConfig, reader, domains: dict[str, str] | None = None) -> dict[str, list[str]]:
+    """``cfg.splits`` resolved on the dataset of ``reader`` (its cases, labelled cases and test cases)."""
     ids = reader.case_ids()
     test_ids = reader.test_case_ids() if hasattr(reader, "test_case_ids") else []
     labelled = {i for i in list(ids) + list(test_ids) if reader.has_label(i)}
-    dom_file = cfg.domains or (Path(cfg.root) / "domains.json")
-    domains = read_domains(dom_file) if cfg.domains or dom_file.is_file() else {}
+    return resolve_splits(cfg.splits, ids, labelled, test_ids, data_domains(cfg) if domains is None else domains)
+
+
+def prepare_data(cfg: DataConfig, splits: dict[str, list[str]] | None = None) -> DataBundle:
+    """Build the reader, resolve (or reuse) the splits and the preprocessing cache."""
+    reader = build_reader(cfg.format, cfg.root, **cfg.options)
+    domains = data_domains(cfg)
     if splits is None:
-        splits = resolve_splits(cfg.splits, ids, labelled, test_ids, domains)
+        splits = data_splits(cfg, reader, domains)
     num_classes = cfg.num_classes or reader.num_classes
     if num_classes is None:
         raise InputError("data.num_classes", "the dataset does not declare its classes: set data.num_classes")

@@ -1,0 +1,144 @@
+"""Sparse annotation: the labelled volumes annotated on every k-th slice only, trained with the
+slices between as nnU-Net's ignore label (``ignore``), the same slices called background
+(``background``: what a label file without an ignore label says) and full annotation (``full``).
+
+    python benchmarks/sparse_la.py configs/la_supervised_cpu.yaml --every 5 --name sparse_la_l8_e5 \
+        --set train.iterations=600 --set train.val_every=600
+
+The config names the source dataset and its splits (LA: the first 8 ids labelled, the last 16 the
+dev split). Per variant a nnU-Net v2 dataset of the labelled and validation cases is written under
+``--data`` (reused when its ``sparse.json`` matches): the labelled cases' labels thinned along
+``--axis`` (slices ``every // 2, every // 2 + every, ...`` keep theirs), the validation cases fully
+annotated. The config then trains on it with the same labelled / validation ids and the final model
+is evaluated on the validation split. Writes results/<name>.json and .md. Resumable: rerun the same
+command.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from semi3d.atomic import write_text
+from semi3d.config import load_config
+from semi3d.data.formats import build_reader
+from semi3d.data.dataset import data_splits
+from semi3d.data.volumes import write_volume
+from semi3d.engine.precision import pick_device, resolve_precision
+from semi3d.errors import InputError
+from semi3d.evaluation.summary import table_markdown
+
+from benchlib import command_line, foreground, git_commit, machine, script, train_and_evaluate
+
+HERE = Path(__file__).resolve().parent
+VARIANTS = ("full", "ignore", "background")
+
+
+def annotated(n: int, every: int) -> np.ndarray:
+    """Which of ``n`` slices keep their annotation: ``every // 2``, then every ``every``-th."""
+    keep = np.zeros(n, bool)
+    keep[every // 2::every] = True
+    return keep
+
+
+def thinned(label: np.ndarray, every: int, axis: int, variant: str, ignore_value: int) -> np.ndarray:
+    """``label`` (X, Y, Z) with the slices along ``axis`` that :func:`annotated` leaves out set to
+    ``ignore_value`` (``ignore``) or 0 (``background``); ``full``: unchanged."""
+    if variant == "full":
+        return label
+    out = np.array(label, copy=True)
+    np.moveaxis(out, axis, 0)[~annotated(label.shape[axis], every)] = ignore_value if variant == "ignore" else 0
+    return out
+
+
+def write_sparse(cfg, splits: dict[str, list[str]], variant: str, every: int, axis: int, out: Path) -> dict:
+    """Write (or reuse) the nnU-Net v2 dataset of ``variant`` at ``out``; returns its ``sparse.json``
+    (the spec, plus the share of the labelled cases' slices and foreground voxels annotated)."""
+    spec = {"source": {"format": cfg.data.format, "root": str(cfg.data.root), "options": cfg.data.options},
+            "variant": variant, "every": every, "axis": axis, "labelled": splits["labelled"],
+            "validation": splits["validation"]}
+    done = out / "sparse.json"
+    if done.is_file() and {k: v for k, v in json.loads(done.read_text()).items() if k in spec} == spec:
+        return json.loads(done.read_text())
+    reader = build_reader(cfg.data.format, cfg.data.root, **cfg.data.options)
+    if getattr(reader, "ignore_value", None) is not None:
+        raise InputError(cfg.data.root, "already has an ignore label; give a fully annotated source")
+    k = cfg.data.num_classes or reader.num_classes
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    slices = kept_slices = fg = kept_fg = 0
+    for cid in splits["labelled"] + splits["validation"]:
+        case = reader.load(cid)
+        label = case.label
+        if cid in splits["labelled"]:
+            label = thinned(case.label, every, axis, variant, k)
+            keep = annotated(label.shape[axis], every) if variant != "full" else np.ones(label.shape[axis], bool)
+            slices, kept_slices = slices + keep.size, kept_slices + int(keep.sum())
+            per_slice = np.moveaxis(case.label > 0, axis, 0).reshape(keep.size, -1).sum(1)
+            fg, kept_fg = fg + int(per_slice.sum()), kept_fg + int(per_slice[keep].sum())
+        for c in range(case.image.shape[0]):
+            write_volume(tmp / "imagesTr" / f"{cid}_{c:04d}.nii.gz", case.image[c], case.affine)
+        write_volume(tmp / "labelsTr" / f"{cid}.nii.gz", label.astype(np.uint8), case.affine)
+    names = list(cfg.data.class_names or reader.class_names or ["background", *(f"class{i}" for i in range(1, k))])
+    meta = {"name": f"sparse_{variant}", "description": f"semi3d benchmarks/sparse_la.py: {variant}, every {every}",
+            "channel_names": {str(i): n for i, n in enumerate(getattr(reader, "channel_names", None) or ["image"])},
+            "labels": {**{n: i for i, n in enumerate(names)}, **({"ignore": k} if variant == "ignore" else {})},
+            "numTraining": len(splits["labelled"]) + len(splits["validation"]), "file_ending": ".nii.gz"}
+    (tmp / "dataset.json").write_text(json.dumps(meta, indent=1) + "\n")
+    info = {**spec, "slices_annotated": kept_slices / slices, "foreground_annotated": kept_fg / max(fg, 1)}
+    (tmp / "sparse.json").write_text(json.dumps(info, indent=1) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return info
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("config")
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--every", type=int, default=5, help="annotate every k-th slice of the labelled cases")
+    ap.add_argument("--axis", type=int, default=2, choices=(0, 1, 2), help="slice axis (2: Z, LA's axial slices)")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--runs", default="runs/bench")
+    ap.add_argument("--data", default="runs/bench/sparse_data")
+    ap.add_argument("--results", default=str(HERE / "results"))
+    a = ap.parse_args(argv)
+    if a.every < 1:
+        raise InputError("--every", f"must be >= 1, got {a.every}")
+    base = load_config(a.config, a.set)
+    splits = data_splits(base.data, build_reader(base.data.format, base.data.root, **base.data.options))
+    commit, rows = git_commit(), []
+    for variant in a.variants:
+        root = Path(a.data) / f"{a.name}_{variant}"
+        info = write_sparse(base, splits, variant, a.every, a.axis, root)
+        cfg = load_config(a.config, [*a.set, f"name={a.name}_{variant}", f"output_dir={a.runs}", "data.format=nnunet",
+                                     f"data.root={root}", "data.options={}", "data.splits.unlabelled=none", "data.splits.test=null",
+                                     f"data.splits.labelled={{ids: {json.dumps(splits['labelled'])}}}",
+                                     f"data.splits.validation={{ids: {json.dumps(splits['validation'])}}}"])
+        r = train_and_evaluate(cfg, "validation")
+        fg = foreground(r["metrics"])
+        rows.append({"variant": variant, "slices_annotated": info["slices_annotated"],
+                     "foreground_annotated": info["foreground_annotated"], "dice": fg["dice"],
+                     "jaccard": fg["jaccard"], "hd95": fg["hd95"], "asd": fg["asd"],
+                     "iterations": r["summary"]["iterations"], "train_wall_s_total": r["train_wall_s_total"]})
+        print(json.dumps(rows[-1]), flush=True)
+    result = {"name": a.name, "command": command_line(__file__, argv), "config": a.config, "overrides": a.set,
+              "commit": commit, "every": a.every, "axis": a.axis, "labelled": splits["labelled"],
+              "eval_split": f"validation ({len(splits['validation'])} cases, fully annotated)", "rows": rows,
+              "machine": machine(precision=resolve_precision(base.precision, pick_device(base.device)))}
+    out = Path(a.results)
+    write_text(out / f"{a.name}.json", json.dumps(result, indent=1))
+    cols = ["variant", "slices_annotated", "foreground_annotated", "dice", "jaccard", "hd95", "asd", "iterations",
+            "train_wall_s_total"]
+    write_text(out / f"{a.name}.md", f"# {a.name}\n\n`{result['command']}` (commit {commit}; "
+                                     f"{result['machine']['cpu']}, {result['machine']['precision']})\n\n"
+                                     + table_markdown(rows, cols) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    script(main)
