@@ -1,15 +1,17 @@
-"""Sparse annotation: the labelled volumes annotated on every k-th slice only, trained with the
-slices between as nnU-Net's ignore label (``ignore``), the same slices called background
-(``background``: what a label file without an ignore label says) and full annotation (``full``).
+"""Sparse annotation: the labelled volumes annotated on a slab of slices every k slices only,
+trained with the slices between as nnU-Net's ignore label (``ignore``), the same slices called
+background (``background``: what a label file without an ignore label says) and full annotation
+(``full``).
 
-    python benchmarks/sparse_la.py configs/la_supervised_cpu.yaml --every 5 --name sparse_la_l8_e5 \
-        --set train.iterations=600 --set train.val_every=600
+    python benchmarks/sparse_la.py configs/la_supervised_cpu.yaml --every 10 --thickness 2 \
+        --name sparse_la_l8_e10t2 --set train.iterations=600 --set train.val_every=600
 
-The config names the source dataset and its splits (LA: the first 8 ids labelled, the last 16 the
-dev split). Per variant a nnU-Net v2 dataset of the labelled and validation cases is written under
-``--data`` (reused when its ``sparse.json`` matches): the labelled cases' labels thinned along
-``--axis`` (slices ``every // 2, every // 2 + every, ...`` keep theirs), the validation cases fully
-annotated. The config then trains on it with the same labelled / validation ids and the final model
+(LA trains at half resolution: 2-slice slabs every 10 slices are every 5th slice of the training
+grid; a single annotated slice would be averaged with an unannotated neighbour.) The config names
+the source dataset and its splits (LA: the first 8 ids labelled, the last 16 the dev split). Per
+variant a nnU-Net v2 dataset of the labelled and validation cases is written under ``--data``
+(reused when its ``sparse.json`` matches): the labelled cases' labels thinned along ``--axis``
+(:func:`annotated`), the validation cases fully annotated. The config then trains on it with the same labelled / validation ids and the final model
 is evaluated on the validation split. Writes results/<name>.json and .md. Resumable: rerun the same
 command.
 """
@@ -37,28 +39,32 @@ HERE = Path(__file__).resolve().parent
 VARIANTS = ("full", "ignore", "background")
 
 
-def annotated(n: int, every: int) -> np.ndarray:
-    """Which of ``n`` slices keep their annotation: ``every // 2``, then every ``every``-th."""
+def annotated(n: int, every: int, thickness: int = 1) -> np.ndarray:
+    """Which of ``n`` slices keep their annotation: slabs of ``thickness`` slices every ``every``
+    slices, the first at ``every // 2`` rounded down to a multiple of ``thickness`` (so that a
+    downsampling by ``thickness`` turns each slab into one slice, never half of two)."""
     keep = np.zeros(n, bool)
-    keep[every // 2::every] = True
+    for start in range(every // 2 // thickness * thickness, n, every):
+        keep[start:start + thickness] = True
     return keep
 
 
-def thinned(label: np.ndarray, every: int, axis: int, variant: str, ignore_value: int) -> np.ndarray:
-    """``label`` (X, Y, Z) with the slices along ``axis`` that :func:`annotated` leaves out set to
+def thinned(label: np.ndarray, keep: np.ndarray, axis: int, variant: str, ignore_value: int) -> np.ndarray:
+    """``label`` (X, Y, Z) with the slices along ``axis`` that ``keep`` leaves out set to
     ``ignore_value`` (``ignore``) or 0 (``background``); ``full``: unchanged."""
     if variant == "full":
         return label
     out = np.array(label, copy=True)
-    np.moveaxis(out, axis, 0)[~annotated(label.shape[axis], every)] = ignore_value if variant == "ignore" else 0
+    np.moveaxis(out, axis, 0)[~keep] = ignore_value if variant == "ignore" else 0
     return out
 
 
-def write_sparse(cfg, splits: dict[str, list[str]], variant: str, every: int, axis: int, out: Path) -> dict:
+def write_sparse(cfg, splits: dict[str, list[str]], variant: str, every: int, thickness: int, axis: int,
+                 out: Path) -> dict:
     """Write (or reuse) the nnU-Net v2 dataset of ``variant`` at ``out``; returns its ``sparse.json``
     (the spec, plus the share of the labelled cases' slices and foreground voxels annotated)."""
     spec = {"source": {"format": cfg.data.format, "root": str(cfg.data.root), "options": cfg.data.options},
-            "variant": variant, "every": every, "axis": axis, "labelled": splits["labelled"],
+            "variant": variant, "every": every, "thickness": thickness, "axis": axis, "labelled": splits["labelled"],
             "validation": splits["validation"]}
     done = out / "sparse.json"
     if done.is_file() and {k: v for k, v in json.loads(done.read_text()).items() if k in spec} == spec:
@@ -74,8 +80,8 @@ def write_sparse(cfg, splits: dict[str, list[str]], variant: str, every: int, ax
         case = reader.load(cid)
         label = case.label
         if cid in splits["labelled"]:
-            label = thinned(case.label, every, axis, variant, k)
-            keep = annotated(label.shape[axis], every) if variant != "full" else np.ones(label.shape[axis], bool)
+            keep = annotated(label.shape[axis], every, thickness) if variant != "full" else np.ones(label.shape[axis], bool)
+            label = thinned(case.label, keep, axis, variant, k)
             slices, kept_slices = slices + keep.size, kept_slices + int(keep.sum())
             per_slice = np.moveaxis(case.label > 0, axis, 0).reshape(keep.size, -1).sum(1)
             fg, kept_fg = fg + int(per_slice.sum()), kept_fg + int(per_slice[keep].sum())
@@ -83,7 +89,8 @@ def write_sparse(cfg, splits: dict[str, list[str]], variant: str, every: int, ax
             write_volume(tmp / "imagesTr" / f"{cid}_{c:04d}.nii.gz", case.image[c], case.affine)
         write_volume(tmp / "labelsTr" / f"{cid}.nii.gz", label.astype(np.uint8), case.affine)
     names = list(cfg.data.class_names or reader.class_names or ["background", *(f"class{i}" for i in range(1, k))])
-    meta = {"name": f"sparse_{variant}", "description": f"semi3d benchmarks/sparse_la.py: {variant}, every {every}",
+    meta = {"name": f"sparse_{variant}", "description": f"semi3d benchmarks/sparse_la.py: {variant}, every {every}, "
+                                                     f"slabs of {thickness}",
             "channel_names": {str(i): n for i, n in enumerate(getattr(reader, "channel_names", None) or ["image"])},
             "labels": {**{n: i for i, n in enumerate(names)}, **({"ignore": k} if variant == "ignore" else {})},
             "numTraining": len(splits["labelled"]) + len(splits["validation"]), "file_ending": ".nii.gz"}
@@ -99,7 +106,9 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("config")
     ap.add_argument("--name", required=True)
-    ap.add_argument("--every", type=int, default=5, help="annotate every k-th slice of the labelled cases")
+    ap.add_argument("--every", type=int, default=5, help="annotate a slab every k slices of the labelled cases")
+    ap.add_argument("--thickness", type=int, default=1,
+                    help="slices per annotated slab: the config's downsampling along --axis (LA at scale 0.5: 2)")
     ap.add_argument("--axis", type=int, default=2, choices=(0, 1, 2), help="slice axis (2: Z, LA's axial slices)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--set", action="append", default=[])
@@ -107,14 +116,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--data", default="runs/bench/sparse_data")
     ap.add_argument("--results", default=str(HERE / "results"))
     a = ap.parse_args(argv)
-    if a.every < 1:
-        raise InputError("--every", f"must be >= 1, got {a.every}")
+    if a.thickness < 1 or a.every < 1 or a.every % a.thickness:
+        raise InputError("--every", f"must be a multiple of --thickness (both >= 1), got {a.every} and {a.thickness}")
     base = load_config(a.config, a.set)
     splits = data_splits(base.data, build_reader(base.data.format, base.data.root, **base.data.options))
     commit, rows = git_commit(), []
     for variant in a.variants:
         root = Path(a.data) / f"{a.name}_{variant}"
-        info = write_sparse(base, splits, variant, a.every, a.axis, root)
+        info = write_sparse(base, splits, variant, a.every, a.thickness, a.axis, root)
         cfg = load_config(a.config, [*a.set, f"name={a.name}_{variant}", f"output_dir={a.runs}", "data.format=nnunet",
                                      f"data.root={root}", "data.options={}", "data.splits.unlabelled=none", "data.splits.test=null",
                                      f"data.splits.labelled={{ids: {json.dumps(splits['labelled'])}}}",
@@ -127,7 +136,7 @@ def main(argv=None) -> dict:
                      "iterations": r["summary"]["iterations"], "train_wall_s_total": r["train_wall_s_total"]})
         print(json.dumps(rows[-1]), flush=True)
     result = {"name": a.name, "command": command_line(__file__, argv), "config": a.config, "overrides": a.set,
-              "commit": commit, "every": a.every, "axis": a.axis, "labelled": splits["labelled"],
+              "commit": commit, "every": a.every, "thickness": a.thickness, "axis": a.axis, "labelled": splits["labelled"],
               "eval_split": f"validation ({len(splits['validation'])} cases, fully annotated)", "rows": rows,
               "machine": machine(precision=resolve_precision(base.precision, pick_device(base.device)))}
     out = Path(a.results)

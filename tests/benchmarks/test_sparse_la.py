@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from semi3d.data.formats import build_reader
+from semi3d.errors import InputError
 from semi3d.losses import IGNORE_INDEX
 
 
@@ -17,19 +18,23 @@ def mod(load_benchmark):
 
 def test_annotated_slices_and_thinned_labels(mod):
     assert np.flatnonzero(mod.annotated(12, 5)).tolist() == [2, 7]
+    assert np.flatnonzero(mod.annotated(25, 10, 2)).tolist() == [4, 5, 14, 15, 24]  # slabs on even starts
     assert mod.annotated(4, 1).all()
+    with pytest.raises(InputError, match="multiple of --thickness"):
+        mod.main(["cfg.yaml", "--name", "x", "--every", "5", "--thickness", "2"])
     label = np.ones((3, 4, 12), np.uint8)
-    ign = mod.thinned(label, 5, 2, "ignore", 9)
+    keep = mod.annotated(12, 5)
+    ign = mod.thinned(label, keep, 2, "ignore", 9)
     assert np.array_equal(np.flatnonzero((ign == 1).all(axis=(0, 1))), [2, 7]) and (ign[..., 0] == 9).all()
-    assert np.array_equal(mod.thinned(label, 5, 2, "background", 9), np.where(ign == 9, 0, 1))
-    assert mod.thinned(label, 5, 2, "full", 9) is label and (label == 1).all()  # the input is left alone
-    assert (mod.thinned(label, 2, 0, "ignore", 9)[[0, 2]] == 9).all()
+    assert np.array_equal(mod.thinned(label, keep, 2, "background", 9), np.where(ign == 9, 0, 1))
+    assert mod.thinned(label, keep, 2, "full", 9) is label and (label == 1).all()  # the input is left alone
+    assert (mod.thinned(label, mod.annotated(3, 2), 0, "ignore", 9)[[0, 2]] == 9).all()
 
 
 def test_three_variants_written_trained_and_scored(mod, tiny_tree, synth_root, tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(tiny_tree))
-    res = mod.main([str(cfg), "--name", "sp", "--every", "4", "--set", "train.iterations=2", "--set",
+    res = mod.main([str(cfg), "--name", "sp", "--every", "4", "--thickness", "2", "--set", "train.iterations=2", "--set",
                     "train.val_every=2", "--runs", str(tmp_path / "runs"), "--data", str(tmp_path / "data"),
                     "--results", str(tmp_path / "results")])
     assert [r["variant"] for r in res["rows"]] == ["full", "ignore", "background"]
@@ -40,7 +45,8 @@ def test_three_variants_written_trained_and_scored(mod, tiny_tree, synth_root, t
     assert lab == source.labelled_ids()[:3] and val == source.labelled_ids()[-1:]
     full, ign, bg = (build_reader("nnunet", tmp_path / "data" / f"sp_{v}") for v in ("full", "ignore", "background"))
     assert ign.num_classes == 3 and ign.ignore_value == 3 and full.ignore_value is None
-    keep = mod.annotated(source.load(lab[0]).label.shape[2], 4)
+    keep = mod.annotated(source.load(lab[0]).label.shape[2], 4, 2)
+    assert keep.tolist()[:6] == [False, False, True, True, False, False]
     for cid in lab:
         truth = source.load(cid).label
         assert np.array_equal(full.load(cid).label, truth)
@@ -53,7 +59,7 @@ def test_three_variants_written_trained_and_scored(mod, tiny_tree, synth_root, t
     assert rows["full"]["slices_annotated"] == 1.0 and rows["ignore"]["slices_annotated"] == keep.mean()
     assert 0 < rows["ignore"]["foreground_annotated"] < 1 and all(0 <= r["dice"] <= 1 for r in res["rows"])
     # a rerun reuses the datasets and the finished runs: the same result
-    again = mod.main([str(cfg), "--name", "sp", "--every", "4", "--set", "train.iterations=2", "--set",
+    again = mod.main([str(cfg), "--name", "sp", "--every", "4", "--thickness", "2", "--set", "train.iterations=2", "--set",
                       "train.val_every=2", "--runs", str(tmp_path / "runs"), "--data", str(tmp_path / "data"),
                       "--results", str(tmp_path / "results")])
     assert again["rows"] == res["rows"]
