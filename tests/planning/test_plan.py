@@ -183,6 +183,21 @@ def test_all_foreground_as_one_structure_with_several_classes(share, step1):
     assert "liver: " in note and "kept for tumour" in note
 
 
+def test_separate_organs_keep_every_foreground_component(tmp_path):
+    """Synthetic cases with a blob away from the organ (class 3): the foreground is several
+    structures, so the written plan leaves step 1 off; the share is the labels' own."""
+    from semi3d.data.postprocess import largest_component_share
+
+    root = write_dataset(tmp_path / "sep", n_labelled=3, n_unlabelled=0, shape=(32, 32, 24), num_classes=4)
+    reader = build_reader("nnunet", root)
+    fp = fingerprint(reader)
+    assert fp.foreground_component_share == min(largest_component_share(reader.load(c).label > 0)
+                                                for c in reader.labelled_ids()) < 0.99
+    plan = plan_dataset(root, tmp_path / "p.yaml", method="supervised")
+    assert load_config(tmp_path / "p.yaml").inference.largest_foreground_component is False
+    assert plan.notes["postprocess"].startswith("the foreground classes together spread over several components")
+
+
 def test_one_foreground_class_leaves_step1_to_the_per_class_rule():
     """With one foreground class the two steps are the same: the plan writes the per-class one only."""
     fp = _fp([(1.0, 1.0, 1.0)] * 2)
