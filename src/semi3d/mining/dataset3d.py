@@ -101,9 +101,9 @@ class _Layout:
 
     format = ""
 
-    def __init__(self, reader, num_classes: int, orientation: str | None):
+    def __init__(self, reader, num_classes: int, orientation: str | None, ignore: int | None = None):
         self.reader, self.num_classes, self.orientation = reader, num_classes, orientation
-        self.ignore: int | None = None  # the label value of slices not kept, when they are ignored
+        self.ignore = ignore  # the label value of slices not kept, when they are ignored
 
     def pseudo_label(self, ref, stacked: np.ndarray) -> np.ndarray:
         """The stacked label on the grid of ``ref`` (the case's first image volume)."""
@@ -263,14 +263,12 @@ def write_pseudo_dataset(out_dir: str | Path, reader: Reader, splits: Mapping[st
     if layout_cls is None:
         raise InputError("dataset_3d", "a 3D pseudo-label dataset can be written for the formats "
                                        f"{', '.join(DATASET_FORMATS)}, not {type(reader).__name__}")
-    layout = layout_cls(reader, num_classes, orientation)
     if not_kept not in ("refined", "ignore"):
         raise InputError("dataset_3d.not_kept", f"unknown {not_kept!r}; choose refined or ignore")
-    if not_kept == "ignore":
-        if layout.format != "nnunet":
-            raise InputError("dataset_3d.not_kept", f"'ignore' needs an nnunet source (nnU-Net's ignore label), "
-                                                    f"not {layout.format}")
-        layout.ignore = int(num_classes)
+    if not_kept == "ignore" and layout_cls.format != "nnunet":
+        raise InputError("dataset_3d.not_kept", f"'ignore' needs an nnunet source (nnU-Net's ignore label), "
+                                                f"not {layout_cls.format}")
+    layout = layout_cls(reader, num_classes, orientation, int(num_classes) if not_kept == "ignore" else None)
     out = Path(out_dir).resolve()
     src_root = Path(reader.root).resolve()
     sources = [src_root] + ([Path(reader.labels_dir).resolve()] if getattr(reader, "labels_dir", None) else [])
@@ -281,12 +279,11 @@ def write_pseudo_dataset(out_dir: str | Path, reader: Reader, splits: Mapping[st
     overlap = sorted(set(cases) & (set(real) | set(dev)))
     if overlap:
         raise InputError("dataset_3d", f"case {overlap[0]!r} is both mined and labelled / validation")
-    fractions, pseudo, rejected = {}, [], []
-    for cid, case in cases.items():
-        n = case.image.shape[1:][axis % 3]
-        f = sum(bool(kept.get(cid, {}).get(i, False)) for i in range(n)) / n
-        fractions[cid] = f
-        (pseudo if f >= min_kept_fraction else rejected).append(cid)
+    flags = {cid: np.array([bool(kept.get(cid, {}).get(i, False)) for i in range(case.image.shape[1:][axis % 3])])
+             for cid, case in cases.items()}  # per slice along the axis: kept by the selection
+    fractions = {cid: float(f.mean()) for cid, f in flags.items()}
+    pseudo = [cid for cid in cases if fractions[cid] >= min_kept_fraction]
+    rejected = [cid for cid in cases if fractions[cid] < min_kept_fraction]
 
     tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
     try:
@@ -300,8 +297,7 @@ def write_pseudo_dataset(out_dir: str | Path, reader: Reader, splits: Mapping[st
         for cid in pseudo:
             stacked = stack_case_label(cases[cid].image.shape[1:], labels.get(cid, {}), axis)
             if layout.ignore is not None:
-                dropped = [i for i in range(stacked.shape[axis % 3]) if not kept.get(cid, {}).get(i, False)]
-                np.moveaxis(stacked, axis % 3, 0)[dropped] = layout.ignore
+                np.moveaxis(stacked, axis % 3, 0)[~flags[cid]] = layout.ignore
             layout.case(tmp, cid, stacked)
         all_ids = real + pseudo + dev
         root, options = layout.finish(tmp, out, all_ids)
