@@ -58,8 +58,8 @@ def postprocessing_dice(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> 
     merged = keep_largest_foreground(pred)
     maps = {"none": pred, "class": keep_largest_component(pred, num_classes), "foreground": merged,
             "foreground_class": keep_largest_component(merged, num_classes)}
-    return {v: {c: overlap(*(x == c for x in without_ignored(m, ref)))[0] for c in range(1, num_classes)}
-            for v, m in maps.items()}
+    scored = {v: without_ignored(m, ref) for v, m in maps.items()}  # once per map, not per class
+    return {v: {c: overlap(p == c, r == c)[0] for c in range(1, num_classes)} for v, (p, r) in scored.items()}
 
 
 def choose_postprocessing(per_case: Mapping[str, Mapping[str, Mapping[int, float]]],
