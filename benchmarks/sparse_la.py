@@ -59,17 +59,17 @@ def thinned(label: np.ndarray, keep: np.ndarray, axis: int, variant: str, ignore
     return out
 
 
-def write_sparse(cfg, splits: dict[str, list[str]], variant: str, every: int, thickness: int, axis: int,
+def write_sparse(cfg, reader, splits: dict[str, list[str]], variant: str, every: int, thickness: int, axis: int,
                  out: Path) -> dict:
-    """Write (or reuse) the nnU-Net v2 dataset of ``variant`` at ``out``; returns its ``sparse.json``
-    (the spec, plus the share of the labelled cases' slices and foreground voxels annotated)."""
+    """Write (or reuse) the nnU-Net v2 dataset of ``variant`` at ``out`` from ``reader`` (the
+    config's dataset); returns its ``sparse.json`` (the spec, plus the share of the labelled cases'
+    slices and foreground voxels annotated)."""
     spec = {"source": {"format": cfg.data.format, "root": str(cfg.data.root), "options": cfg.data.options},
             "variant": variant, "every": every, "thickness": thickness, "axis": axis, "labelled": splits["labelled"],
             "validation": splits["validation"]}
     done = out / "sparse.json"
     if done.is_file() and {k: v for k, v in json.loads(done.read_text()).items() if k in spec} == spec:
         return json.loads(done.read_text())
-    reader = build_reader(cfg.data.format, cfg.data.root, **cfg.data.options)
     if getattr(reader, "ignore_value", None) is not None:
         raise InputError(cfg.data.root, "already has an ignore label; give a fully annotated source")
     k = cfg.data.num_classes or reader.num_classes
@@ -119,11 +119,12 @@ def main(argv=None) -> dict:
     if a.thickness < 1 or a.every < 1 or a.every % a.thickness:
         raise InputError("--every", f"must be a multiple of --thickness (both >= 1), got {a.every} and {a.thickness}")
     base = load_config(a.config, a.set)
-    splits = data_splits(base.data, build_reader(base.data.format, base.data.root, **base.data.options))
+    reader = build_reader(base.data.format, base.data.root, **base.data.options)
+    splits = data_splits(base.data, reader)
     commit, rows = git_commit(), []
     for variant in a.variants:
         root = Path(a.data) / f"{a.name}_{variant}"
-        info = write_sparse(base, splits, variant, a.every, a.thickness, a.axis, root)
+        info = write_sparse(base, reader, splits, variant, a.every, a.thickness, a.axis, root)
         cfg = load_config(a.config, [*a.set, f"name={a.name}_{variant}", f"output_dir={a.runs}", "data.format=nnunet",
                                      f"data.root={root}", "data.options={}", "data.splits.unlabelled=none", "data.splits.test=null",
                                      f"data.splits.labelled={{ids: {json.dumps(splits['labelled'])}}}",
