@@ -259,7 +259,7 @@ def suggest(run: Path, k: int = typer.Option(5, "--k", help="number of cases to 
 
 @app.command()
 @_clean_errors
-def export(run: Path, out: Path = typer.Option(..., "--out", "-o", help="bundle folder to write"),
+def export(run: Path, out: Path = typer.Option(..., "--out", "-o", help="bundle folder to write (a folder, not a .zip or model file)"),
            format: str = typer.Option("torchscript", "--format", help="torchscript | onnx (needs the onnx package)"),
            which: str = typer.Option("auto", help="auto (the run's selection policy) | best | final")):
     """Export the run's inference model as TorchScript in a MONAI-bundle-style folder that

@@ -90,6 +90,10 @@ def test_export_bad_input(sup_run, copy_run, tmp_path):
     with pytest.raises(InputError, match="not an empty folder"):
         export_run(sup_run, busy)
     assert (busy / "notes.txt").read_text() == "keep me" and len(list(busy.iterdir())) == 1
+    for name in ("model.zip", "model.ts"):  # a file name: export writes folders only
+        with pytest.raises(InputError, match="writes a bundle folder, not a"):
+            export_run(sup_run, tmp_path / name)
+        assert not (tmp_path / name).exists()
     run = copy_run(sup_run, "untrained")
     (run / "checkpoints" / "model_final.pt").unlink()
     with pytest.raises(InputError, match="no trained model"):

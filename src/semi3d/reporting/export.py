@@ -37,6 +37,7 @@ from ..inference.monai_bundle import inference_config
 __all__ = ["export_run", "bundle_metadata", "FORMATS"]
 
 FORMATS = ("torchscript", "onnx")
+FILE_SUFFIXES = (".zip", ".tar", ".gz", ".tgz", ".ts", ".pt", ".pth", ".onnx")  # an --out that names a file
 JIT_DEPRECATED = r".*torch\.jit.*deprecated"  # recent torch warns; TorchScript still works
 
 
@@ -170,10 +171,13 @@ def export_run(run_dir: Path, out: Path, fmt: str = "torchscript", which: str = 
     if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
         raise InputError("--format onnx", "the 'onnx' package is not installed (pip install onnx); "
                                           "use --format torchscript, which semi3d predict reads")
+    out = Path(out)
+    if out.suffix.lower() in FILE_SUFFIXES and not is_bundle(out):
+        raise InputError(out, f"export writes a bundle folder, not a {out.suffix} file; give a folder name "
+                              f"(to share the bundle as one file afterwards: zip -r NAME.zip FOLDER)")
     src = model_file(run_dir, which)
     if not src.is_file():
         raise InputError(src, "no trained model: train the run to the end first (semi3d train)")
-    out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_bundle(out))):
         raise InputError(out, "exists and is not an empty folder or an earlier bundle; choose another --out")
     m = ckpt.load(src)
