@@ -195,6 +195,7 @@ def evaluate_folder(predictions: Path = typer.Argument(..., help="folder of pred
                     dataset_json: Optional[Path] = typer.Option(None, help="nnU-Net dataset.json with the labels "
                                                                 "(default: REFERENCES/../dataset.json when there)"),
                     num_classes: Optional[int] = typer.Option(None, help="K classes with background, without a dataset.json"),
+                    ignore_value: Optional[int] = typer.Option(None, help="with --num-classes: the references' value of unannotated voxels (e.g. 255), left out of every metric"),
                     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default PREDICTIONS)"),
                     subset: bool = typer.Option(False, help="score only the predicted cases (default: every reference needs a prediction)"),
                     spacing: Optional[tuple[float, float, float]] = typer.Option(None, help="X Y Z mm for references that store none (h5, npy)"),
@@ -206,7 +207,7 @@ def evaluate_folder(predictions: Path = typer.Argument(..., help="folder of pred
 
     summary = run(predictions, references, dataset_json, num_classes, out, subset, spacing,
                   progress=lambda i, n, case: console.print(f"[{i}/{n}] {case}"), nsd_tolerance=_one_or_list(nsd_tolerance),
-                  determine_postprocessing=determine_postprocessing)
+                  determine_postprocessing=determine_postprocessing, ignore_value=ignore_value)
     _print_summary(summary, f"{predictions} vs {references}")
 
 
@@ -275,6 +276,7 @@ def export(run: Path, out: Path = typer.Option(..., "--out", "-o", help="bundle 
 def plan(dataset: Path = typer.Argument(..., help="an nnU-Net v2 raw dataset folder, a Medical Segmentation Decathlon task folder, a UA-MT h5 folder (train.list), or a plain folder of images / DICOM series folders (with --labels)"),
          labels: Optional[Path] = typer.Option(None, "--labels", help="DATASET is a plain folder of images: the folder of their label files, named by case"),
          modality: list[str] = typer.Option([], "--modality", help="with --labels: each channel's modality, e.g. CT (CT normalisation; repeat for several channels)"),
+         ignore_value: Optional[int] = typer.Option(None, "--ignore-value", help="with --labels: the label value of unannotated voxels (e.g. 255), nnU-Net's ignore label"),
          out: Optional[Path] = typer.Option(None, "--out", "-o", help="config to write (default DATASET/semi3d_plan_<method>_<budget>.yaml)"),
          budget: str = typer.Option("cpu", help="cpu | gpu: the patch, network and schedule to fit"),
          method: str = typer.Option("mn", help="the method the config trains"),
@@ -285,7 +287,7 @@ def plan(dataset: Path = typer.Argument(..., help="an nnU-Net v2 raw dataset fol
 
     p = plan_dataset(dataset, out, budget, method, pretrained2d,
                      progress=lambda i, n, cid: console.print(f"[{i}/{n}] fingerprint {cid}"), labels=labels,
-                     modality=modality or None)
+                     modality=modality or None, ignore_value=ignore_value)
     for k, v in p.notes.items():
         console.print(f"{k}: {v}")
     console.print(f"-> {p.written}")

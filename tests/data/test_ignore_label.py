@@ -181,3 +181,40 @@ def test_knowledge_mining_with_an_ignore_label(ignore_root, tmp_path):
     ds = run / "pseudo" / "round1" / "dataset"
     assert json.loads((ds / "dataset.json").read_text())["labels"]["ignore"] == 3
     assert (ds / "labelsTr" / "syn_000.nii.gz").read_bytes() == (ignore_root / "labelsTr" / "syn_000.nii.gz").read_bytes()
+
+
+def test_a_plain_folder_with_an_ignore_value(ignore_root, tiny_tree, tmp_path):
+    """A plain folder of images and labels (no dataset.json) whose unannotated voxels are 255:
+    ``data.options.ignore_value`` (``semi3d plan --ignore-value``) reads them as the nnU-Net
+    dataset's ignore label (before: 255 was refused as a class value)."""
+    from semi3d.data.dataset import prepare_data
+    from semi3d.planning.fingerprint import fingerprint
+    from semi3d.planning.plan import plan_dataset
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    for f in (ignore_root / "imagesTr").glob("*_0000.nii.gz"):
+        (tmp_path / "images" / f.name.replace("_0000", "")).write_bytes(f.read_bytes())
+    for f in (ignore_root / "labelsTr").glob("*.nii.gz"):
+        img = nib.load(f)
+        lab = np.asarray(img.dataobj)
+        nib.save(nib.Nifti1Image(np.where(lab == 3, 255, lab).astype(np.uint8), img.affine), tmp_path / "labels" / f.name)
+    nn = build_reader("nnunet", ignore_root)
+    folder = build_reader("folder", tmp_path / "images", labels=tmp_path / "labels", ignore_value=255)
+    cid = nn.labelled_ids()[0]
+    np.testing.assert_array_equal(folder.load(cid).label, nn.load(cid).label)
+    with pytest.raises(InputError, match="label values 255 are not"):
+        build_reader("folder", tmp_path / "images", labels=tmp_path / "labels", num_classes=3).load(cid)
+    assert fingerprint(folder).class_share == pytest.approx(fingerprint(nn).class_share)
+    plan_dataset(tmp_path / "images", tmp_path / "p.yaml", method="supervised", labels=tmp_path / "labels",
+                 ignore_value=255)
+    cfg = load_config(tmp_path / "p.yaml")
+    assert cfg.data.options["ignore_value"] == 255 and cfg.data.num_classes == 3
+    assert prepare_data(cfg.data).num_classes == 3
+    wrong = cfg.data.model_copy(update={"options": {**cfg.data.options, "ignore_value": 2}})
+    with pytest.raises(InputError, match="ignore_value: 2 is a class value"):
+        prepare_data(wrong)
+    with pytest.raises(InputError, match="ignore_value: must be a label value >= 1"):
+        build_reader("folder", tmp_path / "images", labels=tmp_path / "labels", ignore_value=0)
+    with pytest.raises(InputError, match="--ignore-value: describes a plain folder"):
+        plan_dataset(ignore_root, tmp_path / "x.yaml", ignore_value=255)

@@ -1,6 +1,7 @@
 """Scoring a folder of predictions against a folder of references (``semi3d evaluate-folder``)."""
 import json
 
+import nibabel as nib
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -51,6 +52,28 @@ def test_known_dice_with_the_ignore_label_of_the_dataset_json_beside(folders):
     assert summary["organ"]["dice"] == pytest.approx((64 / 96 + 1) / 2)
     assert m["classes"] == ["organ"] and m["n_cases"] == 2 and m["dataset_json"].endswith("dataset.json")
     assert (pred / "metrics.csv").read_text().count("\n") == 1 + 2
+
+
+def test_an_ignore_value_without_a_dataset_json(folders, tmp_path):
+    """Plain references (no dataset.json) marking unannotated voxels 255: ``--ignore-value 255``
+    scores them as the dataset.json's ignore label (before: 255 was an error or a class)."""
+    pred, ref = folders
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for f in ref.iterdir():
+        a = np.asarray(nib.load(f).dataobj)
+        write_volume(plain / f.name, np.where(a == 2, 255, a).astype(np.uint8), spacing=SPACING)
+    with pytest.raises(InputError, match="label values 255 are not in 0..1"):
+        evaluate_folder(pred, plain, num_classes=2)
+    r = CliRunner().invoke(app, ["evaluate-folder", str(pred), str(plain), "--num-classes", "2",
+                                 "--ignore-value", "255", "-o", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert m["per_case"]["a"]["class1"]["dice"] == pytest.approx(64 / 96) and m["per_case"]["b"]["class1"]["dice"] == 1.0
+    with pytest.raises(InputError, match="--ignore-value: 1 is a class value"):
+        evaluate_folder(pred, plain, num_classes=2, ignore_value=1)
+    with pytest.raises(InputError, match="names the ignore label; give --num-classes"):
+        evaluate_folder(pred, ref, ignore_value=255)
 
 
 def test_the_cli_prints_the_table(folders, tmp_path):

@@ -91,7 +91,7 @@ def test_a_plain_folder_of_images_with_labels(aniso, tmp_path):
     with pytest.raises(InputError, match="1 image channel.*channel_names names 2: CT, PET"):
         plan_dataset(tmp_path / "images", tmp_path / "x.yaml", labels=tmp_path / "labels", modality=["CT", "PET"])
     r = runner.invoke(app, ["plan", str(aniso), "--modality", "CT", "-o", str(tmp_path / "x.yaml")])
-    assert r.exit_code == 2 and "--modality: names the channels of a plain folder" in r.output
+    assert r.exit_code == 2 and "--modality: describes a plain folder of images (with --labels)" in r.output
     r = runner.invoke(app, ["plan", str(aniso), "--labels", str(tmp_path / "labels"), "-o", str(tmp_path / "x.yaml")])
     assert r.exit_code == 2 and "--labels: is for a plain folder of images" in r.output
     (tmp_path / "other").mkdir()  # labels named otherwise (e.g. nnU-Net's syn_000_0000 images): said so

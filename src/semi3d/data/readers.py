@@ -318,12 +318,19 @@ class FolderReader(IndexedReader):
         channel_names: the modality of each channel (e.g. ``["CT"]``, as nnU-Net's ``dataset.json``
             ``channel_names``; ``semi3d plan`` normalises a ``CT`` channel as CT); default ``image``,
             or ``channel0``, ``channel1``, ...
+        ignore_value: the label value of unannotated voxels (e.g. 255), read as nnU-Net's ignore
+            label (:data:`semi3d.losses.IGNORE_INDEX`: in no loss and no metric); above every class
+            value; None: every label value is a class.
     """
 
     def __init__(self, images: PathLike, labels: PathLike | None = None, num_classes: int | None = None,
                  suffixes: Sequence[str] = (".nii.gz", ".nii", ".nrrd", ".mha", ".h5", ".npy"),
                  image_key: str | None = None, label_key: str | None = None, domain: str = "default",
-                 channel_names: Sequence[str] | None = None):
+                 channel_names: Sequence[str] | None = None, ignore_value: int | None = None):
+        if ignore_value is not None and (isinstance(ignore_value, bool) or not isinstance(ignore_value, int)
+                                         or ignore_value < 1):
+            raise InputError("data.options.ignore_value", f"must be a label value >= 1 (0 is background), got {ignore_value!r}")
+        self.ignore_value = ignore_value
         self._given_names = None if channel_names is None else [str(c) for c in channel_names]
         self.root = existing_dir(images)
         self.labels_dir = existing_dir(labels) if labels is not None else None
@@ -340,10 +347,10 @@ class FolderReader(IndexedReader):
 
     @property
     def options(self) -> dict:
-        """The reading options given (file suffixes, h5 keys, channel names when given): what a copy
+        """The reading options given (file suffixes, h5 keys, channel names and ignore value when given): what a copy
         of the dataset needs to be read the same way."""
         return {"suffixes": list(self.suffixes), "image_key": self.image_key, "label_key": self.label_key,
-                "channel_names": self._given_names}
+                "channel_names": self._given_names, "ignore_value": self.ignore_value}
 
     @functools.cached_property
     def channel_names(self) -> list[str]:  # type: ignore[override]

@@ -32,7 +32,8 @@ def evaluate_folder(pred_dir: Path, ref_dir: Path, dataset_json: Path | None = N
                     out: Path | None = None, subset: bool = False,
                     spacing: tuple[float, float, float] | None = None,
                     progress: Callable[[int, int, str], None] | None = None,
-                    nsd_tolerance: float | Sequence[float] | None = None, determine_postprocessing: bool = False) -> dict:
+                    nsd_tolerance: float | Sequence[float] | None = None, determine_postprocessing: bool = False,
+                    ignore_value: int | None = None) -> dict:
     """Dice / Jaccard / HD95 / ASD per case and foreground class of every prediction in ``pred_dir``
     against the reference of the same case in ``ref_dir`` (``<case><ending>`` in both, any format
     ``semi3d predict`` writes, an h5 file's ``label`` dataset when it has several; ``semi3d
@@ -43,7 +44,8 @@ def evaluate_folder(pred_dir: Path, ref_dir: Path, dataset_json: Path | None = N
 
     Classes: the ``labels`` of ``dataset_json`` (nnU-Net's ``dataset.json``; default
     ``ref_dir/../dataset.json`` when there, the nnU-Net layout ``labelsTr``/``labelsTs``), whose
-    ``ignore`` label is left out of every metric, or ``num_classes`` K (names ``class1``...).
+    ``ignore`` label is left out of every metric, or ``num_classes`` K (names ``class1``...) with
+    ``ignore_value`` the references' value of unannotated voxels (>= K; left out the same way).
 
     Every reference needs its prediction (``subset``: only the predicted cases are scored, as
     nnU-Net's ``--chill``) and every prediction its reference.
@@ -64,12 +66,17 @@ def evaluate_folder(pred_dir: Path, ref_dir: Path, dataset_json: Path | None = N
     if dataset_json is not None:
         if num_classes is not None:
             raise InputError("--num-classes", "give the classes once: a dataset.json or a number")
+        if ignore_value is not None:
+            raise InputError("--ignore-value", f"{dataset_json} names the ignore label; give --num-classes instead")
         class_names, ignore = read_dataset_json(Path(dataset_json))
         num_classes = len(class_names)
     elif num_classes is None:
         raise InputError(ref_dir, "no dataset.json beside this folder: give --dataset-json or --num-classes")
     else:
-        class_names, ignore = [f"class{c}" for c in range(int(num_classes))], None
+        class_names, ignore = [f"class{c}" for c in range(int(num_classes))], ignore_value
+        if ignore is not None and ignore < num_classes:
+            raise InputError("--ignore-value", f"{ignore} is a class value (classes 0..{num_classes - 1}); "
+                                               "the ignore label needs a value above them")
     if num_classes < 2:
         raise InputError("--num-classes", f"must be >= 2 (background and a class), got {num_classes}")
     if subset:

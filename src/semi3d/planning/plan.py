@@ -247,17 +247,20 @@ def _why_orientation(counts: dict[str, int]) -> str:
             "back in each file's voxel order")
 
 
-def _detect_format(root: Path, labels: Path | None = None, modality: list[str] | None = None) -> tuple[str, dict]:
-    if modality and labels is None:
-        raise InputError("--modality", "names the channels of a plain folder of images (with --labels); a "
-                                       "dataset folder names them itself (dataset.json channel_names)")
+def _detect_format(root: Path, labels: Path | None = None, modality: list[str] | None = None,
+                   ignore_value: int | None = None) -> tuple[str, dict]:
+    for flag, given in (("--modality", modality), ("--ignore-value", ignore_value is not None)):
+        if given and labels is None:
+            raise InputError(flag, "describes a plain folder of images (with --labels); a dataset folder "
+                                   "describes itself (dataset.json channel_names and labels)")
     if labels is not None:  # a folder of images (files or DICOM series folders) and one of labels
         if (root / "dataset.json").is_file() or (root / "train.list").is_file():
             raise InputError("--labels", f"is for a plain folder of images; {root} is a dataset folder "
                                          "(dataset.json / train.list) whose labels are found without it")
         if not Path(labels).is_dir():
             raise InputError(labels, "no such labels folder")
-        return "folder", {"labels": str(labels), **({"channel_names": list(modality)} if modality else {})}
+        return "folder", {"labels": str(labels), **({"channel_names": list(modality)} if modality else {}),
+                          **({"ignore_value": ignore_value} if ignore_value is not None else {})}
     if (root / "dataset.json").is_file():
         return ("msd" if is_msd_json(read_meta(root / "dataset.json", keys=())) else "nnunet"), {}
     if (root / "train.list").is_file():
@@ -269,11 +272,12 @@ def _detect_format(root: Path, labels: Path | None = None, modality: list[str] |
 
 def plan_dataset(root: Path, out: Path | None = None, budget: str = "cpu", method: str = "mn",
                  pretrained2d: str | None = None, progress=None, labels: Path | None = None,
-                 modality: list[str] | None = None) -> Plan:
+                 modality: list[str] | None = None, ignore_value: int | None = None) -> Plan:
     """Fingerprint the dataset at ``root`` (nnU-Net v2 raw, a Decathlon task or UA-MT h5, detected;
     with ``labels``, ``root`` is a plain folder of images or DICOM series folders, the ``folder``
     format, and ``labels`` its folder of label files named by case; ``modality`` names its channels,
-    e.g. ``["CT"]`` for CT normalisation), plan it, and write the
+    e.g. ``["CT"]`` for CT normalisation, and ``ignore_value`` the label value of its unannotated
+    voxels, nnU-Net's ignore label), plan it, and write the
     commented config to ``out`` (default ``<root>/semi3d_plan_<method>_<budget>.yaml``) and the
     fingerprint beside it (``.fingerprint.json``). Returns the :class:`Plan`."""
     from ..atomic import write_text
@@ -286,7 +290,7 @@ def plan_dataset(root: Path, out: Path | None = None, budget: str = "cpu", metho
         raise InputError(root, "no such dataset folder")
     if method not in METHODS.names():
         raise InputError("--method", f"unknown method {method!r}; choose one of {', '.join(METHODS.names())}")
-    fmt, options = _detect_format(root, labels, modality)
+    fmt, options = _detect_format(root, labels, modality, ignore_value)
     reader = build_reader(fmt, root, **options)
     fp = fingerprint(reader, progress=progress)
     if fp.n_labelled == 0:
