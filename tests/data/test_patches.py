@@ -48,6 +48,33 @@ def test_small_cases_are_padded_and_labels_padded_with_background():
 
 
 @pytest.mark.parametrize("fg", [0.0, 0.5])
+def test_a_sparsely_labelled_case_lands_anywhere_in_the_patch(fg):
+    """A case with ignored voxels, 6 Z slices in an 8-slice patch, annotated on slice 2 only: its
+    crops place it at every offset 0..2 along Z (so the annotated slice falls on patch slices 2, 3
+    and 4); a fully labelled case stays centred (offset 1). Before, the sparse case was centred too
+    and the network learnt on which patch slices labels exist (LA: over-segmented the others)."""
+    from semi3d.losses import IGNORE_INDEX
+
+    shape = (8, 8, 6)
+    image = np.broadcast_to(np.arange(6, dtype=np.float32) + 1, (1, *shape)).copy()  # Z index + 1
+    label = np.full(shape, IGNORE_INDEX, np.uint8)
+    label[:, :, 2] = 0
+    label[2:6, 2:6, 2] = 1
+    sparse = PatchSampler([Case("s", image, label)], (8, 8, 8), fg, torch.Generator().manual_seed(0))
+    full = PatchSampler([Case("f", image, np.zeros(shape, np.uint8))], (8, 8, 8), fg, torch.Generator().manual_seed(0))
+    offsets = {"s": set(), "f": set()}
+    for sampler in (sparse, full):
+        for _ in range(30):
+            img, lab, (cid,) = sampler.sample(1)
+            z0 = int(torch.nonzero(img[0, 0, 0, 0] == 2.0)[0]) - 1  # where the case's first slice landed (padding: 1, its minimum)
+            offsets[cid].add(z0)
+            assert (img[0, 0, 0, 0, z0:z0 + 6] == torch.arange(1.0, 7.0)).all()  # the whole case, in order
+            if cid == "s":
+                assert (lab[0, :, :, z0 + 2] != IGNORE_INDEX).all() and (lab[0, :, :, z0 + 3:z0 + 6] == IGNORE_INDEX).all()
+    assert offsets == {"s": {0, 1, 2}, "f": {1}}
+
+
+@pytest.mark.parametrize("fg", [0.0, 0.5])
 def test_same_generator_state_same_patches(fg):
     cases = [_case((slice(5, 9),) * 3)]
     a = PatchSampler(cases, (8, 8, 8), fg, torch.Generator().manual_seed(3))

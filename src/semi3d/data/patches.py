@@ -38,11 +38,18 @@ def pad_image(image: torch.Tensor, patch) -> tuple[torch.Tensor, tuple[slice, ..
 
 
 class _Volume:
-    """A case padded (once) to at least the patch size, with its foreground voxel coordinates."""
+    """A case padded (once) to at least the patch size, with its foreground voxel coordinates.
+
+    A sparsely labelled case (a label holding ignored voxels) shorter than the patch along an axis
+    is padded there by the shortfall on both sides, so its crops place it anywhere within the
+    patch: centred, as others are, its annotated slices would always fall on the same patch
+    positions, and the network would learn those positions (measured on LA, ``sparse_la.py``)."""
 
     def __init__(self, case: Case, patch: tuple[int, int, int]):
         img = torch.from_numpy(np.ascontiguousarray(case.image, dtype=np.float32))
         lab = None if case.label is None else torch.from_numpy(case.label.astype(np.int64))
+        if lab is not None and bool((lab == IGNORE_INDEX).any()):
+            patch = tuple(2 * p - s if s < p else p for p, s in zip(patch, img.shape[1:]))
         spec = pad_spec(img.shape[1:], patch)
         img, _ = pad_image(img, patch)
         if lab is not None and any(spec):
@@ -71,6 +78,8 @@ class PatchSampler:
         patch_size: crop size in voxels.
         fg_oversample: probability that a crop is centred on a random foreground voxel (label > 0,
             or the guide mask of an unlabelled case) rather than placed uniformly.
+            A case smaller than the patch is centred in it, but a sparsely labelled one (see
+            ``_Volume``) is placed anywhere in it.
         generator: the source of all randomness.
         weights: relative sampling weight of each case (None: every case equally likely).
 
