@@ -9,6 +9,7 @@ from ..errors import InputError
 from .case import Case
 from .preprocess import PreprocessedCache, Preprocessor
 from .formats import build_reader
+from .readers import check_ignore_value
 from .splits import read_domains, resolve_splits
 
 
@@ -85,9 +86,7 @@ def prepare_data(cfg: DataConfig, splits: dict[str, list[str]] | None = None) ->
         raise InputError("data.num_classes", f"{cfg.num_classes} given but the dataset declares {reader.num_classes}")
     if reader.num_classes is None:  # e.g. the folder format: labels are checked against the config's K
         reader.num_classes = num_classes
-    if (ignore := getattr(reader, "ignore_value", None)) is not None and ignore < num_classes:
-        raise InputError("data.options.ignore_value", f"{ignore} is a class value (classes 0..{num_classes - 1}); "
-                                                      "the ignore label needs a value above them")
+    check_ignore_value(getattr(reader, "ignore_value", None), num_classes, "data.options.ignore_value")
     names = cfg.class_names or getattr(reader, "class_names", None) or [f"class{i}" for i in range(num_classes)]
     if len(names) != num_classes:
         raise InputError("data.class_names", f"{len(names)} names for {num_classes} classes")

@@ -54,6 +54,13 @@ def _as_image(vol: Volume) -> np.ndarray:
     return image
 
 
+def check_ignore_value(ignore_value: int | None, num_classes: int, where: str) -> None:
+    """An error naming ``where`` when the ignore label's value is one of the K class values."""
+    if ignore_value is not None and ignore_value < num_classes:
+        raise InputError(where, f"{ignore_value} is a class value (classes 0..{num_classes - 1}); "
+                                "the ignore label needs a value above them")
+
+
 def as_label(vol: Volume, num_classes: int | None, ignore_value: int | None = None) -> np.ndarray:
     """``vol``'s label map (X, Y, Z), uint8 (int32 above 255): integer values in 0..K-1 (non-negative
     when ``num_classes`` is None), voxels of ``ignore_value`` as :data:`semi3d.losses.IGNORE_INDEX`;
@@ -329,7 +336,8 @@ class FolderReader(IndexedReader):
                  channel_names: Sequence[str] | None = None, ignore_value: int | None = None):
         if ignore_value is not None and (isinstance(ignore_value, bool) or not isinstance(ignore_value, int)
                                          or ignore_value < 1):
-            raise InputError("data.options.ignore_value", f"must be a label value >= 1 (0 is background), got {ignore_value!r}")
+            raise InputError("data.options.ignore_value",
+                             f"must be a label value >= 1 (0 is background), got {ignore_value!r}")
         self.ignore_value = ignore_value
         self._given_names = None if channel_names is None else [str(c) for c in channel_names]
         self.root = existing_dir(images)
@@ -347,8 +355,8 @@ class FolderReader(IndexedReader):
 
     @property
     def options(self) -> dict:
-        """The reading options given (file suffixes, h5 keys, channel names and ignore value when given): what a copy
-        of the dataset needs to be read the same way."""
+        """The reading options given (file suffixes, h5 keys, channel names and ignore value when
+        given): what a copy of the dataset needs to be read the same way."""
         return {"suffixes": list(self.suffixes), "image_key": self.image_key, "label_key": self.label_key,
                 "channel_names": self._given_names, "ignore_value": self.ignore_value}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..data.nnunet import read_dataset_json
-from ..data.readers import as_label, check_grid, index_cases
+from ..data.readers import as_label, check_grid, check_ignore_value, index_cases
 from ..data.volumes import SUFFIXES, h5_dataset, read_volume
 from ..errors import InputError
 from ..inference.predictor import PROBABILITIES
@@ -74,9 +74,7 @@ def evaluate_folder(pred_dir: Path, ref_dir: Path, dataset_json: Path | None = N
         raise InputError(ref_dir, "no dataset.json beside this folder: give --dataset-json or --num-classes")
     else:
         class_names, ignore = [f"class{c}" for c in range(int(num_classes))], ignore_value
-        if ignore is not None and ignore < num_classes:
-            raise InputError("--ignore-value", f"{ignore} is a class value (classes 0..{num_classes - 1}); "
-                                               "the ignore label needs a value above them")
+        check_ignore_value(ignore, int(num_classes), "--ignore-value")
     if num_classes < 2:
         raise InputError("--num-classes", f"must be >= 2 (background and a class), got {num_classes}")
     if subset:
