@@ -237,12 +237,42 @@ def test_slices_not_kept_as_the_nnunet_ignore_label(synth_root, tmp_path):
     assert (label[12:] == IGNORE_INDEX).all() and not (label[:11] == IGNORE_INDEX).any()
     assert not (new.load("syn_005").label == IGNORE_INDEX).any()
     assert (out / "labelsTr/syn_000.nii.gz").read_bytes() == (synth_root / "labelsTr/syn_000.nii.gz").read_bytes()
-    folder = FolderReader(synth_root / "imagesTr", labels=synth_root / "labelsTr")
-    with pytest.raises(InputError, match="'ignore' needs an nnunet source"):
-        write_pseudo_dataset(tmp_path / "f", folder, {"labelled": ["syn_000"]}, {}, {}, {}, 3, not_kept="ignore")
+    msd = build_reader("msd", write_task(tmp_path / "Task99_Two")[0])
+    with pytest.raises(InputError, match="'ignore' needs an nnunet or folder source .* not msd"):
+        write_pseudo_dataset(tmp_path / "f", msd, {"labelled": ["syn_000"]}, {}, {}, {}, 2, not_kept="ignore")
     with pytest.raises(InputError, match="unknown 'zero'; choose refined or ignore"):
         write_pseudo_dataset(tmp_path / "f", reader, splits, cases, labels, kept, 3, not_kept="zero")
     assert not (tmp_path / "f").exists()
+
+
+@pytest.mark.parametrize("source_ignore", [None, 255])
+def test_slices_not_kept_ignored_in_a_plain_folder(synth_root, tmp_path, source_ignore):
+    """A plain folder source with ``not_kept="ignore"``: the slices not kept are written with the
+    source's ``ignore_value`` (255: the value its own labels use), else K = 3, which the copy's
+    ``data.options`` name, so the copy reads them as IGNORE_INDEX and the kept slices as refined
+    (before: refused, "needs an nnunet source")."""
+    images, labs = tmp_path / "src" / "images", tmp_path / "src" / "labels"
+    images.mkdir(parents=True), labs.mkdir()
+    for f in [*(synth_root / "imagesTr").glob("*_0000.nii.gz"), *(synth_root / "imagesUnlabelled").glob("*.nii.gz")]:
+        shutil.copy(f, images / f.name.replace("_0000", ""))
+    shutil.copy(synth_root / "labelsTr" / "syn_000.nii.gz", labs)
+    reader = FolderReader(images, labs, suffixes=[".nii.gz"], ignore_value=source_ignore)
+    splits = {"labelled": ["syn_000"], "validation": [], "unlabelled": ["syn_005"]}
+    cases, labels, _ = _mined(reader, splits["unlabelled"], 3, axis=0)
+    n = cases["syn_005"].shape[0]
+    kept = {"syn_005": {i: i < n // 2 for i in range(n)}}
+    rec = write_pseudo_dataset(tmp_path / "out", reader, splits, cases, labels, kept, 3, axis=0,
+                               min_kept_fraction=0.5, not_kept="ignore")
+    value = source_ignore or 3
+    assert rec["data"]["options"]["ignore_value"] == value
+    stored = np.asarray(read_channels(tmp_path / "out" / "labels" / "syn_005.nii.gz")[0].array)
+    assert set(np.unique(stored)) <= {0, 1, 2, value} and (stored[12:] == value).all()
+    new = build_reader(rec["data"]["format"], rec["data"]["root"], **rec["data"]["options"])
+    stacked = np.stack([labels["syn_005"][i] for i in range(n)], axis=0)
+    stacked[n // 2:] = 3
+    expected = label_to_original_grid(stacked, (24, 24, 16), 4)
+    np.testing.assert_array_equal(new.load("syn_005").label, np.where(expected == 3, IGNORE_INDEX, expected))
+    assert np.array_equal(new.load("syn_000").label, reader.load("syn_000").label)
 
 
 def test_dataset_3d_config(tmp_path):
@@ -255,8 +285,11 @@ def test_dataset_3d_config(tmp_path):
     with pytest.raises(InputError, match="rounds >= 1"):
         load_mining_config(tree={**base, "rounds": 0, "data": {**data, "format": "uamt_h5"},
                                  "dataset_3d": {"enabled": True}})
-    with pytest.raises(InputError, match="'ignore' needs an nnunet source"):
-        load_mining_config(tree={**base, "data": data, "dataset_3d": {"enabled": True, "not_kept": "ignore"}})
+    with pytest.raises(InputError, match="'ignore' needs an nnunet or folder source"):
+        load_mining_config(tree={**base, "data": {**data, "format": "uamt_h5"},
+                                 "dataset_3d": {"enabled": True, "not_kept": "ignore"}})
+    assert load_mining_config(tree={**base, "data": data,
+                                    "dataset_3d": {"enabled": True, "not_kept": "ignore"}}).dataset_3d.not_kept == "ignore"
     assert load_mining_config(tree={**base, "data": {**data, "format": "nnunet"},
                                     "dataset_3d": {"enabled": True, "not_kept": "ignore"}}).dataset_3d.not_kept == "ignore"
     with pytest.raises(InputError, match="min_kept_fraction"):

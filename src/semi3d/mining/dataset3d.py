@@ -26,9 +26,10 @@ Which cases:
   original grid the way predictions are (:func:`~semi3d.mining.export.label_to_original_grid`).
   With ``min_kept_fraction < 1`` an included case has slices that were NOT kept; ``not_kept``
   says what they hold: ``refined`` (default) their refined mask anyway (slices not mined: 0), or,
-  for an ``nnunet`` source, ``ignore``: nnU-Net's ignore label (the value K after the K classes;
-  ``dataset.json`` gets ``"ignore": K`` when it has none), so that training leaves them out of
-  every loss and only the kept slices teach (slice-unit selection, ``select.unit: slice``). Without
+  for an ``nnunet`` or ``folder`` source, ``ignore``: nnU-Net's ignore label (nnunet: the value K
+  after the K classes, ``dataset.json`` gets ``"ignore": K`` when it has none; folder: the source's
+  ``ignore_value``, else K, written into the ``data.options`` that read the copy), so that training
+  leaves them out of every loss and only the kept slices teach (slice-unit selection, ``select.unit: slice``). Without
   it the clean choice is ``select.unit: case`` (a case is kept or rejected as a whole) with
   ``slice_step: 1``.
 - Unlabelled cases that were rejected, not mined (``unlabelled_max``) and the test split are left
@@ -62,9 +63,10 @@ from ..errors import InputError
 from .base import Strict
 from .export import label_to_original_grid, stack_case_label
 
-__all__ = ["DATASET_FORMATS", "Dataset3DOptions", "write_pseudo_dataset"]
+__all__ = ["DATASET_FORMATS", "IGNORE_FORMATS", "Dataset3DOptions", "write_pseudo_dataset"]
 
 DATASET_FORMATS = ("uamt_h5", "nnunet", "msd", "folder")
+IGNORE_FORMATS = ("nnunet", "folder")  # the formats with an ignore label (dataset_3d.not_kept: ignore)
 
 
 class Dataset3DOptions(Strict):
@@ -72,7 +74,7 @@ class Dataset3DOptions(Strict):
     pseudo-labels (:func:`write_pseudo_dataset`). ``min_kept_fraction``: a mined case is included
     when at least this fraction of its slices was kept by the selection; ``not_kept``: the label of
     its slices that were not (``refined``: their refined mask; ``ignore``: nnU-Net's ignore label,
-    ``nnunet`` sources only); ``every_round``: write it after every round (default: after the last
+    ``nnunet`` and ``folder`` sources); ``every_round``: write it after every round (default: after the last
     round only)."""
 
     enabled: bool = False
@@ -213,10 +215,18 @@ class _Folder(_Layout):
         if stacked is None:
             return _copy(label, tmp / "labels" / label.name)
         ref = read_channels(image, r.image_key)[0]
-        write_volume(tmp / "labels" / f"{cid}.nii.gz", self.pseudo_label(ref, stacked), affine=ref.affine)
+        lab = self.pseudo_label(ref, stacked)
+        if self.ignore is not None and self.ignore != self.file_ignore:  # the source's own ignore value
+            lab = np.where(lab == self.ignore, self.file_ignore, lab).astype(np.min_scalar_type(self.file_ignore))
+        write_volume(tmp / "labels" / f"{cid}.nii.gz", lab, affine=ref.affine)
+
+    @property
+    def file_ignore(self) -> int | None:
+        """The ignore value in the copy's label files: the source's, else K when slices are ignored."""
+        return self.reader.ignore_value if self.reader.ignore_value is not None else self.ignore
 
     def finish(self, tmp, out, ids):
-        opts = {k: v for k, v in self.reader.options.items() if v is not None}
+        opts = {k: v for k, v in {**self.reader.options, "ignore_value": self.file_ignore}.items() if v is not None}
         if split_suffix("x.nii.gz", opts["suffixes"])[1] is None:  # the pseudo-labels' suffix
             opts["suffixes"] = [*opts["suffixes"], ".nii.gz"]
         return out / "images", {"labels": str(out / "labels"), **opts}
@@ -254,7 +264,7 @@ def write_pseudo_dataset(out_dir: str | Path, reader: Reader, splits: Mapping[st
         orientation: the ``data.preprocess.orientation`` the cases were reoriented to (None: the
             files' voxel order), undone when the pseudo-labels are written on the files' grids.
         not_kept: the label of an included case's slices that were not kept: ``"refined"`` (their
-            refined mask) or ``"ignore"`` (nnU-Net's ignore label, value K; ``nnunet`` sources).
+            refined mask) or ``"ignore"`` (nnU-Net's ignore label; ``nnunet`` and ``folder`` sources).
 
     Returns:
         the content of ``pseudo_cases.json`` (plus ``"path"``: the dataset folder).
@@ -265,9 +275,9 @@ def write_pseudo_dataset(out_dir: str | Path, reader: Reader, splits: Mapping[st
                                        f"{', '.join(DATASET_FORMATS)}, not {type(reader).__name__}")
     if not_kept not in ("refined", "ignore"):
         raise InputError("dataset_3d.not_kept", f"unknown {not_kept!r}; choose refined or ignore")
-    if not_kept == "ignore" and layout_cls.format != "nnunet":
-        raise InputError("dataset_3d.not_kept", f"'ignore' needs an nnunet source (nnU-Net's ignore label), "
-                                                f"not {layout_cls.format}")
+    if not_kept == "ignore" and layout_cls.format not in IGNORE_FORMATS:
+        raise InputError("dataset_3d.not_kept", f"'ignore' needs an {' or '.join(IGNORE_FORMATS)} source "
+                                                f"(an ignore label), not {layout_cls.format}")
     layout = layout_cls(reader, num_classes, orientation, int(num_classes) if not_kept == "ignore" else None)
     out = Path(out_dir).resolve()
     src_root = Path(reader.root).resolve()
