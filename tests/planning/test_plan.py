@@ -229,6 +229,27 @@ def test_ct_gets_clipping_and_foreground_statistics():
     assert pre["normalisation"] == "zscore"
 
 
+@pytest.mark.parametrize("name,minimum,hint", [("image", -1024.0, True), ("CT", -1024.0, False),
+                                               ("image", -4.2, False), ("image", None, False)])
+def test_a_channel_like_ct_not_named_ct_gets_a_hint(name, minimum, hint):
+    """A plain folder's channel is called 'image': when it reaches air's -1000 HU the plan says it
+    may be CT and how to name it (CT normalisation is nnU-Net's choice for CT); z-scored MRI does not."""
+    fp = _fp([(1.0, 1.0, 1.0)] * 2, name=name)
+    fp.channels[0].minimum = minimum
+    plan = make_plan(fp, "cpu", method="supervised")
+    assert ("--modality CT" in plan.notes["normalisation"]) == hint
+    if hint:
+        assert "channel 'image' goes down to -1024, like CT in HU" in plan.notes["normalisation"]
+        assert plan.config["data"]["preprocess"]["normalisation"] == "zscore"  # a hint, nothing changed
+
+
+def test_the_fingerprint_measures_each_channels_minimum(aniso):
+    reader = build_reader("nnunet", aniso)
+    fp = fingerprint(reader)
+    lowest = min(float(reader.load(c).image[0].min()) for c in reader.case_ids())
+    assert fp.channels[0].minimum == pytest.approx(lowest)
+
+
 def test_the_planned_config_trains(aniso, tmp_path):
     plan = plan_dataset(aniso, tmp_path / "sup.yaml", method="supervised")
     tree = yaml.safe_load((tmp_path / "sup.yaml").read_text())

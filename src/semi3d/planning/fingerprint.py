@@ -26,12 +26,14 @@ SAMPLES_PER_CASE = 10_000  # foreground intensities kept per case and channel (n
 
 @dataclass
 class ChannelStats:
-    """Foreground intensity statistics of one channel, over the labelled cases (raw units, e.g. HU)."""
+    """Foreground intensity statistics of one channel, over the labelled cases (raw units, e.g. HU),
+    and ``minimum``: its lowest value over every voxel of every case read (None: not measured)."""
     name: str
     mean: float
     std: float
     p00_5: float
     p99_5: float
+    minimum: float | None = None
 
 
 @dataclass
@@ -95,14 +97,16 @@ def fingerprint(reader: Reader, ids: list[str] | None = None, seed: int = 0, pro
     rng = np.random.default_rng(seed)
     ids = list(ids if ids is not None else reader.case_ids())
     spacings, shapes, samples, n_lab, axcodes = [], [], None, 0, []
+    names = list(reader.channel_names)
+    minima = np.full(len(names), np.inf)
     counts = np.zeros(0, dtype=np.int64)
     lowest: dict[int, float] = {}  # foreground class (0: all together) -> lowest largest-component share so far
-    names = list(reader.channel_names)
     for i, cid in enumerate(ids):
         case = reader.load(cid)
         spacings.append(tuple(float(s) for s in case.spacing))
         shapes.append(tuple(int(s) for s in case.image.shape[1:]))
         axcodes.append("".join(aff2axcodes(case.affine)))
+        minima = np.minimum(minima, case.image.reshape(len(case.image), -1).min(1))
         if case.label is not None:
             n_lab += 1
             known = case.label != IGNORE_INDEX  # nnU-Net's ignore label: neither a class nor foreground
@@ -127,7 +131,7 @@ def fingerprint(reader: Reader, ids: list[str] | None = None, seed: int = 0, pro
     for j, name in enumerate(names):
         v = np.concatenate(samples[j]) if samples else np.zeros(1)
         channels.append(ChannelStats(name, float(v.mean()), float(v.std()), float(np.percentile(v, 0.5)),
-                                     float(np.percentile(v, 99.5))))
+                                     float(np.percentile(v, 99.5)), float(minima[j]) if ids else None))
     k = max(len(counts), reader.num_classes or 2)
     class_names = list(reader.class_names or ["background", *(f"class_{c}" for c in range(1, k))])
     share = (counts / counts.sum()).tolist() if counts.sum() else []
