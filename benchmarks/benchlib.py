@@ -111,14 +111,15 @@ def script(main) -> None:
         main()
 
 
-def train_and_evaluate(cfg, split: str) -> dict:
+def train_and_evaluate(cfg, split: str, save_predictions: bool = False) -> dict:
     """Train the run of ``cfg`` (resumed from ``checkpoints/last.pt`` when there; not retrained when
     ``train_summary.json`` says it finished) and evaluate its model on ``split``.
 
     A finished run is held to its saved config as a resume is (``check_resume_config``): a change to
     what was trained (data, splits, networks, method, seed) is refused with one error, an allowed
     change is recorded and used (inference settings for the evaluation; more ``train.iterations``
-    train on), so a rerun never reports a run under a config it did not have.
+    train on), so a rerun never reports a run under a config it did not have. ``save_predictions``:
+    also write them (``RUN/eval_<split>/predictions/<case>.nii.gz``).
 
     Returns ``{"summary", "metrics", "resumed", "train_wall_s_this_invocation", "train_wall_s_total",
     "eval_wall_s"}``: the trainer's summary, ``evaluate_run``'s summary (``{class or "mean": {metric:
@@ -134,7 +135,7 @@ def train_and_evaluate(cfg, split: str) -> dict:
     summary = finished or train(cfg, resume=resume)
     t_train = time.time() - t0
     t0 = time.time()
-    metrics = evaluate_run(cfg.run_dir, split=split)
+    metrics = evaluate_run(cfg.run_dir, split=split, save_predictions=save_predictions)
     return {"summary": summary, "metrics": metrics, "resumed": resume, "train_wall_s_this_invocation": t_train,
             "train_wall_s_total": train_seconds(cfg.run_dir), "eval_wall_s": time.time() - t0}
 

@@ -12,8 +12,10 @@ the source dataset and its splits (LA: the first 8 ids labelled, the last 16 the
 variant a nnU-Net v2 dataset of the labelled and validation cases is written under ``--data``
 (reused when its ``sparse.json`` matches): the labelled cases' labels thinned along ``--axis``
 (:func:`annotated`), the validation cases fully annotated. The config then trains on it with the same labelled / validation ids and the final model
-is evaluated on the validation split. Writes results/<name>.json and .md. Resumable: rerun the same
-command.
+is evaluated on the validation split, also slice by slice (:func:`slice_agreement`: Dice on the
+slices an annotation of the validation cases by the same rule would keep, and on the others, where
+a network that learnt where the labels lie over-segments). Writes results/<name>.json and .md.
+Resumable: rerun the same command (a finished run is evaluated again, not retrained).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from semi3d.atomic import write_text
 from semi3d.config import load_config
 from semi3d.data.formats import build_reader
 from semi3d.data.dataset import data_splits
-from semi3d.data.volumes import write_volume
+from semi3d.data.volumes import read_volume, write_volume
 from semi3d.engine.precision import pick_device, resolve_precision
 from semi3d.errors import InputError
 from semi3d.evaluation.summary import table_markdown
@@ -57,6 +59,28 @@ def thinned(label: np.ndarray, keep: np.ndarray, axis: int, variant: str, ignore
     out = np.array(label, copy=True)
     np.moveaxis(out, axis, 0)[~keep] = ignore_value if variant == "ignore" else 0
     return out
+
+
+def slice_agreement(pred_dir: Path, reader, ids: list[str], every: int, thickness: int, axis: int) -> dict:
+    """Foreground agreement of the predictions ``pred_dir/<id>.nii.gz`` with ``reader``'s labels of
+    ``ids`` (both on the files' grids), pooled over the cases, on the slices along ``axis`` that
+    :func:`annotated` keeps and on the others: ``dice_kept_slices``, ``dice_other_slices`` (``2 |P & T|
+    / (|P| + |T|)``) and ``volume_other_slices`` (``|P| / |T|`` on the others: > 1 over-segments)."""
+    inter, pred_n, true_n = np.zeros(2), np.zeros(2), np.zeros(2)  # [kept, other]
+    for cid in ids:
+        truth = reader.load(cid).label
+        pred = read_volume(pred_dir / f"{cid}.nii.gz").array
+        if pred.shape != truth.shape:
+            raise InputError(pred_dir / f"{cid}.nii.gz", f"shape {pred.shape}, the label's {truth.shape}")
+        keep = annotated(truth.shape[axis], every, thickness)
+        p, t = np.moveaxis(pred > 0, axis, 0), np.moveaxis(truth > 0, axis, 0)
+        for j, rows in enumerate((keep, ~keep)):
+            inter[j] += np.count_nonzero(p[rows] & t[rows])
+            pred_n[j] += np.count_nonzero(p[rows])
+            true_n[j] += np.count_nonzero(t[rows])
+    dice = 2 * inter / np.maximum(pred_n + true_n, 1)
+    return {"dice_kept_slices": float(dice[0]), "dice_other_slices": float(dice[1]),
+            "volume_other_slices": float(pred_n[1] / max(true_n[1], 1))}
 
 
 def write_sparse(cfg, reader, splits: dict[str, list[str]], variant: str, every: int, thickness: int, axis: int,
@@ -129,11 +153,13 @@ def main(argv=None) -> dict:
                                      f"data.root={root}", "data.options={}", "data.splits.unlabelled=none", "data.splits.test=null",
                                      f"data.splits.labelled={{ids: {json.dumps(splits['labelled'])}}}",
                                      f"data.splits.validation={{ids: {json.dumps(splits['validation'])}}}"])
-        r = train_and_evaluate(cfg, "validation")
+        r = train_and_evaluate(cfg, "validation", save_predictions=True)
         fg = foreground(r["metrics"])
+        per_slice = slice_agreement(cfg.run_dir / "eval_validation" / "predictions", reader, splits["validation"],
+                                    a.every, a.thickness, a.axis)
         rows.append({"variant": variant, "slices_annotated": info["slices_annotated"],
                      "foreground_annotated": info["foreground_annotated"], "dice": fg["dice"],
-                     "jaccard": fg["jaccard"], "hd95": fg["hd95"], "asd": fg["asd"],
+                     "jaccard": fg["jaccard"], "hd95": fg["hd95"], "asd": fg["asd"], **per_slice,
                      "iterations": r["summary"]["iterations"], "train_wall_s_total": r["train_wall_s_total"]})
         print(json.dumps(rows[-1]), flush=True)
     result = {"name": a.name, "command": command_line(__file__, argv), "config": a.config, "overrides": a.set,
@@ -142,8 +168,8 @@ def main(argv=None) -> dict:
               "machine": machine(precision=resolve_precision(base.precision, pick_device(base.device)))}
     out = Path(a.results)
     write_text(out / f"{a.name}.json", json.dumps(result, indent=1))
-    cols = ["variant", "slices_annotated", "foreground_annotated", "dice", "jaccard", "hd95", "asd", "iterations",
-            "train_wall_s_total"]
+    cols = ["variant", "slices_annotated", "foreground_annotated", "dice", "jaccard", "hd95", "asd", "dice_kept_slices",
+            "dice_other_slices", "volume_other_slices", "iterations", "train_wall_s_total"]
     write_text(out / f"{a.name}.md", f"# {a.name}\n\n`{result['command']}` (commit {commit}; "
                                      f"{result['machine']['cpu']}, {result['machine']['precision']})\n\n"
                                      + table_markdown(rows, cols) + "\n")

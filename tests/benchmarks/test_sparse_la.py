@@ -31,6 +31,30 @@ def test_annotated_slices_and_thinned_labels(mod):
     assert (mod.thinned(label, mod.annotated(3, 2), 0, "ignore", 9)[[0, 2]] == 9).all()
 
 
+def test_slice_agreement_known_answer(mod, tmp_path):
+    """Two cases of 10 slices (every 5: slices 2 and 7 kept): the prediction is right on the kept
+    slices and doubles the foreground on the others."""
+    from semi3d.data.volumes import write_volume
+
+    class Reader:
+        def __init__(self, label):
+            self.label = label
+
+        def load(self, cid):
+            return self  # a case: its .label
+
+    truth = np.zeros((4, 4, 10), np.uint8)
+    truth[1:3, 1:3] = 1  # 4 voxels per slice
+    pred = truth.copy()
+    pred[:, 1:3, [0, 1, 3, 4, 5, 6, 8, 9]] = 1  # 8 voxels on the other slices
+    for cid in ("a", "b"):
+        write_volume(tmp_path / f"{cid}.nii.gz", pred, np.eye(4))
+    r = mod.slice_agreement(tmp_path, Reader(truth), ["a", "b"], 5, 1, 2)
+    assert r == {"dice_kept_slices": 1.0, "dice_other_slices": pytest.approx(2 * 4 / 12), "volume_other_slices": 2.0}
+    with pytest.raises(InputError, match=r"a.nii.gz: shape \(4, 4, 10\), the label's \(3, 4, 10\)"):
+        mod.slice_agreement(tmp_path, Reader(truth[:3]), ["a"], 5, 1, 2)
+
+
 def test_three_variants_written_trained_and_scored(mod, tiny_tree, synth_root, tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(tiny_tree))
@@ -58,6 +82,8 @@ def test_three_variants_written_trained_and_scored(mod, tiny_tree, synth_root, t
     rows = {r["variant"]: r for r in res["rows"]}
     assert rows["full"]["slices_annotated"] == 1.0 and rows["ignore"]["slices_annotated"] == keep.mean()
     assert 0 < rows["ignore"]["foreground_annotated"] < 1 and all(0 <= r["dice"] <= 1 for r in res["rows"])
+    assert all(0 <= r["dice_kept_slices"] <= 1 and 0 <= r["dice_other_slices"] <= 1 for r in res["rows"])
+    assert (tmp_path / "runs" / "sp_ignore" / "eval_validation" / "predictions" / f"{val[0]}.nii.gz").is_file()
     # a rerun reuses the datasets and the finished runs: the same result
     again = mod.main([str(cfg), "--name", "sp", "--every", "4", "--thickness", "2", "--set", "train.iterations=2", "--set",
                       "train.val_every=2", "--runs", str(tmp_path / "runs"), "--data", str(tmp_path / "data"),
