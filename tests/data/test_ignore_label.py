@@ -61,6 +61,37 @@ def test_the_fingerprint_leaves_ignored_voxels_out(ignore_root):
     assert len(fp.largest_component_share) == 2
 
 
+def test_a_sparse_annotation_does_not_count_as_several_structures(tmp_path):
+    """One cube per case; in case b a slab of unannotated slices (255, the ignore value) cuts it in
+    two. Connectivity is measured on the fully annotated case a only, so the plan keeps the largest
+    component (before: b's halves made the cube 'several components', 50 %, and no post-processing);
+    with only sparse cases it is unknown, said so, and nothing is removed."""
+    from semi3d.planning.fingerprint import fingerprint
+    from semi3d.planning.plan import make_plan
+
+    for d in ("images", "labels"):
+        (tmp_path / d).mkdir()
+    for cid in ("a", "b"):
+        lab = np.zeros((12, 12, 12), np.uint8)
+        lab[2:10, 2:10, 2:10] = 1
+        if cid == "b":
+            lab[:, :, 5:7] = 255
+        affine = np.eye(4)
+        nib.save(nib.Nifti1Image(lab.astype(np.float32) * 2 + 1, affine), tmp_path / "images" / f"{cid}.nii.gz")
+        nib.save(nib.Nifti1Image(lab, affine), tmp_path / "labels" / f"{cid}.nii.gz")
+    reader = build_reader("folder", tmp_path / "images", labels=tmp_path / "labels", ignore_value=255)
+    fp = fingerprint(reader)
+    assert (fp.largest_component_share, fp.foreground_component_share, fp.sparse_cases) == ([1.0], 1.0, 1)
+    plan = make_plan(fp, "cpu", method="supervised")
+    assert plan.config["inference"]["postprocess"] == "largest_component"
+    assert "measured on the 1 fully annotated labelled cases; the 1 sparsely annotated" in plan.notes["postprocess"]
+    only_b = fingerprint(reader, ["b"])
+    assert (only_b.largest_component_share, only_b.sparse_cases) == ([None], 1)
+    plan = make_plan(only_b, "cpu", method="supervised")
+    assert plan.config["inference"]["postprocess"] == "none"
+    assert plan.notes["postprocess"].startswith("every labelled case is sparsely annotated")
+
+
 def test_ignore_must_be_the_highest_value(ignore_root, tmp_path):
     import shutil
 

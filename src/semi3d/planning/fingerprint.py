@@ -44,11 +44,13 @@ class Fingerprint:
         channels: one :class:`ChannelStats` per image channel (foreground voxels of labelled cases).
         class_names: K names, background first; class_share: fraction of labelled voxels per class.
         largest_component_share: per foreground class (K - 1 entries), the lowest share over the
-            labelled cases of its voxels in its largest 26-connected component (1.0: the class is
-            one connected structure in every case), None for a class no labelled case has.
+            fully annotated labelled cases of its voxels in its largest 26-connected component (1.0:
+            the class is one connected structure in every case), None for a class none of them has.
         foreground_component_share: the same for all foreground classes together (1.0: the
             foreground is one connected structure in every case, e.g. a liver with its tumours),
-            None when no labelled case has foreground.
+            None when no fully annotated labelled case has foreground.
+        sparse_cases: labelled cases with ignored voxels (nnU-Net's ignore label), left out of the
+            component shares: the unannotated gaps of a sparse annotation split a structure.
         axcodes: per case its voxel-axis orientation: the world direction (RAS) each array axis
             X, Y, Z points to most closely, e.g. ``"RAS"`` or ``"LPS"``.
     """
@@ -62,6 +64,7 @@ class Fingerprint:
     largest_component_share: list[float | None] = field(default_factory=list)
     axcodes: list[str] = field(default_factory=list)
     foreground_component_share: float | None = None
+    sparse_cases: int = 0
 
     @property
     def orientations(self) -> dict[str, int]:
@@ -100,6 +103,7 @@ def fingerprint(reader: Reader, ids: list[str] | None = None, seed: int = 0, pro
     names = list(reader.channel_names)
     minima = np.full(len(names), np.inf)
     counts = np.zeros(0, dtype=np.int64)
+    sparse = 0
     lowest: dict[int, float] = {}  # foreground class (0: all together) -> lowest largest-component share so far
     for i, cid in enumerate(ids):
         case = reader.load(cid)
@@ -112,12 +116,15 @@ def fingerprint(reader: Reader, ids: list[str] | None = None, seed: int = 0, pro
             known = case.label != IGNORE_INDEX  # nnU-Net's ignore label: neither a class nor foreground
             c = np.bincount(case.label[known].astype(np.int64), minlength=max(len(counts), reader.num_classes or 0))
             counts = np.pad(counts, (0, len(c) - len(counts))) + c
-            for k, share in enumerate(largest_component_shares(case.label, len(c)), 1):
-                if share is not None:
-                    lowest[k] = min(share, lowest.get(k, 1.0))
             fg = known & (case.label > 0)
-            if (share := largest_component_share(fg)) is not None:
-                lowest[0] = min(share, lowest.get(0, 1.0))
+            if not known.all():
+                sparse += 1
+            else:
+                for k, share in enumerate(largest_component_shares(case.label, len(c)), 1):
+                    if share is not None:
+                        lowest[k] = min(share, lowest.get(k, 1.0))
+                if (share := largest_component_share(fg)) is not None:
+                    lowest[0] = min(share, lowest.get(0, 1.0))
             if not fg.any():
                 fg = known
             vox = case.image[:, fg]  # (C, N) raw intensities of the foreground
@@ -136,4 +143,4 @@ def fingerprint(reader: Reader, ids: list[str] | None = None, seed: int = 0, pro
     class_names = list(reader.class_names or ["background", *(f"class_{c}" for c in range(1, k))])
     share = (counts / counts.sum()).tolist() if counts.sum() else []
     return Fingerprint(len(ids), n_lab, spacings, shapes, channels, class_names, share,
-                       [lowest.get(k) for k in range(1, len(class_names))], axcodes, lowest.get(0))
+                       [lowest.get(k) for k in range(1, len(class_names))], axcodes, lowest.get(0), sparse)

@@ -122,6 +122,14 @@ def _postprocess(fp: Fingerprint) -> tuple[dict, str]:
     return {"largest_foreground_component": share >= ONE_STRUCTURE, **post}, f"{step1}; {why}"
 
 
+def _sparse_note(fp: Fingerprint) -> str:
+    """What the post-processing note adds when some labelled cases are sparsely annotated."""
+    if 0 < fp.sparse_cases < fp.n_labelled:
+        return (f" (connectivity measured on the {fp.n_labelled - fp.sparse_cases} fully annotated labelled "
+                f"cases; the {fp.sparse_cases} sparsely annotated ones, with nnU-Net's ignore label, left out)")
+    return ""
+
+
 def _postprocess_per_class(fp: Fingerprint) -> tuple[dict, str]:
     shares = [(c, s, n) for c, (s, n) in enumerate(zip(fp.largest_component_share, fp.class_names[1:]), 1)
               if s is not None]
@@ -129,6 +137,10 @@ def _postprocess_per_class(fp: Fingerprint) -> tuple[dict, str]:
     many = [f"{n}, which spreads over several components (its largest holds {s:.1%} of it in one labelled case)"
             for c, s, n in shares if s < ONE_STRUCTURE]
     keep = f"every predicted component is kept for {'; '.join(many)}"
+    if not shares and fp.sparse_cases and fp.sparse_cases == fp.n_labelled:
+        return {"postprocess": "none"}, ("every labelled case is sparsely annotated (nnU-Net's ignore label), so "
+                                         "whether a class is one structure is unknown: every predicted component "
+                                         "is kept (set inference.postprocess: largest_component when it is)")
     if not shares:
         return {"postprocess": "none"}, "no labelled case has a foreground class"
     if not one:
@@ -236,7 +248,7 @@ def make_plan(fp: Fingerprint, budget: str = "cpu", method: str = "mn", root: st
                     "the package defaults on LA, 8 labelled" if method == "mn" else "the package defaults"),
         "splits": f"{fp.n_labelled} labelled cases: the last {n_val} validate, the rest train; unlabelled: the rest"
                   + ("; test: the dataset's test cases (imagesTs)" if has_test else ""),
-        "postprocess": why_post,
+        "postprocess": why_post + _sparse_note(fp),
         "orientation": _why_orientation(orientations),
         "budget": f"{budget}: batch {b.batch_size}, {b.iterations} iterations"
                   + (" (measured LA CPU schedule)" if budget == "cpu" else " (paper scale, not measured)"),
