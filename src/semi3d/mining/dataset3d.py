@@ -29,9 +29,9 @@ Which cases:
   for an ``nnunet`` or ``folder`` source, ``ignore``: nnU-Net's ignore label (nnunet: the value K
   after the K classes, ``dataset.json`` gets ``"ignore": K`` when it has none; folder: the source's
   ``ignore_value``, else K, written into the ``data.options`` that read the copy), so that training
-  leaves them out of every loss and only the kept slices teach (slice-unit selection, ``select.unit: slice``). Without
-  it the clean choice is ``select.unit: case`` (a case is kept or rejected as a whole) with
-  ``slice_step: 1``.
+  leaves them out of every loss and only the kept slices teach (slice-unit selection,
+  ``select.unit: slice``). Without it the clean choice is ``select.unit: case`` (a case is kept or
+  rejected as a whole) with ``slice_step: 1``.
 - Unlabelled cases that were rejected, not mined (``unlabelled_max``) and the test split are left
   out; the hidden labels of the unlabelled cases are never copied.
 
@@ -74,8 +74,8 @@ class Dataset3DOptions(Strict):
     pseudo-labels (:func:`write_pseudo_dataset`). ``min_kept_fraction``: a mined case is included
     when at least this fraction of its slices was kept by the selection; ``not_kept``: the label of
     its slices that were not (``refined``: their refined mask; ``ignore``: nnU-Net's ignore label,
-    ``nnunet`` and ``folder`` sources); ``every_round``: write it after every round (default: after the last
-    round only)."""
+    ``nnunet`` and ``folder`` sources); ``every_round``: write it after every round (default: after
+    the last round only)."""
 
     enabled: bool = False
     min_kept_fraction: float = Field(1.0, ge=0, le=1)
