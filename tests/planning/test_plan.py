@@ -229,16 +229,20 @@ def test_ct_gets_clipping_and_foreground_statistics():
     assert pre["normalisation"] == "zscore"
 
 
-@pytest.mark.parametrize("name,minimum,hint", [("image", -1024.0, True), ("CT", -1024.0, False),
-                                               ("image", -4.2, False), ("image", None, False)])
-def test_a_channel_like_ct_not_named_ct_gets_a_hint(name, minimum, hint):
+@pytest.mark.parametrize("name,minimum,fmt,hint", [
+    ("image", -1024.0, "folder", "--modality CT"), ("MRI", -1024.0, "nnunet", 'channel_names {"0": "CT"}'),
+    ("CT", -1024.0, "folder", None), ("image", -4.2, "folder", None), ("image", None, "folder", None),
+    ("image", -1024.0, "uamt_h5", None)])  # UA-MT h5 has no way to name a modality
+def test_a_channel_like_ct_not_named_ct_gets_a_hint(name, minimum, fmt, hint):
     """A plain folder's channel is called 'image': when it reaches air's -1000 HU the plan says it
     may be CT and how to name it (CT normalisation is nnU-Net's choice for CT); z-scored MRI does not."""
     fp = _fp([(1.0, 1.0, 1.0)] * 2, name=name)
     fp.channels[0].minimum = minimum
-    plan = make_plan(fp, "cpu", method="supervised")
-    assert ("--modality CT" in plan.notes["normalisation"]) == hint
+    plan = make_plan(fp, "cpu", method="supervised", data_format=fmt)
+    assert ("like CT in HU" in plan.notes["normalisation"]) == (hint is not None)
     if hint:
+        assert hint in plan.notes["normalisation"]
+    if hint == "--modality CT":
         assert "channel 'image' goes down to -1024, like CT in HU" in plan.notes["normalisation"]
         assert plan.config["data"]["preprocess"]["normalisation"] == "zscore"  # a hint, nothing changed
 

@@ -62,6 +62,8 @@ __all__ = ["BUDGETS", "Budget", "Plan", "make_plan", "plan_dataset"]
 
 ANISOTROPY = 3.0
 LOOKS_LIKE_HU = -500.0  # a channel minimum this low (air: -1000 HU) hints at CT not named so
+NAME_CT = {"folder": "--modality CT", "nnunet": 'dataset.json channel_names {"0": "CT"}',
+           "msd": 'dataset.json modality {"0": "CT"}'}  # how each format names a channel CT
 ONE_STRUCTURE = 0.99  # the largest component's least share of a class's voxels for largest_component
 
 
@@ -202,10 +204,9 @@ def make_plan(fp: Fingerprint, budget: str = "cpu", method: str = "mn", root: st
         pre = {"target_spacing": [round(float(s), 4) for s in spacing], "normalisation": "zscore"}
         why_norm = f"{', '.join(c.name for c in fp.channels)}: z-score per case and channel"
         hu = [c for c in fp.channels if c.minimum is not None and c.minimum <= LOOKS_LIKE_HU]
-        if hu:
+        if hu and data_format in NAME_CT:
             why_norm += (f"; but channel {hu[0].name!r} goes down to {hu[0].minimum:g}, like CT in HU: if it is CT, "
-                         "name it CT (a plain folder: --modality CT; a dataset: channel_names in dataset.json) "
-                         "and plan again for CT normalisation")
+                         f"name it CT ({NAME_CT[data_format]}) and plan again for CT normalisation")
     if len(orientations) > 1:
         pre["orientation"] = "RAS"
     net3d = {"name": "unet3d", "options": {"levels": len(strides) + 1, "base": b.base, "norm": "instance",
