@@ -13,7 +13,7 @@ from ..config import DataConfig, NetSpec, parse_overrides, read_yaml_tree, set_d
 from ..errors import InputError
 from .base import PromptableSegmenter, Strict
 from .data2d import ImageFolderConfig
-from .dataset3d import DATASET_FORMATS, IGNORE_FORMATS, Dataset3DOptions
+from .dataset3d import DATASET_FORMATS, Dataset3DOptions, cannot_ignore
 from .iterative import IterateOptions
 from .prompts import PromptOptions
 from .select import SelectOptions
@@ -77,9 +77,8 @@ class MiningConfig(Strict):
                                  f"{', '.join(DATASET_FORMATS)} (data.format)")
             if self.rounds < 1:
                 raise ValueError("dataset_3d needs at least one mining round (rounds >= 1)")
-            if self.dataset_3d.not_kept == "ignore" and self.data.format not in IGNORE_FORMATS:
-                raise ValueError(f"dataset_3d.not_kept: 'ignore' needs an {' or '.join(IGNORE_FORMATS)} source "
-                                 f"(an ignore label), not {self.data.format}")
+            if self.dataset_3d.not_kept == "ignore" and (why := cannot_ignore(self.data.format)):
+                raise ValueError(f"dataset_3d.not_kept: {why}")
         return self
 
     @property

@@ -63,10 +63,17 @@ from ..errors import InputError
 from .base import Strict
 from .export import label_to_original_grid, stack_case_label
 
-__all__ = ["DATASET_FORMATS", "IGNORE_FORMATS", "Dataset3DOptions", "write_pseudo_dataset"]
+__all__ = ["DATASET_FORMATS", "IGNORE_FORMATS", "Dataset3DOptions", "cannot_ignore", "write_pseudo_dataset"]
 
 DATASET_FORMATS = ("uamt_h5", "nnunet", "msd", "folder")
 IGNORE_FORMATS = ("nnunet", "folder")  # the formats with an ignore label (dataset_3d.not_kept: ignore)
+
+
+def cannot_ignore(fmt: str) -> str | None:
+    """Why ``not_kept: ignore`` cannot be written for a source of format ``fmt`` (None: it can);
+    the mining config checks it before mining, :func:`write_pseudo_dataset` for API callers."""
+    return None if fmt in IGNORE_FORMATS else f"'ignore' needs an {' or '.join(IGNORE_FORMATS)} source " \
+                                              f"(an ignore label), not {fmt}"
 
 
 class Dataset3DOptions(Strict):
@@ -275,9 +282,8 @@ def write_pseudo_dataset(out_dir: str | Path, reader: Reader, splits: Mapping[st
                                        f"{', '.join(DATASET_FORMATS)}, not {type(reader).__name__}")
     if not_kept not in ("refined", "ignore"):
         raise InputError("dataset_3d.not_kept", f"unknown {not_kept!r}; choose refined or ignore")
-    if not_kept == "ignore" and layout_cls.format not in IGNORE_FORMATS:
-        raise InputError("dataset_3d.not_kept", f"'ignore' needs an {' or '.join(IGNORE_FORMATS)} source "
-                                                f"(an ignore label), not {layout_cls.format}")
+    if not_kept == "ignore" and (why := cannot_ignore(layout_cls.format)):
+        raise InputError("dataset_3d.not_kept", why)
     layout = layout_cls(reader, num_classes, orientation, int(num_classes) if not_kept == "ignore" else None)
     out = Path(out_dir).resolve()
     src_root = Path(reader.root).resolve()
