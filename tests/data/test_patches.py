@@ -74,6 +74,27 @@ def test_a_sparsely_labelled_case_lands_anywhere_in_the_patch(fg):
     assert offsets == {"s": {0, 1, 2}, "f": {1}}
 
 
+def test_foreground_crops_place_a_sparse_case_uniformly_where_it_is_shorter_than_the_patch():
+    """Annotated on its first Z slice only, 6 slices in an 8-slice patch, every crop foreground-
+    centred: each crop holds the whole case along Z anyway, so its offset is drawn from 0..2 alike.
+    Before, centring on the slice clamped every crop to one offset: [0, 0, 90]."""
+    from semi3d.losses import IGNORE_INDEX
+
+    shape = (8, 8, 6)
+    image = np.broadcast_to(np.arange(6, dtype=np.float32) + 1, (1, *shape)).copy()
+    label = np.full(shape, IGNORE_INDEX, np.uint8)
+    label[:, :, 0] = 0
+    label[2:6, 2:6, 0] = 1
+    s = PatchSampler([Case("s", image, label)], (8, 8, 8), 1.0, torch.Generator().manual_seed(0))
+    counts = [0, 0, 0]
+    for _ in range(90):
+        img, lab, _ = s.sample(1)
+        z0 = int(torch.nonzero(img[0, 0, 0, 0] == 2.0)[0]) - 1  # padding holds the minimum, 1
+        assert lab[0, 2:6, 2:6, z0].eq(1).all()  # still the case's own label, aligned
+        counts[z0] += 1
+    assert min(counts) >= 15, counts  # uniform: 30 each expected
+
+
 @pytest.mark.parametrize("fg", [0.0, 0.5])
 def test_same_generator_state_same_patches(fg):
     cases = [_case((slice(5, 9),) * 3)]
