@@ -11,10 +11,13 @@ grid; a single annotated slice would be averaged with an unannotated neighbour.)
 the source dataset and its splits (LA: the first 8 ids labelled, the last 16 the dev split). Per
 variant a nnU-Net v2 dataset of the labelled and validation cases is written under ``--data``
 (reused when its ``sparse.json`` matches): the labelled cases' labels thinned along ``--axis``
-(:func:`annotated`), the validation cases fully annotated. The config then trains on it with the same labelled / validation ids and the final model
-is evaluated on the validation split, also slice by slice (:func:`slice_agreement`: Dice on the
-slices an annotation of the validation cases by the same rule would keep, and on the others, where
-a network that learnt where the labels lie over-segments). Writes results/<name>.json and .md.
+(:func:`annotated`), the validation cases fully annotated, and the images of the config's
+unlabelled split, if it has one (``imagesUnlabelled/``: a semi-supervised method such as M&N then
+trains on the sparse labels plus the unlabelled volumes). The config then trains on it with the
+same labelled / validation / unlabelled ids and the final model is evaluated on the validation
+split, also slice by slice (:func:`slice_agreement`: Dice on the slices an annotation of the
+validation cases by the same rule would keep, and on the others, where a network that learnt where
+the labels lie over-segments). Writes results/<name>.json and .md.
 Resumable: rerun the same command (a finished run is evaluated again, not retrained).
 """
 from __future__ import annotations
@@ -90,7 +93,7 @@ def write_sparse(cfg, reader, splits: dict[str, list[str]], variant: str, every:
     slices and foreground voxels annotated)."""
     spec = {"source": {"format": cfg.data.format, "root": str(cfg.data.root), "options": cfg.data.options},
             "variant": variant, "every": every, "thickness": thickness, "axis": axis, "labelled": splits["labelled"],
-            "validation": splits["validation"]}
+            "validation": splits["validation"], **({"unlabelled": splits["unlabelled"]} if splits["unlabelled"] else {})}
     done = out / "sparse.json"
     if done.is_file() and {k: v for k, v in json.loads(done.read_text()).items() if k in spec} == spec:
         return json.loads(done.read_text())
@@ -112,6 +115,10 @@ def write_sparse(cfg, reader, splits: dict[str, list[str]], variant: str, every:
         for c in range(case.image.shape[0]):
             write_volume(tmp / "imagesTr" / f"{cid}_{c:04d}.nii.gz", case.image[c], case.affine)
         write_volume(tmp / "labelsTr" / f"{cid}.nii.gz", label.astype(np.uint8), case.affine)
+    for cid in splits["unlabelled"]:  # images only: their labels stay unseen
+        case = reader.load(cid)
+        for c in range(case.image.shape[0]):
+            write_volume(tmp / "imagesUnlabelled" / f"{cid}_{c:04d}.nii.gz", case.image[c], case.affine)
     names = list(cfg.data.class_names or reader.class_names or ["background", *(f"class{i}" for i in range(1, k))])
     meta = {"name": f"sparse_{variant}", "description": f"semi3d benchmarks/sparse_la.py: {variant}, every {every}, "
                                                      f"slabs of {thickness}",
@@ -150,7 +157,9 @@ def main(argv=None) -> dict:
         root = Path(a.data) / f"{a.name}_{variant}"
         info = write_sparse(base, reader, splits, variant, a.every, a.thickness, a.axis, root)
         cfg = load_config(a.config, [*a.set, f"name={a.name}_{variant}", f"output_dir={a.runs}", "data.format=nnunet",
-                                     f"data.root={root}", "data.options={}", "data.splits.unlabelled=none", "data.splits.test=null",
+                                     f"data.root={root}", "data.options={}", "data.splits.test=null",
+                                     "data.splits.unlabelled=" + (f"{{ids: {json.dumps(splits['unlabelled'])}}}"
+                                                                  if splits["unlabelled"] else "none"),
                                      f"data.splits.labelled={{ids: {json.dumps(splits['labelled'])}}}",
                                      f"data.splits.validation={{ids: {json.dumps(splits['validation'])}}}"])
         r = train_and_evaluate(cfg, "validation", save_predictions=True)
@@ -164,6 +173,7 @@ def main(argv=None) -> dict:
         print(json.dumps(rows[-1]), flush=True)
     result = {"name": a.name, "command": command_line(__file__, argv), "config": a.config, "overrides": a.set,
               "commit": commit, "every": a.every, "thickness": a.thickness, "axis": a.axis, "labelled": splits["labelled"],
+              "unlabelled": len(splits["unlabelled"]),
               "eval_split": f"validation ({len(splits['validation'])} cases, fully annotated)", "rows": rows,
               "machine": machine(precision=resolve_precision(base.precision, pick_device(base.device)))}
     out = Path(a.results)

@@ -67,6 +67,8 @@ def test_three_variants_written_trained_and_scored(mod, tiny_tree, synth_root, t
     source = build_reader("nnunet", synth_root)
     lab, val = res["labelled"], json.loads((tmp_path / "runs" / "sp_full" / "splits.json").read_text())["validation"]
     assert lab == source.labelled_ids()[:3] and val == source.labelled_ids()[-1:]
+    unl = json.loads((tmp_path / "runs" / "sp_ignore" / "splits.json").read_text())["unlabelled"]
+    assert sorted(unl) == sorted(set(source.case_ids()) - set(lab) - set(val)) and len(unl) == 4  # the config's "rest"
     full, ign, bg = (build_reader("nnunet", tmp_path / "data" / f"sp_{v}") for v in ("full", "ignore", "background"))
     assert ign.num_classes == 3 and ign.ignore_value == 3 and full.ignore_value is None
     keep = mod.annotated(source.load(lab[0]).label.shape[2], 4, 2)
@@ -77,6 +79,9 @@ def test_three_variants_written_trained_and_scored(mod, tiny_tree, synth_root, t
         assert (ign.load(cid).label[..., ~keep] == IGNORE_INDEX).all()
         assert np.array_equal(ign.load(cid).label[..., keep], truth[..., keep])
         assert (bg.load(cid).label[..., ~keep] == 0).all() and np.array_equal(bg.load(cid).label[..., keep], truth[..., keep])
+    for reader in (full, ign, bg):  # the unlabelled cases: their images, never their labels
+        assert sorted(reader.case_ids()) == sorted(lab + val + unl) and not any(reader.has_label(c) for c in unl)
+        assert np.array_equal(reader.load(unl[0]).image, source.load(unl[0]).image)
     for reader in (full, ign, bg):  # the validation case keeps its full annotation
         assert np.array_equal(reader.load(val[0]).label, source.load(val[0]).label)
     rows = {r["variant"]: r for r in res["rows"]}
@@ -89,3 +94,23 @@ def test_three_variants_written_trained_and_scored(mod, tiny_tree, synth_root, t
                       "train.val_every=2", "--runs", str(tmp_path / "runs"), "--data", str(tmp_path / "data"),
                       "--results", str(tmp_path / "results")])
     assert again["rows"] == res["rows"]
+
+
+def test_mn_trains_on_the_sparse_labels_and_the_unlabelled_images(mod, synth_root, tmp_path):
+    """A semi-supervised config keeps its unlabelled split: M&N's stage 2 draws unlabelled patches
+    (n_u > 0) beside the thinned labels, with finite losses."""
+    from tiny_configs import mn_tree
+
+    tree = mn_tree(synth_root, tmp_path / "runs", iterations=6, warmup=2,
+                   options={"sampling": "fixed", "fixed_unlabelled": 1})
+    tree["data"]["splits"].update(validation={"last": 1}, test={})
+    cfg = tmp_path / "mn.yaml"
+    cfg.write_text(yaml.safe_dump(tree))
+    res = mod.main([str(cfg), "--name", "spmn", "--every", "4", "--thickness", "2", "--variants", "ignore",
+                    "--runs", str(tmp_path / "runs"), "--data", str(tmp_path / "data"), "--results", str(tmp_path / "results")])
+    run = tmp_path / "runs" / "spmn_ignore"
+    assert len(json.loads((run / "splits.json").read_text())["unlabelled"]) == res["unlabelled"] == 5  # 8 - 2 - 1
+    recs = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if '"n_u"' in x]
+    assert [r["n_u"] for r in recs] == [0, 0, 1, 1, 1, 1]
+    assert all(np.isfinite(v) for r in recs for k, v in r.items() if k.startswith("loss/"))
+    assert build_reader("nnunet", tmp_path / "data" / "spmn_ignore").ignore_value == 3 and 0 <= res["rows"][0]["dice"] <= 1
