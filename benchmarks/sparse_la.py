@@ -91,6 +91,7 @@ def write_sparse(cfg, reader, splits: dict[str, list[str]], variant: str, every:
     """Write (or reuse) the nnU-Net v2 dataset of ``variant`` at ``out`` from ``reader`` (the
     config's dataset); returns its ``sparse.json`` (the spec, plus the share of the labelled cases'
     slices and foreground voxels annotated)."""
+    # "unlabelled" only when there are any, so the datasets written before it existed still match
     spec = {"source": {"format": cfg.data.format, "root": str(cfg.data.root), "options": cfg.data.options},
             "variant": variant, "every": every, "thickness": thickness, "axis": axis, "labelled": splits["labelled"],
             "validation": splits["validation"], **({"unlabelled": splits["unlabelled"]} if splits["unlabelled"] else {})}
