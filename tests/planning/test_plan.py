@@ -278,3 +278,34 @@ def test_cli_plan_and_its_errors(aniso, tmp_path):
     assert r.exit_code == 2 and "no such dataset folder" in r.output
     r = runner.invoke(app, ["plan", str(aniso), "--budget", "tpu", "-o", str(tmp_path / "d.yaml")])
     assert r.exit_code == 2 and "unknown budget" in r.output and not (tmp_path / "d.yaml").exists()
+
+
+@pytest.mark.parametrize("method,warned", [("mn", True), ("bcp", True), ("supervised", False)])
+def test_a_method_that_needs_unlabelled_cases_is_warned_when_there_are_none(method, warned):
+    """The note counts the unlabelled cases; with none, a semi-supervised method's plan says that
+    training will refuse it and what to do (it used to say only 'unlabelled: the rest')."""
+    fp = _fp([(1.0, 1.0, 1.0)] * 4)  # 4 cases read, all labelled
+    plan = make_plan(fp, "cpu", method=method)
+    assert "(0 cases without a label)" in plan.notes["splits"]
+    assert ("warning" in plan.notes) == warned
+    if warned:
+        assert f"method {method} trains on unlabelled cases" in plan.notes["warning"]
+        assert "imagesUnlabelled/" in plan.notes["warning"] and "data.splits.labelled.first" in plan.notes["warning"]
+    fp.n_cases = 6
+    plan = make_plan(fp, "cpu", method=method)
+    assert "warning" not in plan.notes and "(2 cases without a label)" in plan.notes["splits"]
+
+
+def test_the_warning_of_no_unlabelled_cases_is_what_training_then_says(tmp_path):
+    root = write_dataset(tmp_path / "Dataset001_AllLabelled", n_labelled=3, n_unlabelled=0, shape=(24, 24, 16))
+    r = runner.invoke(app, ["plan", str(root), "-o", str(tmp_path / "mn.yaml")])  # --method mn, the default
+    assert r.exit_code == 0, r.output
+    assert "warning: method mn trains on unlabelled cases" in r.output
+    assert "#   warning: method mn" in (tmp_path / "mn.yaml").read_text()  # and in the config's header
+    from semi3d.engine.trainer import Trainer
+
+    cfg = load_config(tmp_path / "mn.yaml", overrides=[f"output_dir={tmp_path / 'runs'}"])
+    with pytest.raises(InputError, match="needs unlabelled cases but the split is empty"):
+        Trainer(cfg)
+    cfg = load_config(tmp_path / "mn.yaml", overrides=[f"output_dir={tmp_path / 'runs'}", "data.splits.labelled.first=1"])
+    assert len(Trainer(cfg).data.cases("unlabelled")) == 1  # the advice: a labelled case left over trains unlabelled

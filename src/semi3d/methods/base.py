@@ -88,7 +88,8 @@ class Method(nn.Module):
 
     groups: nn.ModuleDict
     Options: type[MethodOptions]  # the typed ``method.options`` (``semi3d config --schema`` lists them)
-    needs_unlabelled: bool = False  # True: the trainer refuses an empty unlabelled split up front
+    needs_unlabelled: bool = False  # True: the trainer refuses an empty unlabelled split up front (and
+    # `semi3d plan` warns of one); an instance may clear it when its options train on labels only
     ignore_label: bool = True  # False: the trainer refuses a dataset with nnU-Net's ignore label up front
 
     def __init__(self, ctx: MethodContext):

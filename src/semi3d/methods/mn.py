@@ -159,6 +159,7 @@ class MN(Method):
     """M&N co-training (see the module docstring for the schedule and the options)."""
 
     Options = MNOptions
+    needs_unlabelled = True  # with the default sampling; ``labelled_only`` clears it below
 
     def __init__(self, ctx: MethodContext, **options):
         super().__init__(ctx)

@@ -56,6 +56,7 @@ from ..data.msd import is_msd_json
 from ..data.nnunet import read_meta
 from ..data.orientation import stored_in
 from ..errors import InputError
+from ..registry import METHODS
 from .fingerprint import Fingerprint, fingerprint
 
 __all__ = ["BUDGETS", "Budget", "Plan", "make_plan", "plan_dataset"]
@@ -220,6 +221,7 @@ def make_plan(fp: Fingerprint, budget: str = "cpu", method: str = "mn", root: st
                           "views": [axis], "guide_every": max(8, (b.iterations - b.warmup_iterations) // 3),
                           "loss_weights": [1.0, 1.0], "predict": "net3d"}
     n_val = max(1, round(0.2 * fp.n_labelled)) if fp.n_labelled > 1 else 0
+    n_unlabelled = fp.n_cases - fp.n_labelled
     postprocess, why_post = _postprocess(fp)
     config = {
         "name": f"plan_{method}_{budget}", "output_dir": "runs", "seed": 0,
@@ -247,13 +249,18 @@ def make_plan(fp: Fingerprint, budget: str = "cpu", method: str = "mn", root: st
         "views": f"M&N slices across axis {axis} (the coarsest; Z when isotropic)",
         "augment": ("M&N's reference augmentation (zoom on every patch, no flips): 0.904 vs 0.875 Dice with "
                     "the package defaults on LA, 8 labelled" if method == "mn" else "the package defaults"),
-        "splits": f"{fp.n_labelled} labelled cases: the last {n_val} validate, the rest train; unlabelled: the rest"
-                  + ("; test: the dataset's test cases (imagesTs)" if has_test else ""),
+        "splits": f"{fp.n_labelled} labelled cases: the last {n_val} validate, the rest train; unlabelled: the rest "
+                  f"({n_unlabelled} cases without a label)" + ("; test: the dataset's test cases (imagesTs)" if has_test else ""),
         "postprocess": why_post + _sparse_note(fp),
         "orientation": _why_orientation(orientations),
         "budget": f"{budget}: batch {b.batch_size}, {b.iterations} iterations"
                   + (" (measured LA CPU schedule)" if budget == "cpu" else " (paper scale, not measured)"),
     }
+    if n_unlabelled == 0 and METHODS.get(method).needs_unlabelled:
+        notes["warning"] = (f"method {method} trains on unlabelled cases and every case read has a label, so the "
+                            "unlabelled split is empty and training refuses it: add unlabelled images (nnU-Net "
+                            "layout: imagesUnlabelled/) or set data.splits.labelled.first lower (the labelled cases "
+                            "left over then train as unlabelled ones, their labels unused)")
     return Plan(tuple(float(s) for s in spacing), tuple(int(p) for p in patch), strides, axis, config, notes)
 
 
@@ -300,7 +307,6 @@ def plan_dataset(root: Path, out: Path | None = None, budget: str = "cpu", metho
     commented config to ``out`` (default ``<root>/semi3d_plan_<method>_<budget>.yaml``) and the
     fingerprint beside it (``.fingerprint.json``). Returns the :class:`Plan`."""
     from ..atomic import write_text
-    from ..registry import METHODS
 
     root = Path(root)
     if budget not in BUDGETS:
