@@ -51,13 +51,24 @@ POSTPROCESSING_HELP = ("decide whether keeping the largest connected component o
                        "without post-processing)")
 
 
+def _print_table(table) -> None:
+    """A rich table, at its full width where the output is no terminal (a log file, a pipe), whose
+    width rich would take as 80 columns and cut the class names to fit."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    natural = console.measure(table, options=console.options.update_width(10_000)).maximum
+    # print(width=) is capped at the console's width, so a console of the table's
+    Console(markup=False, highlight=False, width=max(console.width, natural)).print(table)
+
+
 def _print_summary(summary: dict, title: str) -> None:
     """An evaluation's table, then its post-processing decision when it has one."""
     from .evaluation.postprocessing import format_decision
     from .evaluation.summary import format_table
 
     decision = summary.pop("postprocessing", None)
-    console.print(format_table(summary, title=title))
+    _print_table(format_table(summary, title=title))
     if decision:
         console.print(format_decision(decision))
 
@@ -315,7 +326,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="folder for the synthe
     from .evaluation.summary import format_table
 
     res = run_demo(out, method, set)
-    console.print(format_table(res["summary"], title="demo: held-out synthetic test cases"))
+    _print_table(format_table(res["summary"], title="demo: held-out synthetic test cases"))
     for what in ("run_dir", "predictions", "metrics", "report"):
         console.print(f"{what.replace('_', ' ')}: {res[what]}")
 

@@ -77,10 +77,16 @@ def test_an_ignore_value_without_a_dataset_json(folders, tmp_path):
 
 
 def test_the_cli_prints_the_table(folders, tmp_path):
+    """In full where the output is no terminal (CliRunner's, like a log file's): rich took it as 80
+    columns and cut a class name to 'left_atr…' and the NSD column off."""
     pred, ref = folders
-    r = CliRunner().invoke(app, ["evaluate-folder", str(pred), str(ref), "-o", str(tmp_path / "m")])
+    meta = ref.parent / "dataset.json"
+    meta.write_text(meta.read_text().replace('"organ"', '"left_atrium_appendage"'))
+    r = CliRunner().invoke(app, ["evaluate-folder", str(pred), str(ref), "-o", str(tmp_path / "m"),
+                                 "--nsd-tolerance", "1"])
     assert r.exit_code == 0, r.output
-    assert "organ" in r.output and (tmp_path / "m" / "metrics.json").is_file()
+    assert "left_atrium_appendage" in r.output and (tmp_path / "m" / "metrics.json").is_file()
+    assert "NSD %" in r.output and "HD95 (mm)" in r.output and "…" not in r.output
 
 
 def _nothing_written(pred):
