@@ -309,3 +309,26 @@ def test_the_warning_of_no_unlabelled_cases_is_what_training_then_says(tmp_path)
         Trainer(cfg)
     cfg = load_config(tmp_path / "mn.yaml", overrides=[f"output_dir={tmp_path / 'runs'}", "data.splits.labelled.first=1"])
     assert len(Trainer(cfg).data.cases("unlabelled")) == 1  # the advice: a labelled case left over trains unlabelled
+
+
+@pytest.mark.parametrize("budget,fp32_cpu,noted", [("cpu", True, True), ("cpu", False, False), ("gpu", True, False)])
+def test_a_cpu_plan_made_where_training_runs_in_fp32_says_what_it_costs(budget, fp32_cpu, noted):
+    """The CPU schedule was measured with bf16; a machine without it (nor a GPU) is told the fp32 cost
+    and the 8-filter option, and the plan itself stays the same."""
+    fp = _fp([(1.0, 1.0, 1.0)] * 4)
+    plan = make_plan(fp, budget, method="mn", fp32_cpu=fp32_cpu)
+    assert ("speed" in plan.notes) == noted
+    if noted:
+        assert "fp32" in plan.notes["speed"] and "--set model.net3d.options.base=8" in plan.notes["speed"]
+    assert plan.config == make_plan(fp, budget, method="mn").config
+
+
+def test_plan_dataset_asks_the_machine(aniso, tmp_path, monkeypatch):
+    import semi3d.planning.plan as planning
+
+    for native, noted in ((False, True), (True, False)):
+        monkeypatch.setattr(planning, "cpu_has_native_bf16", lambda native=native: native)
+        monkeypatch.setattr(planning.torch.cuda, "is_available", lambda: False)
+        plan = plan_dataset(aniso, tmp_path / "p.yaml", method="supervised")
+        assert ("speed" in plan.notes) == noted
+        assert ("#   speed: this machine has no GPU" in (tmp_path / "p.yaml").read_text()) == noted

@@ -50,11 +50,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..data.formats import build_reader
 from ..data.msd import is_msd_json
 from ..data.nnunet import read_meta
 from ..data.orientation import stored_in
+from ..engine.precision import cpu_has_native_bf16
 from ..errors import InputError
 from ..registry import METHODS
 from .fingerprint import Fingerprint, fingerprint
@@ -68,6 +70,13 @@ NAME_CT = {"folder": "--modality CT", "nnunet": 'dataset.json channel_names {"0"
 ONE_STRUCTURE = 0.99  # the largest component's least share of a class's voxels for largest_component
 
 
+FP32_NOTE = ("this machine has no GPU and no native bf16 (AVX512-BF16 / AMX), so training runs in fp32 on "
+             "its CPU, slower than the bf16 CPU the schedule was measured on (LA, M&N: 35-41 min on a 2-core "
+             "Xeon with AMX). On a 2-core AMD EPYC in fp32, LA's planned M&N config stepped in 10.1 / 4.2 / "
+             "7.7 s (stage 1 / 2D student / 3D student; 400 + 720 + 720 steps: about 3.5 h, pseudo-mask passes "
+             "not counted), and in 6.4 / 3.7 / 2.5 s (about 1.9 h) with --set model.net3d.options.base=8, whose 8 filters scored 0.28 Dice points "
+             "below 16 with configs/la_mn_cpu.yaml (8 labelled, two seeds; benchmarks/README.md, "
+             "results/speed_la_mn_planned_b16_fp32.md, _b8_fp32.md)")
 MN_AUGMENT = {"p_flip": 0.0, "p_rot90": 0.0, "scale_range": [0.9, 1.1], "p_scale": 1.0,
               "gamma_range": [0.8, 1.2], "p_gamma": 0.1, "p_contrast": 0.0}
 
@@ -171,8 +180,10 @@ def _strides(patch: np.ndarray, spacing: np.ndarray, max_levels: int) -> list[tu
 
 def make_plan(fp: Fingerprint, budget: str = "cpu", method: str = "mn", root: str = ".",
               data_format: str = "nnunet", options: dict | None = None, pretrained2d: str | None = None,
-              has_test: bool = False) -> Plan:
-    """The plan for a fingerprinted dataset (the rules are in the module docstring)."""
+              has_test: bool = False, fp32_cpu: bool = False) -> Plan:
+    """The plan for a fingerprinted dataset (the rules are in the module docstring). ``fp32_cpu``:
+    the machine planning it trains in fp32 on its CPU (no GPU, no native bf16), which a ``cpu``
+    budget's note then says costs (the plan itself does not depend on the machine)."""
     if budget not in BUDGETS:
         raise InputError("--budget", f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
     b = BUDGETS[budget]
@@ -256,6 +267,8 @@ def make_plan(fp: Fingerprint, budget: str = "cpu", method: str = "mn", root: st
         "budget": f"{budget}: batch {b.batch_size}, {b.iterations} iterations"
                   + (" (measured LA CPU schedule)" if budget == "cpu" else " (paper scale, not measured)"),
     }
+    if budget == "cpu" and fp32_cpu:
+        notes["speed"] = FP32_NOTE
     if n_unlabelled == 0 and METHODS.get(method).needs_unlabelled:
         notes["warning"] = (f"method {method} trains on unlabelled cases and every case read has a label, so the "
                             "unlabelled split is empty and training refuses it: add unlabelled images (nnU-Net "
@@ -326,7 +339,8 @@ def plan_dataset(root: Path, out: Path | None = None, budget: str = "cpu", metho
                     f"a label is <case>.nii.gz (or .nrrd, .mha, .seg.dcm ...))")
         raise InputError(root, f"no labelled case: planning needs labels for the foreground statistics{hint}")
     has_test = bool(getattr(reader, "test_case_ids", list)())
-    plan = make_plan(fp, budget, method, str(root), fmt, options, pretrained2d, has_test)
+    plan = make_plan(fp, budget, method, str(root), fmt, options, pretrained2d, has_test,
+                     fp32_cpu=not torch.cuda.is_available() and not cpu_has_native_bf16())
     out = Path(out) if out else root / f"semi3d_plan_{method}_{budget}.yaml"
     write_text(out, render(plan))
     write_text(out.with_suffix(".fingerprint.json"), json.dumps(fp.to_dict(), indent=1))
