@@ -17,7 +17,13 @@ trains on the sparse labels plus the unlabelled volumes). The config then trains
 same labelled / validation / unlabelled ids and the final model is evaluated on the validation
 split, also slice by slice (:func:`slice_agreement`: Dice on the slices an annotation of the
 validation cases by the same rule would keep, and on the others, where a network that learnt where
-the labels lie over-segments). Writes results/<name>.json and .md.
+the labels lie over-segments; and the predicted / true volume by the slice's offset from the rule's
+slabs). ``--phase``: where each labelled case's slabs start: ``fixed``, every case at the same
+slice (:func:`first_slab`), so a network can tell the annotated slices from their distance to the
+case's first slice (LA, where a case is shorter than the patch along Z and its edge is in every
+crop, does: it over-segments more the farther a slice lies from the slabs); ``per_case``, at an
+offset drawn from the case id, as annotators starting anywhere would, which gives that distance
+nothing to learn. Writes results/<name>.json and .md.
 Resumable: rerun the same command (a finished run is evaluated again, not retrained).
 """
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -44,13 +51,25 @@ HERE = Path(__file__).resolve().parent
 VARIANTS = ("full", "ignore", "background")
 
 
-def annotated(n: int, every: int, thickness: int = 1) -> np.ndarray:
+PHASES = ("fixed", "per_case")
+
+
+def first_slab(case_id: str, every: int, thickness: int = 1, phase: str = "fixed") -> int:
+    """The first annotated slice of a case, a multiple of ``thickness`` (so that a downsampling by
+    ``thickness`` turns each slab into one slice, never half of two): ``fixed``, ``every // 2``
+    rounded down to one for every case; ``per_case``, one of the ``every // thickness`` such starts
+    below ``every``, drawn from the case id (CRC-32, the same on every machine and run)."""
+    if phase == "fixed":
+        return every // 2 // thickness * thickness
+    return zlib.crc32(case_id.encode()) % (every // thickness) * thickness
+
+
+def annotated(n: int, every: int, thickness: int = 1, start: int | None = None) -> np.ndarray:
     """Which of ``n`` slices keep their annotation: slabs of ``thickness`` slices every ``every``
-    slices, the first at ``every // 2`` rounded down to a multiple of ``thickness`` (so that a
-    downsampling by ``thickness`` turns each slab into one slice, never half of two)."""
+    slices from ``start`` (default: :func:`first_slab`'s ``fixed`` start)."""
     keep = np.zeros(n, bool)
-    for start in range(every // 2 // thickness * thickness, n, every):
-        keep[start:start + thickness] = True
+    for s in range(first_slab("", every, thickness) if start is None else start, n, every):
+        keep[s:s + thickness] = True
     return keep
 
 
@@ -64,37 +83,49 @@ def thinned(label: np.ndarray, keep: np.ndarray, axis: int, variant: str, ignore
     return out
 
 
-def slice_agreement(pred_dir: Path, reader, ids: list[str], every: int, thickness: int, axis: int) -> dict:
+def slice_agreement(pred_dir: Path, reader, ids: list[str], every: int, thickness: int, axis: int,
+                    phase: str = "fixed") -> dict:
     """Foreground agreement of the predictions ``pred_dir/<id>.nii.gz`` with ``reader``'s labels of
     ``ids`` (both on the files' grids), pooled over the cases, on the slices along ``axis`` that
-    :func:`annotated` keeps and on the others: ``dice_kept_slices``, ``dice_other_slices`` (``2 |P & T|
-    / (|P| + |T|)``) and ``volume_other_slices`` (``|P| / |T|`` on the others: > 1 over-segments)."""
+    :func:`annotated` keeps (from each case's :func:`first_slab` of ``phase``) and on the others:
+    ``dice_kept_slices``, ``dice_other_slices`` (``2 |P & T| / (|P| + |T|)``), ``volume_other_slices``
+    (``|P| / |T|`` on the others: > 1 over-segments) and ``volume_by_offset`` (``|P| / |T|`` of the
+    slices at each offset 0 .. every - 1 from the slabs' starts: the slabs are offsets below
+    ``thickness``)."""
     inter, pred_n, true_n = np.zeros(2), np.zeros(2), np.zeros(2)  # [kept, other]
+    off_pred, off_true = np.zeros(every), np.zeros(every)
     for cid in ids:
         truth = reader.load(cid).label
         pred = read_volume(pred_dir / f"{cid}.nii.gz").array
         if pred.shape != truth.shape:
             raise InputError(pred_dir / f"{cid}.nii.gz", f"shape {pred.shape}, the label's {truth.shape}")
-        keep = annotated(truth.shape[axis], every, thickness)
+        start = first_slab(cid, every, thickness, phase)
+        keep = annotated(truth.shape[axis], every, thickness, start)
         p, t = np.moveaxis(pred > 0, axis, 0), np.moveaxis(truth > 0, axis, 0)
         for j, rows in enumerate((keep, ~keep)):
             inter[j] += np.count_nonzero(p[rows] & t[rows])
             pred_n[j] += np.count_nonzero(p[rows])
             true_n[j] += np.count_nonzero(t[rows])
+        offset = (np.arange(keep.size) - start) % every
+        np.add.at(off_pred, offset, p.reshape(keep.size, -1).sum(1))
+        np.add.at(off_true, offset, t.reshape(keep.size, -1).sum(1))
     dice = 2 * inter / np.maximum(pred_n + true_n, 1)
     return {"dice_kept_slices": float(dice[0]), "dice_other_slices": float(dice[1]),
-            "volume_other_slices": float(pred_n[1] / max(true_n[1], 1))}
+            "volume_other_slices": float(pred_n[1] / max(true_n[1], 1)),
+            "volume_by_offset": [round(float(x), 4) for x in off_pred / np.maximum(off_true, 1)]}
 
 
 def write_sparse(cfg, reader, splits: dict[str, list[str]], variant: str, every: int, thickness: int, axis: int,
-                 out: Path) -> dict:
+                 out: Path, phase: str = "fixed") -> dict:
     """Write (or reuse) the nnU-Net v2 dataset of ``variant`` at ``out`` from ``reader`` (the
     config's dataset); returns its ``sparse.json`` (the spec, plus the share of the labelled cases'
     slices and foreground voxels annotated)."""
-    # "unlabelled" only when there are any, so the datasets written before it existed still match
+    # "unlabelled" and "phase" only when there are any / not fixed, so the datasets written before
+    # they existed still match
     spec = {"source": {"format": cfg.data.format, "root": str(cfg.data.root), "options": cfg.data.options},
             "variant": variant, "every": every, "thickness": thickness, "axis": axis, "labelled": splits["labelled"],
-            "validation": splits["validation"], **({"unlabelled": splits["unlabelled"]} if splits["unlabelled"] else {})}
+            "validation": splits["validation"], **({"unlabelled": splits["unlabelled"]} if splits["unlabelled"] else {}),
+            **({"phase": phase} if phase != "fixed" else {})}
     done = out / "sparse.json"
     if done.is_file() and {k: v for k, v in json.loads(done.read_text()).items() if k in spec} == spec:
         return json.loads(done.read_text())
@@ -108,7 +139,8 @@ def write_sparse(cfg, reader, splits: dict[str, list[str]], variant: str, every:
         case = reader.load(cid)
         label = case.label
         if cid in splits["labelled"]:
-            keep = annotated(label.shape[axis], every, thickness) if variant != "full" else np.ones(label.shape[axis], bool)
+            keep = (annotated(label.shape[axis], every, thickness, first_slab(cid, every, thickness, phase))
+                    if variant != "full" else np.ones(label.shape[axis], bool))
             label = thinned(case.label, keep, axis, variant, k)
             slices, kept_slices = slices + keep.size, kept_slices + int(keep.sum())
             per_slice = np.moveaxis(case.label > 0, axis, 0).reshape(keep.size, -1).sum(1)
@@ -142,6 +174,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--thickness", type=int, default=1,
                     help="slices per annotated slab: the config's downsampling along --axis (LA at scale 0.5: 2)")
     ap.add_argument("--axis", type=int, default=2, choices=(0, 1, 2), help="slice axis (2: Z, LA's axial slices)")
+    ap.add_argument("--phase", default="fixed", choices=PHASES,
+                    help="where each labelled case's slabs start: the same slice for all, or per case")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--runs", default="runs/bench")
@@ -156,7 +190,7 @@ def main(argv=None) -> dict:
     commit, rows = git_commit(), []
     for variant in a.variants:
         root = Path(a.data) / f"{a.name}_{variant}"
-        info = write_sparse(base, reader, splits, variant, a.every, a.thickness, a.axis, root)
+        info = write_sparse(base, reader, splits, variant, a.every, a.thickness, a.axis, root, a.phase)
         cfg = load_config(a.config, [*a.set, f"name={a.name}_{variant}", f"output_dir={a.runs}", "data.format=nnunet",
                                      f"data.root={root}", "data.options={}", "data.splits.test=null",
                                      "data.splits.unlabelled=" + (f"{{ids: {json.dumps(splits['unlabelled'])}}}"
@@ -166,14 +200,15 @@ def main(argv=None) -> dict:
         r = train_and_evaluate(cfg, "validation", save_predictions=True)
         fg = foreground(r["metrics"])
         per_slice = slice_agreement(cfg.run_dir / "eval_validation" / "predictions", reader, splits["validation"],
-                                    a.every, a.thickness, a.axis)
+                                    a.every, a.thickness, a.axis, a.phase)
         rows.append({"variant": variant, "slices_annotated": info["slices_annotated"],
                      "foreground_annotated": info["foreground_annotated"], "dice": fg["dice"],
                      "jaccard": fg["jaccard"], "hd95": fg["hd95"], "asd": fg["asd"], **per_slice,
                      "iterations": r["summary"]["iterations"], "train_wall_s_total": r["train_wall_s_total"]})
         print(json.dumps(rows[-1]), flush=True)
     result = {"name": a.name, "command": command_line(__file__, argv), "config": a.config, "overrides": a.set,
-              "commit": commit, "every": a.every, "thickness": a.thickness, "axis": a.axis, "labelled": splits["labelled"],
+              "commit": commit, "every": a.every, "thickness": a.thickness, "axis": a.axis, "phase": a.phase,
+              "labelled": splits["labelled"],
               "unlabelled": len(splits["unlabelled"]),
               "eval_split": f"validation ({len(splits['validation'])} cases, fully annotated)", "rows": rows,
               "machine": machine(precision=resolve_precision(base.precision, pick_device(base.device)))}
@@ -181,9 +216,14 @@ def main(argv=None) -> dict:
     write_text(out / f"{a.name}.json", json.dumps(result, indent=1))
     cols = ["variant", "slices_annotated", "foreground_annotated", "dice", "jaccard", "hd95", "asd", "dice_kept_slices",
             "dice_other_slices", "volume_other_slices", "iterations", "train_wall_s_total"]
+    offsets = "\n".join(f"| {r['variant']} | " + " | ".join(f"{v:.2f}" for v in r["volume_by_offset"]) + " |" for r in rows)
     write_text(out / f"{a.name}.md", f"# {a.name}\n\n`{result['command']}` (commit {commit}; "
                                      f"{result['machine']['cpu']}, {result['machine']['precision']})\n\n"
-                                     + table_markdown(rows, cols) + "\n")
+                                     + table_markdown(rows, cols) + "\nPredicted / true foreground volume by "
+                                     "the slice's offset from the slabs' starts (offsets below --thickness are the "
+                                     f"slabs; phase {a.phase}):\n\n| variant | "
+                                     + " | ".join(map(str, range(a.every))) + " |\n|---|" + "---|" * a.every + "\n"
+                                     + offsets + "\n")
     return result
 
 

@@ -20,6 +20,12 @@ def test_annotated_slices_and_thinned_labels(mod):
     assert np.flatnonzero(mod.annotated(12, 5)).tolist() == [2, 7]
     assert np.flatnonzero(mod.annotated(25, 10, 2)).tolist() == [4, 5, 14, 15, 24]  # slabs on even starts
     assert mod.annotated(4, 1).all()
+    assert np.flatnonzero(mod.annotated(25, 10, 2, start=0)).tolist() == [0, 1, 10, 11, 20, 21]
+    assert [mod.first_slab(c, 10, 2) for c in ("a", "b")] == [4, 4]  # fixed: one start for every case
+    import zlib
+
+    starts = {c: mod.first_slab(c, 10, 2, "per_case") for c in ("syn_000", "syn_001", "syn_002", "syn_003")}
+    assert starts == {c: zlib.crc32(c.encode()) % 5 * 2 for c in starts} and len(set(starts.values())) > 1
     with pytest.raises(InputError, match="multiple of --thickness"):
         mod.main(["cfg.yaml", "--name", "x", "--every", "5", "--thickness", "2"])
     label = np.ones((3, 4, 12), np.uint8)
@@ -50,7 +56,13 @@ def test_slice_agreement_known_answer(mod, tmp_path):
     for cid in ("a", "b"):
         write_volume(tmp_path / f"{cid}.nii.gz", pred, np.eye(4))
     r = mod.slice_agreement(tmp_path, Reader(truth), ["a", "b"], 5, 1, 2)
-    assert r == {"dice_kept_slices": 1.0, "dice_other_slices": pytest.approx(2 * 4 / 12), "volume_other_slices": 2.0}
+    assert r == {"dice_kept_slices": 1.0, "dice_other_slices": pytest.approx(2 * 4 / 12), "volume_other_slices": 2.0,
+                 "volume_by_offset": [1.0, 2.0, 2.0, 2.0, 2.0]}  # offset 0: the kept slices 2 and 7
+    # per case, each from its own start ("a": 2 -> slices 2 and 7; "b": 1 -> slices 1 and 6, where
+    # the prediction doubles the foreground, and its offset 1 is slices 2 and 7, where it does not)
+    assert [mod.first_slab(c, 5, 1, "per_case") for c in ("a", "b")] == [2, 1]
+    r = mod.slice_agreement(tmp_path, Reader(truth), ["a", "b"], 5, 1, 2, phase="per_case")
+    assert r["volume_by_offset"] == [1.5, 1.5, 2.0, 2.0, 2.0]
     with pytest.raises(InputError, match=r"a.nii.gz: shape \(4, 4, 10\), the label's \(3, 4, 10\)"):
         mod.slice_agreement(tmp_path, Reader(truth[:3]), ["a"], 5, 1, 2)
 
@@ -106,11 +118,18 @@ def test_mn_trains_on_the_sparse_labels_and_the_unlabelled_images(mod, synth_roo
     tree["data"]["splits"].update(validation={"last": 1}, test={})
     cfg = tmp_path / "mn.yaml"
     cfg.write_text(yaml.safe_dump(tree))
-    res = mod.main([str(cfg), "--name", "spmn", "--every", "4", "--thickness", "2", "--variants", "ignore",
-                    "--runs", str(tmp_path / "runs"), "--data", str(tmp_path / "data"), "--results", str(tmp_path / "results")])
+    res = mod.main([str(cfg), "--name", "spmn", "--every", "4", "--thickness", "2", "--variants", "ignore", "--phase",
+                    "per_case", "--runs", str(tmp_path / "runs"), "--data", str(tmp_path / "data"), "--results",
+                    str(tmp_path / "results")])
     run = tmp_path / "runs" / "spmn_ignore"
     assert len(json.loads((run / "splits.json").read_text())["unlabelled"]) == res["unlabelled"] == 5  # 8 - 2 - 1
     recs = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if '"n_u"' in x]
     assert [r["n_u"] for r in recs] == [0, 0, 1, 1, 1, 1]
     assert all(np.isfinite(v) for r in recs for k, v in r.items() if k.startswith("loss/"))
-    assert build_reader("nnunet", tmp_path / "data" / "spmn_ignore").ignore_value == 3 and 0 <= res["rows"][0]["dice"] <= 1
+    ign = build_reader("nnunet", tmp_path / "data" / "spmn_ignore")
+    assert ign.ignore_value == 3 and 0 <= res["rows"][0]["dice"] <= 1 and res["phase"] == "per_case"
+    starts = {cid: mod.first_slab(cid, 4, 2, "per_case") for cid in res["labelled"]}
+    assert set(starts.values()) == {0} != {mod.first_slab("any", 4, 2)}  # not where fixed starts (2)
+    for cid, start in starts.items():  # each case's labels kept on its own slabs
+        lab = ign.load(cid).label
+        assert np.array_equal((lab != IGNORE_INDEX).all(axis=(0, 1)), mod.annotated(lab.shape[2], 4, 2, start))
