@@ -73,9 +73,10 @@ ONE_STRUCTURE = 0.99  # the largest component's least share of a class's voxels 
 FP32_NOTE = ("this machine has no GPU and no native bf16 (AVX512-BF16 / AMX), so training runs in fp32 on "
              "its CPU, slower than the bf16 CPU the schedule was measured on (LA, M&N: 35-41 min on a 2-core "
              "Xeon with AMX). On a 2-core AMD EPYC in fp32, LA's planned M&N config stepped in 10.1 / 4.2 / "
-             "7.7 s (stage 1 / 2D student / 3D student; 400 + 720 + 720 steps: about 3.5 h, pseudo-mask passes "
-             "not counted), and in 6.4 / 3.7 / 2.5 s (about 1.9 h) with --set model.net3d.options.base=8, whose 8 filters scored 0.28 Dice points "
-             "below 16 with configs/la_mn_cpu.yaml (8 labelled, two seeds; benchmarks/README.md, "
+             "7.7 s (stage 1 / 2D student / 3D student; 400 + 720 + 720 steps: about 3.5 h, pseudo-mask "
+             "passes not counted), and in 6.4 / 3.7 / 2.5 s (about 1.9 h) with --set "
+             "model.net3d.options.base=8, whose 8 filters scored 0.28 Dice points below 16 with "
+             "configs/la_mn_cpu.yaml (8 labelled, two seeds; benchmarks/README.md, "
              "results/speed_la_mn_planned_b16_fp32.md, _b8_fp32.md)")
 MN_AUGMENT = {"p_flip": 0.0, "p_rot90": 0.0, "scale_range": [0.9, 1.1], "p_scale": 1.0,
               "gamma_range": [0.8, 1.2], "p_gamma": 0.1, "p_contrast": 0.0}
