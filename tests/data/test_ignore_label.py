@@ -169,6 +169,19 @@ def test_training_and_evaluation_with_an_ignore_label(ignore_root, tiny_tree, tm
     assert not (tmp_path / "ad").exists()  # refused during setup: no run folder left
 
 
+def test_training_warns_when_the_sparse_cases_share_their_annotated_slices(ignore_root, tiny_tree, tmp_path, capsys):
+    """Every case here ignores the same first 6 X planes; with a patch longer than the cases along X
+    each crop shows a case whole, and training says what the network can learn from that."""
+    tree = _tree(tiny_tree, ignore_root, tmp_path)
+    Trainer(load_config(tree=tree))
+    assert "warning:" not in capsys.readouterr().err  # the patch (16) is shorter than the cases (24)
+    tree["data"]["patch_size"] = [32, 16, 16]
+    Trainer(load_config(tree=tree))
+    err = " ".join(capsys.readouterr().err.split())
+    assert "warning: 3 of the 3 sparsely annotated cases shorter than the patch along axis X" in err
+    assert "(6, 7, 8, 9, 10, 11, ...)" in err
+
+
 def test_domain_copies_keep_the_ignore_label(ignore_root, tmp_path):
     """Before, the copies' labels held 255 and their dataset.json had no 'ignore': unreadable."""
     from semi3d.data.domain_shift import write_domain_dataset

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from semi3d.data.case import Case
-from semi3d.data.patches import PatchSampler, pad_image, pad_spec
+from semi3d.data.patches import PatchSampler, pad_image, pad_spec, shared_annotation_offsets
 
 
 def test_pad_spec_centres_and_is_zero_when_large_enough():
@@ -115,3 +115,26 @@ def test_case_weights_steer_which_case_is_drawn():
     assert 0.68 < share < 0.82  # 0.75 expected
     with pytest.raises(ValueError, match="non-negative"):
         PatchSampler([a, b], (8, 8, 8), 0.0, torch.Generator(), weights=[1.0])
+
+
+def _slabs(first: int, n: int = 44):
+    """A case (8, 8, n) annotated on every 5th Z slice from ``first``, the rest ignored."""
+    from semi3d.losses import IGNORE_INDEX
+
+    label = np.full((8, 8, n), IGNORE_INDEX, np.uint8)
+    label[..., first::5] = 0
+    label[2:4, 2:4, first::5] = 1
+    return Case("c", np.zeros((1, 8, 8, n), np.float32), label)
+
+
+def test_a_warning_when_most_sparse_cases_shorter_than_the_patch_share_their_annotated_slices():
+    """LA's sparse benchmark: the same slabs in every case, each shorter than the patch along Z, and
+    the network over-segments the slices between them. X and Y (every slice has a label) never warn."""
+    note = shared_annotation_offsets([_slabs(2), _slabs(2, 40), _slabs(3)], (16, 16, 48))
+    assert note.startswith("2 of the 3 sparsely annotated cases shorter than the patch along axis Z")
+    assert "(2, 7, 12, 17, 22, 27, ...)" in note and "annotate each case from a different first slice" in note
+    assert shared_annotation_offsets([_slabs(2), _slabs(0), _slabs(4)], (16, 16, 48)) is None  # each its own
+    assert shared_annotation_offsets([_slabs(2), _slabs(2)], (16, 16, 44)) is None  # not shorter: crops move
+    assert shared_annotation_offsets([_slabs(2)], (16, 16, 48)) is None
+    full = Case("f", np.zeros((1, 8, 8, 44), np.float32), np.zeros((8, 8, 44), np.uint8))
+    assert shared_annotation_offsets([full, full], (16, 16, 48)) is None

@@ -19,7 +19,7 @@ from ..config import RunConfig, dump_config
 from ..data.augment import augment
 from ..data.dataset import DataBundle, prepare_data
 from ..data.orientation import mixed_orientations
-from ..data.patches import PatchSampler
+from ..data.patches import PatchSampler, shared_annotation_offsets
 from ..data.postprocess import check_classes
 from ..atomic import write_text
 from ..data.splits import save_splits
@@ -129,8 +129,9 @@ class Trainer:
                                       None if w is None else [w[c.id] for c in labelled])
         unl = self.data.cases("unlabelled")
         self.sampler_u = PatchSampler(unl, d.patch_size, d.fg_oversample, self.gen) if unl else None
-        if self.main and (note := mixed_orientations(labelled + unl)):
-            console.print(f"[yellow]warning:[/] {note}", soft_wrap=True)
+        for note in (mixed_orientations(labelled + unl), shared_annotation_offsets(labelled, d.patch_size)):
+            if self.main and note:
+                console.print(f"[yellow]warning:[/] {note}", soft_wrap=True)
         self.services = TrainerServices(self)
         if self.sampler_u is None and self.method.needs_unlabelled:  # fail now, not mid-run
             raise InputError("splits.unlabelled", f"method {cfg.method.name!r} needs unlabelled cases but the split is empty")
