@@ -324,11 +324,11 @@ def test_a_cpu_plan_made_where_training_runs_in_fp32_says_what_it_costs(budget, 
 
 
 def test_plan_dataset_asks_the_machine(aniso, tmp_path, monkeypatch):
-    import semi3d.planning.plan as planning
+    import torch
 
     for native, noted in ((False, True), (True, False)):
-        monkeypatch.setattr(planning, "cpu_has_native_bf16", lambda native=native: native)
-        monkeypatch.setattr(planning.torch.cuda, "is_available", lambda: False)
+        monkeypatch.setattr("semi3d.engine.precision.cpu_has_native_bf16", lambda native=native: native)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
         plan = plan_dataset(aniso, tmp_path / "p.yaml", method="supervised")
         assert ("speed" in plan.notes) == noted
         assert ("#   speed: this machine has no GPU" in (tmp_path / "p.yaml").read_text()) == noted

@@ -148,16 +148,17 @@ def shared_annotation_offsets(cases: list[Case], patch) -> str | None:
     10 slices, the same in every case) the dev predictions over-segment the more, the farther a
     slice lies from the slabs (``benchmarks/sparse_la.py``: 0.98-1.03x the true volume on the slabs'
     offsets, up to 1.19-1.31x between them, against 0.97-1.04x everywhere fully annotated)."""
+    ignored = [m for c in cases if c.label is not None and (m := c.label == IGNORE_INDEX).any()]  # once a case
     for axis in range(3):
+        others = tuple(a for a in range(3) if a != axis)
         patterns, lengths = [], []
-        for c in cases:
-            if c.label is None or c.label.shape[axis] >= patch[axis]:
+        for m in ignored:
+            if m.shape[axis] >= patch[axis]:
                 continue
-            ignored = np.moveaxis(c.label == IGNORE_INDEX, axis, 0).reshape(c.label.shape[axis], -1)
-            unlabelled = ignored.all(1)
+            unlabelled = m.all(axis=others)  # the slices of this axis without a label
             if unlabelled.any():  # annotated on some slices of this axis only
                 patterns.append(np.flatnonzero(~unlabelled))
-                lengths.append(c.label.shape[axis])
+                lengths.append(m.shape[axis])
         if len(patterns) < 2:
             continue
         cut = [tuple(int(i) for i in p if i < min(lengths)) for p in patterns]  # over the slices all cases have

@@ -129,9 +129,10 @@ class Trainer:
                                       None if w is None else [w[c.id] for c in labelled])
         unl = self.data.cases("unlabelled")
         self.sampler_u = PatchSampler(unl, d.patch_size, d.fg_oversample, self.gen) if unl else None
-        for note in (mixed_orientations(labelled + unl), shared_annotation_offsets(labelled, d.patch_size)):
-            if self.main and note:
-                console.print(f"[yellow]warning:[/] {note}", soft_wrap=True)
+        if self.main:
+            for note in (mixed_orientations(labelled + unl), shared_annotation_offsets(labelled, d.patch_size)):
+                if note:
+                    console.print(f"[yellow]warning:[/] {note}", soft_wrap=True)
         self.services = TrainerServices(self)
         if self.sampler_u is None and self.method.needs_unlabelled:  # fail now, not mid-run
             raise InputError("splits.unlabelled", f"method {cfg.method.name!r} needs unlabelled cases but the split is empty")

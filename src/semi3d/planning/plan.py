@@ -50,13 +50,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..data.formats import build_reader
 from ..data.msd import is_msd_json
 from ..data.nnunet import read_meta
 from ..data.orientation import stored_in
-from ..engine.precision import cpu_has_native_bf16
+from ..engine.precision import pick_device, resolve_precision
 from ..errors import InputError
 from ..registry import METHODS
 from .fingerprint import Fingerprint, fingerprint
@@ -341,7 +340,7 @@ def plan_dataset(root: Path, out: Path | None = None, budget: str = "cpu", metho
         raise InputError(root, f"no labelled case: planning needs labels for the foreground statistics{hint}")
     has_test = bool(getattr(reader, "test_case_ids", list)())
     plan = make_plan(fp, budget, method, str(root), fmt, options, pretrained2d, has_test,
-                     fp32_cpu=not torch.cuda.is_available() and not cpu_has_native_bf16())
+                     fp32_cpu=resolve_precision("auto", pick_device("auto")) == "fp32")  # what the config's auto picks here
     out = Path(out) if out else root / f"semi3d_plan_{method}_{budget}.yaml"
     write_text(out, render(plan))
     write_text(out.with_suffix(".fingerprint.json"), json.dumps(fp.to_dict(), indent=1))
