@@ -59,6 +59,8 @@ def test_the_fingerprint_leaves_ignored_voxels_out(ignore_root):
     fg = np.concatenate([c.image[0, 6:][c.label[6:] > 0] for c in cases])
     assert fp.channels[0].mean == pytest.approx(fg.mean(), rel=1e-5)
     assert len(fp.largest_component_share) == 2
+    # per case the slices holding a label: X planes 6.. of the labelled cases, None for the unlabelled
+    assert fp.annotated_slices == [[list(range(6, 24)), None, None]] * 4 + [None] * 2
 
 
 def test_a_sparse_annotation_does_not_count_as_several_structures(tmp_path):

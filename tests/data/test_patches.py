@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from semi3d.data.case import Case
-from semi3d.data.patches import PatchSampler, pad_image, pad_spec, shared_annotation_offsets
+from semi3d.data.patches import PatchSampler, annotated_slices, pad_image, pad_spec, shared_annotation_offsets
 
 
 def test_pad_spec_centres_and_is_zero_when_large_enough():
@@ -138,3 +138,9 @@ def test_a_warning_when_most_sparse_cases_shorter_than_the_patch_share_their_ann
     assert shared_annotation_offsets([_slabs(2)], (16, 16, 48)) is None
     full = Case("f", np.zeros((1, 8, 8, 44), np.float32), np.zeros((8, 8, 44), np.uint8))
     assert shared_annotation_offsets([full, full], (16, 16, 48)) is None
+
+
+def test_annotated_slices_per_axis():
+    """Z slabs every 5th slice from 2: those Z indices; every X and Y plane holds some of them (None)."""
+    assert annotated_slices(_slabs(2, 14).label) == [None, None, [2, 7, 12]]
+    assert annotated_slices(np.zeros((4, 4, 4), np.uint8)) == [None, None, None]  # no ignored voxel

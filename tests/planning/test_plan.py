@@ -332,3 +332,25 @@ def test_plan_dataset_asks_the_machine(aniso, tmp_path, monkeypatch):
         plan = plan_dataset(aniso, tmp_path / "p.yaml", method="supervised")
         assert ("speed" in plan.notes) == noted
         assert ("#   speed: this machine has no GPU" in (tmp_path / "p.yaml").read_text()) == noted
+
+
+@pytest.mark.parametrize("codes,warned", [("RAS", False), ("RAI", True)])
+def test_the_plan_warns_of_sparse_cases_annotated_on_the_same_slices(codes, warned):
+    """Two sparse cases 40 slices long, shorter than the planned patch (48, from the three fully
+    annotated cases), annotated every 5th Z slice: case a from slice 1, case b stored with Z
+    reversed (``codes``) from slice 3 of its file. Stored RAS, each has its own slices (no warning);
+    stored RAI, b's slices counted from its first slice after reorientation to RAS are a's
+    (38 - 35 = 3 ... -> 1, 6, ...), and the plan says what training would (same_slices_warning)."""
+    n = 5
+    fp = Fingerprint(n, n, [(1.0, 1.0, 1.0)] * n, [(20, 20, 48)] * 3 + [(20, 20, 40)] * 2,
+                     [ChannelStats("MRI", 40.0, 120.0, -980.0, 1500.0)], ["background", "organ"], [0.9, 0.1],
+                     [1.0], ["RAS"] * 4 + [codes], 1.0, 2,
+                     [None] * 3 + [[None, None, list(range(1, 40, 5))], [None, None, list(range(3, 40, 5))]])
+    plan = make_plan(fp, "cpu", method="supervised")
+    assert plan.patch_size[2] == 48
+    note = plan.notes.get("warning (sparse annotation)")
+    assert (note is not None) == warned
+    if warned:
+        assert note.startswith("2 of the 2 sparsely annotated cases shorter than the patch along axis Z")
+        assert "(1, 6, 11, 16, 21, 26, ...)" in note
+    assert "warning" not in plan.notes  # the other warning (no unlabelled cases) is not for supervised

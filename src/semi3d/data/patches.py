@@ -139,29 +139,40 @@ class PatchSampler:
         return torch.stack(imgs), label, ids
 
 
-def shared_annotation_offsets(cases: list[Case], patch) -> str | None:
-    """A warning when most sparsely annotated cases (labels holding :data:`IGNORE_INDEX`) that are
-    shorter than ``patch`` (X, Y, Z voxels) along an axis are annotated on the same slices of that
-    axis counted from their first one; None otherwise. Such a case lies whole in every crop along
-    that axis (``_Volume``), its first slice in view, so the network can learn which slices carry
-    labels from their distance to it and leave the others unconstrained: on LA (2-slice slabs every
-    10 slices, the same in every case) the dev predictions over-segment the more, the farther a
-    slice lies from the slabs (``benchmarks/sparse_la.py``: 0.98-1.03x the true volume on the slabs'
-    offsets, up to 1.19-1.31x between them, against 0.97-1.04x everywhere fully annotated)."""
-    ignored = [m for c in cases if c.label is not None and (m := c.label == IGNORE_INDEX).any()]  # once a case
+def annotated_slices(label: np.ndarray) -> list[list[int] | None]:
+    """Per axis of a label (X, Y, Z): the indices of the slices along it that hold any annotation
+    (a value other than :data:`IGNORE_INDEX`) when some hold none, i.e. a sparse annotation along
+    that axis; None for an axis every slice of which holds some (all three None for a label without
+    ignored voxels)."""
+    ignored = label == IGNORE_INDEX
+    if not ignored.any():
+        return [None, None, None]
+    out: list[list[int] | None] = []
     for axis in range(3):
-        others = tuple(a for a in range(3) if a != axis)
-        patterns, lengths = [], []
-        for m in ignored:
-            if m.shape[axis] >= patch[axis]:
-                continue
-            unlabelled = m.all(axis=others)  # the slices of this axis without a label
-            if unlabelled.any():  # annotated on some slices of this axis only
-                patterns.append(np.flatnonzero(~unlabelled))
-                lengths.append(m.shape[axis])
-        if len(patterns) < 2:
+        unlabelled = ignored.all(axis=tuple(a for a in range(3) if a != axis))  # slices without a label
+        out.append(np.flatnonzero(~unlabelled).tolist() if unlabelled.any() else None)
+    return out
+
+
+def same_slices_warning(slices: list[list[list[int] | None]], lengths: list[tuple[int, int, int]],
+                        shorter: list[tuple[bool, bool, bool]]) -> str | None:
+    """A warning when most sparsely annotated cases that are shorter than the patch along an axis are
+    annotated on the same slices of that axis, counted from their first one; None otherwise. Per
+    case: ``slices``, its :func:`annotated_slices`; ``lengths``, its shape (X, Y, Z) in the grid of
+    those indices; ``shorter``, per axis whether it is shorter than the patch. Such a case lies whole
+    in every crop along that axis (``_Volume``), its first slice in view, so the network can learn
+    which slices carry labels from their distance to it and leave the others unconstrained: on LA
+    (2-slice slabs every 10 slices, the same in every case) the dev predictions over-segment the
+    more, the farther a slice lies from the slabs (``benchmarks/sparse_la.py``: 0.98-1.03x the true
+    volume on the slabs' offsets, up to 1.19-1.31x between them, against 0.97-1.04x everywhere fully
+    annotated)."""
+    for axis in range(3):
+        found = [(s[axis], n[axis]) for s, n, short in zip(slices, lengths, shorter)
+                 if short[axis] and s[axis] is not None]
+        if len(found) < 2:
             continue
-        cut = [tuple(int(i) for i in p if i < min(lengths)) for p in patterns]  # over the slices all cases have
+        least = min(n for _, n in found)
+        cut = [tuple(int(i) for i in s if i < least) for s, _ in found]  # over the slices all cases have
         top = max(set(cut), key=cut.count)
         if cut.count(top) * 2 > len(cut):
             shown = ", ".join(map(str, top[:6])) + (", ..." if len(top) > 6 else "")
@@ -170,3 +181,11 @@ def shared_annotation_offsets(cases: list[Case], patch) -> str | None:
                     f"({shown}); every crop shows such a case whole, so the network can learn which slices carry "
                     "labels and over-segment the others: annotate each case from a different first slice")
     return None
+
+
+def shared_annotation_offsets(cases: list[Case], patch) -> str | None:
+    """:func:`same_slices_warning` for preprocessed ``cases`` and a training ``patch`` (X, Y, Z
+    voxels of their grid)."""
+    labels = [c.label for c in cases if c.label is not None]
+    return same_slices_warning([annotated_slices(y) for y in labels], [y.shape for y in labels],
+                               [tuple(n < p for n, p in zip(y.shape, patch)) for y in labels])

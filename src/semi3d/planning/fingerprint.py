@@ -15,6 +15,7 @@ import numpy as np
 from nibabel.orientations import aff2axcodes
 
 from ..data.orientation import codes_transform, source_axes
+from ..data.patches import annotated_slices
 from ..data.postprocess import largest_component_share, largest_component_shares
 from ..data.readers import Reader
 from ..losses import IGNORE_INDEX
@@ -53,6 +54,9 @@ class Fingerprint:
             component shares: the unannotated gaps of a sparse annotation split a structure.
         axcodes: per case its voxel-axis orientation: the world direction (RAS) each array axis
             X, Y, Z points to most closely, e.g. ``"RAS"`` or ``"LPS"``.
+        annotated_slices: per case, for a sparsely annotated labelled case its
+            :func:`~semi3d.data.patches.annotated_slices` (per axis the indices of the slices holding
+            a label, or None), None for any other case.
     """
     n_cases: int
     n_labelled: int
@@ -65,6 +69,7 @@ class Fingerprint:
     axcodes: list[str] = field(default_factory=list)
     foreground_component_share: float | None = None
     sparse_cases: int = 0
+    annotated_slices: list[list[list[int] | None] | None] = field(default_factory=list)
 
     @property
     def orientations(self) -> dict[str, int]:
@@ -74,12 +79,19 @@ class Fingerprint:
     def reoriented(self, codes: str = "RAS") -> "Fingerprint":
         """This fingerprint with every case's spacing and shape along the axes of orientation ``codes``
         (what ``data.preprocess.orientation: codes`` trains on)."""
-        spacings, shapes = [], []
-        for case, sp, sh in zip(self.axcodes, self.spacings, self.shapes):
-            perm = source_axes(codes_transform(case, codes))
+        spacings, shapes, slices = [], [], []
+        for k, (case, sp, sh) in enumerate(zip(self.axcodes, self.spacings, self.shapes)):
+            ornt = codes_transform(case, codes)
+            perm = source_axes(ornt)
             spacings.append(tuple(sp[i] for i in perm))
             shapes.append(tuple(sh[i] for i in perm))
-        return replace(self, spacings=spacings, shapes=shapes, axcodes=[codes] * len(self.axcodes))
+            if k < len(self.annotated_slices):  # a flipped axis counts its slices from the other end
+                s = self.annotated_slices[k]
+                slices.append(None if s is None else [
+                    None if s[i] is None else sorted(sh[i] - 1 - j for j in s[i]) if ornt[i, 1] < 0 else s[i]
+                    for i in perm])
+        return replace(self, spacings=spacings, shapes=shapes, axcodes=[codes] * len(self.axcodes),
+                       annotated_slices=slices)
 
     @property
     def median_spacing(self) -> np.ndarray:
@@ -103,13 +115,14 @@ def fingerprint(reader: Reader, ids: list[str] | None = None, seed: int = 0, pro
     names = list(reader.channel_names)
     minima = np.full(len(names), np.inf)
     counts = np.zeros(0, dtype=np.int64)
-    sparse = 0
+    sparse, slices = 0, []
     lowest: dict[int, float] = {}  # foreground class (0: all together) -> lowest largest-component share so far
     for i, cid in enumerate(ids):
         case = reader.load(cid)
         spacings.append(tuple(float(s) for s in case.spacing))
         shapes.append(tuple(int(s) for s in case.image.shape[1:]))
         axcodes.append("".join(aff2axcodes(case.affine)))
+        slices.append(None)
         minima = np.minimum(minima, case.image.reshape(len(case.image), -1).min(1))
         if case.label is not None:
             n_lab += 1
@@ -119,6 +132,7 @@ def fingerprint(reader: Reader, ids: list[str] | None = None, seed: int = 0, pro
             fg = known & (case.label > 0)
             if not known.all():
                 sparse += 1
+                slices[-1] = annotated_slices(case.label)
             else:
                 for k, share in enumerate(largest_component_shares(case.label, len(c)), 1):
                     if share is not None:
@@ -143,4 +157,5 @@ def fingerprint(reader: Reader, ids: list[str] | None = None, seed: int = 0, pro
     class_names = list(reader.class_names or ["background", *(f"class_{c}" for c in range(1, k))])
     share = (counts / counts.sum()).tolist() if counts.sum() else []
     return Fingerprint(len(ids), n_lab, spacings, shapes, channels, class_names, share,
-                       [lowest.get(k) for k in range(1, len(class_names))], axcodes, lowest.get(0), sparse)
+                       [lowest.get(k) for k in range(1, len(class_names))], axcodes, lowest.get(0), sparse,
+                       slices)

@@ -42,6 +42,11 @@ The rules, in the order they are applied (axes X, Y, Z; spacing in mm):
    (``inference.largest_foreground_component``). nnU-Net decides both by cross-validation, which
    planning does not run; a trained run decides them from its predictions with ``semi3d evaluate
    RUN --determine-postprocessing`` (:mod:`semi3d.evaluation.postprocessing`).
+
+Warnings (``warning`` notes; the config is written all the same): a method that trains on
+unlabelled cases planned on a dataset without any, and sparsely annotated cases shorter than the
+patch that are all annotated on the same slices (:func:`~semi3d.data.patches.same_slices_warning`,
+what training would warn of after preprocessing).
 """
 from __future__ import annotations
 
@@ -55,6 +60,7 @@ from ..data.formats import build_reader
 from ..data.msd import is_msd_json
 from ..data.nnunet import read_meta
 from ..data.orientation import stored_in
+from ..data.patches import same_slices_warning
 from ..engine.precision import pick_device, resolve_precision
 from ..errors import InputError
 from ..registry import METHODS
@@ -167,6 +173,15 @@ def _postprocess_per_class(fp: Fingerprint) -> tuple[dict, str]:
             f"{why}; {keep}" if many else why)
 
 
+def _same_slices(fp: Fingerprint, spacing: np.ndarray, patch: np.ndarray) -> str | None:
+    """:func:`same_slices_warning` on the sparsely annotated cases as training will crop them: their
+    slices counted at the stored spacing, shorter than ``patch`` once resampled to ``spacing`` (mm)."""
+    idx = [k for k, s in enumerate(fp.annotated_slices) if s is not None]
+    return same_slices_warning([fp.annotated_slices[k] for k in idx], [fp.shapes[k] for k in idx],
+                               [tuple(n * sp / t < p for n, sp, t, p in zip(fp.shapes[k], fp.spacings[k], spacing, patch))
+                                for k in idx])
+
+
 def _strides(patch: np.ndarray, spacing: np.ndarray, max_levels: int) -> list[tuple[int, int, int]]:
     size, sp, out = patch.astype(float), spacing.astype(float), []
     while len(out) < max_levels - 1:
@@ -274,6 +289,8 @@ def make_plan(fp: Fingerprint, budget: str = "cpu", method: str = "mn", root: st
                             "unlabelled split is empty and training refuses it: add unlabelled images (nnU-Net "
                             "layout: imagesUnlabelled/) or set data.splits.labelled.first lower (the labelled cases "
                             "left over then train as unlabelled ones, their labels unused)")
+    if same := _same_slices(fp, spacing, patch):
+        notes["warning (sparse annotation)"] = same
     return Plan(tuple(float(s) for s in spacing), tuple(int(p) for p in patch), strides, axis, config, notes)
 
 
