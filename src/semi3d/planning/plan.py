@@ -61,6 +61,7 @@ from ..data.msd import is_msd_json
 from ..data.nnunet import read_meta
 from ..data.orientation import stored_in
 from ..data.patches import same_slices_warning
+from ..data.preprocess import Preprocessor
 from ..engine.precision import pick_device, resolve_precision
 from ..errors import InputError
 from ..registry import METHODS
@@ -175,10 +176,12 @@ def _postprocess_per_class(fp: Fingerprint) -> tuple[dict, str]:
 
 def _same_slices(fp: Fingerprint, spacing: np.ndarray, patch: np.ndarray) -> str | None:
     """:func:`same_slices_warning` on the sparsely annotated cases as training will crop them: their
-    slices counted at the stored spacing, shorter than ``patch`` once resampled to ``spacing`` (mm)."""
+    slices counted at the stored spacing, shorter than ``patch`` in the shape preprocessing gives
+    them at ``spacing`` (mm; :meth:`Preprocessor.output_shape`)."""
     idx = [k for k, s in enumerate(fp.annotated_slices) if s is not None]
+    grid = Preprocessor(target_spacing=[float(t) for t in spacing])
     return same_slices_warning([fp.annotated_slices[k] for k in idx], [fp.shapes[k] for k in idx],
-                               [tuple(n * sp / t < p for n, sp, t, p in zip(fp.shapes[k], fp.spacings[k], spacing, patch))
+                               [tuple(n < p for n, p in zip(grid.output_shape(fp.shapes[k], fp.spacings[k]), patch))
                                 for k in idx])
 
 
