@@ -38,15 +38,18 @@ HERE = Path(__file__).resolve().parent
 MODES = ("none", "largest_component")
 
 
-def scan(run: Path, thresholds: list[float]) -> dict:
-    """``{"run", "n_cases", "rows": [{"threshold", "postprocess", "dice", "volume_ratio",
-    "dice_per_case"}]}`` for a two-class run's validation split."""
+def scan(run: Path, thresholds: list[float], which: str = "auto") -> dict:
+    """``{"run", "model", "n_cases", "rows": [{"threshold", "postprocess", "dice", "volume_ratio",
+    "dice_per_case"}]}`` for a two-class run's validation split; ``which``: the model, as
+    :func:`model_file` takes it (auto = the run's selection, best, final, or a model file, e.g. the
+    ``checkpoints/model_ensemble.pt`` that ``inference_la.py`` writes)."""
     rd = RunDir(run).require()
     cfg = rd.load_config()
     ids = rd.load_splits()["validation"]
     if not ids:
         raise InputError(rd.splits, "the validation split is empty: nothing to score")
-    predictor = load_models([model_file(rd.path)], cfg.device, cfg.precision, cfg.inference)
+    model = model_file(rd.path, which if which in ("auto", "best", "final") else str(rd.path / "checkpoints" / which))
+    predictor = load_models([model], cfg.device, cfg.precision, cfg.inference)
     if predictor.num_classes != 2:
         raise InputError(run, f"has {predictor.num_classes} classes; a foreground threshold needs two")
     reader = rd.data_reader(cfg, **dict(cfg.data.options))
@@ -69,19 +72,21 @@ def scan(run: Path, thresholds: list[float]) -> dict:
     rows = [{"threshold": t, "postprocess": pp, "dice": float(np.mean(list(dice[(t, pp)].values()))),
              "volume_ratio": volume[(t, pp)] / max(true_volume, 1), "dice_per_case": dice[(t, pp)]}
             for t, pp in keys]
-    return {"run": rd.path.name, "n_cases": len(ids), "rows": rows}
+    return {"run": rd.path.name, "model": str(model), "n_cases": len(ids), "rows": rows}
 
 
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser()
     ap.add_argument("runs", nargs="+", type=Path, help="trained two-class run folders")
     ap.add_argument("--thresholds", nargs="+", type=float, default=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+    ap.add_argument("--model", default="auto",
+                    help="auto (the run's selection) / best / final / a model file's name in each run's checkpoints/")
     ap.add_argument("--name", default="threshold_la")
     ap.add_argument("--results", default=str(HERE / "results"))
     a = ap.parse_args(argv)
     if not all(0 < t < 1 for t in a.thresholds):
         raise InputError("--thresholds", f"each must lie strictly between 0 and 1, got {a.thresholds}")
-    runs = [scan(r, sorted(a.thresholds)) for r in a.runs]
+    runs = [scan(r, sorted(a.thresholds), a.model) for r in a.runs]
     command, commit, out = command_line(__file__, argv), git_commit(), Path(a.results)
     write_text(out / f"{a.name}.json", json.dumps({"command": command, "commit": commit, "machine": machine(),
                                                    "runs": runs}, indent=1))

@@ -1,6 +1,7 @@
 """benchmarks/threshold_la.py on a tiny two-class run: the threshold 0.5 is the argmax, so its rows
 must score what ``evaluate`` scores (with and without the largest component); the foreground volume
-shrinks as the threshold rises; a run of more than two classes is refused."""
+shrinks as the threshold rises; ``--model`` picks a model file of the run; a run of more than two
+classes is refused."""
 import copy
 import json
 
@@ -37,6 +38,13 @@ def test_half_is_the_argmax_and_the_volume_falls(load_benchmark, tiny_tree, tmp_
     md = (tmp_path / "results" / "thr.md").read_text()
     assert "--thresholds 0.9 0.5 0.1" in md and f"| 0.5000 | largest_component | {rows[(0.5, 'largest_component')]['dice']:.4f} |" in md
     assert json.loads((tmp_path / "results" / "thr.json").read_text())["machine"]["threads"] >= 1
+    # --model names a file in the run's checkpoints/ (inference_la.py's model_<variant>.pt)
+    final = mod.main([str(cfg.run_dir), "--thresholds", "0.5", "--model", "model_final.pt", "--name", "thr_final",
+                      "--results", str(tmp_path / "results")])[0]
+    assert final["model"] == str(cfg.run_dir / "checkpoints" / "model_final.pt")
+    assert [r["dice"] for r in final["rows"]] == pytest.approx([rows[(0.5, pp)]["dice"] for pp in ("none", "largest_component")])
+    with pytest.raises(InputError, match="model_ensemble.pt"):
+        mod.main([str(cfg.run_dir), "--model", "model_ensemble.pt", "--results", str(tmp_path / "results")])
 
 
 def test_refusals(load_benchmark, tiny_tree, tmp_path):
