@@ -238,3 +238,23 @@ def test_orientation_codes_are_checked(bad):
     with pytest.raises(ValueError, match="one of L/R, A/P and S/I each"):
         PreprocessConfig(orientation=bad)
     assert PreprocessConfig(orientation="lps").orientation == "LPS"
+
+
+def test_label_ties_go_to_the_higher_class():
+    """At an exact 2x downsampling a 2x2x2 block of which half is one class interpolates to a tie.
+    As in nnU-Net (a class takes the voxels where its interpolated indicator is >= 0.5, the higher
+    classes last), the higher class takes it: breaking ties toward the lower class shrank LA's atrium
+    by 3.6 % at the CPU configs' 0.5x."""
+    label = np.zeros((4, 4, 4), np.uint8)
+    label[1:3] = 1  # X planes 1, 2: every 2x2x2 block holds 4 foreground voxels of 8
+    mixed = np.ones((4, 4, 4), np.uint8)
+    mixed[..., 1::2] = 2  # every block: 4 voxels of class 1, 4 of class 2
+    for lab, want in ((label, 1), (mixed, 2)):
+        case = Case(id="t", image=np.zeros((1, 4, 4, 4), np.float32), label=lab, spacing=(1.0, 1.0, 1.0))
+        out = Preprocessor(scale=0.5)(case)
+        assert out.label.shape == (2, 2, 2) and (out.label == want).all()
+    # no tie: the majority class, whichever it is
+    label[:] = 0
+    label[1, 0] = 1  # the blocks at X 0, Y 0 hold 2 foreground voxels of 8, the others none
+    out = Preprocessor(scale=0.5)(Case(id="t", image=np.zeros((1, 4, 4, 4), np.float32), label=label, spacing=(1.0,) * 3))
+    assert (out.label == 0).all()
