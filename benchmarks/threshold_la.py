@@ -40,9 +40,9 @@ MODES = ("none", "largest_component")
 
 def scan(run: Path, thresholds: list[float], which: str = "auto") -> dict:
     """``{"run", "model", "n_cases", "rows": [{"threshold", "postprocess", "dice", "volume_ratio",
-    "dice_per_case"}]}`` for a two-class run's validation split; ``which``: the model, as
-    :func:`model_file` takes it (auto = the run's selection, best, final, or a model file, e.g. the
-    ``checkpoints/model_ensemble.pt`` that ``inference_la.py`` writes)."""
+    "dice_per_case"}]}`` for a two-class run's validation split; ``which``: auto (the run's
+    selection), best, final, or the name of a model file in the run's ``checkpoints/``, e.g. the
+    ``model_ensemble.pt`` that ``inference_la.py`` writes."""
     rd = RunDir(run).require()
     cfg = rd.load_config()
     ids = rd.load_splits()["validation"]

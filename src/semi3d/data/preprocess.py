@@ -27,7 +27,7 @@ __all__ = ["Preprocessor", "resample_probabilities", "restore_probabilities", "r
 
 _NORMALISATIONS = ("zscore", "minmax", "ct", "none")
 _ONEHOT_MAX_CLASSES = 8  # labels with more classes are resampled with nearest neighbour
-_VERSION = 2  # 2: label ties to the higher class. Bump when the algorithm changes, so on-disk caches are invalidated
+_VERSION = 2  # bump when the algorithm changes, so on-disk caches are invalidated (2: label ties)
 
 
 def _triple(value: float | Sequence[float], name: str) -> tuple[float, float, float]:
@@ -94,9 +94,9 @@ def resample_probabilities(probs: torch.Tensor, shape: Sequence[int]) -> torch.T
 
 
 def _resample_label(label: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
-    """Label (X, Y, Z) int -> (X', Y', Z') int64: per-class linear + argmax, a tie to the higher
-    class (nnU-Net's rule: each class takes the voxels where its interpolated indicator is >= 0.5,
-    the higher ones last), or nearest if many classes."""
+    """Label (X, Y, Z) int -> (X', Y', Z') int64: per-class linear + argmax with ties to the higher
+    class (as nnU-Net breaks them: a class takes the voxels where its interpolated indicator is
+    >= 0.5, the higher classes last), or nearest if many classes."""
     classes = torch.unique(label).tolist()
     if len(classes) > _ONEHOT_MAX_CLASSES:
         out = F.interpolate(label[None, None].float(), size=size, mode="nearest-exact")
@@ -136,8 +136,9 @@ class Preprocessor:
     ``spacing / target_spacing``. The new spacing is ``spacing * old_shape / new_shape`` (exact
     for the grid actually produced) and the affine is updated by :func:`resample_affine`. Images
     are resampled trilinearly; labels with at most 8 classes by trilinear interpolation of each
-    class indicator followed by argmax (smoother boundaries; a tie, as where an exact 2x downsampling
-    averages a block half of one class, goes to the higher class, as in nnU-Net), otherwise by nearest neighbour.
+    class indicator followed by argmax (smoother boundaries; a tie, as where an exact 2x
+    downsampling averages a block half of one class, goes to the higher class, as in nnU-Net),
+    otherwise by nearest neighbour.
     """
 
     def __init__(
