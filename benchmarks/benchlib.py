@@ -191,4 +191,5 @@ def mining_round_row(rec: dict) -> dict:
     keys = ("round", "dev_dice", "dev_dice_std", "dev_hd95", "n_candidates", "n_kept", "n_kept_foreground",
             "n_kept_empty", "pseudo_dice_kept", "model_dice_kept", "pseudo_dice_all", "model_dice_all",
             "pseudo_case_dice", "train_iterations", "train_s", "mine_s")
-    return {k: rec.get(k) for k in keys}
+    extra = ("pseudo_dice_taught", "ignored_fraction_kept")  # only with select.disagree: ignore
+    return {k: rec.get(k) for k in keys} | {k: rec[k] for k in extra if k in rec}

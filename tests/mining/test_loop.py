@@ -384,3 +384,29 @@ def test_refinement_reports_progress(tmp_path, monkeypatch, capsys):
 def test_a_quick_refinement_prints_no_progress(tmp_path, capsys):
     run_mining(_kvasir_tree(tmp_path, {"name": "identity"}))  # 4 samples: far under PROGRESS_EVERY_S
     assert "refined" not in capsys.readouterr().err
+
+
+def test_disagree_ignore_teaches_only_the_agreed_pixels(tmp_path, monkeypatch):
+    """``select.disagree: ignore``: the fine-tuning labels hold IGNORE_INDEX exactly where the
+    refined and the model's labels differ; the round logs what was ignored."""
+    from semi3d.losses import IGNORE_INDEX
+    from semi3d.mining import loop
+
+    seen = {}
+    real = loop.slice_data
+
+    def spy(labelled, pseudo, *a, **k):
+        if pseudo:
+            seen["pseudo"] = [s.label for s in pseudo]
+        return real(labelled, pseudo, *a, **k)
+
+    monkeypatch.setattr(loop, "slice_data", spy)
+    tree = _kvasir_tree(tmp_path, {"name": "random_walker"})
+    tree["select"]["disagree"] = "ignore"
+    r = run_mining(tree)["rounds"][1]
+    labels = seen["pseudo"]
+    assert len(labels) == r["n_kept"] > 0
+    assert any((lab == IGNORE_INDEX).any() for lab in labels)  # the random walker moves some pixels
+    frac = np.mean([(lab == IGNORE_INDEX).mean() for lab in labels])
+    assert r["ignored_fraction_kept"] == pytest.approx(frac)
+    assert 0.0 <= r["pseudo_dice_taught"] <= 1.0 and r["train_iterations"] == TINY_TRAIN["finetune_iterations"]

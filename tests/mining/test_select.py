@@ -59,3 +59,17 @@ def test_case_unit():
     assert rep["n_units"] == 2 and rep["n_units_kept"] == 1 and rep["n_kept"] == 3
     keep, _ = select_pseudo_labels(good + bad, 2, SelectOptions(unit="case", min_agreement=0.75))
     assert all(keep)
+
+
+def test_training_label_ignores_disagreeing_pixels():
+    from semi3d.losses import IGNORE_INDEX
+    from semi3d.mining.select import training_label
+
+    c = _cand(0, 0.9, _mask(3, 9))  # model: columns 2..7, refined: columns 3..8
+    assert training_label(c) is c.refined.label  # the default teaches the refined label
+    taught = training_label(c, SelectOptions(disagree="ignore"))
+    assert taught.dtype == np.uint8
+    expect = np.where(c.model_label == c.refined.label, c.refined.label, IGNORE_INDEX)
+    np.testing.assert_array_equal(taught, expect)
+    assert (taught[2:8, 2] == IGNORE_INDEX).all() and (taught[2:8, 8] == IGNORE_INDEX).all()
+    assert (taught[2:8, 3:8] == 1).all() and (taught[0] == 0).all()

@@ -9,14 +9,17 @@ round ``r = 1..rounds`` then
    points, :mod:`~semi3d.mining.prompts`), lets the promptable segmenter (weight-free random
    walker or SAM) refine them, iteratively (:mod:`~semi3d.mining.iterative`),
 3. keeps the refined slices whose refiner score and agreement with the small model pass the
-   thresholds (:mod:`~semi3d.mining.select`) as pseudo-labels (regenerated every round),
+   thresholds (:mod:`~semi3d.mining.select`) as pseudo-labels (regenerated every round; with
+   ``select.disagree: ignore`` only their pixels where refiner and model agree teach, and
+   the exported pseudo-labels stay the refined ones),
 4. fine-tunes the small model on labelled + pseudo-labelled slices (or retrains it, ``reinit``),
    with the package's trainer (:mod:`~semi3d.mining.train2d`).
 
 Every round logs (``<run>/log.jsonl``, and ``train_summary.json`` at the end): how many pseudo-labels were
 kept, their Dice against the hidden ground truth of the unlabelled cases when the dataset has it
 (pooled over the kept slices; the small model's own Dice on the same slices for comparison; and
-per case over all slices), and the small model's Dice on the dev (validation) split: per case on
+per case over all slices; with ``select.disagree: ignore`` also ``pseudo_dice_taught``, the Dice on
+the agreed pixels, and ``ignored_fraction_kept``), and the small model's Dice on the dev (validation) split: per case on
 the stacked slice predictions, on the original voxel grid by default (``eval.original_grid``).
 For volumes the pseudo-labels of every round are also written as 3D volumes
 (:mod:`~semi3d.mining.export`), the extra targets of a 3D model; with ``dataset_3d: {enabled:
@@ -46,6 +49,7 @@ from ..engine import checkpoint as ckpt
 from ..engine.rundir import RunDir
 from ..engine.runlog import RunLog, console, eta_text
 from ..errors import InputError
+from ..losses import IGNORE_INDEX
 from ..registry import NETS2D
 from .base import PromptableSegmenter
 from .config import MiningConfig, build_refiner, load_mining_config
@@ -54,7 +58,7 @@ from .dataset3d import write_pseudo_dataset
 from .export import write_masks_png, write_pseudo_volumes
 from .iterative import refine_iteratively
 from .prompts import confident_label
-from .select import Candidate, select_pseudo_labels
+from .select import Candidate, select_pseudo_labels, training_label
 from .evaluation import evaluate_dev, pooled_dice
 from .train2d import largest_slice, predict_probabilities, round_config, slice_data, train_small_model
 
@@ -155,6 +159,10 @@ def mine_round(net: torch.nn.Module, refiner: PromptableSegmenter, data: MiningD
             "pseudo_dice_all": pooled_dice([c.refined.label for c in cands], t_all, k),
             "model_dice_all": pooled_dice([c.model_label for c in cands], t_all, k),
         })
+        if cfg.select.disagree == "ignore" and kept:  # what the kept pseudo-labels teach: their agreed pixels
+            taught = [training_label(c, cfg.select) for c in kept]
+            stats["pseudo_dice_taught"] = pooled_dice(t_kept, taught, k)  # pixels ignored in `taught` left out
+            stats["ignored_fraction_kept"] = float(np.mean([(t == IGNORE_INDEX).mean() for t in taught]))
         groups: dict[str, list[Candidate]] = {}
         for c in cands:
             groups.setdefault(c.group, []).append(c)
@@ -311,7 +319,7 @@ def run_mining(cfg: MiningConfig | dict | str | Path, resume: bool = False) -> d
         dataset_3d = _export(cands, keep, data, cfg, run / "pseudo" / f"round{r}", r)
         if dataset_3d is not None:
             stats["dataset_3d"] = dataset_3d
-        pseudo = [Slice2D(s.id, s.image, c.refined.label, s.group, s.index)
+        pseudo = [Slice2D(s.id, s.image, training_label(c, cfg.select), s.group, s.index)
                   for s, c, f in zip(data.unlabelled, cands, keep) if f]
         mine_s = time.time() - t0
         if cfg.train.reinit:

@@ -15,6 +15,11 @@ With ``unit="case"`` the decision is per case (group of slices) and applies to a
 score = area-weighted mean of its non-empty slices' scores, agreement = Dice of the stacked labels
 (over the whole case), and a case without any foreground follows the empty rule with the largest
 probability over its slices.
+
+What a kept candidate teaches (:func:`training_label`): with ``disagree="refined"`` its refined
+label; with ``disagree="ignore"`` the pixels where the refined label and the small model's label
+agree, every other pixel :data:`~semi3d.losses.IGNORE_INDEX` (in no loss): only what both sources
+say becomes a pseudo-label.
 """
 from __future__ import annotations
 
@@ -25,10 +30,11 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from ..losses import IGNORE_INDEX
 from .base import Strict
 from .iterative import RefinedSlice, label_dice
 
-__all__ = ["Candidate", "SelectOptions", "select_pseudo_labels"]
+__all__ = ["Candidate", "SelectOptions", "select_pseudo_labels", "training_label"]
 
 
 class SelectOptions(Strict):
@@ -39,6 +45,7 @@ class SelectOptions(Strict):
     min_agreement: float = Field(0.7, ge=0, le=1)
     keep_empty: bool = True
     empty_max_prob: float = Field(0.35, ge=0, le=1)
+    disagree: Literal["refined", "ignore"] = "refined"  # pixels where refiner and model differ (training_label)
 
 
 @dataclass
@@ -61,6 +68,17 @@ class Candidate:
     @property
     def empty(self) -> bool:
         return self.refined.score is None
+
+
+def training_label(candidate: "Candidate", options: SelectOptions | None = None) -> np.ndarray:
+    """The ``(H, W)`` uint8 label a kept candidate is fine-tuned on: its refined label, or with
+    ``options.disagree == "ignore"`` that label where it equals the small model's and
+    :data:`~semi3d.losses.IGNORE_INDEX` elsewhere."""
+    o = options or SelectOptions()
+    label = candidate.refined.label
+    if o.disagree == "refined":
+        return label
+    return np.where(label == candidate.model_label, label, IGNORE_INDEX).astype(np.uint8)
 
 
 def _decide(score: float | None, agreement: float, max_prob: float, empty: bool, o: SelectOptions) -> str:
