@@ -12,8 +12,9 @@ from semi3d.data.case import Case
 from semi3d.data.volumes import read_volume
 from semi3d.data.synthetic import write_dataset
 from semi3d.errors import InputError
+from semi3d.losses import IGNORE_INDEX
 from semi3d.mining.export import write_pseudo_volumes
-from semi3d.mining import train2d
+from semi3d.mining import loop, train2d
 from semi3d.mining.config import load_mining_config
 from semi3d.mining.loop import load_mining_data, run_mining
 
@@ -389,9 +390,6 @@ def test_a_quick_refinement_prints_no_progress(tmp_path, capsys):
 def test_disagree_ignore_teaches_only_the_agreed_pixels(tmp_path, monkeypatch):
     """``select.disagree: ignore``: the fine-tuning labels hold IGNORE_INDEX exactly where the
     refined and the model's labels differ; the round logs what was ignored."""
-    from semi3d.losses import IGNORE_INDEX
-    from semi3d.mining import loop
-
     seen = {}
     real = loop.slice_data
 

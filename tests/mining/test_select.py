@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from semi3d.losses import IGNORE_INDEX
 from semi3d.mining.iterative import RefinedSlice
-from semi3d.mining.select import Candidate, SelectOptions, select_pseudo_labels
+from semi3d.mining.select import Candidate, SelectOptions, select_pseudo_labels, training_label
 
 
 def _mask(c0, c1):
@@ -62,9 +63,6 @@ def test_case_unit():
 
 
 def test_training_label_ignores_disagreeing_pixels():
-    from semi3d.losses import IGNORE_INDEX
-    from semi3d.mining.select import training_label
-
     c = _cand(0, 0.9, _mask(3, 9))  # model: columns 2..7, refined: columns 3..8
     assert training_label(c) is c.refined.label  # the default teaches the refined label
     taught = training_label(c, SelectOptions(disagree="ignore"))

@@ -19,8 +19,9 @@ Every round logs (``<run>/log.jsonl``, and ``train_summary.json`` at the end): h
 kept, their Dice against the hidden ground truth of the unlabelled cases when the dataset has it
 (pooled over the kept slices; the small model's own Dice on the same slices for comparison; and
 per case over all slices; with ``select.disagree: ignore`` also ``pseudo_dice_taught``, the Dice on
-the agreed pixels, and ``ignored_fraction_kept``), and the small model's Dice on the dev (validation) split: per case on
-the stacked slice predictions, on the original voxel grid by default (``eval.original_grid``).
+the agreed pixels, and ``ignored_fraction_kept``), and the small model's Dice on the dev
+(validation) split: per case on the stacked slice predictions, on the original voxel grid by
+default (``eval.original_grid``).
 For volumes the pseudo-labels of every round are also written as 3D volumes
 (:mod:`~semi3d.mining.export`), the extra targets of a 3D model; with ``dataset_3d: {enabled:
 true}`` also as a 3D training dataset (real labels + accepted pseudo-labels, in the source's
@@ -161,7 +162,8 @@ def mine_round(net: torch.nn.Module, refiner: PromptableSegmenter, data: MiningD
         })
         if cfg.select.disagree == "ignore" and kept:  # what the kept pseudo-labels teach: their agreed pixels
             taught = [training_label(c, cfg.select) for c in kept]
-            stats["pseudo_dice_taught"] = pooled_dice(t_kept, taught, k)  # pixels ignored in `taught` left out
+            refs = [np.where(a == IGNORE_INDEX, IGNORE_INDEX, t) for a, t in zip(taught, t_kept)]
+            stats["pseudo_dice_taught"] = pooled_dice(taught, refs, k)  # on the pixels neither ignores
             stats["ignored_fraction_kept"] = float(np.mean([(t == IGNORE_INDEX).mean() for t in taught]))
         groups: dict[str, list[Candidate]] = {}
         for c in cands:
