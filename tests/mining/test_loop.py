@@ -388,8 +388,8 @@ def test_a_quick_refinement_prints_no_progress(tmp_path, capsys):
 
 
 def test_disagree_ignore_teaches_only_the_agreed_pixels(tmp_path, monkeypatch):
-    """``select.disagree: ignore``: the fine-tuning labels hold IGNORE_INDEX exactly where the
-    refined and the model's labels differ; the round logs what was ignored."""
+    """``select.disagree: ignore`` end to end: the fine-tuning labels of the kept slices hold
+    IGNORE_INDEX (where exactly: ``test_select.py``), and the round logs the ignored fraction."""
     seen = {}
     real = loop.slice_data
 

@@ -70,7 +70,7 @@ class Candidate:
         return self.refined.score is None
 
 
-def training_label(candidate: "Candidate", options: SelectOptions | None = None) -> np.ndarray:
+def training_label(candidate: Candidate, options: SelectOptions | None = None) -> np.ndarray:
     """The ``(H, W)`` uint8 label a kept candidate is fine-tuned on: its refined label, or with
     ``options.disagree == "ignore"`` that label where it equals the small model's and
     :data:`~semi3d.losses.IGNORE_INDEX` elsewhere."""
