@@ -101,8 +101,8 @@ def main(argv=None) -> list[dict]:
             for r in rows for v in chosen]
     cols = ["run", "variant", "dice", "jaccard", "hd95", "asd", "eval_s"]
     write_text(out / f"{a.name}.md", f"# {a.name}\n\n`{command}` (commit {commit})\n\n"
-                                      f"Dev split (last 16 ids of train.list), final model; mirror axes "
-                                      f"[{a.mirror_axes}]; overrides {a.extra or 'none'}; HD95 / ASD in voxels.\n\n" + table_markdown(flat, cols))
+                                      f"Dev split (last 16 ids of train.list), final model; mirror axes of the "
+                                      f"`_tta` variants [{a.mirror_axes}]; overrides {a.extra or 'none'}; HD95 / ASD in voxels.\n\n" + table_markdown(flat, cols))
     print(table_markdown(flat, cols))
     return rows
 

@@ -26,7 +26,8 @@ def test_variants_and_the_mean_of_identical_runs(synth_root, tmp_path, load_benc
     assert rows[0]["net3d"]["dice_per_case"] != rows[0]["ensemble"]["dice_per_case"]
     metrics = json.loads((run / "eval_validation_net3d_across" / "metrics.json").read_text())
     assert metrics["ensemble"] == [str(run / "checkpoints" / "model_net3d.pt")] * 2
-    assert "mn+mn" in (results / "inf.md").read_text()
+    md = (results / "inf.md").read_text()
+    assert "mn+mn" in md and "mirror axes of the `_tta` variants [0,1,2]" in md  # net3d / ensemble use none
 
     untagged = (run / "checkpoints" / "model_net3d.pt").read_bytes()
     with pytest.raises(SystemExit):   # --set without --tag would overwrite the files above
