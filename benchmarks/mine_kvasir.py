@@ -60,7 +60,8 @@ BUDGET = {  # every run; --set key=value overrides any of it
     "refiner": {"name": "litemedsam", "options": {}},
     "prompts": {"n_positive": 0, "n_negative": 0, "margin": 0.05, "margin_px": 3, "jitter": 0.0, "min_area": 32},
     "iterate": {"rounds": 1, "feed_mask": False, "feed_model_mask": True},
-    "select": {"unit": "slice", "min_score": 0.5, "min_agreement": 0.7, "keep_empty": True, "empty_max_prob": 0.35},
+    "select": {"unit": "slice", "min_score": 0.5, "min_agreement": 0.7, "keep_empty": True, "empty_max_prob": 0.35,
+               "disagree": "refined"},  # the paper's and the default when the results ran (now "ignore")
     "save_pseudo": "none",
 }
 

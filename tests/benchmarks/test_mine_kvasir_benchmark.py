@@ -32,18 +32,22 @@ def test_run_configs(mod, tmp_path):
     assert mb.model.name == "unet2d_mobilenet_v2" and mb.name == "mine_kvasir_mbv2_litemedsam_p75_s0"
     assert mb.images.splits.labelled.first == 600 and cfgs["litemedsam"].model.name == "unetpp2d"
     assert mod.run_name("litemedsam", 25, 0, "mbv2", "_conf") == "mine_kvasir_mbv2_litemedsam_conf_p25_s0"
+    # the committed results taught every refined pixel (the package's default is now "ignore")
+    assert mb.select.disagree == "refined" and lm.select.disagree == "refined"
 
 
 def test_set_overrides_reach_the_controls_schedule(mod, tmp_path):
     """``--set train.iterations=...`` lengthens the labelled-only control to the mining runs' new total
     (before the fix it kept the default total), and a LiteMedSAM option set by ``--set`` survives."""
-    sets = ["train.iterations=1800", "train.finetune_iterations=600", "refiner.options.use_points=true"]
+    sets = ["train.iterations=1800", "train.finetune_iterations=600", "refiner.options.use_points=true",
+            "select.disagree=ignore"]
     cfg = {v: load_mining_config(tree=mod.run_tree(v, 25, 0, tmp_path, "mbv2", overrides=sets))
            for v in ("labelled", "litemedsam", "identity")}
     assert cfg["labelled"].train.iterations == 1800 + 2 * 600 and cfg["labelled"].rounds == 0
     assert cfg["litemedsam"].train.iterations == 1800 and cfg["litemedsam"].train.finetune_iterations == 600
     assert cfg["litemedsam"].refiner.options == {"use_points": True, "cache_dir": str(tmp_path / "kvasir_embeddings")}
     assert cfg["identity"].refiner.name == "identity" and cfg["identity"].refiner.options == {}
+    assert cfg["litemedsam"].select.disagree == "ignore"  # the `_agree` runs' override
 
 
 def test_image_metrics_and_table(mod, tmp_path):

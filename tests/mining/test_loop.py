@@ -232,6 +232,7 @@ def test_benchmark_script_variants(tmp_path, load_benchmark):
     assert lm.prompts.n_positive == 0 and lm.iterate.rounds == 1 and lm.model.name == "unet2d_mobilenet_v2"
     assert cfgs["identity"].refiner.name == "identity" and cfgs["identity"].rounds == 3
     assert cfgs["identity"].prompts == lm.prompts  # the control prompts as LiteMedSAM does
+    assert all(c.select.disagree == "refined" for c in cfgs.values())  # as the committed results (default: ignore)
     assert lm.data.splits.validation.last == 16 and lm.data.splits.labelled.first == 8 and lm.seed == 1
     assert lm.name == "mine_la_mbv2_litemedsam_l8_s1" and mod.run_name("random_walker", 4, 0) == "mine_la_l4"
     assert mod.run_name("identity", 4, 0) == "mine_la_identity_l4_s0"

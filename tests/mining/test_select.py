@@ -64,8 +64,8 @@ def test_case_unit():
 
 def test_training_label_ignores_disagreeing_pixels():
     c = _cand(0, 0.9, _mask(3, 9))  # model: columns 2..7, refined: columns 3..8
-    assert training_label(c) is c.refined.label  # the default teaches the refined label
-    taught = training_label(c, SelectOptions(disagree="ignore"))
+    assert training_label(c, SelectOptions(disagree="refined")) is c.refined.label  # the paper's: every pixel
+    taught = training_label(c)  # the default: ignore where the two disagree
     assert taught.dtype == np.uint8
     expect = np.where(c.model_label == c.refined.label, c.refined.label, IGNORE_INDEX)
     np.testing.assert_array_equal(taught, expect)
