@@ -10,15 +10,15 @@ round ``r = 1..rounds`` then
    walker or SAM) refine them, iteratively (:mod:`~semi3d.mining.iterative`),
 3. keeps the refined slices whose refiner score and agreement with the small model pass the
    thresholds (:mod:`~semi3d.mining.select`) as pseudo-labels (regenerated every round; with
-   ``select.disagree: ignore`` only their pixels where refiner and model agree teach, and
-   the exported pseudo-labels stay the refined ones),
+   ``select.disagree: ignore``, the default, only their pixels where refiner and model agree
+   teach, and the exported pseudo-labels stay the refined ones),
 4. fine-tunes the small model on labelled + pseudo-labelled slices (or retrains it, ``reinit``),
    with the package's trainer (:mod:`~semi3d.mining.train2d`).
 
 Every round logs (``<run>/log.jsonl``, and ``train_summary.json`` at the end): how many pseudo-labels were
 kept, their Dice against the hidden ground truth of the unlabelled cases when the dataset has it
 (pooled over the kept slices; the small model's own Dice on the same slices for comparison; and
-per case over all slices; with ``select.disagree: ignore`` also ``pseudo_dice_taught``, the Dice on
+per case over all slices; with ``select.disagree: ignore`` (the default) also ``pseudo_dice_taught``, the Dice on
 the agreed pixels, and ``ignored_fraction_kept``), and the small model's Dice on the dev
 (validation) split: per case on the stacked slice predictions, on the original voxel grid by
 default (``eval.original_grid``).
