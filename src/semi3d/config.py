@@ -197,6 +197,16 @@ class ScheduleConfig(StrictModel):
     min_factor: float = Field(0.0, ge=0, le=1)
 
 
+class WeightAverageConfig(StrictModel):
+    """An exponential moving average of the trained networks' weights (Polyak averaging), which the
+    run validates, selects and saves instead of the live weights (engine/averaging.py): from
+    iteration ``start`` (0-based) on, ``average = decay * average + (1 - decay) * live`` after every
+    step, starting from a copy; about ``1 / (1 - decay)`` recent steps weigh in."""
+
+    decay: float = Field(0.999, gt=0, lt=1)
+    start: int = Field(0, ge=0)
+
+
 class TrainConfig(StrictModel):
     iterations: int = Field(1000, ge=1)
     batch_size: int = Field(2, ge=1)
@@ -211,6 +221,7 @@ class TrainConfig(StrictModel):
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(100, ge=1)
     progress_bar: bool = True
+    weight_average: WeightAverageConfig | None = None  # None = off: the live weights are the model
     # TensorBoard event files in <run>/tensorboard beside log.jsonl (scalars, one validation overlay):
     # None = auto, on when the `tensorboard` package is installed; true = required; false = off
     tensorboard: bool | None = None

@@ -9,6 +9,7 @@ import torch
 
 from ..atomic import atomic_file
 from ..errors import InputError
+from .averaging import WeightAverage
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -27,11 +28,14 @@ def load(path: Path) -> dict:
         raise InputError(path, f"cannot read checkpoint ({type(e).__name__})") from None
 
 
-def inference_record(method, cfg, step: int, in_channels: int, num_classes: int, class_names) -> dict:
-    """What a model file (``checkpoints/model_*.pt``) holds: the method's predictor weights, the
-    network spec that rebuilds it (``method.predictor_spec()``), channels, classes, the step and the
-    run config (preprocessing, patch size, inference settings)."""
-    return {"net": method.predictor_spec().model_dump(), "state_dict": method.predictor().state_dict(),
+def inference_record(method, cfg, step: int, in_channels: int, num_classes: int, class_names,
+                     predictor=None) -> dict:
+    """What a model file (``checkpoints/model_*.pt``) holds: the weights of ``predictor`` (default
+    ``method.predictor()``; the trainer passes the averaged one under weight averaging), the network
+    spec that rebuilds it (``method.predictor_spec()``), channels, classes, the step and the run
+    config (preprocessing, patch size, inference settings)."""
+    net = method.predictor() if predictor is None else predictor
+    return {"net": method.predictor_spec().model_dump(), "state_dict": net.state_dict(),
             "step": step, "in_channels": in_channels, "num_classes": num_classes,
             "class_names": list(class_names), "config": cfg.model_dump(mode="json")}
 
@@ -40,7 +44,9 @@ def resave_inference_model(run_dir: Path, overrides: list[str], out: Path) -> Pa
     """Rebuild a run's method from ``checkpoints/last.pt`` under its ``config.yaml`` plus
     ``overrides`` (e.g. ``method.options.predict=ensemble``, ``inference.mirror_axes=[0,1,2]``) and
     save its predictor as the model file ``out``: another inference model of the same training,
-    nothing retrained. The overrides may not change the networks (the weights must load)."""
+    nothing retrained. The overrides may not change the networks (the weights must load). A run
+    trained with ``train.weight_average`` saves its averaged weights; ``train.weight_average=null``
+    saves the live ones."""
     from ..methods.base import MethodContext
     from ..registry import METHODS
 
@@ -53,6 +59,14 @@ def resave_inference_model(run_dir: Path, overrides: list[str], out: Path) -> Pa
     ctx = MethodContext(cfg, final["in_channels"], final["num_classes"], cfg.train.iterations)
     method = METHODS.get(cfg.method.name)(ctx, **cfg.method.options)
     method.load_state_dict(state["method"])
+    predictor, wa = None, cfg.train.weight_average
+    if wa is not None:
+        if state.get("weight_average") is None:
+            raise InputError(run.last, "holds no averaged weights (the run trained without train.weight_average); "
+                                       "set train.weight_average=null to save the live ones")
+        average = WeightAverage(method.groups, wa.decay, wa.start)
+        average.load_state_dict(state["weight_average"])
+        predictor = average.predictor(method)
     save_atomic(inference_record(method, cfg, state["step"], final["in_channels"], final["num_classes"],
-                                 final["class_names"]), Path(out))
+                                 final["class_names"], predictor), Path(out))
     return Path(out)

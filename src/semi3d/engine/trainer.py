@@ -29,6 +29,7 @@ from ..methods.base import Batch, MethodContext, method_options
 from ..models.nets3d import check_patch
 from ..registry import METHODS
 from . import checkpoint as ckpt
+from .averaging import WeightAverage
 from . import distributed as D
 from .interrupt import Interrupted, StopRequest
 from .resume import check_resume_config
@@ -113,6 +114,8 @@ class Trainer:
             D.broadcast_parameters(self.method)  # identical start on every rank
             if D.rank_seed(cfg.seed, self.dist.rank) != cfg.seed:
                 torch.manual_seed(D.rank_seed(cfg.seed, self.dist.rank))  # per-rank noise / dropout
+        wa = t.weight_average
+        self.average = None if wa is None else WeightAverage(self.method.groups, wa.decay, wa.start)
         self.optimizers, self.base_lr = make_optimizers(self.method.groups, t)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
 
@@ -198,6 +201,8 @@ class Trainer:
         m.after_step(step)
         if self.dist.enabled:
             D.broadcast_buffers(m)
+        if self.average is not None:
+            self.average.update(m.groups, step)
         rec = {f"loss/{g}": float(v.detach()) for g, v in losses.items()}
         rec.update({f"lr/{g}": self.base_lr[g] * f for g in active})
         rec.update(n_l=n_l, n_u=n_u, **m.log)
@@ -221,13 +226,20 @@ class Trainer:
                              f"--set precision=fp32 or a lower train.optimizer.lr")
 
     # validation ----------------------------------------------------------------------------
+    def predictor(self) -> torch.nn.Module:
+        """The network the run validates, selects and saves: the method's predictor, built on the
+        averaged weights when ``train.weight_average`` is set."""
+        return self.method.predictor() if self.average is None else self.average.predictor(self.method)
+
     @torch.inference_mode()
     def validate(self) -> dict[str, float]:
         """Mean foreground Dice per class over the validation cases, at training resolution
         (cases sharded over ranks, sums gathered): ``val/dice`` and ``val/dice_<class>`` of the
-        predictor, ``val/dice@<name>`` of each of the method's ``monitors()``."""
+        predictor, ``val/dice@<name>`` of each of the method's ``monitors()`` and, with weight
+        averaging, ``val/dice@live`` of the live (not averaged) predictor."""
         out = {}
-        for name, net in {"": self.method.predictor(), **self.method.monitors()}.items():
+        live = {} if self.average is None else {"live": self.method.predictor()}
+        for name, net in {"": self.predictor(), **live, **self.method.monitors()}.items():
             dices = self._dices(net, overlay_tag=None if name else "val/overlay")
             key = f"val/dice@{name}" if name else "val/dice"
             out[key] = float(dices.mean())
@@ -266,6 +278,7 @@ class Trainer:
             "method": self.method.state_dict(),
             "optimizers": {g: o.state_dict() for g, o in self.optimizers.items()},
             "scaler": self.scaler.state_dict(),
+            "weight_average": None if self.average is None else self.average.state_dict(),
             "rng": rng, "rng_ranks": D.all_gather_objects(rng) if self.dist.enabled else None,
             "best": self.best, "best_step": self.best_step,
         }
@@ -279,6 +292,8 @@ class Trainer:
         for g, o in self.optimizers.items():
             o.load_state_dict(s["optimizers"][g])
         self.scaler.load_state_dict(s["scaler"])
+        if self.average is not None:
+            self.average.load_state_dict(s["weight_average"])
         ranks = s.get("rng_ranks")
         if self.dist.enabled:
             if not ranks or len(ranks) != self.dist.world_size:
@@ -303,7 +318,7 @@ class Trainer:
         if not self.main:
             return
         ckpt.save_atomic(ckpt.inference_record(self.method, self.cfg, self.step, self.data.in_channels,
-                                               self.data.num_classes, self.data.class_names),
+                                               self.data.num_classes, self.data.class_names, self.predictor()),
                          self.run.model(which))
 
     # the loop ------------------------------------------------------------------------------
