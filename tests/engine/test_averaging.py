@@ -11,6 +11,7 @@ from semi3d.engine.averaging import WeightAverage
 from semi3d.engine.runlog import TIMING_KEYS
 from semi3d.engine.trainer import Trainer, train
 from semi3d.errors import InputError
+from semi3d.reporting.suggest import load_method
 
 
 class _Method(nn.Module):
@@ -86,6 +87,9 @@ def test_the_average_is_validated_and_saved_and_training_is_unchanged(tiny_tree)
     assert int(state["count"]) == 4  # steps 2..5 of 6
     averaged_net = {k.removeprefix("groups.net."): v for k, v in state.items() if k.startswith("groups.net.")}
     assert _equal(_final(b), averaged_net) and not _equal(_final(b), _final(a))
+
+    groups = load_method(b).groups.state_dict()  # suggest's networks: the averaged ones too
+    assert _equal({k.removeprefix("net."): v for k, v in groups.items()}, averaged_net)
 
     out = b / "checkpoints" / "model_x.pt"
     assert _equal(ckpt.load(ckpt.resave_inference_model(b, [], out))["state_dict"], _final(b))

@@ -15,7 +15,7 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["WeightAverage"]
+__all__ = ["WeightAverage", "averaged_groups"]
 
 
 class WeightAverage(nn.Module):
@@ -57,3 +57,12 @@ class WeightAverage(nn.Module):
             return method.predictor()
         finally:
             method.groups = live
+
+
+def averaged_groups(state: dict) -> dict | None:
+    """The averaged networks as a state dict of the method's ``groups`` (for
+    ``method.groups.load_state_dict``) from a :class:`WeightAverage` state dict; ``None`` before its
+    first update (nothing averaged yet: the live weights are the model)."""
+    if int(state["count"]) == 0:
+        return None
+    return {k.removeprefix("groups."): v for k, v in state.items() if k.startswith("groups.")}

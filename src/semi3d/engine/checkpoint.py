@@ -9,7 +9,7 @@ import torch
 
 from ..atomic import atomic_file
 from ..errors import InputError
-from .averaging import WeightAverage
+from .averaging import averaged_groups
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -40,6 +40,20 @@ def inference_record(method, cfg, step: int, in_channels: int, num_classes: int,
             "class_names": list(class_names), "config": cfg.model_dump(mode="json")}
 
 
+def load_method_state(method, cfg, state: dict, path: Path) -> None:
+    """Load a checkpoint's ``state`` (``checkpoints/last.pt`` at ``path``) into ``method``; under
+    ``cfg.train.weight_average`` its networks then hold the run's averaged weights, so that
+    ``method.predictor()`` is the run's model (teachers and other method state stay as trained)."""
+    method.load_state_dict(state["method"])
+    if cfg.train.weight_average is not None:
+        if state.get("weight_average") is None:
+            raise InputError(path, "holds no averaged weights (the run trained without train.weight_average); "
+                                   "set train.weight_average=null to use the live ones")
+        averaged = averaged_groups(state["weight_average"])
+        if averaged is not None:
+            method.groups.load_state_dict(averaged)
+
+
 def resave_inference_model(run_dir: Path, overrides: list[str], out: Path) -> Path:
     """Rebuild a run's method from ``checkpoints/last.pt`` under its ``config.yaml`` plus
     ``overrides`` (e.g. ``method.options.predict=ensemble``, ``inference.mirror_axes=[0,1,2]``) and
@@ -58,15 +72,7 @@ def resave_inference_model(run_dir: Path, overrides: list[str], out: Path) -> Pa
     state = load(run.last)
     ctx = MethodContext(cfg, final["in_channels"], final["num_classes"], cfg.train.iterations)
     method = METHODS.get(cfg.method.name)(ctx, **cfg.method.options)
-    method.load_state_dict(state["method"])
-    predictor, wa = None, cfg.train.weight_average
-    if wa is not None:
-        if state.get("weight_average") is None:
-            raise InputError(run.last, "holds no averaged weights (the run trained without train.weight_average); "
-                                       "set train.weight_average=null to save the live ones")
-        average = WeightAverage(method.groups, wa.decay, wa.start)
-        average.load_state_dict(state["weight_average"])
-        predictor = average.predictor(method)
+    load_method_state(method, cfg, state, run.last)
     save_atomic(inference_record(method, cfg, state["step"], final["in_channels"], final["num_classes"],
-                                 final["class_names"], predictor), Path(out))
+                                 final["class_names"]), Path(out))
     return Path(out)

@@ -122,7 +122,8 @@ def rank_cases(scores: Mapping[str, float], k: int | None = None) -> list[tuple[
 
 # ---------------------------------------------------------------------------------- models
 def load_method(run_dir: Path, cfg=None):
-    """The run's method (all its networks) rebuilt from ``checkpoints/last.pt``, in eval mode on CPU."""
+    """The run's method (all its networks, averaged under ``train.weight_average``) rebuilt from
+    ``checkpoints/last.pt``, in eval mode on CPU."""
     from ..engine import checkpoint as ckpt
     from ..methods.base import MethodContext
     from ..registry import METHODS
@@ -137,7 +138,7 @@ def load_method(run_dir: Path, cfg=None):
     ctx = MethodContext(cfg, io[0], io[1], cfg.train.iterations)
     method = METHODS.get(cfg.method.name)(ctx, **cfg.method.options)
     try:
-        method.load_state_dict(state["method"])
+        ckpt.load_method_state(method, cfg, state, last)
     except (KeyError, RuntimeError) as e:
         raise InputError(last, f"does not match the run's method/networks ({type(e).__name__})") from None
     return method.eval()
